@@ -1,0 +1,384 @@
+"""The engine client: executes the typed FCALLs against Valkey/Redis and offers the few
+composite operations (submit, cancel, snapshots) that need pre-reads or several calls.
+
+It maps transport failures to :class:`TransportError`, reloads the function library once
+when the server lost it (restart, failover) and retries the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import redis
+
+from ff_celery.engine import functions as fn
+from ff_celery.engine.connection import connect
+from ff_celery.engine.errors import EngineError, TransportError, UnavailableError
+from ff_celery.engine.ids import ExecutionId, new_uuid
+from ff_celery.engine.keys import (
+    LANE_REGISTRY_KEY,
+    PARTITION_CONFIG_KEY,
+    ExecKeys,
+    PartitionKeys,
+    alias_key,
+    wake_channel,
+)
+from ff_celery.engine.library import LibraryState, ensure_library, is_missing_function
+from ff_celery.engine.partitions import PartitionConfig
+from ff_celery.engine.policy import ExecutionPolicy
+from ff_celery.engine.snapshot import ExecutionSnapshot
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+#: A delay closer than this to engine time is submitted as eligible now (spec §5.2 pitfall).
+DELAY_SAFETY_MS = 1000
+_CLOCK_REFRESH_S = 60.0
+
+_RETRYABLE_TRANSPORT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def transport_error(exc: Exception, function: str | None = None) -> TransportError:
+    return TransportError(
+        f"{type(exc).__name__}: {exc}", retryable=isinstance(exc, _RETRYABLE_TRANSPORT), function=function
+    )
+
+
+class Engine:
+    """FlowFabric operations on one Valkey/Redis deployment.
+
+    Thread-safe (redis-py pools connections). Create one per process; after ``fork`` make
+    a new one (:meth:`fork`).
+    """
+
+    def __init__(self, client: redis.Redis, *, namespace: str = "default") -> None:
+        self.redis = client
+        self.namespace = namespace
+        self._partitions: PartitionConfig | None = None
+        self._clock_offset_ms = 0
+        self._clock_read_at = 0.0
+        self._library_lock = threading.Lock()
+        self._known_lanes: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str, *, namespace: str = "default", **options: Any) -> Engine:
+        return cls(connect(url, **options), namespace=namespace)
+
+    def fork(self) -> Engine:
+        """A new engine on its own connection pool (for a background thread or a child process)."""
+        pool = self.redis.connection_pool
+        client = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=pool.connection_class, **pool.connection_kwargs
+            )
+        )
+        engine = Engine(client, namespace=self.namespace)
+        engine._partitions = self._partitions
+        return engine
+
+    def close(self) -> None:
+        self.redis.close()
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def bootstrap(self) -> LibraryState:
+        """Load (or attach to) the function library and settle the partition config.
+
+        Like FlowFabric's server on first boot, writes the default partition counts when
+        ``ff:config:partitions`` is empty, so a FlowFabric server started later agrees.
+        """
+        state = self._guard(lambda: ensure_library(self.redis))
+        stored = self._guard(lambda: self.redis.hgetall(PARTITION_CONFIG_KEY))
+        defaults = PartitionConfig().as_hash()
+        missing = {name: value for name, value in defaults.items() if name.encode() not in stored}
+        if missing:
+            self._guard(lambda: self.redis.hset(PARTITION_CONFIG_KEY, mapping=missing))
+        self._partitions = None
+        return state
+
+    @property
+    def partitions(self) -> PartitionConfig:
+        if self._partitions is None:
+            self._partitions = PartitionConfig.from_hash(
+                self._guard(lambda: self.redis.hgetall(PARTITION_CONFIG_KEY))
+            )
+        return self._partitions
+
+    def register_lane(self, lane: str) -> None:
+        """Add ``lane`` to FlowFabric's lane registry (``ff:idx:lanes``), once per process."""
+        if lane not in self._known_lanes:
+            self._guard(lambda: self.redis.sadd(LANE_REGISTRY_KEY, lane))
+            self._known_lanes.add(lane)
+
+    def lanes(self) -> set[str]:
+        return {lane.decode() for lane in self._guard(lambda: self.redis.smembers(LANE_REGISTRY_KEY))}
+
+    # -- time -------------------------------------------------------------------------------
+
+    def server_time_ms(self) -> int:
+        seconds, micros = self._guard(self.redis.time)
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def now_ms(self) -> int:
+        """Engine (server) time, estimated from the local clock and a periodic TIME read."""
+        local = time.time()
+        if local - self._clock_read_at > _CLOCK_REFRESH_S:
+            self._clock_offset_ms = self.server_time_ms() - int(time.time() * 1000)
+            self._clock_read_at = local
+        return int(local * 1000) + self._clock_offset_ms
+
+    # -- executing FCALLs ---------------------------------------------------------------------
+
+    def call(self, request: fn.Fcall[R]) -> R:
+        """Execute one FCALL; error replies raise the typed :class:`EngineError`."""
+        keys = request.keys()
+        raw = self._guard(
+            lambda: self.redis.fcall(request.function, len(keys), *keys, *request.argv()), request.function
+        )
+        return request.interpret(raw)
+
+    def call_many(self, requests: Sequence[fn.Fcall[Any]]) -> list[Any]:
+        """Execute FCALLs in one round trip. Each result is the outcome or the EngineError."""
+        if not requests:
+            return []
+
+        def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for request in requests:
+                keys = request.keys()
+                pipe.fcall(request.function, len(keys), *keys, *request.argv())
+            return pipe.execute(raise_on_error=False)
+
+        raws = self._guard(run)
+        if any(is_missing_function(raw) for raw in raws):
+            self._reload_library()
+            raws = self._guard(run)
+        results: list[Any] = []
+        for request, raw in zip(requests, raws):
+            try:
+                if isinstance(raw, Exception):
+                    raise transport_error(raw, request.function)
+                results.append(request.interpret(raw))
+            except EngineError as exc:
+                results.append(exc)
+        return results
+
+    def _guard(self, operation: Any, function: str | None = None) -> Any:
+        """Run a Redis operation, reloading the library once if it disappeared."""
+        try:
+            return operation()
+        except redis.ResponseError as exc:
+            if not is_missing_function(exc):
+                raise transport_error(exc, function) from exc
+        except redis.RedisError as exc:
+            raise transport_error(exc, function) from exc
+        self._reload_library()
+        try:
+            return operation()
+        except redis.RedisError as exc:
+            raise transport_error(exc, function) from exc
+
+    def _reload_library(self) -> None:
+        with self._library_lock:
+            log.warning("FlowFabric function library missing on the server; reloading it")
+            try:
+                ensure_library(self.redis)
+            except redis.RedisError as exc:
+                raise UnavailableError(f"cannot reload the function library: {exc}") from exc
+
+    # -- composite operations -----------------------------------------------------------------
+
+    def submit(
+        self,
+        lane: str,
+        payload: bytes = b"",
+        *,
+        execution_kind: str = "task",
+        priority: float = 0,
+        policy: ExecutionPolicy | None = None,
+        delay_until: int | None = None,
+        deadline_at: int | None = None,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        alias: str | None = None,
+        creator_identity: str = "",
+        execution_id: ExecutionId | None = None,
+    ) -> fn.Created:
+        """Create a solo execution on ``lane`` (its partition is the lane's).
+
+        A ``delay_until`` less than a second ahead of engine time runs now. ``alias`` (e.g. a
+        Celery task id) is indexed so :meth:`resolve` finds the execution without the lane.
+        Wakes idle claimers of the lane when the execution is eligible now.
+        """
+        if delay_until is not None and delay_until <= self.now_ms() + DELAY_SAFETY_MS:
+            delay_until = None
+        eid = execution_id or ExecutionId.mint(self.partitions.lane_partition(lane))
+        request = fn.CreateExecution(
+            execution_id=eid,
+            namespace=self.namespace,
+            lane_id=lane,
+            execution_kind=execution_kind,
+            priority=priority,
+            creator_identity=creator_identity,
+            policy_json=(policy or ExecutionPolicy()).to_json(),
+            input_payload=payload,
+            delay_until=delay_until,
+            idempotency_key=idempotency_key,
+            tags=tags or {},
+            execution_deadline_at=deadline_at,
+        )
+        self.register_lane(lane)
+        created = self.call(request)
+        if alias and not created.duplicate:
+            self._guard(lambda: self.redis.set(alias_key(self.namespace, alias), str(created.execution_id)))
+        if created.public_state == "waiting":
+            self.wake(lane)
+        return created
+
+    def wake(self, lane: str) -> None:
+        """Tell idle claimers of ``lane`` that work is eligible (ff_celery's notification)."""
+        self._guard(lambda: self.redis.publish(wake_channel(lane), b"1"))
+
+    def resolve(self, alias: str) -> ExecutionId | None:
+        """The execution submitted under ``alias``, if any."""
+        value = self._guard(lambda: self.redis.get(alias_key(self.namespace, alias)))
+        return ExecutionId(value.decode()) if value else None
+
+    def read_core(self, execution_id: ExecutionId, *fields: str) -> dict[str, str]:
+        """exec_core, whole or the named fields (absent fields omitted)."""
+        core = ExecKeys(execution_id).core
+        if fields:
+            values = self._guard(lambda: self.redis.hmget(core, fields))
+            return {name: value.decode() for name, value in zip(fields, values) if value is not None}
+        return {k.decode(): v.decode() for k, v in self._guard(lambda: self.redis.hgetall(core)).items()}
+
+    def snapshot(self, execution_id: ExecutionId) -> ExecutionSnapshot | None:
+        """Everything about one execution, read in one round trip; None if it does not exist."""
+        keys = ExecKeys(execution_id)
+
+        def read() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(keys.core)
+            pipe.hgetall(keys.tags)
+            pipe.get(keys.policy)
+            pipe.hgetall(keys.lease_current)
+            pipe.zrange(keys.attempts, 0, -1)
+            return pipe.execute()
+
+        core, tags, policy, lease, attempt_indexes = self._guard(read)
+        if not core:
+            return None
+
+        def read_attempts() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for index in attempt_indexes:
+                pipe.hgetall(keys.attempt(index.decode()))
+            return pipe.execute()
+
+        attempts = self._guard(read_attempts) if attempt_indexes else []
+        return ExecutionSnapshot.from_raw(core, tags, policy, lease, attempts)
+
+    def payload(self, execution_id: ExecutionId) -> bytes | None:
+        return self._guard(lambda: self.redis.get(ExecKeys(execution_id).payload))
+
+    def result(self, execution_id: ExecutionId) -> bytes | None:
+        return self._guard(lambda: self.redis.get(ExecKeys(execution_id).result))
+
+    def cancel(
+        self,
+        execution_id: ExecutionId,
+        reason: str,
+        *,
+        source: str = fn.OPERATOR_OVERRIDE,
+        fence: fn.Fence | None = None,
+    ) -> str:
+        """Cancel in any non-terminal phase; answers the phase it was cancelled from.
+
+        With ``source="operator_override"`` (the default) no lease check applies.
+        """
+        core = self.read_core(
+            execution_id,
+            "lane_id",
+            "current_attempt_index",
+            "current_waitpoint_id",
+            "current_worker_instance_id",
+        )
+        return self.call(
+            fn.CancelExecution(
+                execution_id=execution_id,
+                reason=reason,
+                source=source,
+                lease_id=fence.lease_id if fence else "",
+                lease_epoch=fence.lease_epoch if fence else None,
+                lane_id=core.get("lane_id", "default"),
+                attempt_index=int(core["current_attempt_index"])
+                if core.get("current_attempt_index")
+                else None,
+                waitpoint_id=core.get("current_waitpoint_id") or None,
+                worker_instance_id=core.get("current_worker_instance_id", ""),
+            )
+        )
+
+    def revoke_lease(
+        self, execution_id: ExecutionId, reason: str = "operator", expected_lease_id: str = ""
+    ) -> fn.Settled:
+        holder = self.read_core(execution_id, "current_worker_instance_id").get(
+            "current_worker_instance_id", ""
+        )
+        return self.call(
+            fn.RevokeLease(
+                execution_id=execution_id,
+                expected_lease_id=expected_lease_id,
+                reason=reason,
+                worker_instance_id=holder,
+            )
+        )
+
+    def expire(self, execution_id: ExecutionId, reason: fn.ExpireReason) -> fn.Settled:
+        core = self.read_core(execution_id, "lane_id", "current_attempt_index")
+        return self.call(
+            fn.ExpireExecution(
+                execution_id=execution_id,
+                expire_reason=reason,
+                lane_id=core.get("lane_id", "default"),
+                attempt_index=int(core["current_attempt_index"])
+                if core.get("current_attempt_index")
+                else None,
+            )
+        )
+
+    def replay(self, execution_id: ExecutionId) -> int:
+        """Replay a terminal execution (a new attempt of type ``replay`` runs next)."""
+        lane = self.read_core(execution_id, "lane_id").get("lane_id", "default")
+        replayed = self.call(fn.ReplayExecution(execution_id=execution_id, lane_id=lane))
+        self.wake(lane)
+        return replayed
+
+    def change_priority(self, execution_id: ExecutionId, priority: float) -> tuple[float, float]:
+        lane = self.read_core(execution_id, "lane_id").get("lane_id", "default")
+        return self.call(fn.ChangePriority(execution_id=execution_id, lane_id=lane, new_priority=priority))
+
+    def set_tags(self, execution_id: ExecutionId, tags: dict[str, str]) -> int:
+        return self.call(fn.SetExecutionTags(execution_id=execution_id, tags=tags))
+
+    def lane_counts(self, lane: str) -> dict[str, int]:
+        """Sizes of the lane's indexes on its home partition."""
+        index = PartitionKeys(self.partitions.lane_partition(lane))
+        names = ("eligible", "delayed", "active", "suspended", "terminal")
+
+        def read() -> list[int]:
+            pipe = self.redis.pipeline(transaction=False)
+            for name in names:
+                pipe.zcard(index.lane(lane, name))
+            return pipe.execute()
+
+        return dict(zip(names, self._guard(read)))
+
+    @staticmethod
+    def new_id() -> str:
+        return new_uuid()

@@ -1,0 +1,70 @@
+"""Identifiers: execution ids (``{fp:N}:<uuid>``) and bare UUIDs for everything else."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
+
+from ff_celery.engine.errors import ValidationError
+from ff_celery.engine.partitions import flow_tag
+
+MAX_PARTITION_INDEX = 0xFFFF
+
+
+def new_uuid() -> str:
+    """A fresh lowercase, hyphenated v4 UUID string."""
+    return str(uuid.uuid4())
+
+
+def canonical_uuid(text: str, what: str = "uuid") -> str:
+    """``text`` if it is a canonical lowercase hyphenated UUID, else ValidationError."""
+    try:
+        parsed = uuid.UUID(text)
+    except (TypeError, ValueError, AttributeError):
+        raise ValidationError("invalid_input", [f"{what} is not a UUID: {text!r}"]) from None
+    if str(parsed) != text:
+        raise ValidationError("invalid_input", [f"{what} is not canonical: {text!r}"])
+    return text
+
+
+class ExecutionId(str):
+    """An execution id: ``{fp:N}:<uuid>``. The partition is read from the tag, never recomputed."""
+
+    partition: int
+
+    def __new__(cls, text: str) -> ExecutionId:
+        if isinstance(text, ExecutionId):
+            return text
+        if not isinstance(text, str) or not text.startswith("{fp:"):
+            raise ValidationError("invalid_input", [f"execution id must start with '{{fp:': {text!r}"])
+        close = text.find("}:", 4)
+        index_text = text[4:close] if close > 0 else ""
+        if not index_text.isdigit() or int(index_text) > MAX_PARTITION_INDEX:
+            raise ValidationError("invalid_input", [f"invalid partition index in execution id: {text!r}"])
+        canonical_uuid(text[close + 2 :], "execution id uuid")
+        if str(int(index_text)) != index_text:
+            raise ValidationError("invalid_input", [f"execution id is not canonical: {text!r}"])
+        instance = super().__new__(cls, text)
+        instance.partition = int(index_text)
+        return instance
+
+    @classmethod
+    def mint(cls, partition: int, uuid_text: str | None = None) -> ExecutionId:
+        return cls(f"{flow_tag(partition)}:{uuid_text or new_uuid()}")
+
+    @property
+    def tag(self) -> str:
+        return flow_tag(self.partition)
+
+    @property
+    def uuid(self) -> str:
+        return self[self.index("}:") + 2 :]
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        return core_schema.no_info_after_validator_function(
+            cls, core_schema.str_schema(), serialization=core_schema.to_string_ser_schema()
+        )

@@ -1,0 +1,203 @@
+"""Every Valkey key template ff_celery touches, in one place.
+
+FlowFabric's templates come first; execution-scoped keys embed the execution id, which
+itself begins with the ``{fp:N}`` tag, so they carry the tag twice. The few keys that are
+ff_celery's own additions (wake-up channels, leader lock, task aliases) are at the end; they
+are outside FlowFabric's contract and nothing FlowFabric runs reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.partitions import PARTITION_CONFIG_KEY, flow_tag  # noqa: F401 (re-exported)
+
+LANE_REGISTRY_KEY = "ff:idx:lanes"
+DAG_COMPLETIONS_CHANNEL = "ff:dag:completions"
+BLOCKED_SUFFIXES = ("dependencies", "budget", "quota", "route", "operator")
+
+
+@dataclass(frozen=True)
+class ExecKeys:
+    """Keys of one execution (all on its ``{fp:N}`` partition)."""
+
+    execution_id: ExecutionId
+
+    @property
+    def tag(self) -> str:
+        return self.execution_id.tag
+
+    def _exec(self, suffix: str) -> str:
+        return f"ff:exec:{self.tag}:{self.execution_id}:{suffix}"
+
+    @property
+    def core(self) -> str:
+        return self._exec("core")
+
+    @property
+    def payload(self) -> str:
+        return self._exec("payload")
+
+    @property
+    def result(self) -> str:
+        return self._exec("result")
+
+    @property
+    def policy(self) -> str:
+        return self._exec("policy")
+
+    @property
+    def tags(self) -> str:
+        return self._exec("tags")
+
+    @property
+    def lease_current(self) -> str:
+        return self._exec("lease:current")
+
+    @property
+    def lease_history(self) -> str:
+        return self._exec("lease:history")
+
+    @property
+    def claim_grant(self) -> str:
+        return self._exec("claim_grant")
+
+    @property
+    def attempts(self) -> str:
+        return self._exec("attempts")
+
+    @property
+    def suspension_current(self) -> str:
+        return self._exec("suspension:current")
+
+    @property
+    def waitpoints(self) -> str:
+        return self._exec("waitpoints")
+
+    @property
+    def signals(self) -> str:
+        return self._exec("signals")
+
+    def attempt(self, attempt_index: int | str) -> str:
+        return f"ff:attempt:{self.tag}:{self.execution_id}:{attempt_index}"
+
+    def attempt_usage(self, attempt_index: int | str) -> str:
+        return self.attempt(attempt_index) + ":usage"
+
+    def attempt_policy(self, attempt_index: int | str) -> str:
+        return self.attempt(attempt_index) + ":policy"
+
+    def stream(self, attempt_index: int | str) -> str:
+        return f"ff:stream:{self.tag}:{self.execution_id}:{attempt_index}"
+
+    def stream_meta(self, attempt_index: int | str) -> str:
+        return self.stream(attempt_index) + ":meta"
+
+    def waitpoint(self, waitpoint_id: str) -> str:
+        return f"ff:wp:{self.tag}:{waitpoint_id}"
+
+    def waitpoint_condition(self, waitpoint_id: str) -> str:
+        return self.waitpoint(waitpoint_id) + ":condition"
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    """Index keys of one ``{fp:N}`` partition."""
+
+    partition: int
+
+    @property
+    def tag(self) -> str:
+        return flow_tag(self.partition)
+
+    def lane(self, lane: str, suffix: str) -> str:
+        return f"ff:idx:{self.tag}:lane:{lane}:{suffix}"
+
+    def eligible(self, lane: str) -> str:
+        return self.lane(lane, "eligible")
+
+    def delayed(self, lane: str) -> str:
+        return self.lane(lane, "delayed")
+
+    def active(self, lane: str) -> str:
+        return self.lane(lane, "active")
+
+    def terminal(self, lane: str) -> str:
+        return self.lane(lane, "terminal")
+
+    def suspended(self, lane: str) -> str:
+        return self.lane(lane, "suspended")
+
+    def blocked(self, lane: str, reason: str) -> str:
+        return self.lane(lane, f"blocked:{reason}")
+
+    def _index(self, name: str) -> str:
+        return f"ff:idx:{self.tag}:{name}"
+
+    @property
+    def lease_expiry(self) -> str:
+        return self._index("lease_expiry")
+
+    @property
+    def attempt_timeout(self) -> str:
+        return self._index("attempt_timeout")
+
+    @property
+    def execution_deadline(self) -> str:
+        return self._index("execution_deadline")
+
+    @property
+    def suspension_timeout(self) -> str:
+        return self._index("suspension_timeout")
+
+    @property
+    def pending_waitpoint_expiry(self) -> str:
+        return self._index("pending_waitpoint_expiry")
+
+    @property
+    def all_executions(self) -> str:
+        return self._index("all_executions")
+
+    def worker_leases(self, worker_instance_id: str) -> str:
+        return self._index(f"worker:{worker_instance_id}:leases")
+
+    @property
+    def waitpoint_hmac(self) -> str:
+        return f"ff:sec:{self.tag}:waitpoint_hmac"
+
+    @property
+    def noop(self) -> str:
+        """Placeholder for an unused KEYS slot; never read or written."""
+        return f"ff:noop:{self.tag}"
+
+    def idempotency(self, namespace: str, idempotency_key: str) -> str:
+        return f"ff:idem:{self.tag}:{namespace}:{idempotency_key}"
+
+
+def worker_alive_key(namespace: str, worker_instance_id: str) -> str:
+    return f"ff:worker:{namespace}:{worker_instance_id}:alive"
+
+
+def worker_caps_key(namespace: str, worker_instance_id: str) -> str:
+    return f"ff:worker:{namespace}:{worker_instance_id}:caps"
+
+
+def worker_index_key(namespace: str) -> str:
+    return f"ff:idx:{namespace}:workers"
+
+
+# -- ff_celery's own keys (outside FlowFabric's contract) ---------------------------------
+
+#: Leader lock of the background scanners.
+SCANNER_LEADER_KEY = "ffc:leader:scanners"
+
+
+def wake_channel(lane: str) -> str:
+    """Pub/Sub channel a publisher pings when work becomes eligible on ``lane``."""
+    return f"ffc:wake:{lane}"
+
+
+def alias_key(namespace: str, alias: str) -> str:
+    """Maps an external id (a Celery task id) to its execution id."""
+    return f"ffc:alias:{namespace}:{alias}"
