@@ -73,9 +73,7 @@ class Engine:
         """A new engine on its own connection pool (for a background thread or a child process)."""
         pool = self.redis.connection_pool
         client = redis.Redis(
-            connection_pool=redis.ConnectionPool(
-                connection_class=pool.connection_class, **pool.connection_kwargs
-            )
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
         )
         engine = Engine(client, namespace=self.namespace)
         engine._partitions = self._partitions
@@ -104,9 +102,7 @@ class Engine:
     @property
     def partitions(self) -> PartitionConfig:
         if self._partitions is None:
-            self._partitions = PartitionConfig.from_hash(
-                self._guard(lambda: self.redis.hgetall(PARTITION_CONFIG_KEY))
-            )
+            self._partitions = PartitionConfig.from_hash(self._guard(lambda: self.redis.hgetall(PARTITION_CONFIG_KEY)))
         return self._partitions
 
     def register_lane(self, lane: str) -> None:
@@ -144,29 +140,13 @@ class Engine:
 
     def call_many(self, requests: Sequence[fn.Fcall[Any]]) -> list[Any]:
         """Execute FCALLs in one round trip. Each result is the outcome or the EngineError."""
-        if not requests:
-            return []
+        batch = self.batch()
+        for request in requests:
+            batch.fcall(request)
+        return batch.execute()
 
-        def run() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            for request in requests:
-                keys = request.keys()
-                pipe.fcall(request.function, len(keys), *keys, *request.argv())
-            return pipe.execute(raise_on_error=False)
-
-        raws = self._guard(run)
-        if any(is_missing_function(raw) for raw in raws):
-            self._reload_library()
-            raws = self._guard(run)
-        results: list[Any] = []
-        for request, raw in zip(requests, raws):
-            try:
-                if isinstance(raw, Exception):
-                    raise transport_error(raw, request.function)
-                results.append(request.interpret(raw))
-            except EngineError as exc:
-                results.append(exc)
-        return results
+    def batch(self) -> Batch:
+        return Batch(self)
 
     def _guard(self, operation: Any, function: str | None = None) -> Any:
         """Run a Redis operation, reloading the library once if it disappeared."""
@@ -316,9 +296,7 @@ class Engine:
                 lease_id=fence.lease_id if fence else "",
                 lease_epoch=fence.lease_epoch if fence else None,
                 lane_id=core.get("lane_id", "default"),
-                attempt_index=int(core["current_attempt_index"])
-                if core.get("current_attempt_index")
-                else None,
+                attempt_index=int(core["current_attempt_index"]) if core.get("current_attempt_index") else None,
                 waitpoint_id=core.get("current_waitpoint_id") or None,
                 worker_instance_id=core.get("current_worker_instance_id", ""),
             )
@@ -327,9 +305,7 @@ class Engine:
     def revoke_lease(
         self, execution_id: ExecutionId, reason: str = "operator", expected_lease_id: str = ""
     ) -> fn.Settled:
-        holder = self.read_core(execution_id, "current_worker_instance_id").get(
-            "current_worker_instance_id", ""
-        )
+        holder = self.read_core(execution_id, "current_worker_instance_id").get("current_worker_instance_id", "")
         return self.call(
             fn.RevokeLease(
                 execution_id=execution_id,
@@ -346,9 +322,7 @@ class Engine:
                 execution_id=execution_id,
                 expire_reason=reason,
                 lane_id=core.get("lane_id", "default"),
-                attempt_index=int(core["current_attempt_index"])
-                if core.get("current_attempt_index")
-                else None,
+                attempt_index=int(core["current_attempt_index"]) if core.get("current_attempt_index") else None,
             )
         )
 
@@ -382,3 +356,55 @@ class Engine:
     @staticmethod
     def new_id() -> str:
         return new_uuid()
+
+
+class Batch:
+    """FCALLs and plain commands sent in one round trip (not a transaction).
+
+    ``execute`` answers, in order, each FCALL's outcome or its :class:`EngineError`, and each
+    plain command's raw reply (or the redis error).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._queued: list[tuple[str, tuple[Any, ...], fn.Fcall[Any] | None]] = []
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def fcall(self, request: fn.Fcall[Any]) -> None:
+        keys = request.keys()
+        self._queued.append(("fcall", (request.function, len(keys), *keys, *request.argv()), request))
+
+    def command(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Queue a redis-py pipeline method call, e.g. ``command("hmget", key, fields)``."""
+        self._queued.append((name, (*args, kwargs), None))
+
+    def _run(self) -> list[Any]:
+        pipe = self.engine.redis.pipeline(transaction=False)
+        for name, args, request in self._queued:
+            if request is not None:
+                pipe.fcall(*args)
+            else:
+                getattr(pipe, name)(*args[:-1], **args[-1])
+        return pipe.execute(raise_on_error=False)
+
+    def execute(self) -> list[Any]:
+        if not self._queued:
+            return []
+        raws = self.engine._guard(self._run)
+        if any(is_missing_function(raw) for raw in raws):
+            self.engine._reload_library()
+            raws = self.engine._guard(self._run)
+        results: list[Any] = []
+        for (_, _, request), raw in zip(self._queued, raws):
+            if request is None:
+                results.append(raw)
+                continue
+            try:
+                if isinstance(raw, Exception):
+                    raise transport_error(raw, request.function)
+                results.append(request.interpret(raw))
+            except EngineError as exc:
+                results.append(exc)
+        return results

@@ -332,9 +332,7 @@ class ClaimExecution(ClaimRequest):
         ]
 
     def argv(self) -> list[str | bytes]:
-        renew_before = (
-            self.renew_before_ms if self.renew_before_ms is not None else self.lease_ttl_ms * 2 // 3
-        )
+        renew_before = self.renew_before_ms if self.renew_before_ms is not None else self.lease_ttl_ms * 2 // 3
         return [
             self.execution_id,
             self.worker_id,
@@ -689,10 +687,7 @@ class CancelExecution(ExecutionFcall[str]):
             idx.execution_deadline,
             idx.eligible(lane),
             idx.delayed(lane),
-            *(
-                idx.blocked(lane, reason)
-                for reason in ("dependencies", "budget", "quota", "route", "operator")
-            ),
+            *(idx.blocked(lane, reason) for reason in ("dependencies", "budget", "quota", "route", "operator")),
         ]
 
     def argv(self) -> list[str | bytes]:

@@ -112,9 +112,7 @@ def ensure_library(client: redis.Redis, *, force: bool = False) -> LibraryState:
         return LibraryState(ours, "loaded")
     if current.isdigit():
         if current != FLOWFABRIC_VERSION:
-            log.warning(
-                "FlowFabric library version %s loaded; ff_celery targets %s", current, FLOWFABRIC_VERSION
-            )
+            log.warning("FlowFabric library version %s loaded; ff_celery targets %s", current, FLOWFABRIC_VERSION)
         return LibraryState(current, "attached_flowfabric")
     loaded_revision, our_revision = _revision(current), _revision(ours)
     if loaded_revision is None or our_revision is None:

@@ -36,9 +36,7 @@ class RetryPolicy(_Policy):
     """Engine retries: each failure below ``max_retries`` schedules another attempt."""
 
     max_retries: int = 3
-    backoff: FixedBackoff | ExponentialBackoff = Field(
-        default_factory=ExponentialBackoff, discriminator="type"
-    )
+    backoff: FixedBackoff | ExponentialBackoff = Field(default_factory=ExponentialBackoff, discriminator="type")
     retryable_categories: list[str] = Field(default_factory=list)
 
 

@@ -1,0 +1,118 @@
+"""Background lease renewal: one thread on its own connection renews every lease a process
+holds, each every ``ttl / 3``, pipelining the renewals that fall due together.
+
+A renewal that fails with a terminal error (stale, expired or revoked lease, execution no
+longer active, execution gone) stops renewing that lease and reports it lost; transient
+failures are counted and retried at the next interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from ff_celery.engine import functions as fn
+from ff_celery.engine.errors import (
+    EngineError,
+    ExecutionNotActiveError,
+    NotFoundError,
+    StateError,
+    TransportError,
+)
+
+if TYPE_CHECKING:
+    from ff_celery.engine.client import Engine
+    from ff_celery.engine.task import ClaimedTask
+
+log = logging.getLogger(__name__)
+
+TERMINAL_RENEWAL_CODES = frozenset({"stale_lease", "lease_expired", "lease_revoked"})
+
+
+def is_terminal_renewal_error(error: EngineError) -> bool:
+    """True when renewing can never succeed again for this lease."""
+    if isinstance(error, ExecutionNotActiveError | NotFoundError):
+        return True
+    return isinstance(error, StateError) and error.code in TERMINAL_RENEWAL_CODES
+
+
+class LeaseRenewer:
+    """Renews the leases of registered :class:`ClaimedTask` handles until told to stop."""
+
+    def __init__(self, engine: Engine, *, history_grace_ms: int = 5000) -> None:
+        self.engine = engine
+        self.history_grace_ms = history_grace_ms
+        # weak: a handle its owner dropped stops being renewed, so its lease expires
+        self._due: weakref.WeakKeyDictionary[ClaimedTask, float] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def track(self, task: ClaimedTask) -> None:
+        with self._lock:
+            self._due[task] = time.monotonic() + task.renew_interval_s
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ff-lease-renewer", daemon=True)
+                self._thread.start()
+        self._wakeup.set()
+
+    def untrack(self, task: ClaimedTask) -> None:
+        with self._lock:
+            self._due.pop(task, None)
+
+    @property
+    def tracked(self) -> int:
+        with self._lock:
+            return len(self._due)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.engine.close()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            with self._lock:
+                due = [task for task, at in list(self._due.items()) if at <= now]
+                upcoming = min(list(self._due.values()), default=now + 1.0)
+            if due:
+                self.renew(due)
+                continue
+            self._wakeup.wait(timeout=max(0.0, min(upcoming - now, 1.0)))
+            self._wakeup.clear()
+
+    def renew(self, tasks: list[ClaimedTask]) -> None:
+        """Renew ``tasks`` now, in one round trip."""
+        requests = [
+            fn.RenewLease(
+                execution_id=task.execution_id,
+                attempt_index=task.attempt_index,
+                fence=task.fence,
+                lease_ttl_ms=task.lease_ttl_ms,
+                lease_history_grace_ms=self.history_grace_ms,
+            )
+            for task in tasks
+        ]
+        try:
+            outcomes = self.engine.call_many(requests)
+        except TransportError as exc:
+            outcomes = [exc] * len(tasks)
+        now = time.monotonic()
+        for task, outcome in zip(tasks, outcomes):
+            with self._lock:
+                if task not in self._due:
+                    continue  # finished meanwhile
+                self._due[task] = now + task.renew_interval_s
+            if isinstance(outcome, EngineError):
+                if is_terminal_renewal_error(outcome):
+                    self.untrack(task)
+                task._renewal_failed(outcome, terminal=is_terminal_renewal_error(outcome))
+            else:
+                task._renewed(outcome)

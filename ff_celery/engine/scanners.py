@@ -1,0 +1,294 @@
+"""Engine duties that FlowFabric leaves to background scanners, for deployments without
+FlowFabric's server: promoting due delayed executions, marking lapsed leases expired and
+requeueing them, and expiring executions past their attempt timeout or deadline.
+
+Any process may run them; a leader lock (``ffc:leader:scanners``) makes only one instance
+active at a time, so N workers do not multiply the load. Each cycle reads every partition's
+due entries in one pipelined round trip (spec §8.3).
+
+Requeueing a lapsed lease: FlowFabric has no automatic reclaim, so the scanner reclaims the
+execution itself (a new attempt of type ``reclaim``, counted against ``max_reclaim_count``),
+immediately parks it with ``ff_delay_execution`` and promotes it, after which any worker
+claims it through the resumed path and runs the task again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import redis
+from pydantic import BaseModel
+
+from ff_celery.engine import functions as fn
+from ff_celery.engine.client import Engine
+from ff_celery.engine.errors import EngineError, TransportError
+from ff_celery.engine.ids import ExecutionId, new_uuid
+from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys, PartitionKeys
+
+log = logging.getLogger(__name__)
+
+SCANNER_WORKER_ID = "ff-celery-scanner"
+#: Items whose processing failed this many times in a row are skipped for SKIP_CYCLES cycles.
+MAX_ITEM_FAILURES, SKIP_CYCLES = 3, 10
+
+
+class ScannerSettings(BaseModel):
+    """Scanner intervals (seconds) and limits. FlowFabric's defaults."""
+
+    promote_interval_s: float = 0.75
+    lease_expiry_interval_s: float = 1.5
+    attempt_timeout_interval_s: float = 2.0
+    deadline_interval_s: float = 5.0
+    batch_size: int = 50
+    leader_ttl_s: float = 10.0
+    requeue_lease_ttl_ms: int = 30_000
+
+
+@dataclass
+class _Scanner:
+    name: str
+    interval_s: float
+    run: Callable[[], int]
+    next_run: float = 0.0
+
+
+class EngineScanners:
+    """Runs the scanners in a background thread while this instance holds the leader lock."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        settings: ScannerSettings | None = None,
+        lanes: Iterable[str] = (),
+        instance_id: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings or ScannerSettings()
+        self.instance_id = instance_id or f"scanner-{new_uuid()}"
+        self.configured_lanes = set(lanes)
+        s = self.settings
+        self.scanners = [
+            _Scanner("delayed_promoter", s.promote_interval_s, self.promote_delayed),
+            _Scanner("lease_expiry", s.lease_expiry_interval_s, self.expire_leases),
+            _Scanner("attempt_timeout", s.attempt_timeout_interval_s, lambda: self.expire_due("attempt_timeout")),
+            _Scanner("execution_deadline", s.deadline_interval_s, lambda: self.expire_due("execution_deadline")),
+        ]
+        self._failures: dict[str, int] = defaultdict(int)
+        self._skip_until_cycle: dict[str, int] = {}
+        self._cycle = 0
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.is_leader = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> EngineScanners:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ff-engine-scanners", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._resign()
+
+    def _run(self) -> None:
+        last_claim = 0.0
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            if now - last_claim >= self.settings.leader_ttl_s / 3:
+                self.is_leader = self._hold_leadership()
+                last_claim = now
+            if self.is_leader:
+                for scanner in self.scanners:
+                    if scanner.next_run <= now:
+                        scanner.next_run = now + max(scanner.interval_s, 0.1)
+                        self._run_scanner(scanner)
+            self._stopped.wait(0.05)
+
+    def _run_scanner(self, scanner: _Scanner) -> None:
+        try:
+            changed = scanner.run()
+            if changed:
+                log.debug("scanner %s handled %d executions", scanner.name, changed)
+        except (EngineError, redis.RedisError) as exc:
+            log.warning("scanner %s failed: %s", scanner.name, exc)
+
+    def run_all(self) -> dict[str, int]:
+        """Run every scanner once, now (no leader check): what tests and the CLI use."""
+        return {scanner.name: scanner.run() for scanner in self.scanners}
+
+    # -- leadership ---------------------------------------------------------------------------
+
+    def _hold_leadership(self) -> bool:
+        client, me = self.engine.redis, self.instance_id.encode()
+        ttl_ms = int(self.settings.leader_ttl_s * 1000)
+        try:
+            if client.set(SCANNER_LEADER_KEY, me, nx=True, px=ttl_ms):
+                return True
+            with client.pipeline() as pipe:
+                pipe.watch(SCANNER_LEADER_KEY)
+                if pipe.get(SCANNER_LEADER_KEY) != me:
+                    return False
+                pipe.multi()
+                pipe.pexpire(SCANNER_LEADER_KEY, ttl_ms)
+                pipe.execute()
+                return True
+        except redis.WatchError:
+            return False
+        except redis.RedisError as exc:
+            log.warning("scanner leadership check failed: %s", exc)
+            return False
+
+    def _resign(self) -> None:
+        try:
+            with self.engine.redis.pipeline() as pipe:
+                pipe.watch(SCANNER_LEADER_KEY)
+                if pipe.get(SCANNER_LEADER_KEY) == self.instance_id.encode():
+                    pipe.multi()
+                    pipe.delete(SCANNER_LEADER_KEY)
+                    pipe.execute()
+        except redis.RedisError:
+            pass
+        self.is_leader = False
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def lanes(self) -> set[str]:
+        """Configured lanes plus every lane in FlowFabric's lane registry."""
+        return self.configured_lanes | self.engine.lanes()
+
+    def _due(self, keys: list[str], now_ms: int) -> list[list[str]]:
+        """Members scored at or before ``now_ms`` of each zset, in one round trip."""
+        batch = self.engine.batch()
+        for key in keys:
+            batch.command("zrangebyscore", key, "-inf", now_ms, start=0, num=self.settings.batch_size)
+        return [[m.decode() for m in members] if isinstance(members, list) else [] for members in batch.execute()]
+
+    def _partitions(self) -> list[PartitionKeys]:
+        return [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
+
+    def _outcomes(self, requests: list[fn.Fcall]) -> list[object]:
+        """Run requests, skipping items that keep failing in transport (spec §8.1)."""
+        self._cycle += 1
+        live = [r for r in requests if self._skip_until_cycle.get(str(r.subject), 0) <= self._cycle]
+        outcomes = self.engine.call_many(live)
+        for request, outcome in zip(live, outcomes):
+            item = str(request.subject)
+            if isinstance(outcome, TransportError):
+                self._failures[item] += 1
+                if self._failures[item] >= MAX_ITEM_FAILURES:
+                    self._skip_until_cycle[item] = self._cycle + SKIP_CYCLES
+                    self._failures.pop(item)
+            else:
+                self._failures.pop(item, None)
+        return outcomes
+
+    # -- scanners -----------------------------------------------------------------------------
+
+    def promote_delayed(self) -> int:
+        """Promote due delayed executions of every lane; wake the lanes' claimers."""
+        now = self.engine.server_time_ms()
+        lanes = sorted(self.lanes())
+        slots = [(index, lane) for index in self._partitions() for lane in lanes]
+        due = self._due([index.delayed(lane) for index, lane in slots], now)
+        requests = [
+            fn.PromoteDelayed(execution_id=ExecutionId(eid), lane_id=lane, now_ms=now)
+            for (_, lane), members in zip(slots, due)
+            for eid in members
+        ]
+        promoted_lanes = {
+            request.lane_id for request, outcome in zip(requests, self._outcomes(requests)) if outcome == "promoted"
+        }
+        for lane in promoted_lanes:
+            self.engine.wake(lane)
+        return len(requests)
+
+    def expire_leases(self) -> int:
+        """Mark lapsed leases expired and requeue those executions."""
+        now = self.engine.server_time_ms()
+        due = [eid for members in self._due([i.lease_expiry for i in self._partitions()], now) for eid in members]
+        requests = [fn.MarkLeaseExpiredIfDue(execution_id=ExecutionId(eid)) for eid in due]
+        requeued = 0
+        for request, outcome in zip(requests, self._outcomes(requests)):
+            if isinstance(outcome, fn.Settled) and outcome.reason in ("marked_expired", "already_expired"):
+                requeued += self.requeue(request.execution_id)
+        return requeued
+
+    def requeue(self, execution_id: ExecutionId) -> int:
+        """Reclaim an expired lease and hand the execution back to any worker. 1 if requeued."""
+        engine = self.engine
+        core = engine.read_core(execution_id, "lane_id", "current_attempt_index", "ownership_state")
+        if core.get("ownership_state") not in ("lease_expired_reclaimable", "lease_revoked"):
+            return 0
+        lane = core.get("lane_id", "default")
+        worker = {"worker_id": SCANNER_WORKER_ID, "worker_instance_id": self.instance_id, "lane_id": lane}
+        try:
+            engine.call(fn.IssueReclaimGrant(execution_id=execution_id, **worker))
+            lease = engine.call(
+                fn.ReclaimExecution(
+                    execution_id=execution_id,
+                    **worker,
+                    lease_id=new_uuid(),
+                    lease_ttl_ms=self.settings.requeue_lease_ttl_ms,
+                    attempt_id=new_uuid(),
+                    current_attempt_index=int(core.get("current_attempt_index") or 0),
+                )
+            )
+            fence = fn.Fence(lease_id=lease.lease_id, lease_epoch=lease.lease_epoch, attempt_id=lease.attempt_id or "")
+            now = engine.server_time_ms()
+            engine.call(
+                fn.DelayExecution(
+                    execution_id=execution_id,
+                    fence=fence,
+                    lane_id=lane,
+                    worker_instance_id=self.instance_id,
+                    attempt_index=lease.attempt_index,
+                    delay_until=now,
+                )
+            )
+            engine.call(fn.PromoteDelayed(execution_id=execution_id, lane_id=lane, now_ms=now))
+        except EngineError as exc:
+            if exc.code == "max_retries_exhausted":
+                log.error("execution %s failed: crashed or lost its lease too often (%s)", execution_id, exc)
+            else:
+                log.info("requeue of %s skipped: %s", execution_id, exc)
+            return 0
+        log.info("requeued %s after its lease lapsed", execution_id)
+        engine.wake(lane)
+        return 1
+
+    def expire_due(self, reason: fn.ExpireReason) -> int:
+        """Expire executions whose attempt timeout or execution deadline passed."""
+        now = self.engine.server_time_ms()
+        if reason == "attempt_timeout":
+            indexes = [index.attempt_timeout for index in self._partitions()]
+        else:
+            indexes = [index.execution_deadline for index in self._partitions()]
+        due = [ExecutionId(eid) for members in self._due(indexes, now) for eid in members]
+        if not due:
+            return 0
+        reads = self.engine.batch()
+        for eid in due:
+            reads.command("hmget", ExecKeys(eid).core, ("lane_id", "current_attempt_index"))
+        requests = []
+        for eid, (lane, attempt_index) in zip(due, reads.execute()):
+            requests.append(
+                fn.ExpireExecution(
+                    execution_id=eid,
+                    expire_reason=reason,
+                    lane_id=lane.decode() if lane else "default",
+                    attempt_index=int(attempt_index) if attempt_index else None,
+                )
+            )
+        expired = [o for o in self._outcomes(requests) if isinstance(o, fn.Settled) and o.reason != "already_terminal"]
+        return len(expired)

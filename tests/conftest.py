@@ -1,0 +1,1 @@
+pytest_plugins = ["ff_celery.pytest_plugin"]
