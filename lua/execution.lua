@@ -71,9 +71,11 @@ redis.register_function('ff_create_execution', function(keys, args)
   local bad_arg = bad_optional_number(args[9], "delay_until")
     or bad_optional_number(args[12], "execution_deadline_at")
   if bad_arg then return bad_arg end
-  local dedup_ttl_ms = tonumber(args[10]) or 0
-  if dedup_ttl_ms ~= math.floor(dedup_ttl_ms) then
-    return fail("invalid_input", "dedup_ttl_ms must be an integer, got: " .. args[10])
+  local dedup_ttl_ms = 0
+  if present(args[10]) then
+    local bad_ttl
+    dedup_ttl_ms, bad_ttl = need_integer(args[10], "dedup_ttl_ms")
+    if bad_ttl then return bad_ttl end
   end
   local A = {
     execution_id = args[1], namespace = args[2], lane_id = args[3],

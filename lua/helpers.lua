@@ -24,18 +24,36 @@ local function fail(code, ...)
   return {0, code, ...}
 end
 
+-- tonumber, but only for finite numbers (Lua's tonumber also accepts "nan" and "inf").
+local function finite_number(value)
+  local n = tonumber(value)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then
+    return nil
+  end
+  return n
+end
+
 -- A required numeric argument: the number, or nil plus the invalid_input reply.
 local function need_number(value, name)
-  local n = tonumber(value)
+  local n = finite_number(value)
   if n == nil then
     return nil, fail("invalid_input", name .. " must be a number, got: " .. tostring(value))
   end
   return n
 end
 
+-- A required whole number (it becomes a key expiry): the number, or nil plus the reply.
+local function need_integer(value, name)
+  local n, bad = need_number(value, name)
+  if n ~= nil and n ~= math.floor(n) then
+    return nil, fail("invalid_input", name .. " must be an integer, got: " .. tostring(value))
+  end
+  return n, bad
+end
+
 -- An optional numeric argument (empty means absent): the reply on bad input.
 local function bad_optional_number(value, name)
-  if value ~= nil and value ~= "" and tonumber(value) == nil then
+  if value ~= nil and value ~= "" and finite_number(value) == nil then
     return fail("invalid_input", name .. " must be a number, got: " .. tostring(value))
   end
 end

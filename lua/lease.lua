@@ -203,9 +203,9 @@ end
 
 redis.register_function('ff_renew_lease', function(keys, args)
   local K = {core = keys[1], lease_current = keys[2], lease_history = keys[3], lease_expiry = keys[4]}
-  local ttl, bad = need_number(args[6], "lease_ttl_ms")
+  local ttl, bad = need_integer(args[6], "lease_ttl_ms")
   if bad then return bad end
-  local grace, bad_grace = need_number(args[7], "lease_history_grace_ms")
+  local grace, bad_grace = need_integer(args[7], "lease_history_grace_ms")
   if bad_grace then return bad_grace end
   local eid, attempt_index = args[1], args[2]
   local attempt_id, lease_id, lease_epoch = args[3] or "", args[4] or "", args[5] or ""

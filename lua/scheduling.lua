@@ -31,7 +31,7 @@ end
 redis.register_function('ff_issue_claim_grant', function(keys, args)
   local core_key, grant_key, eligible_key = keys[1], keys[2], keys[3]
   local A = grant_request(args)
-  local ttl, bad = need_number(args[6], "grant_ttl_ms")
+  local ttl, bad = need_integer(args[6], "grant_ttl_ms")
   if bad then return bad end
 
   local now = server_now_ms()
@@ -52,7 +52,7 @@ end)
 redis.register_function('ff_issue_reclaim_grant', function(keys, args)
   local core_key, grant_key = keys[1], keys[2]
   local A = grant_request(args)
-  local ttl, bad = need_number(args[6], "grant_ttl_ms")
+  local ttl, bad = need_integer(args[6], "grant_ttl_ms")
   if bad then return bad end
 
   local now = server_now_ms()
@@ -73,7 +73,7 @@ redis.register_function('ff_issue_grant_and_claim', function(keys, args)
     worker_leases = keys[5], attempts = keys[6], lease_current = keys[7],
     lease_history = keys[8], active = keys[9], attempt_timeout = keys[10],
     execution_deadline = keys[11]}
-  local ttl, bad = need_number(args[7], "lease_ttl_ms")
+  local ttl, bad = need_integer(args[7], "lease_ttl_ms")
   if bad then return bad end
   local bad_arg = bad_policy_object(args[9], "attempt_policy_json")
     or bad_optional_number(args[10], "attempt_timeout_ms")
@@ -202,8 +202,11 @@ end)
 
 redis.register_function('ff_register_worker', function(keys, args)
   local alive_key, caps_key, index_key = keys[1], keys[2], keys[3]
-  local ttl, bad = need_number(args[5], "ttl_ms")
+  local ttl, bad = need_integer(args[5], "ttl_ms")
   if bad then return bad end
+  if ttl <= 0 then
+    return fail("invalid_input", "ttl_ms must be positive, got: " .. args[5])
+  end
   local now, bad_now = need_number(args[6], "now_ms")
   if bad_now then return bad_now end
 

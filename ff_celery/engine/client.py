@@ -38,6 +38,8 @@ R = TypeVar("R")
 
 #: A delay closer than this to engine time is submitted as eligible now (spec §5.2 pitfall).
 DELAY_SAFETY_MS = 1000
+#: How long an alias (a Celery task id) resolves after its execution becomes due.
+ALIAS_TTL_MS = 7 * 86_400_000
 _CLOCK_REFRESH_S = 60.0
 
 _RETRYABLE_TRANSPORT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
@@ -192,8 +194,8 @@ class Engine:
         """Create a solo execution on ``lane`` (its partition is the lane's).
 
         A ``delay_until`` less than a second ahead of engine time runs now. ``alias`` (e.g. a
-        Celery task id) is indexed so :meth:`resolve` finds the execution without the lane.
-        Wakes idle claimers of the lane when the execution is eligible now.
+        Celery task id) is indexed for a week past the due time so :meth:`resolve` finds the
+        execution without knowing its lane. Wakes idle claimers of the lane unless delayed.
         """
         if delay_until is not None and delay_until <= self.now_ms() + DELAY_SAFETY_MS:
             delay_until = None
@@ -213,12 +215,45 @@ class Engine:
             execution_deadline_at=deadline_at,
         )
         self.register_lane(lane)
-        created = self.call(request)
-        if alias and not created.duplicate:
-            self._guard(lambda: self.redis.set(alias_key(self.namespace, alias), str(created.execution_id)))
-        if created.public_state == "waiting":
-            self.wake(lane)
+        # one round trip: the FCALL, the alias (kept if a duplicate already set it) and the
+        # wake-up (spurious for a duplicate, which is harmless)
+        batch = self.batch()
+        batch.fcall(request)
+        if alias:
+            alias_ttl_ms = ALIAS_TTL_MS + max(0, (delay_until or 0) - self.now_ms())
+            batch.command("set", alias_key(self.namespace, alias), str(eid), nx=True, px=alias_ttl_ms)
+        if delay_until is None:
+            batch.command("publish", wake_channel(lane), b"1")
+        created = batch.execute()[0]
+        if alias and (isinstance(created, EngineError) or created.execution_id != eid):
+            # the alias went out with the minted id: drop it, or point it at the duplicate's
+            existing = None if isinstance(created, EngineError) else str(created.execution_id)
+            self._replace_alias(alias, expected=str(eid), value=existing)
+        if isinstance(created, EngineError):
+            raise created
         return created
+
+    def _replace_alias(self, alias: str, *, expected: str, value: str | None) -> None:
+        """Set (or delete, for None) ``alias`` if it still maps to ``expected``."""
+        key = alias_key(self.namespace, alias)
+
+        def swap() -> None:
+            with self.redis.pipeline() as pipe:
+                pipe.watch(key)
+                if pipe.get(key) != expected.encode():
+                    pipe.unwatch()
+                    return
+                pipe.multi()
+                if value is None:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, value, keepttl=True)
+                pipe.execute()
+
+        try:
+            self._guard(swap)
+        except TransportError as exc:
+            log.warning("could not repair alias %s: %s", alias, exc)
 
     def wake(self, lane: str) -> None:
         """Tell idle claimers of ``lane`` that work is eligible (ff_celery's notification)."""

@@ -30,6 +30,21 @@ def canonical_uuid(text: str, what: str = "uuid") -> str:
     return text
 
 
+def _execution_id_problem(text: object) -> str | None:
+    """Why ``text`` is not a canonical ``{fp:N}:<uuid>`` execution id, or None."""
+    if not isinstance(text, str) or not text.startswith("{fp:"):
+        return "must start with '{fp:'"
+    close = text.find("}:", 4)
+    index = text[4:close] if close > 0 else ""
+    if not index.isdigit() or int(index) > MAX_PARTITION_INDEX or str(int(index)) != index:
+        return "partition index must be a canonical decimal 0..65535"
+    try:
+        canonical_uuid(text[close + 2 :])
+    except ValidationError:
+        return "the part after the tag must be a lowercase hyphenated UUID"
+    return None
+
+
 class ExecutionId(str):
     """An execution id: ``{fp:N}:<uuid>``. The partition is read from the tag, never recomputed."""
 
@@ -38,17 +53,11 @@ class ExecutionId(str):
     def __new__(cls, text: str) -> ExecutionId:
         if isinstance(text, ExecutionId):
             return text
-        if not isinstance(text, str) or not text.startswith("{fp:"):
-            raise ValidationError("invalid_input", [f"execution id must start with '{{fp:': {text!r}"])
-        close = text.find("}:", 4)
-        index_text = text[4:close] if close > 0 else ""
-        if not index_text.isdigit() or int(index_text) > MAX_PARTITION_INDEX:
-            raise ValidationError("invalid_input", [f"invalid partition index in execution id: {text!r}"])
-        canonical_uuid(text[close + 2 :], "execution id uuid")
-        if str(int(index_text)) != index_text:
-            raise ValidationError("invalid_input", [f"execution id is not canonical: {text!r}"])
+        problem = _execution_id_problem(text)
+        if problem:
+            raise ValidationError("invalid_input", [f"invalid execution id {text!r}: {problem}"])
         instance = super().__new__(cls, text)
-        instance.partition = int(index_text)
+        instance.partition = int(text[4 : text.find("}:")])
         return instance
 
     @classmethod

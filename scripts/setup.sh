@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh machine: a Valkey/Redis server binary (for the embedded
+# server) and a virtualenv in .venv with ff_celery and its test tools installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v valkey-server >/dev/null 2>&1 && ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "installing Debian's redis-server (no valkey-server or redis-server on PATH)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "error: install valkey-server (>= 7.2) or redis-server (>= 7.0) and re-run" >&2
+    exit 1
+  fi
+fi
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,187 @@
+"""The claimed-execution handle, with real time: lease renewal, expiry, reclaim with a higher
+epoch, fencing of the stale holder, and replay-safe terminal operations."""
+
+import gc
+import logging
+import os
+import signal
+import time
+
+import pytest
+
+from ff_celery.devserver import DevServer
+from ff_celery.engine import functions as fn
+from ff_celery.engine.claimer import Claimer
+from ff_celery.engine.client import Engine
+from ff_celery.engine.errors import ExecutionNotActiveError, StateError
+from ff_celery.engine.policy import ExecutionPolicy, FixedBackoff, RetryPolicy
+
+
+@pytest.fixture
+def claimer(ff_engine):
+    claimers = []
+
+    def make(ttl_ms: int = 30_000, worker: str = "worker-a") -> Claimer:
+        claimers.append(Claimer(ff_engine, ["default"], worker_id=worker, lease_ttl_ms=ttl_ms))
+        return claimers[-1]
+
+    yield make
+    for made in claimers:
+        made.close()
+
+
+def claim(engine, claimer, ttl_ms=30_000, **submit):
+    eid = engine.submit("default", b"payload", **submit).execution_id
+    task = claimer(ttl_ms).claim_one(timeout_s=2)
+    assert task is not None and task.execution_id == eid
+    return task
+
+
+def test_a_renewed_lease_outlives_its_ttl(ff_engine, claimer):
+    task = claim(ff_engine, claimer, ttl_ms=600)
+    first_expiry = task.lease_expires_at
+    time.sleep(1.5)  # 2.5 TTLs
+    assert task.lease_expires_at > first_expiry
+    assert task.is_lease_healthy() and task.consecutive_renewal_failures == 0
+    assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=task.execution_id)).reason == "not_yet_expired"
+    task.complete(b"done")
+    assert ff_engine.snapshot(task.execution_id).public_state == "completed"
+
+
+def test_a_lease_that_stops_being_renewed_expires_and_is_reclaimed_with_the_next_epoch(ff_engine, claimer):
+    task = claim(ff_engine, claimer, ttl_ms=300)
+    task.release()  # the worker stalls: no more renewals
+    time.sleep(0.45)
+    assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=task.execution_id)).reason == "marked_expired"
+    assert ff_engine.read_core(task.execution_id, "ownership_state") == {"ownership_state": "lease_expired_reclaimable"}
+
+    other = {"worker_id": "worker-b", "worker_instance_id": "instance-b", "lane_id": "default"}
+    ff_engine.call(fn.IssueReclaimGrant(execution_id=task.execution_id, **other))
+    lease = ff_engine.call(
+        fn.ReclaimExecution(
+            execution_id=task.execution_id,
+            **other,
+            lease_id="lease-b",
+            lease_ttl_ms=30_000,
+            attempt_id="attempt-b",
+            current_attempt_index=task.attempt_index,
+        )
+    )
+    assert lease.lease_epoch == task.lease_epoch + 1
+    assert (lease.attempt_index, lease.attempt_type) == (task.attempt_index + 1, "reclaim")
+
+    with pytest.raises(StateError) as stale:
+        task.complete(b"late result from the stalled worker")
+    assert stale.value.code == "stale_lease"
+    assert ff_engine.result(task.execution_id) is None
+
+
+def test_a_stale_fence_is_refused_with_stale_lease(ff_engine, claimer):
+    task = claim(ff_engine, claimer)
+    wrong_epoch = fn.Fence(lease_id=task.lease.lease_id, lease_epoch=task.lease_epoch + 1, attempt_id=task.attempt_id)
+    with pytest.raises(StateError, match="stale_lease"):
+        ff_engine.call(fn.CompleteExecution(**{**task._holder(), "fence": wrong_epoch}))
+    task.complete()
+
+
+def test_renewal_stops_and_reports_a_lost_lease_when_it_is_revoked(ff_engine, claimer):
+    task = claim(ff_engine, claimer, ttl_ms=600)
+    lost = []
+    task.on_lease_lost = lambda handle, error: lost.append(error.code)
+    ff_engine.revoke_lease(task.execution_id, reason="operator test")
+    deadline = time.monotonic() + 2
+    while not lost and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert lost == ["lease_revoked"]
+    assert not task.is_lease_healthy()
+    assert task.lease_lost is not None and task.lease_lost.code == "lease_revoked"
+
+
+def test_consecutive_renewal_failures_make_the_lease_unhealthy_then_lost():
+    with DevServer() as server:
+        engine = Engine.from_url(server.url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        engine.bootstrap()
+        engine.submit("default", b"x")
+        claimer = Claimer(engine, ["default"], worker_id="w", lease_ttl_ms=600)
+        try:
+            task = claimer.claim_one(timeout_s=2)
+            os.kill(server.pid, signal.SIGSTOP)  # the server stalls: renewals time out
+            try:
+                time.sleep(1.4)
+                assert task.consecutive_renewal_failures >= 3
+                assert not task.is_lease_healthy()
+                assert task.lease_lost is None  # transient failures never end renewal by themselves
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 2
+            while task.lease_lost is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert task.lease_lost is not None and task.lease_lost.code == "lease_expired"
+        finally:
+            claimer.close()
+            engine.close()
+
+
+def test_complete_replayed_after_a_lost_reply_succeeds(ff_engine, claimer):
+    task = claim(ff_engine, claimer)
+    ff_engine.call(fn.CompleteExecution(**task._holder(), result_payload=b"first"))  # reply "lost"
+    task.complete(b"first")
+    assert task.finished
+    assert ff_engine.result(task.execution_id) == b"first"
+
+
+def test_fail_replayed_after_a_lost_reply_reports_what_was_committed(ff_engine, claimer):
+    retrying = claim(ff_engine, claimer, policy=ExecutionPolicy(retry_policy=RetryPolicy(max_retries=1)))
+    ff_engine.call(
+        fn.FailExecution(
+            **retrying._holder(), failure_reason="x", retry_policy_json=retrying.policy.retry_policy_json()
+        )
+    )
+    assert retrying.fail("x") == fn.FailOutcome(retry_scheduled=True, delay_until=None)
+
+    terminal = claim(ff_engine, claimer)
+    ff_engine.call(fn.FailExecution(**terminal._holder(), failure_reason="x"))
+    assert terminal.fail("x") == fn.FailOutcome(retry_scheduled=False)
+
+
+def test_cancel_and_delay_replayed_after_a_lost_reply_succeed(ff_engine, claimer):
+    cancelled = claim(ff_engine, claimer)
+    cancelled.cancel("first")
+    cancelled.cancel("again")
+    assert ff_engine.snapshot(cancelled.execution_id).public_state == "cancelled"
+
+    delayed = claim(ff_engine, claimer)
+    until = ff_engine.server_time_ms() + 60_000
+    ff_engine.call(fn.DelayExecution(**delayed._holder(), delay_until=until))
+    delayed.delay(until)
+    assert ff_engine.snapshot(delayed.execution_id).public_state == "delayed"
+
+
+def test_a_replay_after_a_different_outcome_raced_in_is_not_reconciled(ff_engine, claimer):
+    task = claim(ff_engine, claimer)
+    ff_engine.cancel(task.execution_id, "operator stop")
+    with pytest.raises(ExecutionNotActiveError) as raised:
+        task.complete(b"too late")
+    assert raised.value.terminal_outcome == "cancelled"
+
+
+def test_failure_with_the_stored_retry_policy_schedules_the_next_attempt(ff_engine, claimer):
+    policy = ExecutionPolicy(retry_policy=RetryPolicy(max_retries=2, backoff=FixedBackoff(delay_ms=50)))
+    task = claim(ff_engine, claimer, policy=policy)
+    outcome = task.fail("boom", "transient")
+    assert outcome.retry_scheduled and outcome.delay_until is not None
+    assert ff_engine.snapshot(task.execution_id).core["retry_count"] == "1"
+
+
+def test_an_abandoned_handle_logs_a_warning_and_its_lease_expires(ff_engine, claimer, caplog):
+    made = claimer(300)
+    eid = ff_engine.submit("default", b"x").execution_id
+    task = made.claim_one(timeout_s=2)
+    assert made.renewer.tracked == 1
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.task"):
+        del task
+        gc.collect()
+    assert "dropped without a terminal operation" in caplog.text
+    assert made.renewer.tracked == 0
+    time.sleep(0.45)
+    assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=eid)).reason == "marked_expired"

@@ -1,0 +1,122 @@
+"""Engine duties: leader-elected scanners that promote delayed work, requeue lapsed leases and
+expire timed-out executions, with their intervals as settings."""
+
+import time
+
+import pytest
+
+from ff_celery.engine.claimer import Claimer
+from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys
+from ff_celery.engine.policy import ExecutionPolicy
+from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+
+FAST = ScannerSettings(
+    promote_interval_s=0.1,
+    lease_expiry_interval_s=0.1,
+    attempt_timeout_interval_s=0.1,
+    deadline_interval_s=0.1,
+    leader_ttl_s=0.6,
+)
+
+
+@pytest.fixture
+def claimer(ff_engine):
+    claimer = Claimer(ff_engine, ["default"], worker_id="w", lease_ttl_ms=300)
+    yield claimer
+    claimer.close()
+
+
+def wait_for(predicate, timeout_s=3.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_only_one_instance_leads_and_another_takes_over_when_it_stops(ff_engine):
+    first = EngineScanners(ff_engine.fork(), settings=FAST).start()
+    second = EngineScanners(ff_engine.fork(), settings=FAST).start()
+    try:
+        assert wait_for(lambda: first.is_leader or second.is_leader)
+        time.sleep(0.3)
+        assert first.is_leader != second.is_leader
+        leader, follower = (first, second) if first.is_leader else (second, first)
+        assert ff_engine.redis.get(SCANNER_LEADER_KEY).decode() == leader.instance_id
+        leader.stop()
+        assert wait_for(lambda: follower.is_leader, timeout_s=3)
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_the_promoter_makes_due_delayed_work_claimable(ff_engine, claimer):
+    eid = ff_engine.submit("default", b"x", delay_until=ff_engine.server_time_ms() + 1_200).execution_id
+    scanners = EngineScanners(ff_engine, settings=FAST).start()
+    try:
+        assert claimer.claim(1) == []
+        task = claimer.claim_one(timeout_s=4)
+        assert task is not None and task.execution_id == eid
+        task.complete()
+    finally:
+        scanners.stop()
+
+
+def test_the_promoter_serves_lanes_from_the_lane_registry(ff_engine):
+    eid = ff_engine.submit("reports", b"x", delay_until=ff_engine.server_time_ms() + 1_100).execution_id
+    time.sleep(1.15)
+    assert EngineScanners(ff_engine).promote_delayed() == 1
+    assert ff_engine.read_core(eid, "public_state") == {"public_state": "waiting"}
+
+
+def test_a_lapsed_lease_is_requeued_and_runs_again_elsewhere(ff_engine, claimer):
+    eid = ff_engine.submit("default", b"x").execution_id
+    crashed = claimer.claim_one(timeout_s=1)
+    crashed.release()  # the worker died: nobody renews
+    time.sleep(0.4)
+    assert EngineScanners(ff_engine).expire_leases() == 1
+
+    other = Claimer(ff_engine, ["default"], worker_id="survivor")
+    try:
+        rerun = other.claim_one(timeout_s=1)
+        assert rerun.execution_id == eid
+        assert rerun.attempt_index == crashed.attempt_index + 1
+        assert rerun.lease_epoch > crashed.lease_epoch
+        rerun.complete(b"ok")
+    finally:
+        other.close()
+    snapshot = ff_engine.snapshot(eid)
+    assert snapshot.public_state == "completed"
+    assert snapshot.core["lease_reclaim_count"] == "1"
+    assert [a.attempt_type for a in snapshot.attempts] == ["initial", "reclaim"]
+    assert snapshot.attempts[0].attempt_state == "interrupted_reclaimed"
+    events = [f[b"event"].decode() for _, f in ff_engine.redis.xrange(ExecKeys(eid).lease_history)]
+    assert events == ["acquired", "expired", "reclaimed", "released", "acquired", "released"]
+
+
+def test_repeated_crashes_end_in_failure_at_the_reclaim_cap(ff_engine, claimer):
+    eid = ff_engine.submit("default", b"poison", policy=ExecutionPolicy(max_reclaim_count=1)).execution_id
+    scanners = EngineScanners(ff_engine)
+    for _ in range(2):
+        claimer.claim_one(timeout_s=1).release()
+        time.sleep(0.4)
+        scanners.expire_leases()
+    core = ff_engine.read_core(eid, "public_state", "failure_reason")
+    assert core == {"public_state": "failed", "failure_reason": "max_reclaims_exceeded"}
+
+
+def test_the_background_thread_expires_executions_past_their_deadline(ff_engine):
+    eid = ff_engine.submit("default", b"x", deadline_at=ff_engine.server_time_ms() + 300).execution_id
+    scanners = EngineScanners(ff_engine, settings=FAST).start()
+    try:
+        assert wait_for(lambda: ff_engine.read_core(eid, "public_state")["public_state"] == "expired")
+    finally:
+        scanners.stop()
+    assert ff_engine.read_core(eid, "failure_reason") == {"failure_reason": "execution_deadline"}
+
+
+def test_intervals_are_settings(ff_engine):
+    settings = ScannerSettings(promote_interval_s=3.5, lease_expiry_interval_s=4.5)
+    intervals = {s.name: s.interval_s for s in EngineScanners(ff_engine, settings=settings).scanners}
+    assert intervals["delayed_promoter"] == 3.5 and intervals["lease_expiry"] == 4.5
