@@ -49,6 +49,11 @@ class DevServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
+    def unix_socket(self) -> Path | None:
+        """The server's unix socket (it listens on one as well as on the port)."""
+        return self.directory / "server.sock" if self.directory else None
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
@@ -62,6 +67,8 @@ class DevServer:
                 "--save", "",
                 "--appendonly", "no",
                 "--dir", str(self.directory),
+                "--unixsocket", str(self.directory / "server.sock"),
+                "--unixsocketperm", "700",
                 "--logfile", str(self.directory / "server.log"),
                 "--daemonize", "no",
             ],

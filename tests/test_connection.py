@@ -1,0 +1,54 @@
+"""Connecting from URLs: redis://, flowfabric://, unix://, ACL users and passwords, databases."""
+
+import pytest
+
+from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import redis_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("flowfabric://h:6379/0", "redis://h:6379/0"),
+        ("flowfabrics://u:p@h:6380/1", "rediss://u:p@h:6380/1"),
+        ("redis://h/2", "redis://h/2"),
+        ("unix:///tmp/s.sock?db=3", "unix:///tmp/s.sock?db=3"),
+    ],
+)
+def test_flowfabric_schemes_map_to_redis_and_others_pass_through(url, expected):
+    assert redis_url(url) == expected
+
+
+def test_an_unsupported_scheme_is_refused_with_a_clear_error():
+    with pytest.raises(ValueError, match="unsupported URL scheme"):
+        redis_url("amqp://guest@localhost//")
+
+
+def roundtrip(url: str) -> str:
+    engine = Engine.from_url(url)
+    try:
+        engine.bootstrap()
+        created = engine.submit("default", b"x")
+        return engine.snapshot(created.execution_id).public_state
+    finally:
+        engine.close()
+
+
+def test_connects_over_the_servers_unix_socket(ff_server, ff_redis):
+    assert roundtrip(f"unix://{ff_server.unix_socket}?db=0") == "waiting"
+
+
+def test_connects_with_an_acl_user_and_password(ff_server, ff_redis):
+    ff_redis.acl_setuser("ffc", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"], commands=["+@all"])
+    try:
+        assert roundtrip(f"flowfabric://ffc:s3cret@127.0.0.1:{ff_server.port}/0") == "waiting"
+    finally:
+        ff_redis.acl_deluser("ffc")
+
+
+def test_uses_the_database_named_in_the_url(ff_server, ff_redis):
+    roundtrip(f"redis://127.0.0.1:{ff_server.port}/5")
+    ff_redis.execute_command("SELECT", 5)
+    assert ff_redis.dbsize() > 0
+    ff_redis.execute_command("SELECT", 0)
+    assert ff_redis.dbsize() == 0
