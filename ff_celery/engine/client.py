@@ -188,6 +188,7 @@ class Engine:
         idempotency_key: str | None = None,
         tags: dict[str, str] | None = None,
         alias: str | None = None,
+        alias_replaces: bool = False,
         creator_identity: str = "",
         execution_id: ExecutionId | None = None,
     ) -> fn.Created:
@@ -195,7 +196,8 @@ class Engine:
 
         A ``delay_until`` less than a second ahead of engine time runs now. ``alias`` (e.g. a
         Celery task id) is indexed for a week past the due time so :meth:`resolve` finds the
-        execution without knowing its lane. Wakes idle claimers of the lane unless delayed.
+        execution without knowing its lane; ``alias_replaces`` repoints an existing alias (a
+        task that replaced itself). Wakes idle claimers of the lane unless delayed.
         """
         if delay_until is not None and delay_until <= self.now_ms() + DELAY_SAFETY_MS:
             delay_until = None
@@ -221,7 +223,7 @@ class Engine:
         batch.fcall(request)
         if alias:
             alias_ttl_ms = ALIAS_TTL_MS + max(0, (delay_until or 0) - self.now_ms())
-            batch.command("set", alias_key(self.namespace, alias), str(eid), nx=True, px=alias_ttl_ms)
+            batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces, px=alias_ttl_ms)
         if delay_until is None:
             batch.command("publish", wake_channel(lane), b"1")
         created = batch.execute()[0]
@@ -263,6 +265,9 @@ class Engine:
         """The execution submitted under ``alias``, if any."""
         value = self._guard(lambda: self.redis.get(alias_key(self.namespace, alias)))
         return ExecutionId(value.decode()) if value else None
+
+    def forget_alias(self, alias: str) -> None:
+        self._guard(lambda: self.redis.delete(alias_key(self.namespace, alias)))
 
     def read_core(self, execution_id: ExecutionId, *fields: str) -> dict[str, str]:
         """exec_core, whole or the named fields (absent fields omitted)."""
@@ -374,6 +379,31 @@ class Engine:
 
     def set_tags(self, execution_id: ExecutionId, tags: dict[str, str]) -> int:
         return self.call(fn.SetExecutionTags(execution_id=execution_id, tags=tags))
+
+    def purge_lane(self, lane: str) -> int:
+        """Cancel every eligible and delayed execution on the lane's home partition."""
+        index = PartitionKeys(self.partitions.lane_partition(lane))
+        members = self._guard(
+            lambda: [
+                m.decode() for key in (index.eligible(lane), index.delayed(lane)) for m in self.redis.zrange(key, 0, -1)
+            ]
+        )
+        if not members:
+            return 0
+        reads = self.batch()
+        for eid in members:
+            reads.command("hget", ExecKeys(ExecutionId(eid)).core, "current_attempt_index")
+        requests = [
+            fn.CancelExecution(
+                execution_id=ExecutionId(eid),
+                reason="purged",
+                source=fn.OPERATOR_OVERRIDE,
+                lane_id=lane,
+                attempt_index=int(attempt_index) if attempt_index else None,
+            )
+            for eid, attempt_index in zip(members, reads.execute())
+        ]
+        return sum(1 for outcome in self.call_many(requests) if outcome in ("runnable",))
 
     def lane_counts(self, lane: str) -> dict[str, int]:
         """Sizes of the lane's indexes on its home partition."""

@@ -201,3 +201,8 @@ def wake_channel(lane: str) -> str:
 def alias_key(namespace: str, alias: str) -> str:
     """Maps an external id (a Celery task id) to its execution id."""
     return f"ffc:alias:{namespace}:{alias}"
+
+
+def done_channel(namespace: str, alias: str) -> str:
+    """Pub/Sub channel announcing that the execution behind ``alias`` has an outcome."""
+    return f"ffc:done:{namespace}:{alias}"

@@ -55,7 +55,7 @@ class LeaseRenewer:
     def track(self, task: ClaimedTask) -> None:
         with self._lock:
             self._due[task] = time.monotonic() + task.renew_interval_s
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="ff-lease-renewer", daemon=True)
                 self._thread.start()
         self._wakeup.set()

@@ -7,9 +7,9 @@ active at a time, so N workers do not multiply the load. Each cycle reads every 
 due entries in one pipelined round trip (spec §8.3).
 
 Requeueing a lapsed lease: FlowFabric has no automatic reclaim, so the scanner reclaims the
-execution itself (a new attempt of type ``reclaim``, counted against ``max_reclaim_count``),
-immediately parks it with ``ff_delay_execution`` and promotes it, after which any worker
-claims it through the resumed path and runs the task again.
+execution itself (a new attempt of type ``reclaim``, counted against ``max_reclaim_count``)
+and hands it straight back (``ClaimedTask.hand_back``), after which any worker claims it
+through the resumed path and runs the task again.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys, PartitionKeys
+from ff_celery.engine.task import ClaimedTask
 
 log = logging.getLogger(__name__)
 
@@ -244,19 +245,15 @@ class EngineScanners:
                     current_attempt_index=int(core.get("current_attempt_index") or 0),
                 )
             )
-            fence = fn.Fence(lease_id=lease.lease_id, lease_epoch=lease.lease_epoch, attempt_id=lease.attempt_id or "")
-            now = engine.server_time_ms()
-            engine.call(
-                fn.DelayExecution(
-                    execution_id=execution_id,
-                    fence=fence,
-                    lane_id=lane,
-                    worker_instance_id=self.instance_id,
-                    attempt_index=lease.attempt_index,
-                    delay_until=now,
-                )
-            )
-            engine.call(fn.PromoteDelayed(execution_id=execution_id, lane_id=lane, now_ms=now))
+            ClaimedTask(
+                engine,
+                execution_id=execution_id,
+                lane_id=lane,
+                worker_id=SCANNER_WORKER_ID,
+                worker_instance_id=self.instance_id,
+                lease=lease,
+                lease_ttl_ms=self.settings.requeue_lease_ttl_ms,
+            ).hand_back()
         except EngineError as exc:
             if exc.code == "max_retries_exhausted":
                 log.error("execution %s failed: crashed or lost its lease too often (%s)", execution_id, exc)
@@ -264,7 +261,6 @@ class EngineScanners:
                 log.info("requeue of %s skipped: %s", execution_id, exc)
             return 0
         log.info("requeued %s after its lease lapsed", execution_id)
-        engine.wake(lane)
         return 1
 
     def expire_due(self, reason: fn.ExpireReason) -> int:

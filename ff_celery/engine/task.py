@@ -278,6 +278,14 @@ class ClaimedTask:
             lambda error: delay_until_ms if self._committed(error, phase="runnable") else None,
         )
 
+    def hand_back(self) -> None:
+        """Release the lease and make the execution claimable again at once. The attempt is
+        interrupted, not ended: whoever claims it next continues it (a resumed claim)."""
+        now = self.engine.now_ms()
+        self.delay(now)
+        self.engine.call(fn.PromoteDelayed(execution_id=self.execution_id, lane_id=self.lane_id, now_ms=now))
+        self.engine.wake(self.lane_id)
+
     # -- non-terminal ------------------------------------------------------------------------
 
     def update_progress(self, percent: float | None = None, message: str = "") -> None:

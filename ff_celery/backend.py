@@ -1,0 +1,309 @@
+"""Celery result backend ``flowfabric://``: outcomes are FlowFabric terminal operations, and
+states are read from the execution.
+
+In the worker, a task's outcome ends its attempt with the fence from ``request.ff``: success
+completes the execution (the encoded result meta is its result), a failure fails it
+terminally, a retry fails it with a retry policy so the engine schedules the next attempt,
+a revoke cancels it. Every call is fenced, so a worker that lost its lease cannot overwrite
+the outcome. Exceptions, tracebacks and interim states (STARTED, RETRY, custom states) are
+kept as Celery meta in ``ffc:celery-task-meta-<id>``; groups and chords use the same store
+(chords count parts with INCR, no ``chord_unlock`` polling).
+
+Reading (``AsyncResult``) resolves the task id to its execution, from any process, without
+knowing the queue: completed -> SUCCESS, failed -> FAILURE, cancelled or expired -> REVOKED,
+waiting for a retry -> RETRY, running -> STARTED (with ``task_track_started``) or PENDING.
+``get()`` waits on a per-call Pub/Sub subscription that is closed when it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import states
+from celery.backends.base import BaseKeyValueStoreBackend, SyncBackendMixin
+from celery.exceptions import TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError
+from kombu.utils.encoding import bytes_to_str
+
+from ff_celery.engine.client import Engine
+from ff_celery.engine.errors import EngineError, StateError
+from ff_celery.engine.functions import FailOutcome, Lease
+from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import done_channel
+from ff_celery.engine.policy import FixedBackoff, RetryPolicy
+from ff_celery.engine.task import ClaimedTask
+from ff_celery.messages import FENCE_HEADER
+from ff_celery.task import UNLIMITED_RETRIES
+
+log = logging.getLogger(__name__)
+
+#: Execution state -> Celery state, for executions that have ended.
+TERMINAL_STATES = {
+    "completed": states.SUCCESS,
+    "failed": states.FAILURE,
+    "cancelled": states.REVOKED,
+    "expired": states.REVOKED,
+}
+NAMESPACE = "celery"
+
+
+class ExecutionFailed(Exception):
+    """The execution failed without a Celery exception recorded (e.g. it crashed too often)."""
+
+
+def failure_category(exc: BaseException | Any) -> str:
+    if isinstance(exc, TimeLimitExceeded):
+        return "timeout"
+    if isinstance(exc, WorkerLostError):
+        return "infra_crash"
+    return "transient"
+
+
+def describe(exc: Any) -> str:
+    if isinstance(exc, BaseException):
+        return f"{type(exc).__name__}: {exc}"[:1000]
+    return str(exc)[:1000]
+
+
+class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
+    """Result backend for ``result_backend = "flowfabric://host:port/db"``."""
+
+    task_keyprefix = "ffc:celery-task-meta-"
+    group_keyprefix = "ffc:celery-taskset-meta-"
+    chord_keyprefix = "ffc:chord-unlock-"
+    implements_incr = True
+    supports_native_join = False
+    supports_autoexpire = True
+    persistent = True
+
+    def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, url=url, **kwargs)
+        self.url = url or app.conf.result_backend
+        self._engines: dict[int, Engine] = {}
+
+    @property
+    def engine(self) -> Engine:
+        """This process's engine (a new one after fork)."""
+        pid = os.getpid()
+        if pid not in self._engines:
+            engine = Engine.from_url(self.url, namespace=NAMESPACE)
+            engine.bootstrap()
+            self._engines = {pid: engine}
+        return self._engines[pid]
+
+    # -- key/value store (Celery meta, groups, chord counters) ----------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.engine.redis.get(key)
+
+    def mget(self, keys: list[bytes]) -> list[bytes | None]:
+        return self.engine.redis.mget(keys) if keys else []
+
+    def set(self, key: bytes, value: bytes) -> None:
+        self.engine.redis.set(key, value, ex=int(self.expires) or None)
+
+    def delete(self, key: bytes) -> None:
+        self.engine.redis.delete(key)
+
+    def incr(self, key: bytes) -> int:
+        return self.engine.redis.incr(key)
+
+    def expire(self, key: bytes, value: int) -> None:
+        if value:
+            self.engine.redis.expire(key, int(value))
+
+    # -- recording outcomes (worker side) -------------------------------------------------
+
+    @staticmethod
+    def _fence(request: Any) -> dict[str, Any] | None:
+        return (getattr(request, FENCE_HEADER, None) if request is not None else None) or None
+
+    def _handle(self, request: Any) -> ClaimedTask | None:
+        """The lease holder's handle, rebuilt from the request's ``ff`` header."""
+        fence = self._fence(request)
+        if fence is None:
+            return None
+        return ClaimedTask(
+            self.engine,
+            execution_id=ExecutionId(fence["execution_id"]),
+            lane_id=fence["lane"],
+            worker_id="celery",
+            worker_instance_id=fence["worker_instance_id"],
+            lease=Lease(
+                lease_id=fence["lease_id"],
+                lease_epoch=fence["lease_epoch"],
+                expires_at=None,
+                attempt_id=fence["attempt_id"],
+                attempt_index=fence["attempt_index"],
+                attempt_type=fence.get("attempt_type"),
+            ),
+            lease_ttl_ms=0,
+        )
+
+    def mark_as_done(
+        self, task_id: str, result: Any, request: Any = None, store_result: bool = True, state: str = states.SUCCESS
+    ) -> None:
+        if not store_result or (request is not None and request.ignore_result):
+            self._end(task_id, request, lambda handle: handle.complete(b""))  # no result kept
+            self._announce(task_id)
+        super().mark_as_done(task_id, result, request=request, store_result=store_result, state=state)
+
+    def _store_result(
+        self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        encoded = self.encode(meta)
+        if state == states.SUCCESS and self._fence(request) is not None:
+            self._end(task_id, request, lambda handle: handle.complete(encoded))
+            self._announce(task_id)
+            return result
+        if state == states.RETRY:
+            outcome = self._end(
+                task_id,
+                request,
+                lambda handle: handle.fail(
+                    describe(result), failure_category(result), retry_policy=self._retry_policy(request)
+                ),
+            )
+            if isinstance(outcome, FailOutcome) and not outcome.retry_scheduled:
+                meta["status"] = state = states.FAILURE  # the engine refused another attempt
+                encoded = self.encode(meta)
+        elif state == states.FAILURE:
+            self._end(
+                task_id,
+                request,
+                lambda handle: handle.fail(describe(result), failure_category(result), retry_policy=None),
+            )
+        elif state == states.REVOKED:
+            self._end(task_id, request, lambda handle: handle.cancel(str(result) or "revoked"))
+        self.set(self.get_key_for_task(task_id), encoded)
+        if state in states.READY_STATES:
+            self._announce(task_id)
+        return result
+
+    def _end(self, task_id: str, request: Any, operation: Any) -> Any:
+        """End the attempt through the lease holder's handle; a lost lease discards the
+        outcome (another worker owns the execution now)."""
+        handle = self._handle(request)
+        if handle is None:
+            return None
+        try:
+            outcome = operation(handle)
+        except (StateError, EngineError) as exc:
+            if exc.code in (
+                "stale_lease",
+                "lease_expired",
+                "lease_revoked",
+                "execution_not_active",
+                "execution_not_found",
+            ):
+                log.warning("outcome of task %s discarded: its lease is no longer held (%s)", task_id, exc.code)
+                return None
+            raise
+        return outcome
+
+    @staticmethod
+    def _retry_policy(request: Any) -> RetryPolicy:
+        planned = getattr(request, "ff_retry", None) or {}
+        return RetryPolicy(
+            max_retries=planned.get("max_retries", UNLIMITED_RETRIES),
+            backoff=FixedBackoff(delay_ms=planned.get("delay_ms", 180_000)),
+        )
+
+    def _announce(self, task_id: str) -> None:
+        self.engine.redis.publish(done_channel(NAMESPACE, task_id), b"1")
+
+    def revoke(self, task_id: str, reason: str = "revoked") -> str | None:
+        """Cancel the task's execution durably (any phase); answers the phase it left."""
+        eid = self.engine.resolve(task_id)
+        phase = None
+        if eid is not None:
+            try:
+                phase = self.engine.cancel(eid, reason)
+            except EngineError as exc:
+                log.info("revoke of %s: %s", task_id, exc)
+        self.store_result(task_id, TaskRevokedError(reason), states.REVOKED)
+        return phase
+
+    # -- reading states -------------------------------------------------------------------
+
+    def _stored(self, task_id: str) -> dict[str, Any] | None:
+        raw = self.get(self.get_key_for_task(task_id))
+        return self.decode_result(raw) if raw else None
+
+    def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        stored = self._stored(task_id)
+        eid = self.engine.resolve(task_id)
+        core = self.engine.read_core(eid) if eid is not None else {}
+        if not core:
+            return stored or {"status": states.PENDING, "result": None}
+        meta = self._meta_from_execution(eid, core, stored)
+        meta["task_id"] = task_id
+        if core.get("completed_at"):
+            meta.setdefault("date_done", datetime.fromtimestamp(int(core["completed_at"]) / 1000, timezone.utc))
+        return meta
+
+    def _meta_from_execution(
+        self, eid: ExecutionId, core: dict[str, str], stored: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        public = core.get("public_state", "")
+        ended = TERMINAL_STATES.get(public)
+        if ended == states.SUCCESS:
+            payload = self.engine.result(eid)
+            return self.decode_result(payload) if payload else {"status": states.SUCCESS, "result": None}
+        if ended is not None:
+            if stored and stored["status"] == ended:
+                return stored
+            if ended == states.FAILURE:
+                exc: BaseException = ExecutionFailed(core.get("failure_reason") or "execution failed")
+            else:
+                exc = TaskRevokedError(core.get("cancellation_reason") or public)
+            return self.meta_from_decoded(
+                {"status": ended, "result": self.prepare_exception(exc), "traceback": None, "children": []}
+            )
+        if core.get("attempt_state") == "pending_retry_attempt":
+            if stored and stored["status"] == states.RETRY:
+                return stored
+            return {"status": states.RETRY, "result": None}
+        if core.get("lifecycle_phase") == "active" and stored and stored["status"] not in states.READY_STATES:
+            return stored  # STARTED, RETRY (running again) or a custom state such as PROGRESS
+        if stored and stored["status"] == states.RETRY:
+            return stored
+        return {"status": states.PENDING, "result": None}
+
+    def wait_for(
+        self,
+        task_id: str,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_interval: Any = None,
+    ) -> dict[str, Any]:
+        """Wait until the task is ready: woken by its completion notice, re-checking every
+        ``interval`` for outcomes recorded without one (scanners, operators)."""
+        self._ensure_not_eager()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.engine.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(done_channel(NAMESPACE, task_id))
+        try:
+            while True:
+                meta = self.get_task_meta(task_id)
+                if meta["status"] in states.READY_STATES:
+                    return meta
+                if on_interval:
+                    on_interval()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("The operation timed out.")
+                nap = interval if remaining is None else min(interval, remaining)
+                pubsub.get_message(timeout=nap)
+        finally:
+            pubsub.close()
+
+    def _forget(self, task_id: str) -> None:
+        super()._forget(task_id)
+        self.engine.forget_alias(task_id)

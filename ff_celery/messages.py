@@ -1,0 +1,175 @@
+"""Kombu messages <-> FlowFabric executions.
+
+Publishing: a raw kombu message (Celery task or not) becomes one execution on the lane named
+after its queue; the whole message is the payload so it can be delivered verbatim. Celery's
+priority, ``eta`` (from ``countdown``/``eta``) and ``expires`` become FlowFabric priority, a
+delayed execution and a deadline; the task's retry options arrive in the ``ff_policy``
+header (set by :class:`ff_celery.task.Task`).
+
+Delivering: the claimed execution's fence goes into the ``ff`` header (the task sees it as
+``self.request.ff``), ``retries`` is the engine's retry count, ``eta`` is cleared (the engine
+already held the execution until it was due), and the delivery tag names the lease.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from kombu.utils import json
+
+from ff_celery.engine.errors import ValidationError
+from ff_celery.engine.policy import ExecutionPolicy
+from ff_celery.engine.task import ClaimedTask
+
+#: Header carrying the execution policy JSON from the publisher.
+POLICY_HEADER = "ff_policy"
+#: Header carrying the fence and attempt to the worker.
+FENCE_HEADER = "ff"
+#: Tag marking executions that are Celery tasks (their name is the value).
+TASK_TAG = "celery.task"
+TASK_ID_TAG = "celery.id"
+MAX_LANE_BYTES = 64
+
+
+class PublishError(ValidationError):
+    """A message the transport refuses to publish; nothing was created."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("invalid_input", [reason], message="message refused")
+
+
+@dataclass
+class Submission:
+    """What a published message becomes: the arguments of ``Engine.submit``."""
+
+    lane: str
+    payload: bytes
+    execution_kind: str
+    priority: int = 0
+    delay_until: int | None = None
+    deadline_at: int | None = None
+    idempotency_key: str | None = None
+    alias: str | None = None
+    alias_replaces: bool = False
+    policy: ExecutionPolicy = field(default_factory=ExecutionPolicy)
+    tags: dict[str, str] = field(default_factory=dict)
+    creator_identity: str = ""
+
+
+def _epoch_ms(value: Any, what: str) -> int | None:
+    """An ISO-8601 timestamp (or datetime) as epoch ms; naive times are UTC."""
+    if value in (None, ""):
+        return None
+    try:
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    except ValueError:
+        raise PublishError(f"{what} is not an ISO-8601 timestamp: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _priority(properties: dict[str, Any]) -> int:
+    value = properties.get("priority")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise PublishError(f"priority must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise PublishError(f"priority must be a number, got {value!r}") from None
+    return int(min(max(number, 0), 9000))
+
+
+def check_lane(queue: str) -> None:
+    raw = queue.encode("utf-8", errors="replace")
+    if not 1 <= len(raw) <= MAX_LANE_BYTES or any(b < 0x20 or b > 0x7E for b in raw):
+        raise PublishError(f"queue name {queue!r} is not a FlowFabric lane: 1-64 printable ASCII bytes")
+
+
+def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size: int) -> Submission:
+    """Map a raw kombu message published to ``queue`` onto an execution."""
+    check_lane(queue)
+    payload = json.dumps(message).encode("utf-8")
+    if len(payload) > max_size:
+        raise PublishError(f"message of {len(payload)} bytes exceeds the {max_size}-byte limit")
+    headers = message.get("headers") or {}
+    properties = message.get("properties") or {}
+    submission = Submission(
+        lane=queue,
+        payload=payload,
+        execution_kind="kombu.message",
+        priority=_priority(properties),
+        creator_identity=str(headers.get("origin") or ""),
+    )
+    expiration = properties.get("expiration")
+    if expiration not in (None, ""):
+        try:
+            submission.deadline_at = now_ms + int(float(expiration))
+        except (TypeError, ValueError):
+            raise PublishError(f"expiration must be milliseconds, got {expiration!r}") from None
+
+    task_name, task_id = headers.get("task"), headers.get("id")
+    if task_name and task_id:
+        submission.execution_kind = str(task_name)
+        submission.delay_until = _epoch_ms(headers.get("eta"), "eta")
+        submission.deadline_at = _epoch_ms(headers.get("expires"), "expires") or submission.deadline_at
+        # A task replacing itself (Task.replace) reuses its id with a higher nesting level.
+        nesting = int(headers.get("replaced_task_nesting") or 0)
+        submission.idempotency_key = f"{task_id}:{nesting}"
+        submission.alias, submission.alias_replaces = str(task_id), nesting > 0
+        submission.tags = {TASK_TAG: str(task_name), TASK_ID_TAG: str(task_id), "celery.queue": queue}
+        if headers.get("root_id"):
+            submission.tags["celery.root_id"] = str(headers["root_id"])
+        if headers.get("group"):
+            submission.tags["celery.group"] = str(headers["group"])
+        policy = headers.get(POLICY_HEADER)
+        if policy:
+            try:
+                submission.policy = ExecutionPolicy.model_validate_json(policy)
+            except ValueError as exc:
+                raise PublishError(f"{POLICY_HEADER} header is not an execution policy: {exc}") from None
+    return submission
+
+
+def fence_header(task: ClaimedTask) -> dict[str, Any]:
+    return {
+        "execution_id": str(task.execution_id),
+        "lane": task.lane_id,
+        "lease_id": task.lease.lease_id,
+        "lease_epoch": task.lease_epoch,
+        "attempt_id": task.attempt_id,
+        "attempt_index": task.attempt_index,
+        "attempt_type": task.attempt_type,
+        "worker_instance_id": task.worker_instance_id,
+    }
+
+
+def delivery_tag(task: ClaimedTask) -> str:
+    """Unique per lease: a re-claimed execution is a new delivery."""
+    return f"{task.execution_id}#{task.lease_epoch}"
+
+
+def delivery_message(task: ClaimedTask) -> dict[str, Any]:
+    """The raw kombu message to deliver for a claimed execution."""
+    message = json.loads(task.payload)
+    headers = message.setdefault("headers", {}) or {}
+    message["headers"] = headers
+    fence = fence_header(task)
+    if "task" in headers:
+        fence["eta"] = headers.get("eta")
+        headers["eta"] = None  # the engine held it until due; do not park it in worker memory
+        headers["retries"] = task.retry_count
+    headers[FENCE_HEADER] = fence
+    properties = message.setdefault("properties", {})
+    properties["delivery_tag"] = delivery_tag(task)
+    info = properties.setdefault("delivery_info", {})
+    info.update(routing_key=task.lane_id, redelivered=task.attempt_index > 0 or task.attempt_type == "resumed")
+    return message
+
+
+def is_celery_task(task: ClaimedTask) -> bool:
+    return TASK_TAG in task.tags

@@ -1,0 +1,475 @@
+"""Kombu transport ``flowfabric://`` (``flowfabrics://`` for TLS).
+
+Queues are FlowFabric *lanes*: publishing creates an execution, consuming claims one under a
+lease that a background thread renews, acknowledging releases it (or completes it, for
+messages whose outcome nobody else records), rejecting fails it or hands it back. Nothing is
+ever re-put: a requeue, a reconnect or a shutdown hands the execution back to the engine, so
+executions are never duplicated and a lost worker's executions are requeued by the engine.
+
+Everything that is not a task queue - the ``*.pidbox`` remote-control and reply queues and
+the ``celeryev*`` event queues - keeps kombu's Redis behaviour (lists, Pub/Sub fanout), so
+``celery inspect``/``control``, events and Flower work unchanged.
+
+Consuming is event-driven: with Celery's event loop the lanes' wake-up channel is one more
+readable socket and claims happen when there is capacity and a reason to look (a wake-up, a
+freed slot, a full batch, or the ``poll_interval`` fallback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+
+from ff_celery.engine.claimer import Claimer
+from ff_celery.engine.client import Engine
+from ff_celery.engine.errors import EngineError
+from ff_celery.engine.renewal import LeaseRenewer
+from ff_celery.engine.task import ClaimedTask
+from ff_celery.messages import delivery_message, is_celery_task, submission_for
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
+
+
+def is_lane(queue: str) -> bool:
+    """Task queues are lanes; remote-control, reply and event queues are not."""
+    return not (queue.endswith(".pidbox") or queue.startswith("celeryev"))
+
+
+class _Shared:
+    """One engine and lease renewer per process and server, shared by every channel.
+
+    Leases outlive channels: a task running when its channel closes (reconnect, shutdown)
+    keeps its lease until it is acknowledged.
+    """
+
+    _lock = threading.Lock()
+    _engines: dict[tuple[int, str], tuple[Engine, LeaseRenewer]] = {}
+
+    @classmethod
+    def get(cls, key: str, factory: Callable[[], redis.Redis], namespace: str) -> tuple[Engine, LeaseRenewer]:
+        ident = (os.getpid(), key)
+        with cls._lock:
+            if ident not in cls._engines:
+                engine = Engine(factory(), namespace=namespace)
+                engine.bootstrap()
+                cls._engines[ident] = (engine, LeaseRenewer(engine.fork()))
+            return cls._engines[ident]
+
+
+class QoS(virtual.QoS):
+    """Prefetch accounting; requeue and restore hand executions back instead of re-putting."""
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self.channel.ff_owns(delivery_tag):
+            self.channel.ff_reject(delivery_tag, requeue)
+            self._quick_ack(delivery_tag)
+        else:
+            super().reject(delivery_tag, requeue)
+
+    def restore_unacked(self) -> list[Any]:
+        self._flush()
+        unowned = []
+        for tag, message in list(self._delivered.items()):
+            if self.channel.ff_owns(tag):
+                self.channel.ff_restore(tag)
+            else:
+                unowned.append(message)
+        self._delivered.clear()
+        errors = []
+        for message in unowned:
+            try:
+                self.channel._restore(message)
+            except Exception as exc:
+                errors.append((exc, message))
+        return errors
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+    #: Lease TTL of claimed executions (renewed every third of it).
+    lease_ttl_ms = 30_000
+    #: Fallback probe interval when no wake-up arrives (work promoted by other processes).
+    poll_interval = 1.0
+    #: Largest message (bytes) accepted for a lane.
+    max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+    #: FlowFabric namespace of executions created by this transport.
+    namespace = "celery"
+    #: Claim batch when the consumer sets no prefetch limit.
+    unlimited_batch = 16
+
+    from_transport_options = (
+        *kombu_redis.Channel.from_transport_options,
+        "lease_ttl_ms",
+        "poll_interval",
+        "max_message_size",
+        "namespace",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ff_held: dict[str, ClaimedTask] = {}
+        self._ff_started: set[str] = set()
+        self._ff_lanes: list[str] = []
+        self._ff_claimer: Claimer | None = None
+        self._ff_want_claim = False
+        self._ff_last_probe = 0.0
+        #: Set by the worker bootstep: Celery tasks' outcomes are recorded by the
+        #: FlowFabric result backend, so an ack only releases the lease.
+        self.ff_outcomes_recorded = False
+        #: Set by the worker bootstep: only deliveries not yet handed to the pool are
+        #: handed back when the channel closes; started ones finish with their ack.
+        self.ff_track_started = False
+        #: Called (from the renewal thread) when a held delivery's lease is lost.
+        self.ff_on_lease_lost: Callable[[str, ClaimedTask], None] | None = None
+
+    # -- engine ---------------------------------------------------------------------------
+
+    @property
+    def ff_engine(self) -> Engine:
+        return self._ff_shared[0]
+
+    @property
+    def _ff_shared(self) -> tuple[Engine, LeaseRenewer]:
+        cached = self.__dict__.get("_ff_shared_cache")
+        if cached is None or cached[0] != os.getpid():
+            params = self._connparams(asynchronous=False)
+            key = repr(sorted((k, repr(v)) for k, v in params.items() if k != "connection_class"))
+            shared = _Shared.get(
+                key, lambda: redis.Redis(connection_pool=redis.ConnectionPool(**params)), self.namespace
+            )
+            cached = self.__dict__["_ff_shared_cache"] = (os.getpid(), shared)
+        return cached[1]
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        conninfo = self.connection.client
+        if conninfo.transport_cls == "flowfabrics" and not conninfo.ssl:
+            conninfo.ssl = {"ssl_cert_reqs": "required"}  # TLS by default, verified
+        return super()._connparams(asynchronous=asynchronous)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        if not is_lane(queue):
+            return super()._put(queue, message, **kwargs)
+        engine = self.ff_engine
+        submission = submission_for(queue, message, now_ms=engine.now_ms(), max_size=self.max_message_size)
+        engine.submit(
+            submission.lane,
+            submission.payload,
+            execution_kind=submission.execution_kind,
+            priority=submission.priority,
+            policy=submission.policy,
+            delay_until=submission.delay_until,
+            deadline_at=submission.deadline_at,
+            idempotency_key=submission.idempotency_key,
+            tags=submission.tags,
+            alias=submission.alias,
+            alias_replaces=submission.alias_replaces,
+            creator_identity=submission.creator_identity,
+        )
+        return None
+
+    def _purge(self, queue: str) -> int:
+        """Cancel every waiting or delayed execution of the lane; answers how many."""
+        if not is_lane(queue):
+            return super()._purge(queue)
+        return self.ff_engine.purge_lane(queue)
+
+    def _size(self, queue: str) -> int:
+        if not is_lane(queue):
+            return super()._size(queue)
+        counts = self.ff_engine.lane_counts(queue)
+        return counts["eligible"] + counts["delayed"]
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        if not is_lane(queue):
+            return super()._delete(queue, *args, **kwargs)
+        self._purge(queue)
+        return None
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return True if is_lane(queue) else super()._has_queue(queue, **kwargs)
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        if is_lane(queue):
+            self.ff_engine.register_lane(queue)
+            return None
+        return super()._new_queue(queue, **kwargs)
+
+    # -- consuming ------------------------------------------------------------------------
+
+    @property
+    def active_queues(self) -> list[str]:
+        """Queues read with BRPOP: everything but the lanes."""
+        return [queue for queue in super().active_queues if not is_lane(queue)]
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> str:
+        tag = super().basic_consume(queue, *args, **kwargs)
+        if is_lane(queue) and queue not in self._ff_lanes:
+            self._ff_lanes.append(queue)
+            self._ff_reset_claimer()
+        return tag
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super()._basic_cancel(consumer_tag)
+        if queue in self._ff_lanes:
+            self._ff_lanes.remove(queue)
+            self._ff_reset_claimer()
+        return result
+
+    def _ff_reset_claimer(self) -> None:
+        if self._ff_claimer is not None:
+            self._ff_claimer.close()
+            self._ff_claimer = None
+        if self._ff_lanes:
+            engine, renewer = self._ff_shared
+            self._ff_claimer = Claimer(
+                engine,
+                self._ff_lanes,
+                worker_id=f"celery@{os.uname().nodename}",
+                lease_ttl_ms=self.lease_ttl_ms,
+                renewer=renewer,
+                poll_interval_s=self.poll_interval,
+            )
+            self._ff_claimer.listen()
+            self._ff_want_claim = True
+
+    @property
+    def ff_consuming(self) -> bool:
+        return self._ff_claimer is not None
+
+    @property
+    def ff_wake_pubsub(self) -> redis.client.PubSub | None:
+        return self._ff_claimer._pubsub if self._ff_claimer is not None else None
+
+    def ff_on_wake(self) -> None:
+        """The wake-up socket is readable: drain it and claim if there is room."""
+        pubsub = self.ff_wake_pubsub
+        if pubsub is not None:
+            try:
+                while pubsub.get_message(timeout=0) is not None:
+                    pass
+            except (redis.RedisError, OSError) as exc:
+                log.warning("wake-up channel failed: %s; re-subscribing", exc)
+                self._ff_reset_claimer()
+        self._ff_want_claim = True
+        self.ff_maybe_claim()
+
+    def ff_poll_due(self) -> None:
+        """Fallback: look for work even without a wake-up (timer tick)."""
+        self._ff_want_claim = True
+
+    def ff_maybe_claim(self) -> int:
+        """Claim and deliver as many executions as the prefetch limit allows, if there is a
+        reason to look. Answers how many were delivered."""
+        if self._ff_claimer is None or not self.qos.can_consume():
+            return 0
+        if not self._ff_want_claim and time.monotonic() - self._ff_last_probe < self.poll_interval:
+            return 0
+        want = self.qos.can_consume_max_estimate() or self.unlimited_batch
+        self._ff_last_probe = time.monotonic()
+        try:
+            tasks = self._ff_claimer.try_claim(want)
+        except EngineError as exc:
+            log.warning("claiming from %s failed: %s", self._ff_lanes, exc)
+            return 0
+        self._ff_want_claim = len(tasks) == want  # a full batch: there may be more
+        for task in tasks:
+            self._ff_deliver(task)
+        return len(tasks)
+
+    def _ff_deliver(self, task: ClaimedTask) -> None:
+        try:
+            message = delivery_message(task)
+        except ValueError as exc:
+            reason = f"undecodable message: {exc}"
+            log.error("execution %s holds an %s; failing it", task.execution_id, reason)
+            self._ff_end(task, lambda: task.fail(reason, "permanent", retry_policy=None))
+            return
+        tag = message["properties"]["delivery_tag"]
+        task.on_lease_lost = lambda handle, error: self._ff_lease_lost(tag, handle)
+        self._ff_held[tag] = task
+        self.connection._deliver(message, task.lane_id)
+
+    def _ff_lease_lost(self, tag: str, task: ClaimedTask) -> None:
+        if self.ff_on_lease_lost is not None and tag in self._ff_held:
+            self.ff_on_lease_lost(tag, task)
+
+    # -- acknowledgement ------------------------------------------------------------------
+
+    def ff_owns(self, delivery_tag: str) -> bool:
+        return delivery_tag in self._ff_held
+
+    def ff_held(self, delivery_tag: str) -> ClaimedTask | None:
+        return self._ff_held.get(delivery_tag)
+
+    def ff_mark_started(self, delivery_tag: str) -> None:
+        self._ff_started.add(delivery_tag)
+
+    def _ff_take(self, delivery_tag: str) -> ClaimedTask | None:
+        self._ff_started.discard(delivery_tag)
+        task = self._ff_held.pop(delivery_tag, None)
+        self._ff_want_claim = True  # a slot is free again
+        return task
+
+    @staticmethod
+    def _ff_end(task: ClaimedTask, operation: Callable[[], Any]) -> None:
+        """Run a terminal operation; an already-recorded outcome is not an error."""
+        if task.lease_lost is not None:
+            task.release()
+            return
+        try:
+            operation()
+        except EngineError as exc:
+            log.info("execution %s: outcome already settled (%s)", task.execution_id, exc.code)
+            task.release()
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        task = self._ff_take(delivery_tag)
+        if task is not None:
+            if self.ff_outcomes_recorded and is_celery_task(task):
+                task.release()  # the result backend recorded the outcome in the worker process
+            else:
+                self._ff_end(task, task.complete)
+        super().basic_ack(delivery_tag, multiple)
+
+    def ff_reject(self, delivery_tag: str, requeue: bool) -> None:
+        task = self._ff_take(delivery_tag)
+        if task is None:
+            return
+        if requeue:
+            self._ff_end(task, task.hand_back)
+        else:
+            self._ff_end(task, lambda: task.fail("message rejected by the consumer", "permanent", retry_policy=None))
+
+    def ff_fail(self, delivery_tag: str, reason: str) -> None:
+        """Fail a held delivery terminally with ``reason`` (it stays delivered until acked)."""
+        task = self._ff_held.get(delivery_tag)
+        if task is not None:
+            self._ff_end(task, lambda: task.fail(reason, "permanent", retry_policy=None))
+
+    def ff_restore(self, delivery_tag: str) -> None:
+        """Channel closing with the delivery unacked: hand it back unless it is running."""
+        if self.ff_track_started and delivery_tag in self._ff_started:
+            return  # still running in the pool; its ack will end it
+        task = self._ff_take(delivery_tag)
+        if task is not None:
+            log.info("handing %s back to the engine (not started)", task.execution_id)
+            self._ff_end(task, task.hand_back)
+
+    def _restore(self, message: Any, leftmost: bool = False) -> Any:
+        if self.ff_owns(message.delivery_tag):
+            return self.ff_restore(message.delivery_tag)
+        return super()._restore(message, leftmost)
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        """``basic_get`` on a lane: claim one execution now."""
+        if not is_lane(queue):
+            return super()._get(queue)
+        engine, renewer = self._ff_shared
+        claimer = Claimer(engine, [queue], worker_id=f"kombu@{os.uname().nodename}", renewer=renewer)
+        try:
+            task = claimer.claim_one()
+        finally:
+            claimer.close()
+        if task is None:
+            raise virtual.base.Empty()
+        message = delivery_message(task)
+        self._ff_held[message["properties"]["delivery_tag"]] = task
+        return message
+
+    def close(self) -> None:
+        claimer, self._ff_claimer = self._ff_claimer, None
+        super().close()
+        if claimer is not None:
+            claimer.close()
+
+
+class Poller(kombu_redis.MultiChannelPoller):
+    """kombu's Redis poller plus each consuming channel's wake-up socket (type ``WAKE``)."""
+
+    def on_poll_start(self) -> None:
+        super().on_poll_start()
+        for channel in self._channels:
+            if channel.ff_consuming:
+                self._register_wake(channel)
+                channel.ff_maybe_claim()
+
+    def _register_wake(self, channel: Channel) -> None:
+        pubsub = channel.ff_wake_pubsub
+        if pubsub is None or pubsub.connection is None:
+            return
+        for ident in [i for i in self._chan_to_sock if i[0] is channel and i[2] == "WAKE" and i[1] is not pubsub]:
+            sock = self._chan_to_sock.pop(ident)  # the claimer was replaced: forget its old socket
+            self._fd_to_chan.pop(sock.fileno(), None)
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(sock)
+        if (channel, pubsub, "WAKE") not in self._chan_to_sock:
+            self._register(channel, pubsub, "WAKE")
+
+    def on_readable(self, fileno: int) -> Any:
+        chan_type = self._fd_to_chan.get(fileno)
+        if chan_type is not None and chan_type[1] == "WAKE":
+            return chan_type[0].ff_on_wake()
+        return super().on_readable(fileno)
+
+    def handle_event(self, fileno: int, event: int) -> Any:
+        chan_type = self._fd_to_chan.get(fileno)
+        if chan_type is not None and chan_type[1] == "WAKE":
+            chan_type[0].ff_on_wake()
+            return None, self
+        return super().handle_event(fileno, event)
+
+    def ff_poll_due(self) -> None:
+        for channel in self._channels:
+            if channel.ff_consuming:
+                channel.ff_poll_due()
+
+    def get(self, callback: Callable[..., Any], timeout: float | None = None) -> None:
+        """Without an event loop: claim first, then wait on the sockets (the wake-up one
+        included), never longer than the fallback poll interval."""
+        for channel in list(self._channels):
+            if channel.ff_consuming and channel.ff_maybe_claim():
+                return
+        lanes_consumed = [c for c in self._channels if c.ff_consuming]
+        if lanes_consumed:
+            interval = min(c.poll_interval for c in lanes_consumed)
+            timeout = interval if timeout is None else min(timeout, interval)
+        super().get(callback, timeout=timeout)
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+    driver_type = "redis"  # keeps Celery's Redis-only features: mingle, gossip, event fanout
+    driver_name = "flowfabric"
+    implements = kombu_redis.Transport.implements.extend(batch_publish=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = Poller()
+
+    @property
+    def supports_batch_publish(self) -> bool:
+        return False
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        interval = min((c.poll_interval for c in self.channels), default=Channel.poll_interval)
+        old = getattr(self.cycle, "_ff_poll_tref", None)
+        if old is not None:
+            old.cancel()
+        self.cycle._ff_poll_tref = loop.call_repeatedly(interval, self.cycle.ff_poll_due)

@@ -1,0 +1,129 @@
+"""The worker bootstep: ties Celery's requests to FlowFabric leases.
+
+- A request whose lease was lost before it started is dropped instead of run; one that is
+  running is terminated (prefork), so a worker that lost its lease does not knowingly run a
+  task twice. Its late writes are fenced out by the engine either way.
+- Deliveries handed to the pool are marked started, so a closing channel hands back only the
+  ones that never ran.
+- Messages Celery cannot run (undecodable, unknown task, invalid) fail their execution with a
+  readable reason instead of looping.
+- The engine scanners run here, leader-elected, unless ``flowfabric_scanners = False`` (set
+  that when FlowFabric's own server runs them).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+from celery import bootsteps
+from celery.worker import state
+
+from ff_celery.backend import FlowFabricBackend
+from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.task import ClaimedTask
+from ff_celery.transport import Channel
+
+log = logging.getLogger(__name__)
+
+LOST_CHECK_INTERVAL_S = 0.25
+
+
+class FlowFabricStep(bootsteps.StartStopStep):
+    """Consumer bootstep added by ``ff_celery.install(app)``."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.lost: deque[tuple[str, ClaimedTask]] = deque()
+        self.scanners: EngineScanners | None = None
+        self.timer_ref: Any = None
+        self._wrap_consumer(c)
+
+    # -- hooks installed before other steps capture them ----------------------------------
+
+    def _wrap_consumer(self, c: Any) -> None:
+        run_request = c.on_task_request
+
+        def on_task_request(request: Any) -> None:
+            channel, tag = _channel_of(request.message), request.message.delivery_tag
+            task = channel.ff_held(tag) if channel else None
+            if task is not None and task.lease_lost is not None:
+                log.error("not running %s[%s]: its lease was lost (%s)", request.name, request.id, task.lease_lost.code)
+                request.acknowledge()
+                return
+            if channel is not None:
+                channel.ff_mark_started(tag)
+            run_request(request)
+
+        c.on_task_request = on_task_request
+        self._fail_before(c, "on_decode_error", lambda message, exc: f"undecodable message: {exc!r}")
+        self._fail_before(c, "on_unknown_message", lambda body, message: "not a Celery task message")
+        self._fail_before(c, "on_unknown_task", lambda body, message, exc: f"unknown task: {exc!r}")
+        self._fail_before(c, "on_invalid_task", lambda body, message, exc: f"invalid task message: {exc!r}")
+
+    @staticmethod
+    def _fail_before(c: Any, hook: str, reason: Any) -> None:
+        """Fail the delivery's execution with a readable reason, then let Celery handle it."""
+        original = getattr(c, hook)
+
+        def failing(*args: Any) -> Any:
+            message = next(arg for arg in args if hasattr(arg, "delivery_tag"))
+            channel = _channel_of(message)
+            if channel is not None:
+                channel.ff_fail(message.delivery_tag, reason(*args))
+            return original(*args)
+
+        setattr(c, hook, failing)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, c: Any) -> None:
+        channel = getattr(c.task_consumer, "channel", None)
+        if isinstance(channel, Channel):
+            channel.ff_outcomes_recorded = isinstance(c.app.backend, FlowFabricBackend)
+            channel.ff_track_started = True
+            channel.ff_on_lease_lost = lambda tag, task: self.lost.append((tag, task))
+            if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:
+                settings = ScannerSettings(**(c.app.conf.get("flowfabric_scanner_settings") or {}))
+                queues = [queue.name for queue in c.task_consumer.queues]
+                self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=queues).start()
+        self.timer_ref = c.timer.call_repeatedly(LOST_CHECK_INTERVAL_S, self.stop_lost, (c,), priority=1)
+
+    def stop(self, c: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+
+    def shutdown(self, c: Any) -> None:
+        self.stop(c)
+        if self.scanners is not None:
+            self.scanners.stop()
+            self.scanners = None
+
+    # -- lost leases ----------------------------------------------------------------------
+
+    def stop_lost(self, c: Any) -> None:
+        """Terminate requests whose lease was lost (runs on the worker's timer)."""
+        while self.lost:
+            tag, task = self.lost.popleft()
+            for request in list(state.active_requests):
+                if getattr(request.message, "delivery_tag", None) != tag:
+                    continue
+                log.error(
+                    "lease of %s[%s] lost (%s): terminating it; another worker may run it",
+                    request.name,
+                    request.id,
+                    task.lease_lost.code if task.lease_lost else "unknown",
+                )
+                try:
+                    request.terminate(c.pool, signal="SIGKILL")
+                except (NotImplementedError, AttributeError) as exc:
+                    log.warning("cannot stop %s in this pool (%r); its writes are fenced out", request.id, exc)
+
+
+def _channel_of(message: Any) -> Channel | None:
+    channel = getattr(message, "channel", None)
+    return channel if isinstance(channel, Channel) else None
