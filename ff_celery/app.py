@@ -17,7 +17,6 @@ CONTROL_CLS = "ff_celery.control:Control"
 DEFAULTS = {
     # every claimed (prefetched) task holds a renewed lease: take only what can run
     "worker_prefetch_multiplier": 1,
-    "result_extended": True,
 }
 
 

@@ -122,11 +122,12 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         return (getattr(request, FENCE_HEADER, None) if request is not None else None) or None
 
     def _handle(self, request: Any) -> ClaimedTask | None:
-        """The lease holder's handle, rebuilt from the request's ``ff`` header."""
+        """The lease holder's handle, rebuilt from the request's ``ff`` header. Its terminal
+        operations announce the outcome to result waiters in the same round trip."""
         fence = self._fence(request)
         if fence is None:
             return None
-        return ClaimedTask(
+        handle = ClaimedTask(
             self.engine,
             execution_id=ExecutionId(fence["execution_id"]),
             lane_id=fence["lane"],
@@ -142,13 +143,14 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             ),
             lease_ttl_ms=0,
         )
+        handle.notify_channel = done_channel(NAMESPACE, request.id)
+        return handle
 
     def mark_as_done(
         self, task_id: str, result: Any, request: Any = None, store_result: bool = True, state: str = states.SUCCESS
     ) -> None:
         if not store_result or (request is not None and request.ignore_result):
             self._end(task_id, request, lambda handle: handle.complete(b""))  # no result kept
-            self._announce(task_id)
         super().mark_as_done(task_id, result, request=request, store_result=store_result, state=state)
 
     def _store_result(
@@ -159,7 +161,6 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         encoded = self.encode(meta)
         if state == states.SUCCESS and self._fence(request) is not None:
             self._end(task_id, request, lambda handle: handle.complete(encoded))
-            self._announce(task_id)
             return result
         if state == states.RETRY:
             outcome = self._end(
@@ -180,9 +181,10 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             )
         elif state == states.REVOKED:
             self._end(task_id, request, lambda handle: handle.cancel(str(result) or "revoked"))
-        self.set(self.get_key_for_task(task_id), encoded)
         if state in states.READY_STATES:
-            self._announce(task_id)
+            self._set_and_announce(task_id, encoded)
+        else:
+            self.set(self.get_key_for_task(task_id), encoded)
         return result
 
     def _end(self, task_id: str, request: Any, operation: Any) -> Any:
@@ -214,8 +216,12 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             backoff=FixedBackoff(delay_ms=planned.get("delay_ms", 180_000)),
         )
 
-    def _announce(self, task_id: str) -> None:
-        self.engine.redis.publish(done_channel(NAMESPACE, task_id), b"1")
+    def _set_and_announce(self, task_id: str, encoded: bytes) -> None:
+        """Store the Celery meta and wake the task's waiters, in one round trip."""
+        pipe = self.engine.redis.pipeline(transaction=False)
+        pipe.set(self.get_key_for_task(task_id), encoded, ex=int(self.expires) or None)
+        pipe.publish(done_channel(NAMESPACE, task_id), b"1")
+        pipe.execute()
 
     def revoke(self, task_id: str, reason: str = "revoked") -> str | None:
         """Cancel the task's execution durably (any phase); answers the phase it left."""

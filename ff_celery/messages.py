@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 from kombu.utils import json
@@ -126,13 +127,17 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
             submission.tags["celery.root_id"] = str(headers["root_id"])
         if headers.get("group"):
             submission.tags["celery.group"] = str(headers["group"])
-        policy = headers.get(POLICY_HEADER)
-        if policy:
-            try:
-                submission.policy = ExecutionPolicy.model_validate_json(policy)
-            except ValueError as exc:
-                raise PublishError(f"{POLICY_HEADER} header is not an execution policy: {exc}") from None
+        if headers.get(POLICY_HEADER):
+            submission.policy = _policy_from_header(headers[POLICY_HEADER])
     return submission
+
+
+@lru_cache(maxsize=256)
+def _policy_from_header(text: str) -> ExecutionPolicy:
+    try:
+        return ExecutionPolicy.model_validate_json(text)
+    except ValueError as exc:
+        raise PublishError(f"{POLICY_HEADER} header is not an execution policy: {exc}") from None
 
 
 def fence_header(task: ClaimedTask) -> dict[str, Any]:

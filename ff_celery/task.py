@@ -11,6 +11,7 @@ attempt, which ``self.request.retries`` then counts.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import celery
@@ -22,6 +23,15 @@ from ff_celery.messages import FENCE_HEADER, POLICY_HEADER
 
 #: Celery's "retry forever" (max_retries=None) as a FlowFabric count.
 UNLIMITED_RETRIES = 2**31 - 1
+
+
+@lru_cache(maxsize=1024)
+def policy_json_for(max_retries: int | None, retry_backoff: Any, retry_backoff_max: int, delay_s: float) -> str:
+    """The execution policy JSON published for a task with these retry options."""
+    retry_policy = retry_policy_for(
+        max_retries, retry_backoff=retry_backoff, retry_backoff_max=retry_backoff_max, delay_s=delay_s
+    )
+    return ExecutionPolicy(retry_policy=retry_policy).to_json()
 
 
 def retry_policy_for(
@@ -57,20 +67,18 @@ class Task(celery.Task):
 
         install(app)
 
-    def ff_policy(self) -> ExecutionPolicy:
+    def ff_policy_json(self) -> str:
         """The execution policy published with this task's messages."""
-        return ExecutionPolicy(
-            retry_policy=retry_policy_for(
-                self.max_retries,
-                retry_backoff=getattr(self, "retry_backoff", False),
-                retry_backoff_max=getattr(self, "retry_backoff_max", 600),
-                delay_s=self.default_retry_delay,
-            )
+        return policy_json_for(
+            self.max_retries,
+            getattr(self, "retry_backoff", False),
+            getattr(self, "retry_backoff_max", 600),
+            self.default_retry_delay,
         )
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         headers = dict(options.pop("headers", None) or {})
-        headers.setdefault(POLICY_HEADER, self.ff_policy().to_json())
+        headers.setdefault(POLICY_HEADER, self.ff_policy_json())
         return super().apply_async(args, kwargs, headers=headers, **options)
 
     def retry(

@@ -266,18 +266,25 @@ class Channel(kombu_redis.Channel):
                 log.warning("wake-up channel failed: %s; re-subscribing", exc)
                 self._ff_reset_claimer()
         self._ff_want_claim = True
-        self.ff_maybe_claim()
+        self.ff_maybe_claim()  # an event: deliveries are picked up by this loop iteration
 
     def ff_poll_due(self) -> None:
         """Fallback: look for work even without a wake-up (timer tick)."""
         self._ff_want_claim = True
 
+    def ff_claim_wanted(self) -> bool:
+        """There is room and a reason to look (a wake-up, a freed slot, a full last batch,
+        or the fallback interval passed)."""
+        return (
+            self._ff_claimer is not None
+            and self.qos.can_consume()
+            and (self._ff_want_claim or time.monotonic() - self._ff_last_probe >= self.poll_interval)
+        )
+
     def ff_maybe_claim(self) -> int:
-        """Claim and deliver as many executions as the prefetch limit allows, if there is a
-        reason to look. Answers how many were delivered."""
-        if self._ff_claimer is None or not self.qos.can_consume():
-            return 0
-        if not self._ff_want_claim and time.monotonic() - self._ff_last_probe < self.poll_interval:
+        """Claim and deliver as many executions as the prefetch limit allows, if wanted.
+        Answers how many were delivered."""
+        if not self.ff_claim_wanted():
             return 0
         want = self.qos.can_consume_max_estimate() or self.unlimited_batch
         self._ff_last_probe = time.monotonic()
@@ -399,14 +406,51 @@ class Channel(kombu_redis.Channel):
 
 
 class Poller(kombu_redis.MultiChannelPoller):
-    """kombu's Redis poller plus each consuming channel's wake-up socket (type ``WAKE``)."""
+    """kombu's Redis poller plus each consuming channel's wake-up socket (type ``WAKE``).
+
+    With Celery's event loop, claims must deliver during event handling, not in a tick
+    callback: the prefork pool registers its job writers in its own tick callback, so jobs
+    delivered after it ran would wait for the next timer. A tick therefore only *requests*
+    a claim by writing to a self-pipe that the loop reads as an event.
+    """
+
+    _trigger: tuple[int, int] | None = None
+    _triggered = False
 
     def on_poll_start(self) -> None:
         super().on_poll_start()
         for channel in self._channels:
             if channel.ff_consuming:
                 self._register_wake(channel)
+                if self._trigger is None:
+                    channel.ff_maybe_claim()
+                elif channel.ff_claim_wanted() and not self._triggered:
+                    self._triggered = True
+                    os.write(self._trigger[1], b"x")
+
+    def attach_trigger(self, loop: Any) -> None:
+        """Use a self-pipe read by ``loop`` to run claims as events."""
+        if self._trigger is None:
+            self._trigger = os.pipe()
+            for fd in self._trigger:
+                os.set_blocking(fd, False)
+        loop.add_reader(self._trigger[0], self.on_trigger)
+
+    def on_trigger(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._trigger[0], 4096)
+        self._triggered = False
+        for channel in list(self._channels):
+            if channel.ff_consuming:
                 channel.ff_maybe_claim()
+
+    def close(self) -> None:
+        super().close()
+        if self._trigger is not None:
+            for fd in self._trigger:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._trigger = None
 
     def _register_wake(self, channel: Channel) -> None:
         pubsub = channel.ff_wake_pubsub
@@ -473,3 +517,4 @@ class Transport(kombu_redis.Transport):
         if old is not None:
             old.cancel()
         self.cycle._ff_poll_tref = loop.call_repeatedly(interval, self.cycle.ff_poll_due)
+        self.cycle.attach_trigger(loop)

@@ -129,12 +129,12 @@ def test_concurrent_claimers_never_claim_the_same_execution(ff_engine, make_clai
     assert len(set(everything)) == len(everything)
 
 
-def test_claimed_tasks_carry_payload_tags_policy_and_exec_core(ff_engine, make_claimer):
+def test_claimed_tasks_carry_payload_tags_policy_and_claim_state(ff_engine, make_claimer):
     policy = ExecutionPolicy(max_replay_count=3)
     ff_engine.submit("default", b"body", tags={"celery.task": "proj.add"}, policy=policy, priority=4)
     task = make_claimer().claim_one(timeout_s=1)
     assert task.payload == b"body"
     assert task.tags == {"celery.task": "proj.add"}
     assert task.policy.max_replay_count == 3
-    assert task.core["priority"] == "4" and task.core["lifecycle_phase"] == "active"
+    assert task.core["priority"] == "4" and task.core["retry_count"] == "0"
     task.complete()

@@ -463,12 +463,14 @@ def test_running_execution_past_its_deadline_is_expired_and_loses_its_lease(ff_e
     assert raised.value.terminal_outcome == "expired"
 
 
-def test_attempt_timeout_expires_a_claimed_execution_after_the_timeout(ff_engine, claimer, scanners):
-    policy = ExecutionPolicy(timeout_policy=TimeoutPolicy(attempt_timeout_ms=200))
-    eid = ff_engine.submit(LANE, b"", policy=policy).execution_id
+def test_a_worker_attempt_timeout_expires_a_claimed_execution_after_the_timeout(ff_engine, scanners):
+    # As in FlowFabric, the attempt timeout is set by the claiming worker, not read from the policy.
+    eid = ff_engine.submit(LANE, b"").execution_id
+    timed = Claimer(ff_engine, [LANE], worker_id="worker-t", attempt_timeout_ms=200)
     before_claim = ff_engine.server_time_ms()
-    task = claim_now(claimer)
+    task = claim_now(timed)
     after_claim = ff_engine.server_time_ms()
+    timed.close()
     assert task is not None and task.execution_id == eid
     timeout_index = PartitionKeys(eid.partition).attempt_timeout
     timeout_at = ff_engine.redis.zscore(timeout_index, eid)

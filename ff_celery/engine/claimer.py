@@ -2,10 +2,15 @@
 
 Solo executions of a lane all live on the lane's own partition, so every probe reads that
 partition's eligible set first (spec §8.3); flow members hash elsewhere, so the other
-partitions are rotated through in chunks of 32, at most every ``flow_scan_interval_s``. Probes,
-grants and claims are each one pipelined round trip. When nothing is eligible the claimer
-sleeps on the lane's wake-up channel (published by ff_celery's submitters and scanners) and
-falls back to polling every ``poll_interval_s`` for work that arrived by other means.
+partitions are rotated through in chunks of 32, at most every ``flow_scan_interval_s``. A probe
+is one pipelined round trip, and so is claiming a batch: each candidate's claim grant (which
+checks capabilities) and its claim travel in the same pipeline, with the reads the handle
+needs; an interrupted attempt takes one more round trip for its resumed claim. When nothing
+is eligible the claimer sleeps on the lane's wake-up channel
+(published by ff_celery's submitters and scanners) and falls back to polling every
+``poll_interval_s`` for work that arrived by other means. Attempt timeouts are the worker's
+choice (``attempt_timeout_ms``), as in FlowFabric, where no claim path reads them from the
+policy.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,14 +30,13 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys, wake_channel
-from ff_celery.engine.policy import ExecutionPolicy
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.task import ClaimedTask
 
 log = logging.getLogger(__name__)
 
 FLOW_SCAN_CHUNK = 32
-_CLAIM_STATE_FIELDS = ("attempt_state", "total_attempt_count", "current_attempt_index")
+PROBE_DEPTH = 16
 
 
 def default_worker_instance_id() -> str:
@@ -60,6 +65,7 @@ class Claimer:
         renewer: LeaseRenewer | None = None,
         poll_interval_s: float = 1.0,
         flow_scan_interval_s: float = 0.5,
+        attempt_timeout_ms: int | None = None,
     ) -> None:
         self.engine = engine
         self.lanes = list(dict.fromkeys(lanes))
@@ -72,6 +78,7 @@ class Claimer:
         self.capabilities = tuple(sorted(set(capabilities)))
         self.poll_interval_s = poll_interval_s
         self.flow_scan_interval_s = flow_scan_interval_s
+        self.attempt_timeout_ms = attempt_timeout_ms
         self._owns_renewer = renewer is None
         self.renewer = renewer if renewer is not None else LeaseRenewer(engine.fork())
         partitions = engine.partitions
@@ -79,6 +86,8 @@ class Claimer:
         self._cursor = partitions.scan_start(self.worker_instance_id)
         self._last_flow_scan = 0.0
         self._pubsub: redis.client.PubSub | None = None
+        self._candidates: deque[tuple[ExecutionId, str]] = deque()
+        self._probed_at = 0.0
         for lane in self.lanes:
             engine.register_lane(lane)
 
@@ -100,12 +109,19 @@ class Claimer:
         return tasks[0] if tasks else None
 
     def try_claim(self, max_tasks: int = 1) -> list[ClaimedTask]:
-        """One probe-and-claim pass without waiting."""
-        candidates = self.probe(depth=max_tasks + 2)
+        """One probe-and-claim pass without waiting.
+
+        A probe reads more heads than needed; the rest are tried first by the next calls for
+        up to ``CANDIDATE_TTL_S`` (or until a claim fails), saving a round trip per claim when
+        the lanes are busy.
+        """
+        now = time.monotonic()
+        if not self._candidates or now - self._probed_at > CANDIDATE_TTL_S:
+            self._candidates = deque(self.probe(depth=max(max_tasks + 2, PROBE_DEPTH)))
+            self._probed_at = now
         claimed: list[ClaimedTask] = []
-        while candidates and len(claimed) < max_tasks:
-            need = max_tasks - len(claimed)
-            wave, candidates = candidates[:need], candidates[need:]
+        while self._candidates and len(claimed) < max_tasks:
+            wave = [self._candidates.popleft() for _ in range(min(max_tasks - len(claimed), len(self._candidates)))]
             claimed += self._claim_wave(wave)
         return claimed
 
@@ -176,87 +192,95 @@ class Claimer:
     # -- claiming -----------------------------------------------------------------------------
 
     def _claim_wave(self, wave: list[tuple[ExecutionId, str]]) -> list[ClaimedTask]:
-        grants = self.engine.batch()
+        """Grant and claim each candidate in one round trip (the claim uses the grant issued
+        just before it in the pipeline); interrupted attempts need a second round trip for
+        the resumed claim."""
+        batch = self.engine.batch()
         for eid, lane in wave:
-            grants.fcall(
-                fn.IssueClaimGrant(
-                    execution_id=eid,
-                    worker_id=self.worker_id,
-                    worker_instance_id=self.worker_instance_id,
-                    lane_id=lane,
-                    grant_ttl_ms=self.grant_ttl_ms,
-                    worker_capabilities=self.capabilities,
-                )
-            )
-            grants.command("hmget", ExecKeys(eid).core, _CLAIM_STATE_FIELDS)
-            grants.command("get", ExecKeys(eid).policy)
-        replies = grants.execute()
-
-        claims = self.engine.batch()
-        pending: list[tuple[ExecutionId, str, ExecutionPolicy]] = []
-        for position, (eid, lane) in enumerate(wave):
-            grant, state, policy_raw = replies[3 * position : 3 * position + 3]
-            if isinstance(grant, EngineError):
-                log.debug("no grant for %s: %s", eid, grant.code)
-                continue
-            state = dict(zip(_CLAIM_STATE_FIELDS, (v.decode() if v else "" for v in state)))
-            policy = self._policy(eid, policy_raw)
-            claims.fcall(self._claim_request(eid, lane, state, policy))
-            claims.command("get", ExecKeys(eid).payload)
-            claims.command("hgetall", ExecKeys(eid).tags)
-            claims.command("hgetall", ExecKeys(eid).core)
-            pending.append((eid, lane, policy))
-        results = claims.execute()
-
-        tasks: list[ClaimedTask] = []
-        for position, (eid, lane, policy) in enumerate(pending):
-            lease, payload, tags, core = results[4 * position : 4 * position + 4]
-            if isinstance(lease, EngineError):
-                log.debug("claim of %s lost: %s", eid, lease.code)
-                continue
-            tasks.append(
-                ClaimedTask(
-                    self.engine,
-                    execution_id=eid,
-                    lane_id=lane,
-                    worker_id=self.worker_id,
-                    worker_instance_id=self.worker_instance_id,
-                    lease=lease,
+            keys = ExecKeys(eid)
+            batch.fcall(fn.IssueClaimGrant(**self._identity(eid, lane), grant_ttl_ms=self.grant_ttl_ms,
+                                           worker_capabilities=self.capabilities))  # fmt: skip
+            batch.fcall(
+                fn.ClaimExecution(
+                    **self._identity(eid, lane),
+                    lease_id=new_uuid(),
                     lease_ttl_ms=self.lease_ttl_ms,
-                    payload=payload or b"",
-                    tags=_decode_hash(tags),
-                    policy=policy,
-                    core=_decode_hash(core),
-                    renewer=self.renewer,
+                    attempt_id=new_uuid(),
+                    attempt_timeout_ms=self.attempt_timeout_ms,
                 )
             )
-        return tasks
+            batch.command("hmget", keys.core, _CORE_FIELDS)
+            batch.command("get", keys.payload)
+            batch.command("hgetall", keys.tags)
+            batch.command("get", keys.policy)
+        replies = batch.execute()
 
-    def _claim_request(
-        self, eid: ExecutionId, lane: str, state: dict[str, str], policy: ExecutionPolicy
-    ) -> fn.ClaimRequest:
-        common = {
+        claimed: list[tuple[ExecutionId, str, fn.Lease, list[Any]]] = []
+        resumable: list[tuple[ExecutionId, str, list[Any]]] = []
+        for position, (eid, lane) in enumerate(wave):
+            grant, lease, *reads = replies[6 * position : 6 * position + 6]
+            if isinstance(lease, EngineError):
+                if lease.code == "use_claim_resumed_execution":
+                    resumable.append((eid, lane, reads))
+                else:
+                    log.debug("claim of %s lost: %s", eid, getattr(grant, "code", lease.code))
+                    self._candidates.clear()  # someone else is claiming too: probe afresh
+                continue
+            claimed.append((eid, lane, lease, reads))
+        if resumable:
+            claimed += self._claim_resumed(resumable)
+        return [self._handle(eid, lane, lease, reads) for eid, lane, lease, reads in claimed]
+
+    def _claim_resumed(self, resumable: list[tuple[ExecutionId, str, list[Any]]]) -> list[tuple[Any, ...]]:
+        """Claim interrupted attempts through their still-held grants."""
+        batch = self.engine.batch()
+        for eid, lane, reads in resumable:
+            attempt_index = int(_text(reads[0][0]) or 0)
+            batch.fcall(
+                fn.ClaimResumedExecution(
+                    **self._identity(eid, lane), lease_id=new_uuid(), lease_ttl_ms=self.lease_ttl_ms,
+                    attempt_index=attempt_index,
+                )
+            )  # fmt: skip
+        claimed = []
+        for (eid, lane, reads), lease in zip(resumable, batch.execute()):
+            if isinstance(lease, EngineError):
+                log.debug("resumed claim of %s lost: %s", eid, lease.code)
+            else:
+                claimed.append((eid, lane, lease, reads))
+        return claimed
+
+    def _identity(self, eid: ExecutionId, lane: str) -> dict[str, Any]:
+        return {
             "execution_id": eid,
             "worker_id": self.worker_id,
             "worker_instance_id": self.worker_instance_id,
             "lane_id": lane,
-            "lease_id": new_uuid(),
-            "lease_ttl_ms": self.lease_ttl_ms,
         }
-        if state["attempt_state"] == "attempt_interrupted":
-            return fn.ClaimResumedExecution(**common, attempt_index=int(state["current_attempt_index"] or 0))
-        timeouts = policy.timeout_policy
-        return fn.ClaimExecution(
-            **common,
-            attempt_id=new_uuid(),
-            next_attempt_index=int(state["total_attempt_count"] or 0),
-            attempt_timeout_ms=timeouts.attempt_timeout_ms if timeouts else None,
+
+    def _handle(self, eid: ExecutionId, lane: str, lease: fn.Lease, reads: list[Any]) -> ClaimedTask:
+        core_values, payload, tags, policy = reads
+        return ClaimedTask(
+            self.engine,
+            execution_id=eid,
+            lane_id=lane,
+            worker_id=self.worker_id,
+            worker_instance_id=self.worker_instance_id,
+            lease=lease,
+            lease_ttl_ms=self.lease_ttl_ms,
+            payload=payload or b"",
+            tags=_decode_hash(tags),
+            policy_json=policy,
+            core=dict(zip(_CORE_FIELDS, map(_text, core_values))),
+            renewer=self.renewer,
         )
 
-    @staticmethod
-    def _policy(eid: ExecutionId, raw: bytes | None) -> ExecutionPolicy:
-        try:
-            return ExecutionPolicy.from_json(raw)
-        except ValueError as exc:
-            log.warning("execution %s has an unreadable policy (%s); using defaults", eid, exc)
-            return ExecutionPolicy()
+
+#: exec_core fields read with a claim (before the resumed claim, after the fresh one).
+_CORE_FIELDS = ("current_attempt_index", "retry_count", "priority", "created_at")
+#: Probed candidates are reused for this long before probing again.
+CANDIDATE_TTL_S = 0.25
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else ""

@@ -197,7 +197,7 @@ class Engine:
         A ``delay_until`` less than a second ahead of engine time runs now. ``alias`` (e.g. a
         Celery task id) is indexed for a week past the due time so :meth:`resolve` finds the
         execution without knowing its lane; ``alias_replaces`` repoints an existing alias (a
-        task that replaced itself). Wakes idle claimers of the lane unless delayed.
+        task that replaced itself). Wakes idle claimers when the lane had no eligible work.
         """
         if delay_until is not None and delay_until <= self.now_ms() + DELAY_SAFETY_MS:
             delay_until = None
@@ -218,15 +218,19 @@ class Engine:
         )
         self.register_lane(lane)
         # one round trip: the FCALL, the alias (kept if a duplicate already set it) and the
-        # wake-up (spurious for a duplicate, which is harmless)
+        # size of the lane's eligible set
         batch = self.batch()
         batch.fcall(request)
         if alias:
             alias_ttl_ms = ALIAS_TTL_MS + max(0, (delay_until or 0) - self.now_ms())
             batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces, px=alias_ttl_ms)
-        if delay_until is None:
-            batch.command("publish", wake_channel(lane), b"1")
-        created = batch.execute()[0]
+        batch.command("zcard", PartitionKeys(eid.partition).eligible(lane))
+        replies = batch.execute()
+        created = replies[0]
+        # Wake idle claimers only when this is the lane's only eligible execution: if others
+        # were waiting, no claimer is idle for lack of work.
+        if isinstance(created, fn.Created) and created.public_state == "waiting" and replies[-1] == 1:
+            self.wake(lane)
         if alias and (isinstance(created, EngineError) or created.execution_id != eid):
             # the alias went out with the minted id: drop it, or point it at the duplicate's
             existing = None if isinstance(created, EngineError) else str(created.execution_id)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The renewal thread looks for new leases at least this often.
+MAX_SLEEP_S = 1.0
 TERMINAL_RENEWAL_CODES = frozenset({"stale_lease", "lease_expired", "lease_revoked"})
 
 
@@ -58,7 +60,8 @@ class LeaseRenewer:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="ff-lease-renewer", daemon=True)
                 self._thread.start()
-        self._wakeup.set()
+        if task.renew_interval_s < MAX_SLEEP_S:
+            self._wakeup.set()  # due before the thread's next look
 
     def untrack(self, task: ClaimedTask) -> None:
         with self._lock:
@@ -85,7 +88,7 @@ class LeaseRenewer:
             if due:
                 self.renew(due)
                 continue
-            self._wakeup.wait(timeout=max(0.0, min(upcoming - now, 1.0)))
+            self._wakeup.wait(timeout=max(0.0, min(upcoming - now, MAX_SLEEP_S)))
             self._wakeup.clear()
 
     def renew(self, tasks: list[ClaimedTask]) -> None:

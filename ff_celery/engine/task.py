@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ff_celery.engine import functions as fn
@@ -51,7 +52,7 @@ class ClaimedTask:
         lease_ttl_ms: int,
         payload: bytes = b"",
         tags: dict[str, str] | None = None,
-        policy: ExecutionPolicy | None = None,
+        policy_json: bytes | str | None = None,
         core: dict[str, str] | None = None,
         renewer: LeaseRenewer | None = None,
     ) -> None:
@@ -66,8 +67,10 @@ class ClaimedTask:
         self.lease_ttl_ms = lease_ttl_ms
         self.payload = payload
         self.tags = tags or {}
-        self.policy = policy or ExecutionPolicy()
+        self._policy_json = policy_json
         self.core = core or {}
+        #: Published after a terminal operation, in the same round trip (e.g. a result waiter).
+        self.notify_channel: str | None = None
         self.lease_expires_at = lease.expires_at
         self.lease_lost: EngineError | None = None
         self.on_lease_lost: Callable[[ClaimedTask, EngineError], None] | None = None
@@ -99,6 +102,15 @@ class ClaimedTask:
     @property
     def attempt_type(self) -> str:
         return self.lease.attempt_type or ""
+
+    @cached_property
+    def policy(self) -> ExecutionPolicy:
+        """The execution's stored policy (defaults if absent or unreadable)."""
+        try:
+            return ExecutionPolicy.from_json(self._policy_json)
+        except ValueError as exc:
+            log.warning("execution %s has an unreadable policy (%s); using defaults", self.execution_id, exc)
+            return ExecutionPolicy()
 
     @property
     def retry_count(self) -> int:
@@ -183,7 +195,7 @@ class ClaimedTask:
         """Run a terminal FCALL, retrying transport failures; reconcile a committed replay."""
         for backoff in (*TERMINAL_RETRY_BACKOFF, None):
             try:
-                result = self.engine.call(request)
+                result = self._call(request)
             except TransportError as exc:
                 if not exc.retryable or backoff is None:
                     raise  # the call may not have landed: keep renewing, the caller may retry
@@ -201,6 +213,17 @@ class ClaimedTask:
             self._finish()
             return result
         raise AssertionError("unreachable")
+
+    def _call(self, request: fn.Fcall[R]) -> R:
+        if self.notify_channel is None:
+            return self.engine.call(request)
+        batch = self.engine.batch()
+        batch.fcall(request)
+        batch.command("publish", self.notify_channel, b"1")
+        outcome = batch.execute()[0]
+        if isinstance(outcome, EngineError):
+            raise outcome
+        return outcome
 
     def _committed(
         self,
