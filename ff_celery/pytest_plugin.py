@@ -40,3 +40,36 @@ def ff_engine(ff_url: str, ff_redis: redis.Redis) -> Iterator[Engine]:
     engine.bootstrap()
     yield engine
     engine.close()
+
+
+# -- Celery on the embedded server ----------------------------------------------------------
+# With Celery's own fixtures enabled (celery.contrib.pytest, which pytest-celery re-exports),
+# these make celery_app / celery_session_app and their in-process workers run on ff_celery.
+
+
+@pytest.fixture(scope="session")
+def ff_celery_url(ff_server: DevServer) -> str:
+    """The embedded server as a ``flowfabric://`` URL."""
+    return ff_server.url.replace("redis://", "flowfabric://", 1)
+
+
+@pytest.fixture(scope="session")
+def ff_celery_config(ff_celery_url: str) -> dict[str, object]:
+    """Broker and result backend on the embedded server; merge it into your own
+    ``celery_config`` fixture if you define one."""
+    return {
+        "broker_url": ff_celery_url,
+        "result_backend": ff_celery_url,
+        "broker_transport_options": {"poll_interval": 0.2},
+    }
+
+
+@pytest.fixture(scope="session")
+def celery_config(ff_celery_config: dict[str, object]) -> dict[str, object]:
+    return ff_celery_config
+
+
+@pytest.fixture(scope="session")
+def celery_parameters() -> dict[str, object]:
+    """Test apps get ff_celery's task base class, which installs the rest on first use."""
+    return {"task_cls": "ff_celery.task:Task"}
