@@ -54,18 +54,24 @@ class ExecutionFailed(Exception):
     """The execution failed without a Celery exception recorded (e.g. it crashed too often)."""
 
 
-def failure_category(exc: BaseException | Any) -> str:
-    if isinstance(exc, TimeLimitExceeded):
-        return "timeout"
-    if isinstance(exc, WorkerLostError):
-        return "infra_crash"
-    return "transient"
+def failure_category(exc: Any) -> str:
+    """FlowFabric failure category of an exception (raw or encoded by Celery)."""
+    name = exc.get("exc_type") if isinstance(exc, dict) else type(exc).__name__
+    return {TimeLimitExceeded.__name__: "timeout", WorkerLostError.__name__: "infra_crash"}.get(name, "transient")
 
 
 def describe(exc: Any) -> str:
-    if isinstance(exc, BaseException):
-        return f"{type(exc).__name__}: {exc}"[:1000]
-    return str(exc)[:1000]
+    """``Type: message`` of an exception, raw or as Celery encodes it for the backend."""
+    if isinstance(exc, dict) and "exc_type" in exc:
+        message = exc.get("exc_message")
+        if isinstance(message, list | tuple):
+            message = ", ".join(map(str, message)) if len(message) != 1 else str(message[0])
+        text = f"{exc['exc_type']}: {message}"
+    elif isinstance(exc, BaseException):
+        text = f"{type(exc).__name__}: {exc}"
+    else:
+        text = str(exc)
+    return text[:1000]
 
 
 class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
@@ -156,23 +162,26 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     def _store_result(
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:
+        """Record an outcome. ``result`` arrives encoded (exceptions as dicts)."""
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = bytes_to_str(task_id)
         encoded = self.encode(meta)
-        if state == states.SUCCESS and self._fence(request) is not None:
+        fenced = self._fence(request) is not None
+        if state == states.SUCCESS and fenced:
             self._end(task_id, request, lambda handle: handle.complete(encoded))
             return result
+        # Celery meta first: once the execution shows the outcome, its details are readable.
+        self.set(self.get_key_for_task(task_id), encoded)
         if state == states.RETRY:
+            policy = self._retry_policy(request)
             outcome = self._end(
                 task_id,
                 request,
-                lambda handle: handle.fail(
-                    describe(result), failure_category(result), retry_policy=self._retry_policy(request)
-                ),
+                lambda handle: handle.fail(describe(result), failure_category(result), retry_policy=policy),
             )
             if isinstance(outcome, FailOutcome) and not outcome.retry_scheduled:
-                meta["status"] = state = states.FAILURE  # the engine refused another attempt
-                encoded = self.encode(meta)
+                meta["status"] = states.FAILURE  # the engine refused another attempt
+                self.set(self.get_key_for_task(task_id), self.encode(meta))
         elif state == states.FAILURE:
             self._end(
                 task_id,
@@ -180,11 +189,9 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 lambda handle: handle.fail(describe(result), failure_category(result), retry_policy=None),
             )
         elif state == states.REVOKED:
-            self._end(task_id, request, lambda handle: handle.cancel(str(result) or "revoked"))
-        if state in states.READY_STATES:
-            self._set_and_announce(task_id, encoded)
-        else:
-            self.set(self.get_key_for_task(task_id), encoded)
+            self._end(task_id, request, lambda handle: handle.cancel(describe(result)))
+        if state in states.READY_STATES and not fenced:
+            self.engine.redis.publish(done_channel(NAMESPACE, task_id), b"1")
         return result
 
     def _end(self, task_id: str, request: Any, operation: Any) -> Any:
@@ -215,13 +222,6 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             max_retries=planned.get("max_retries", UNLIMITED_RETRIES),
             backoff=FixedBackoff(delay_ms=planned.get("delay_ms", 180_000)),
         )
-
-    def _set_and_announce(self, task_id: str, encoded: bytes) -> None:
-        """Store the Celery meta and wake the task's waiters, in one round trip."""
-        pipe = self.engine.redis.pipeline(transaction=False)
-        pipe.set(self.get_key_for_task(task_id), encoded, ex=int(self.expires) or None)
-        pipe.publish(done_channel(NAMESPACE, task_id), b"1")
-        pipe.execute()
 
     def revoke(self, task_id: str, reason: str = "revoked") -> str | None:
         """Cancel the task's execution durably (any phase); answers the phase it left."""

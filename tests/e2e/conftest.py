@@ -1,0 +1,127 @@
+"""Real ``celery worker`` subprocesses on the embedded server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+class Worker:
+    """A ``celery -A ffapp worker`` process; stopped by its pid."""
+
+    def __init__(self, url: str, tmp: Path, *, pool: str = "prefork", concurrency: int = 2,
+                 queues: str = "celery", env: dict[str, str] | None = None, events: bool = False) -> None:  # fmt: skip
+        self.name = f"w{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
+        self.log = tmp / f"{self.name.split('@')[0]}.log"
+        command = [
+            sys.executable, "-m", "celery", "-A", "ffapp", "worker", "-P", pool, "-c", str(concurrency),
+            "-Q", queues, "-n", self.name, "-l", "info", "--without-gossip", "--without-mingle",
+            "--logfile", str(self.log),
+        ]  # fmt: skip
+        if events:
+            command.append("-E")
+        environment = {**os.environ, "FFAPP_URL": url, "PYTHONPATH": str(HERE), **(env or {})}
+        self.process = subprocess.Popen(
+            command, cwd=HERE, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> Worker:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.text()}")
+            if " ready." in self.text():
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.text()}")
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown (SIGTERM), waiting for running tasks."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """kill -9 of the main process; its pool children die with it."""
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def app_url(ff_server) -> str:
+    return ff_server.url.replace("redis://", "flowfabric://", 1)
+
+
+@pytest.fixture(scope="session")
+def ffapp(app_url: str):
+    os.environ["FFAPP_URL"] = app_url
+    sys.path.insert(0, str(HERE))
+    import ffapp
+
+    ffapp.app.conf.update(broker_url=app_url, result_backend=app_url)
+    return ffapp
+
+
+@pytest.fixture
+def start_worker(app_url: str, tmp_path: Path) -> Iterator:
+    """Start workers for one test; all are stopped (killed if need be) afterwards."""
+    started: list[Worker] = []
+
+    def start(**options: object) -> Worker:
+        started.append(Worker(app_url, tmp_path, **options))
+        return started[-1].wait_ready()
+
+    yield start
+    for worker in started:
+        try:
+            worker.stop(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+@pytest.fixture(scope="module")
+def module_worker(app_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """One prefork worker (concurrency 2, events on) shared by a test module."""
+    worker = Worker(app_url, tmp_path_factory.mktemp("worker"), events=True).wait_ready()
+    yield worker
+    try:
+        worker.stop(timeout=15)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+
+
+def runs(ffapp, task_id: str) -> list[str]:
+    """What a task recorded, in order: ``event:host:pid:time``."""
+    return [entry.decode() for entry in ffapp.runs().lrange(f"ffapp:runs:{task_id}", 0, -1)]
+
+
+def execution(ffapp, task_id: str):
+    engine = ffapp.app.backend.engine
+    return engine.snapshot(engine.resolve(task_id))
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

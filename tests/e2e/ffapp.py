@@ -1,0 +1,108 @@
+"""The Celery app the end-to-end tests run in real ``celery worker`` subprocesses.
+
+Configured from the environment so the test process and its workers share it:
+FFAPP_URL (flowfabric:// URL), FFAPP_LEASE_TTL_MS, FFAPP_SCAN_S (scanner intervals).
+Tasks record what they do in Redis (``ffapp:runs:<task id>``) so tests can count runs.
+"""
+
+import os
+import socket
+import time
+
+import redis
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+
+import ff_celery
+
+URL = os.environ.get("FFAPP_URL", "flowfabric://127.0.0.1:6379/0")
+SCAN_S = float(os.environ.get("FFAPP_SCAN_S", "0.2"))
+
+app = Celery("ffapp", broker=URL, backend=URL)
+ff_celery.install(app)
+app.conf.update(
+    result_extended=True,
+    broker_transport_options={"lease_ttl_ms": int(os.environ.get("FFAPP_LEASE_TTL_MS", "2000")), "poll_interval": 0.5},
+    flowfabric_scanner_settings={
+        "promote_interval_s": SCAN_S,
+        "lease_expiry_interval_s": SCAN_S,
+        "attempt_timeout_interval_s": SCAN_S,
+        "deadline_interval_s": SCAN_S,
+        "leader_ttl_s": 2.0,
+    },
+    worker_prefetch_multiplier=int(os.environ.get("FFAPP_PREFETCH", "1")),
+)
+
+
+def runs() -> redis.Redis:
+    return redis.Redis.from_url(URL.replace("flowfabric://", "redis://", 1))
+
+
+def record(task, event: str) -> None:
+    runs().rpush(f"ffapp:runs:{task.request.id}", f"{event}:{socket.gethostname()}:{os.getpid()}:{time.time():.3f}")
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def xsum(numbers):
+    return sum(numbers)
+
+
+@app.task(bind=True)
+def tracked_sleep(self, seconds):
+    record(self, "start")
+    time.sleep(seconds)
+    record(self, "finish")
+    return seconds
+
+
+@app.task(bind=True)
+def record_run(self, value=None):
+    record(self, "run")
+    return value
+
+
+@app.task(bind=True, max_retries=3, default_retry_delay=0.3)
+def flaky(self, fail_times, countdown=None):
+    record(self, f"attempt{self.request.retries}")
+    if self.request.retries < fail_times:
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries} failed"), countdown=countdown)
+    return self.request.retries
+
+
+@app.task(
+    bind=True, autoretry_for=(ConnectionError,), retry_backoff=1, retry_backoff_max=4, retry_jitter=False, max_retries=2
+)
+def autoretried(self):
+    record(self, f"attempt{self.request.retries}")
+    raise ConnectionError("still down")
+
+
+@app.task
+def boom():
+    raise KeyError("nope")
+
+
+@app.task(ignore_result=True, bind=True)
+def fire_and_forget(self):
+    record(self, "run")
+    return "not stored"
+
+
+@app.task(bind=True, soft_time_limit=0.5)
+def soft_limited(self):
+    try:
+        time.sleep(5)
+    except SoftTimeLimitExceeded:
+        record(self, "soft-limit")
+        raise
+
+
+@app.task(bind=True, time_limit=1)
+def hard_limited(self):
+    record(self, "start")
+    time.sleep(10)

@@ -1,0 +1,175 @@
+"""Publishing and results through a real prefork worker (concurrency 2)."""
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from celery import chain, chord, group
+from celery.exceptions import TaskRevokedError
+
+from ff_celery.engine.keys import PartitionKeys
+
+from .conftest import HERE, execution, runs, wait_for
+
+
+@pytest.fixture(autouse=True)
+def worker(module_worker):
+    return module_worker
+
+
+def test_delay_returns_the_result_through_the_flowfabric_backend(ffapp):
+    result = ffapp.add.delay(2, 3)
+    assert result.get(timeout=10) == 5
+    assert result.state == "SUCCESS"
+    assert result.date_done is not None
+
+
+def test_each_task_is_one_completed_execution_tagged_with_the_task(ffapp):
+    result = ffapp.add.delay(1, 1)
+    result.get(timeout=10)
+    snapshot = execution(ffapp, result.id)
+    assert snapshot.public_state == "completed"
+    assert snapshot.tags["celery.task"] == "ffapp.add"
+    assert snapshot.tags["celery.id"] == result.id
+    assert snapshot.core["lane_id"] == "celery"
+    assert [a.attempt_type for a in snapshot.attempts] == ["initial"]
+    assert snapshot.policy.retry_policy is not None  # the task's retry options, published with it
+
+
+def test_results_are_read_from_another_process_without_knowing_the_queue(ffapp, app_url):
+    result = ffapp.add.delay(20, 22)
+    result.get(timeout=10)
+    reader = (
+        "import ffapp, json; from celery.result import AsyncResult; "
+        f"r = AsyncResult({result.id!r}, app=ffapp.app); print(json.dumps([r.state, r.result]))"
+    )
+    env = {"FFAPP_URL": app_url, "PYTHONPATH": str(HERE)}
+    output = subprocess.run([sys.executable, "-c", reader], env=env, capture_output=True, text=True, timeout=30)
+    assert json.loads(output.stdout.strip().splitlines()[-1]) == ["SUCCESS", 42]
+
+
+def test_result_extended_fields_are_kept(ffapp, worker):
+    result = ffapp.add.apply_async((3, 4), queue="celery")
+    result.get(timeout=10)
+    assert (result.name, result.args, result.kwargs, result.queue) == ("ffapp.add", [3, 4], {}, "celery")
+    assert result.worker == worker.name
+
+
+def test_an_unknown_task_id_is_pending(ffapp):
+    assert ffapp.app.AsyncResult("no-such-task").state == "PENDING"
+
+
+def test_a_failure_is_recorded_with_its_exception_and_traceback(ffapp):
+    result = ffapp.boom.delay()
+    with pytest.raises(KeyError):
+        result.get(timeout=10)
+    assert result.state == "FAILURE"
+    assert "KeyError" in result.traceback
+    snapshot = execution(ffapp, result.id)
+    assert snapshot.public_state == "failed"
+    assert snapshot.core["failure_reason"] == "KeyError: nope"
+
+
+def test_an_ignore_result_task_still_completes_its_execution(ffapp):
+    result = ffapp.fire_and_forget.delay()
+    assert wait_for(lambda: execution(ffapp, result.id).public_state == "completed")
+    assert ffapp.app.backend.engine.result(ffapp.app.backend.engine.resolve(result.id)) is None
+    assert len(runs(ffapp, result.id)) == 1
+
+
+def test_a_countdown_is_held_by_the_engine_not_by_the_worker(ffapp, worker):
+    started = time.time()
+    result = ffapp.record_run.apply_async(("late",), countdown=2)
+    assert execution(ffapp, result.id).public_state == "delayed"
+    scheduled = ffapp.app.control.inspect(destination=[worker.name], timeout=2).scheduled()
+    assert scheduled == {worker.name: []}  # nothing parked in worker memory
+    assert result.get(timeout=15) == "late"
+    ran_at = float(runs(ffapp, result.id)[0].rsplit(":", 1)[1])
+    assert ran_at - started >= 1.9
+
+
+def test_expires_is_the_execution_deadline_and_an_expired_task_is_revoked(ffapp):
+    result = ffapp.record_run.apply_async(("never",), countdown=3, expires=1)
+    eid = ffapp.app.backend.engine.resolve(result.id)
+    assert ffapp.app.backend.engine.redis.zscore(PartitionKeys(eid.partition).execution_deadline, eid) is not None
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=15)
+    assert result.state == "REVOKED"
+    assert execution(ffapp, result.id).public_state == "expired"
+    assert runs(ffapp, result.id) == []
+
+
+def test_republishing_the_same_task_id_creates_no_second_execution(ffapp):
+    first = ffapp.record_run.apply_async(("once",), task_id="fixed-id-1")
+    first.get(timeout=10)
+    ffapp.record_run.apply_async(("once",), task_id="fixed-id-1")  # e.g. a chain step re-sent after a crash
+    time.sleep(1.0)
+    assert len(runs(ffapp, "fixed-id-1")) == 1
+    assert execution(ffapp, "fixed-id-1").public_state == "completed"
+
+
+def test_chain_group_and_chord_work(ffapp):
+    assert chain(ffapp.add.s(1, 1), ffapp.add.s(10), ffapp.add.s(100))().get(timeout=15) == 112
+    assert group(ffapp.add.s(i, i) for i in range(5))().get(timeout=15) == [0, 2, 4, 6, 8]
+    assert chord(ffapp.add.s(i, 1) for i in range(4))(ffapp.xsum.s()).get(timeout=15) == 10
+
+
+def test_revoking_a_running_task_terminates_it_and_cancels_its_execution(ffapp):
+    result = ffapp.tracked_sleep.delay(10)
+    assert wait_for(lambda: runs(ffapp, result.id))
+    result.revoke()
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=15)
+    assert execution(ffapp, result.id).public_state == "cancelled"
+    time.sleep(0.5)
+    assert [entry.split(":")[0] for entry in runs(ffapp, result.id)] == ["start"]
+
+
+def test_celery_inspect_ping_answers_through_the_transport(ffapp, worker, app_url):
+    env = {"FFAPP_URL": app_url, "PYTHONPATH": str(HERE)}
+    output = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "ffapp", "inspect", "ping", "-d", worker.name, "-t", "5"],
+        cwd=HERE, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert output.returncode == 0, output.stdout + output.stderr
+    assert "pong" in output.stdout
+
+
+def test_the_bare_celery_cli_knows_the_flowfabric_scheme(app_url):
+    output = subprocess.run(
+        [sys.executable, "-m", "celery", "-b", app_url, "--result-backend", app_url, "report"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert output.returncode == 0, output.stderr
+    assert "transport:flowfabric" in output.stdout
+
+
+def test_worker_events_reach_an_event_receiver(ffapp):
+    """What Flower consumes: task events from the workers' event fanout."""
+    seen: list[str] = []
+    receivers = []
+
+    def listen() -> None:
+        with ffapp.app.connection_for_read() as connection:
+            receiver = ffapp.app.events.Receiver(
+                connection, handlers={"task-succeeded": lambda e: seen.append(e["uuid"])}
+            )
+            receivers.append(receiver)
+            with contextlib.suppress(socket.timeout):
+                receiver.capture(limit=None, timeout=20, wakeup=True)
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(1.0)  # the receiver is subscribed before anything is published
+    result = ffapp.add.delay(5, 5)
+    result.get(timeout=10)
+    try:
+        assert wait_for(lambda: result.id in seen, timeout=10)
+    finally:
+        receivers[0].should_stop = True
+        listener.join(timeout=5)
