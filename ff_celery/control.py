@@ -12,21 +12,12 @@ from ff_celery.backend import FlowFabricBackend
 
 
 class Control(control.Control):
-    def revoke(
-        self,
-        task_id: Any,
-        destination: Any = None,
-        terminate: bool = False,
-        signal: str = control.TERM_SIGNAME,
-        **kwargs: Any,
-    ) -> Any:
-        """Cancel the executions of ``task_id`` (one id or a list), then broadcast.
-
-        A queued task never runs, even on workers that missed the broadcast; a running one
-        loses its lease and its worker stops it.
-        """
+    def broadcast(self, command: str, arguments: dict[str, Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``revoke`` (from ``AsyncResult.revoke``, ``app.control.revoke`` or ``celery control
+        revoke``) first cancels the executions: a queued task never runs, even on workers that
+        miss the broadcast; a running one loses its lease and its worker stops it."""
         backend = self.app.backend
-        if isinstance(backend, FlowFabricBackend):
-            for one in maybe_list(task_id):
-                backend.revoke(one)
-        return super().revoke(task_id, destination=destination, terminate=terminate, signal=signal, **kwargs)
+        if command == "revoke" and arguments and isinstance(backend, FlowFabricBackend):
+            for task_id in maybe_list(arguments.get("task_id")) or ():
+                backend.revoke(task_id)
+        return super().broadcast(command, arguments, *args, **kwargs)

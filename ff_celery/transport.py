@@ -120,7 +120,6 @@ class Channel(kombu_redis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ff_held: dict[str, ClaimedTask] = {}
-        self._ff_started: set[str] = set()
         self._ff_lanes: list[str] = []
         self._ff_claimer: Claimer | None = None
         self._ff_want_claim = False
@@ -128,9 +127,9 @@ class Channel(kombu_redis.Channel):
         #: Set by the worker bootstep: Celery tasks' outcomes are recorded by the
         #: FlowFabric result backend, so an ack only releases the lease.
         self.ff_outcomes_recorded = False
-        #: Set by the worker bootstep: only deliveries not yet handed to the pool are
-        #: handed back when the channel closes; started ones finish with their ack.
-        self.ff_track_started = False
+        #: Set by the worker bootstep: whether a delivery is running. Running deliveries are
+        #: not handed back when the channel closes; their ack ends them.
+        self.ff_is_running: Callable[[str], bool] | None = None
         #: Called (from the renewal thread) when a held delivery's lease is lost.
         self.ff_on_lease_lost: Callable[[str, ClaimedTask], None] | None = None
 
@@ -323,11 +322,7 @@ class Channel(kombu_redis.Channel):
     def ff_held(self, delivery_tag: str) -> ClaimedTask | None:
         return self._ff_held.get(delivery_tag)
 
-    def ff_mark_started(self, delivery_tag: str) -> None:
-        self._ff_started.add(delivery_tag)
-
     def _ff_take(self, delivery_tag: str) -> ClaimedTask | None:
-        self._ff_started.discard(delivery_tag)
         task = self._ff_held.pop(delivery_tag, None)
         self._ff_want_claim = True  # a slot is free again
         return task
@@ -370,7 +365,7 @@ class Channel(kombu_redis.Channel):
 
     def ff_restore(self, delivery_tag: str) -> None:
         """Channel closing with the delivery unacked: hand it back unless it is running."""
-        if self.ff_track_started and delivery_tag in self._ff_started:
+        if self.ff_is_running is not None and self.ff_is_running(delivery_tag):
             return  # still running in the pool; its ack will end it
         task = self._ff_take(delivery_tag)
         if task is not None:

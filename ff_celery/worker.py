@@ -3,8 +3,8 @@
 - A request whose lease was lost before it started is dropped instead of run; one that is
   running is terminated (prefork), so a worker that lost its lease does not knowingly run a
   task twice. Its late writes are fenced out by the engine either way.
-- Deliveries handed to the pool are marked started, so a closing channel hands back only the
-  ones that never ran.
+- A closing channel (warm shutdown, reconnect) hands back only the deliveries that are not
+  running; running ones finish and their ack ends them.
 - Messages Celery cannot run (undecodable, unknown task, invalid) fail their execution with a
   readable reason instead of looping.
 - The engine scanners run here, leader-elected, unless ``flowfabric_scanners = False`` (set
@@ -17,7 +17,8 @@ import logging
 from collections import deque
 from typing import Any
 
-from celery import bootsteps
+from celery import bootsteps, states
+from celery.exceptions import NotRegistered
 from celery.worker import state
 
 from ff_celery.backend import FlowFabricBackend
@@ -54,26 +55,33 @@ class FlowFabricStep(bootsteps.StartStopStep):
                 log.error("not running %s[%s]: its lease was lost (%s)", request.name, request.id, task.lease_lost.code)
                 request.acknowledge()
                 return
-            if channel is not None:
-                channel.ff_mark_started(tag)
             run_request(request)
 
         c.on_task_request = on_task_request
-        self._fail_before(c, "on_decode_error", lambda message, exc: f"undecodable message: {exc!r}")
-        self._fail_before(c, "on_unknown_message", lambda body, message: "not a Celery task message")
-        self._fail_before(c, "on_unknown_task", lambda body, message, exc: f"unknown task: {exc!r}")
-        self._fail_before(c, "on_invalid_task", lambda body, message, exc: f"invalid task message: {exc!r}")
+        self._fail_before(c, "on_decode_error", lambda message, exc: (f"undecodable message: {exc!r}", exc))
+        self._fail_before(c, "on_unknown_message", lambda body, message: ("not a Celery task message", None))
+        self._fail_before(
+            c,
+            "on_unknown_task",
+            lambda body, message, exc: (f"unknown task: {exc!r}", NotRegistered(message.headers.get("task"))),
+        )
+        self._fail_before(c, "on_invalid_task", lambda body, message, exc: (f"invalid task message: {exc!r}", exc))
 
     @staticmethod
-    def _fail_before(c: Any, hook: str, reason: Any) -> None:
-        """Fail the delivery's execution with a readable reason, then let Celery handle it."""
+    def _fail_before(c: Any, hook: str, explain: Any) -> None:
+        """Fail the delivery's execution with a readable reason (its Celery result first, so
+        a waiter woken by the failure reads the exception), then let Celery handle it."""
         original = getattr(c, hook)
 
         def failing(*args: Any) -> Any:
             message = next(arg for arg in args if hasattr(arg, "delivery_tag"))
             channel = _channel_of(message)
             if channel is not None:
-                channel.ff_fail(message.delivery_tag, reason(*args))
+                reason, exception = explain(*args)
+                task_id = (message.headers or {}).get("id")
+                if task_id and exception is not None and isinstance(c.app.backend, FlowFabricBackend):
+                    c.app.backend.store_result(task_id, exception, states.FAILURE)
+                channel.ff_fail(message.delivery_tag, reason)
             return original(*args)
 
         setattr(c, hook, failing)
@@ -84,7 +92,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
         channel = getattr(c.task_consumer, "channel", None)
         if isinstance(channel, Channel):
             channel.ff_outcomes_recorded = isinstance(c.app.backend, FlowFabricBackend)
-            channel.ff_track_started = True
+            channel.ff_is_running = _is_running
             channel.ff_on_lease_lost = lambda tag, task: self.lost.append((tag, task))
             if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:
                 settings = ScannerSettings(**(c.app.conf.get("flowfabric_scanner_settings") or {}))
@@ -122,6 +130,10 @@ class FlowFabricStep(bootsteps.StartStopStep):
                     request.terminate(c.pool, signal="SIGKILL")
                 except (NotImplementedError, AttributeError) as exc:
                     log.warning("cannot stop %s in this pool (%r); its writes are fenced out", request.id, exc)
+
+
+def _is_running(delivery_tag: str) -> bool:
+    return any(getattr(r.message, "delivery_tag", None) == delivery_tag for r in list(state.active_requests))
 
 
 def _channel_of(message: Any) -> Channel | None:

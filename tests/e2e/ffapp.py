@@ -106,3 +106,9 @@ def soft_limited(self):
 def hard_limited(self):
     record(self, "start")
     time.sleep(10)
+
+
+@app.task(bind=True)
+def record_priority(self, label):
+    record(self, f"run-{label}")
+    return label

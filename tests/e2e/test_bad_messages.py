@@ -1,0 +1,88 @@
+"""Messages a worker cannot run end failed with a readable reason, once; messages the
+transport cannot accept are refused at publish with a typed error and create nothing."""
+
+import kombu
+import pytest
+from celery.exceptions import NotRegistered
+
+from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import PartitionKeys
+from ff_celery.messages import PublishError
+
+from .conftest import wait_for
+
+
+@pytest.fixture(autouse=True)
+def worker(module_worker):
+    return module_worker
+
+
+def engine(ffapp):
+    return ffapp.app.backend.engine
+
+
+def failed_reason(ffapp, eid):
+    core = engine(ffapp).read_core(eid, "public_state", "failure_reason")
+    return core if core.get("public_state") == "failed" else None
+
+
+def publish_raw(app_url, body, **kwargs):
+    with kombu.Connection(app_url) as connection:
+        connection.Producer().publish(body, routing_key="celery", **kwargs)
+
+
+def lane_execution_ids(ffapp, task_id):
+    eid = engine(ffapp).resolve(task_id)
+    assert eid is not None
+    return eid
+
+
+def test_an_unknown_task_fails_with_not_registered(ffapp, worker):
+    result = ffapp.app.send_task("ffapp.no_such_task", args=[1])
+    with pytest.raises(NotRegistered):
+        result.get(timeout=15)
+    eid = lane_execution_ids(ffapp, result.id)
+    assert wait_for(lambda: failed_reason(ffapp, eid))
+    assert "unknown task" in failed_reason(ffapp, eid)["failure_reason"]
+    assert "ffapp.no_such_task" in worker.text()
+
+
+def test_an_undecodable_task_message_fails_with_the_decode_error(ffapp, app_url, worker):
+    headers = {"task": "ffapp.add", "id": "undecodable-1", "lang": "py"}
+    publish_raw(app_url, b"\x00 not json", headers=headers, content_type="application/json", content_encoding="utf-8")
+    eid = lane_execution_ids(ffapp, "undecodable-1")
+    assert wait_for(lambda: failed_reason(ffapp, eid))
+    assert ffapp.app.AsyncResult("undecodable-1").state == "FAILURE"
+
+
+def test_a_non_celery_message_on_a_task_queue_fails_visibly_once(ffapp, app_url, worker):
+    index = PartitionKeys(engine(ffapp).partitions.lane_partition("celery")).all_executions
+    before = set(engine(ffapp).redis.smembers(index))
+    publish_raw(app_url, {"not": "a task"})
+
+    def new_failed():
+        members = set(engine(ffapp).redis.smembers(index)) - before
+        reasons = [failed_reason(ffapp, ExecutionId(m.decode())) for m in members]
+        return [r for r in reasons if r]
+
+    assert wait_for(new_failed)
+    assert new_failed()[0]["failure_reason"] == "not a Celery task message"
+
+
+def test_an_oversized_message_is_refused_at_publish(ffapp, app_url):
+    with (
+        kombu.Connection(app_url, transport_options={"max_message_size": 4096}) as connection,
+        pytest.raises(PublishError, match="exceeds the 4096-byte limit"),
+    ):
+        ffapp.add.apply_async(("x" * 10_000, "y"), connection=connection, task_id="too-big-1")
+    assert engine(ffapp).resolve("too-big-1") is None
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [({"priority": "high"}, "priority must be a number"), ({"eta": "next tuesday"}, "eta is not an ISO-8601")],
+)
+def test_an_invalid_priority_or_eta_is_refused_at_publish(ffapp, options, complaint):
+    with pytest.raises(PublishError, match=complaint):
+        ffapp.add.apply_async((1, 2), task_id="bad-option-1", **options)
+    assert engine(ffapp).resolve("bad-option-1") is None

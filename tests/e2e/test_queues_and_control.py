@@ -1,0 +1,63 @@
+"""Queues as lanes: priorities, durable revoke, purge, and remote control from the CLI."""
+
+import subprocess
+import sys
+
+import pytest
+from celery.exceptions import TaskRevokedError
+
+from .conftest import HERE, execution, runs, wait_for
+
+
+def celery_cli(app_url, *args):
+    env = {"FFAPP_URL": app_url, "PYTHONPATH": str(HERE)}
+    command = [sys.executable, "-m", "celery", "-A", "ffapp", *args]
+    return subprocess.run(command, cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_higher_priority_runs_first_and_equal_priorities_in_order(ffapp, start_worker):
+    labels = [("low", 0), ("high-1", 9), ("mid", 5), ("high-2", 9)]
+    results = [ffapp.record_priority.apply_async((label,), priority=p, queue="prio") for label, p in labels]
+    start_worker(concurrency=1, queues="prio")
+    for result in results:
+        result.get(timeout=15)
+    started = sorted((runs(ffapp, r.id)[0].rsplit(":", 1)[1], r.get()) for r in results)
+    assert [label for _, label in started] == ["high-1", "high-2", "mid", "low"]
+
+
+def test_a_revoked_queued_task_never_runs_even_on_workers_that_were_offline(ffapp, start_worker):
+    result = ffapp.record_run.apply_async(("x",), queue="offline")
+    result.revoke()  # no worker is listening for the broadcast
+    assert execution(ffapp, result.id).public_state == "cancelled"
+    start_worker(concurrency=1, queues="offline")
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=10)
+    assert runs(ffapp, result.id) == []
+
+
+def test_celery_control_revoke_from_the_cli_is_durable(ffapp, app_url):
+    result = ffapp.record_run.apply_async(("x",), queue="offline-cli")
+    output = celery_cli(app_url, "control", "revoke", result.id)
+    # No worker is online to acknowledge the broadcast, yet the revoke took effect.
+    assert "No nodes replied" in output.stderr
+    assert result.state == "REVOKED"
+    assert execution(ffapp, result.id).public_state == "cancelled"
+
+
+def test_celery_purge_cancels_the_waiting_executions(ffapp, app_url):
+    results = [ffapp.record_run.apply_async((n,), queue="purgeme") for n in range(3)]
+    output = celery_cli(app_url, "purge", "-Q", "purgeme", "-f")
+    assert output.returncode == 0, output.stderr
+    assert "3 messages" in output.stdout
+    assert {execution(ffapp, r.id).public_state for r in results} == {"cancelled"}
+
+
+def test_inspect_active_and_control_shutdown(ffapp, app_url, start_worker):
+    worker = start_worker(concurrency=1, queues="ctl")
+    running = ffapp.tracked_sleep.apply_async((2,), queue="ctl")
+    assert wait_for(lambda: runs(ffapp, running.id))
+    active = celery_cli(app_url, "inspect", "active", "-d", worker.name, "-t", "5")
+    assert running.id in active.stdout, active.stdout + active.stderr
+    assert running.get(timeout=10) == 2
+    celery_cli(app_url, "control", "shutdown", "-d", worker.name, "-t", "2")
+    assert worker.process.wait(timeout=30) == 0

@@ -1,0 +1,40 @@
+"""A user's Celery test suite runs on ff_celery by adding the plugin: Celery's in-process test
+worker fixtures (celery.contrib.pytest, re-exported by pytest-celery) use the embedded server."""
+
+pytest_plugins = ["pytester"]
+
+USER_TESTS = """
+pytest_plugins = ["ff_celery.pytest_plugin"]
+
+
+def test_tasks_run_as_flowfabric_executions(celery_session_app, celery_session_worker):
+    @celery_session_app.task
+    def mul(x, y):
+        return x * y
+
+    celery_session_worker.reload()
+    result = mul.delay(6, 7)
+    assert result.get(timeout=10) == 42
+    engine = celery_session_app.backend.engine
+    assert engine.snapshot(engine.resolve(result.id)).public_state == "completed"
+
+
+def test_results_and_failures_behave_as_on_any_backend(celery_session_app, celery_session_worker):
+    @celery_session_app.task
+    def fail():
+        raise ValueError("bad input")
+
+    celery_session_worker.reload()
+    result = fail.delay()
+    try:
+        result.get(timeout=10)
+    except ValueError as exc:
+        assert str(exc) == "bad input"
+    assert result.state == "FAILURE"
+"""
+
+
+def test_celerys_own_fixtures_run_on_the_embedded_server(pytester):
+    pytester.makepyfile(test_user=USER_TESTS)
+    outcome = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    outcome.assert_outcomes(passed=2)
