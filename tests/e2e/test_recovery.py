@@ -85,3 +85,15 @@ def test_a_warm_shutdown_hands_back_reserved_tasks_at_once(ffapp, start_worker):
     start_worker(concurrency=1)
     # with a 30 s lease, only an explicit hand-back lets them run this soon
     assert [r.get(timeout=10) for r in reserved] == [0, 1]
+
+
+def test_a_broker_reconnect_does_not_duplicate_executions(ffapp, start_worker):
+    start_worker(concurrency=2, env={"FFAPP_PREFETCH": "2"})
+    results = [ffapp.tracked_sleep.delay(1) for _ in range(6)]
+    assert wait_for(lambda: sum(bool(runs(ffapp, r.id)) for r in results) >= 2)
+    killed = ffapp.runs().client_kill_filter(_type="normal", skipme=True)  # drop every client connection
+    assert killed > 0
+    assert [r.get(timeout=60) for r in results] == [1] * 6
+    for r in results:
+        assert events(ffapp, r.id).count("finish") == 1
+        assert len(execution(ffapp, r.id).attempts) == 1  # handed back or kept, never re-put

@@ -1,0 +1,26 @@
+"""Celery app for bench/celery_bench.py; BENCH_BROKER / BENCH_BACKEND pick the transport."""
+
+import os
+import time
+
+from celery import Celery
+
+BROKER = os.environ["BENCH_BROKER"]
+app = Celery("bench_app", broker=BROKER, backend=os.environ["BENCH_BACKEND"])
+if BROKER.startswith("flowfabric"):
+    import ff_celery
+
+    ff_celery.install(app)
+# The same settings for every transport (ff_celery's defaults).
+app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_acks_on_failure_or_timeout=True)
+
+
+@app.task
+def noop():
+    return None
+
+
+@app.task
+def started_after(sent_at):
+    """Seconds from publish to start (same host, same clock)."""
+    return time.time() - sent_at
