@@ -5,4 +5,6 @@ COPY ff_celery ./ff_celery
 COPY lua ./lua
 COPY examples ./examples
 RUN pip install --no-cache-dir .
-CMD ["ff-celery", "scanners", "--url", "redis://valkey:6379/0"]
+WORKDIR /app/examples
+# the example project's worker (it also runs the engine scanners, leader-elected)
+CMD ["celery", "-A", "proj", "worker", "-l", "INFO"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 import celery
+from celery import signals, states
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +20,14 @@ DEFAULTS = {
     # every claimed (prefetched) task holds a renewed lease: take only what can run
     "worker_prefetch_multiplier": 1,
 }
+
+
+def _end_ignored_execution(task: Any = None, task_id: str = "", state: str | None = None, **_: Any) -> None:
+    """``task_postrun``: a task that raised ``Ignore`` recorded no outcome; end its execution."""
+    from ff_celery.backend import FlowFabricBackend
+
+    if state == states.IGNORED and isinstance(task.backend, FlowFabricBackend):
+        task.backend.mark_as_ignored(task_id, task.request)
 
 
 def install(app: celery.Celery) -> celery.Celery:
@@ -44,6 +54,7 @@ def install(app: celery.Celery) -> celery.Celery:
             del app.__dict__["Task"]
         app.task_cls = TASK_CLS
     app.steps["consumer"].add(STEP)
+    signals.task_postrun.connect(_end_ignored_execution, weak=False, dispatch_uid="ff_celery.ignored")
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

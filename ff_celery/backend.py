@@ -12,17 +12,20 @@ kept as Celery meta in ``ffc:celery-task-meta-<id>``; groups and chords use the 
 Reading (``AsyncResult``) resolves the task id to its execution, from any process, without
 knowing the queue: completed -> SUCCESS, failed -> FAILURE, cancelled or expired -> REVOKED,
 waiting for a retry -> RETRY, running -> STARTED (with ``task_track_started``) or PENDING.
-``get()`` waits on a per-call Pub/Sub subscription that is closed when it returns.
+``get()`` waits on the task's completion channel through one Pub/Sub connection per thread,
+subscribed for the duration of the wait.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
 
+import redis
 from celery import states
 from celery.backends.base import BaseKeyValueStoreBackend, SyncBackendMixin
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError
@@ -35,19 +38,26 @@ from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import done_channel
 from ff_celery.engine.policy import FixedBackoff, RetryPolicy
 from ff_celery.engine.task import ClaimedTask
-from ff_celery.messages import FENCE_HEADER
+from ff_celery.messages import FENCE_HEADER, NAMESPACE
 from ff_celery.task import UNLIMITED_RETRIES
 
 log = logging.getLogger(__name__)
 
-#: Execution state -> Celery state, for executions that have ended.
+#: Execution state -> Celery state, for executions that ended without completing.
 TERMINAL_STATES = {
-    "completed": states.SUCCESS,
     "failed": states.FAILURE,
     "cancelled": states.REVOKED,
     "expired": states.REVOKED,
 }
-NAMESPACE = "celery"
+#: The exec_core fields a result read needs.
+CORE_FIELDS = (
+    "public_state",
+    "lifecycle_phase",
+    "attempt_state",
+    "completed_at",
+    "failure_reason",
+    "cancellation_reason",
+)
 
 
 class ExecutionFailed(Exception):
@@ -89,6 +99,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         super().__init__(app, url=url, **kwargs)
         self.url = url or app.conf.result_backend
         self._engines: dict[int, Engine] = {}
+        self._local = threading.local()
 
     @property
     def engine(self) -> Engine:
@@ -158,6 +169,12 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         if not store_result or (request is not None and request.ignore_result):
             self._end(task_id, request, lambda handle: handle.complete(b""))  # no result kept
         super().mark_as_done(task_id, result, request=request, store_result=store_result, state=state)
+
+    def mark_as_ignored(self, task_id: str, request: Any) -> None:
+        """End the execution of a task that raised ``Ignore`` (e.g. ``Task.replace``): its
+        attempt is over, and readers keep seeing the state Celery last recorded."""
+        meta = self._stored(task_id) or {"status": states.PENDING, "result": None, "task_id": task_id}
+        self._end(task_id, request, lambda handle: handle.complete(self.encode(meta)))
 
     def _store_result(
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
@@ -242,32 +259,30 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         return self.decode_result(raw) if raw else None
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
-        stored = self._stored(task_id)
         eid = self.engine.resolve(task_id)
-        core = self.engine.read_core(eid) if eid is not None else {}
-        if not core:
-            return stored or {"status": states.PENDING, "result": None}
-        meta = self._meta_from_execution(eid, core, stored)
+        core, result = self.engine.read_with_result(eid, *CORE_FIELDS) if eid is not None else ({}, None)
+        if core.get("public_state") == "completed":
+            meta = self.decode_result(result) if result else {"status": states.SUCCESS, "result": None}
+        else:
+            stored = self._stored(task_id)
+            if not core:
+                return stored or {"status": states.PENDING, "result": None}
+            meta = self._meta_from_execution(core, stored)
         meta["task_id"] = task_id
         if core.get("completed_at"):
             meta.setdefault("date_done", datetime.fromtimestamp(int(core["completed_at"]) / 1000, timezone.utc))
         return meta
 
-    def _meta_from_execution(
-        self, eid: ExecutionId, core: dict[str, str], stored: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        public = core.get("public_state", "")
-        ended = TERMINAL_STATES.get(public)
-        if ended == states.SUCCESS:
-            payload = self.engine.result(eid)
-            return self.decode_result(payload) if payload else {"status": states.SUCCESS, "result": None}
+    def _meta_from_execution(self, core: dict[str, str], stored: dict[str, Any] | None) -> dict[str, Any]:
+        """Celery meta of an execution that has not completed."""
+        ended = TERMINAL_STATES.get(core.get("public_state", ""))
         if ended is not None:
             if stored and stored["status"] == ended:
                 return stored
             if ended == states.FAILURE:
                 exc: BaseException = ExecutionFailed(core.get("failure_reason") or "execution failed")
             else:
-                exc = TaskRevokedError(core.get("cancellation_reason") or public)
+                exc = TaskRevokedError(core.get("cancellation_reason") or core["public_state"])
             return self.meta_from_decoded(
                 {"status": ended, "result": self.prepare_exception(exc), "traceback": None, "children": []}
             )
@@ -293,8 +308,8 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         ``interval`` for outcomes recorded without one (scanners, operators)."""
         self._ensure_not_eager()
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.engine.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(done_channel(NAMESPACE, task_id))
+        channel = done_channel(NAMESPACE, task_id)
+        listener = self._subscribe(channel)  # before the first read: a notice cannot slip between
         try:
             while True:
                 meta = self.get_task_meta(task_id)
@@ -305,10 +320,42 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError("The operation timed out.")
-                nap = interval if remaining is None else min(interval, remaining)
-                pubsub.get_message(timeout=nap)
+                try:
+                    self._await_notice(listener, channel, interval if remaining is None else min(interval, remaining))
+                except redis.ConnectionError:  # dropped by the server (restart, failover, CLIENT KILL)
+                    self._drop_listener(listener)
+                    listener = self._subscribe(channel)
+        except TimeoutError:
+            raise
+        except BaseException:
+            self._drop_listener(listener)  # its connection may be mid-reply: never reuse it
+            raise
         finally:
-            pubsub.close()
+            if getattr(self._local, "listener", None) is listener:
+                listener.unsubscribe(channel)
+
+    def _subscribe(self, channel: str) -> Any:
+        """This thread's Pub/Sub connection for completion notices (kept between waits),
+        subscribed to ``channel``."""
+        if getattr(self._local, "pid", None) != os.getpid() or self._local.listener is None:
+            self._local.pid, self._local.listener = os.getpid(), self.engine.redis.pubsub()
+        self._local.listener.subscribe(channel)
+        return self._local.listener
+
+    def _drop_listener(self, listener: Any) -> None:
+        if getattr(self._local, "listener", None) is listener:
+            self._local.listener = None
+        listener.close()
+
+    @staticmethod
+    def _await_notice(listener: Any, channel: str, timeout: float) -> None:
+        """Block until ``channel`` gets a message or ``timeout`` passes (confirmations of
+        (un)subscribing and notices left from earlier waits are skipped)."""
+        until = time.monotonic() + timeout
+        while (left := until - time.monotonic()) > 0:
+            message = listener.get_message(timeout=left)
+            if message and message["type"] == "message" and message["channel"].decode() == channel:
+                return
 
     def _forget(self, task_id: str) -> None:
         super()._forget(task_id)

@@ -24,6 +24,8 @@ from ff_celery.engine.errors import ValidationError
 from ff_celery.engine.policy import ExecutionPolicy
 from ff_celery.engine.task import ClaimedTask
 
+#: FlowFabric namespace of the executions that carry kombu messages (task ids are aliased in it).
+NAMESPACE = "celery"
 #: Header carrying the execution policy JSON from the publisher.
 POLICY_HEADER = "ff_policy"
 #: Header carrying the fence and attempt to the worker.

@@ -31,10 +31,10 @@ from kombu.transport import virtual
 
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError
+from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.task import ClaimedTask
-from ff_celery.messages import delivery_message, is_celery_task, submission_for
+from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, submission_for
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,11 @@ class _Shared:
     _engines: dict[tuple[int, str], tuple[Engine, LeaseRenewer]] = {}
 
     @classmethod
-    def get(cls, key: str, factory: Callable[[], redis.Redis], namespace: str) -> tuple[Engine, LeaseRenewer]:
+    def get(cls, key: str, factory: Callable[[], redis.Redis]) -> tuple[Engine, LeaseRenewer]:
         ident = (os.getpid(), key)
         with cls._lock:
             if ident not in cls._engines:
-                engine = Engine(factory(), namespace=namespace)
+                engine = Engine(factory(), namespace=NAMESPACE)
                 engine.bootstrap()
                 cls._engines[ident] = (engine, LeaseRenewer(engine.fork()))
             return cls._engines[ident]
@@ -104,8 +104,6 @@ class Channel(kombu_redis.Channel):
     poll_interval = 1.0
     #: Largest message (bytes) accepted for a lane.
     max_message_size = DEFAULT_MAX_MESSAGE_SIZE
-    #: FlowFabric namespace of executions created by this transport.
-    namespace = "celery"
     #: Claim batch when the consumer sets no prefetch limit.
     unlimited_batch = 16
 
@@ -114,7 +112,6 @@ class Channel(kombu_redis.Channel):
         "lease_ttl_ms",
         "poll_interval",
         "max_message_size",
-        "namespace",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -145,9 +142,7 @@ class Channel(kombu_redis.Channel):
         if cached is None or cached[0] != os.getpid():
             params = self._connparams(asynchronous=False)
             key = repr(sorted((k, repr(v)) for k, v in params.items() if k != "connection_class"))
-            shared = _Shared.get(
-                key, lambda: redis.Redis(connection_pool=redis.ConnectionPool(**params)), self.namespace
-            )
+            shared = _Shared.get(key, lambda: redis.Redis(connection_pool=redis.ConnectionPool(**params)))
             cached = self.__dict__["_ff_shared_cache"] = (os.getpid(), shared)
         return cached[1]
 
@@ -495,6 +490,9 @@ class Transport(kombu_redis.Transport):
 
     driver_type = "redis"  # keeps Celery's Redis-only features: mingle, gossip, event fanout
     driver_name = "flowfabric"
+    # The engine's transport failures are connection errors to kombu: publishing retries per
+    # the publish retry policy, then raises OperationalError; consumers reconnect.
+    connection_errors = (*kombu_redis.Transport.connection_errors, TransportError)
     implements = kombu_redis.Transport.implements.extend(batch_publish=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -313,6 +313,19 @@ class Engine:
     def result(self, execution_id: ExecutionId) -> bytes | None:
         return self._guard(lambda: self.redis.get(ExecKeys(execution_id).result))
 
+    def read_with_result(self, execution_id: ExecutionId, *fields: str) -> tuple[dict[str, str], bytes | None]:
+        """The named exec_core fields and the result, in one round trip."""
+        keys = ExecKeys(execution_id)
+
+        def read() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hmget(keys.core, fields)
+            pipe.get(keys.result)
+            return pipe.execute()
+
+        values, result = self._guard(read)
+        return {name: value.decode() for name, value in zip(fields, values) if value is not None}, result
+
     def cancel(
         self,
         execution_id: ExecutionId,

@@ -112,3 +112,24 @@ def hard_limited(self):
 def record_priority(self, label):
     record(self, f"run-{label}")
     return label
+
+
+@app.task(bind=True)
+def replaced_by_add(self, x, y):
+    record(self, "replace")
+    raise self.replace(add.s(x, y))
+
+
+@app.task(bind=True)
+def replaced_by_chain(self, x):
+    record(self, "replace")
+    runs().set(f"ffapp:replaced-execution:{self.request.id}", self.request.ff["execution_id"])
+    raise self.replace(add.s(x, 1) | add.s(10))
+
+
+@app.task(bind=True)
+def ignored(self):
+    from celery.exceptions import Ignore
+
+    record(self, "run")
+    raise Ignore()

@@ -44,7 +44,7 @@ def test_an_unknown_task_fails_with_not_registered(ffapp, worker):
     eid = lane_execution_ids(ffapp, result.id)
     assert wait_for(lambda: failed_reason(ffapp, eid))
     assert "unknown task" in failed_reason(ffapp, eid)["failure_reason"]
-    assert "ffapp.no_such_task" in worker.text()
+    assert wait_for(lambda: "ffapp.no_such_task" in worker.text())  # logged by the worker too
 
 
 def test_an_undecodable_task_message_fails_with_the_decode_error(ffapp, app_url, worker):

@@ -1,5 +1,6 @@
 """Queues as lanes: priorities, durable revoke, purge, and remote control from the CLI."""
 
+import json
 import subprocess
 import sys
 
@@ -52,12 +53,16 @@ def test_celery_purge_cancels_the_waiting_executions(ffapp, app_url):
     assert {execution(ffapp, r.id).public_state for r in results} == {"cancelled"}
 
 
-def test_inspect_active_and_control_shutdown(ffapp, app_url, start_worker):
+def test_inspect_active_stats_and_control_shutdown(ffapp, app_url, start_worker):
     worker = start_worker(concurrency=1, queues="ctl")
     running = ffapp.tracked_sleep.apply_async((2,), queue="ctl")
     assert wait_for(lambda: runs(ffapp, running.id))
     active = celery_cli(app_url, "inspect", "active", "-d", worker.name, "-t", "5")
     assert running.id in active.stdout, active.stdout + active.stderr
     assert running.get(timeout=10) == 2
+    stats = celery_cli(app_url, "inspect", "stats", "-d", worker.name, "-t", "5", "--json")
+    worker_stats = json.loads(stats.stdout)[worker.name]
+    assert worker_stats["broker"]["transport"] == "flowfabric"
+    assert worker_stats["total"] == {"ffapp.tracked_sleep": 1}
     celery_cli(app_url, "control", "shutdown", "-d", worker.name, "-t", "2")
     assert worker.process.wait(timeout=30) == 0

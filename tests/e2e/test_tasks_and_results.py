@@ -12,6 +12,7 @@ import pytest
 from celery import chain, chord, group
 from celery.exceptions import TaskRevokedError
 
+from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import PartitionKeys
 
 from .conftest import HERE, execution, runs, wait_for
@@ -117,6 +118,24 @@ def test_chain_group_and_chord_work(ffapp):
     assert chain(ffapp.add.s(1, 1), ffapp.add.s(10), ffapp.add.s(100))().get(timeout=15) == 112
     assert group(ffapp.add.s(i, i) for i in range(5))().get(timeout=15) == [0, 2, 4, 6, 8]
     assert chord(ffapp.add.s(i, 1) for i in range(4))(ffapp.xsum.s()).get(timeout=15) == 10
+
+
+def test_a_task_replaced_by_a_signature_returns_the_replacements_result_and_runs_once(ffapp):
+    assert ffapp.replaced_by_add.delay(2, 5).get(timeout=15) == 7
+    chained = ffapp.replaced_by_chain.delay(1)
+    assert chained.get(timeout=15) == 12
+    engine = ffapp.app.backend.engine
+    replaced = ExecutionId(ffapp.runs().get(f"ffapp:replaced-execution:{chained.id}").decode())
+    assert engine.snapshot(replaced).public_state == "completed"  # not left to be re-run
+    assert engine.resolve(chained.id) != replaced  # the task id now names the replacement
+    assert len(runs(ffapp, chained.id)) == 1
+
+
+def test_a_task_raising_ignore_ends_its_execution_and_records_no_state(ffapp):
+    result = ffapp.ignored.delay()
+    assert wait_for(lambda: execution(ffapp, result.id).public_state == "completed")
+    assert len(runs(ffapp, result.id)) == 1
+    assert result.state == "PENDING"  # as in Celery: Ignore records nothing
 
 
 def test_revoking_a_running_task_terminates_it_and_cancels_its_execution(ffapp):
