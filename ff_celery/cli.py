@@ -26,7 +26,7 @@ def _wait_for_interrupt() -> None:
     stop.wait()
 
 
-@click.group()
+@click.group(name="flowfabric")
 @click.option("--log-level", default="WARNING", show_default=True, help="Python logging level.")
 def main(log_level: str) -> None:
     """ff_celery: Celery on FlowFabric."""

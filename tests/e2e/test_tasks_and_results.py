@@ -168,6 +168,16 @@ def test_the_bare_celery_cli_knows_the_flowfabric_scheme(app_url):
     assert "transport:flowfabric" in output.stdout
 
 
+def test_the_celery_command_runs_ff_celery_commands(app_url):
+    redis_url = app_url.replace("flowfabric://", "redis://", 1)
+    output = subprocess.run(
+        [sys.executable, "-m", "celery", "flowfabric", "library", "status", "--url", redis_url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert output.returncode == 0, output.stderr
+    assert "loaded: ff_celery-" in output.stdout
+
+
 def test_worker_events_reach_an_event_receiver(ffapp):
     """What Flower consumes: task events from the workers' event fanout."""
     seen: list[str] = []

@@ -1,0 +1,107 @@
+"""Plain kombu messages (not Celery tasks) through ``flowfabric://``: each one is an execution
+that a consumer claims; ack completes it, reject fails it or hands it back, and a consumer
+that goes away without acking hands it back, so it is delivered again, never copied."""
+
+import time
+
+import kombu
+import pytest
+
+from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import PartitionKeys
+from ff_celery.messages import NAMESPACE
+
+
+@pytest.fixture
+def url(ff_url, ff_redis):
+    return ff_url.replace("redis://", "flowfabric://", 1)
+
+
+def executions(url, lane):
+    """Public states of the lane's executions."""
+    with kombu.Connection(url) as connection:
+        engine = connection.default_channel.ff_engine
+        index = PartitionKeys(engine.partitions.lane_partition(lane)).all_executions
+        members = [ExecutionId(member.decode()) for member in engine.redis.smembers(index)]
+        return sorted(engine.snapshot(member).public_state for member in members)
+
+
+def test_a_message_round_trips_with_its_body_headers_and_properties(url):
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("plain")
+        queue.put({"order": 42}, headers={"source": "shop"}, priority=3)
+        message = queue.get(timeout=5)
+        assert message.payload == {"order": 42}
+        assert message.headers["source"] == "shop"
+        assert message.properties["priority"] == 3
+        message.ack()
+        queue.close()
+    assert executions(url, "plain") == ["completed"]
+
+
+def test_messages_are_consumed_by_a_callback_consumer_in_priority_order(url):
+    with kombu.Connection(url) as connection:
+        producer = connection.Producer()
+        for body, priority in (("low", 0), ("high", 9), ("mid", 5)):
+            producer.publish(body, routing_key="callbacks", priority=priority)
+        received = []
+
+        def on_message(body, message):
+            received.append(body)
+            message.ack()
+
+        with connection.Consumer(kombu.Queue("callbacks"), callbacks=[on_message], prefetch_count=1):
+            deadline = time.monotonic() + 10
+            while len(received) < 3 and time.monotonic() < deadline:
+                connection.drain_events(timeout=1)
+    assert received == ["high", "mid", "low"]
+    assert executions(url, "callbacks") == ["completed"] * 3
+
+
+def test_a_requeued_message_is_delivered_again_as_the_same_execution(url):
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("requeue")
+        queue.put("again")
+        first = queue.get(timeout=5)
+        first.requeue()
+        second = queue.get(timeout=5)
+        assert second.payload == "again"
+        assert second.delivery_info["redelivered"] is True
+        second.ack()
+        queue.close()
+    assert executions(url, "requeue") == ["completed"]
+
+
+def test_a_rejected_message_fails_its_execution(url):
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("rejects")
+        queue.put("unwanted")
+        queue.get(timeout=5).reject()
+        with pytest.raises(queue.Empty):
+            queue.get(timeout=0.5)
+        queue.close()
+    assert executions(url, "rejects") == ["failed"]
+
+
+def test_an_unacked_message_of_a_closed_connection_goes_to_the_next_consumer(url):
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("unacked")
+        queue.put("hand me back")
+        assert queue.get(timeout=5).payload == "hand me back"  # never acked
+        queue.close()
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("unacked")
+        message = queue.get(timeout=5)
+        assert message.payload == "hand me back"
+        message.ack()
+        queue.close()
+    assert executions(url, "unacked") == ["completed"]
+
+
+def test_message_executions_live_in_the_celery_namespace(url):
+    with kombu.Connection(url) as connection:
+        connection.SimpleQueue("ns").put("x")
+        engine = connection.default_channel.ff_engine
+        index = PartitionKeys(engine.partitions.lane_partition("ns")).all_executions
+        (member,) = engine.redis.smembers(index)
+        assert engine.snapshot(ExecutionId(member.decode())).core["namespace"] == NAMESPACE
