@@ -16,17 +16,27 @@ __version__ = "0.1.0"
 for _scheme in ("flowfabric", "flowfabrics"):
     TRANSPORT_ALIASES.setdefault(_scheme, "ff_celery.transport:Transport")
 
-__all__ = ["Task", "__version__", "install"]
+#: Celery-facing names, loaded on first use so the engine stays importable on its own.
+_LAZY = {
+    "install": "ff_celery.app",
+    "Task": "ff_celery.task",
+    "wait_for_signal": "ff_celery.waitpoints",
+    "waitpoint": "ff_celery.waitpoints",
+    "send_signal": "ff_celery.waitpoints",
+    "Suspended": "ff_celery.waitpoints",
+    "report_usage": "ff_celery.budgets",
+    "budget_scope": "ff_celery.budgets",
+    "BudgetExceeded": "ff_celery.budgets",
+    "append_frame": "ff_celery.streams",
+    "progress": "ff_celery.streams",
+}
+
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    # Celery-facing names load on first use so the engine stays importable on its own.
-    if name == "install":
-        from ff_celery.app import install
+    if name not in _LAZY:
+        raise AttributeError(name)
+    import importlib
 
-        return install
-    if name == "Task":
-        from ff_celery.task import Task
-
-        return Task
-    raise AttributeError(name)
+    return getattr(importlib.import_module(_LAZY[name]), name)

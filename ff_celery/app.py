@@ -9,6 +9,8 @@ from typing import Any
 import celery
 from celery import signals, states
 
+from ff_celery.budgets import inherited_budgets
+
 log = logging.getLogger(__name__)
 
 TASK_CLS = "ff_celery.task:Task"
@@ -22,11 +24,15 @@ DEFAULTS = {
 }
 
 
-def _end_ignored_execution(task: Any = None, task_id: str = "", state: str | None = None, **_: Any) -> None:
-    """``task_postrun``: a task that raised ``Ignore`` recorded no outcome; end its execution."""
+def _end_ignored_execution(
+    task: Any = None, task_id: str = "", state: str | None = None, retval: Any = None, **_: Any
+) -> None:
+    """``task_postrun``: a task that raised ``Ignore`` recorded no outcome; end its execution
+    (unless it suspended: it runs again when its signals arrive)."""
     from ff_celery.backend import FlowFabricBackend
+    from ff_celery.waitpoints import Suspended
 
-    if state == states.IGNORED and isinstance(task.backend, FlowFabricBackend):
+    if state == states.IGNORED and not isinstance(retval, Suspended) and isinstance(task.backend, FlowFabricBackend):
         task.backend.mark_as_ignored(task_id, task.request)
 
 
@@ -55,6 +61,7 @@ def install(app: celery.Celery) -> celery.Celery:
         app.task_cls = TASK_CLS
     app.steps["consumer"].add(STEP)
     signals.task_postrun.connect(_end_ignored_execution, weak=False, dispatch_uid="ff_celery.ignored")
+    signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

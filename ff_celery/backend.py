@@ -11,7 +11,8 @@ kept as Celery meta in ``ffc:celery-task-meta-<id>``; groups and chords use the 
 
 Reading (``AsyncResult``) resolves the task id to its execution, from any process, without
 knowing the queue: completed -> SUCCESS, failed -> FAILURE, cancelled or expired -> REVOKED,
-waiting for a retry -> RETRY, running -> STARTED (with ``task_track_started``) or PENDING.
+waiting for a retry -> RETRY, suspended on a waitpoint -> SUSPENDED, running -> STARTED
+(with ``task_track_started``) or PENDING.
 ``get()`` waits on the task's completion channel through one Pub/Sub connection per thread,
 subscribed for the duration of the wait.
 """
@@ -31,14 +32,13 @@ from celery.backends.base import BaseKeyValueStoreBackend, SyncBackendMixin
 from celery.exceptions import TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError
 from kombu.utils.encoding import bytes_to_str
 
+from ff_celery.context import claimed_task, engine_for_url, fence_of
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, StateError
-from ff_celery.engine.functions import FailOutcome, Lease
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.keys import done_channel
 from ff_celery.engine.policy import FixedBackoff, RetryPolicy
-from ff_celery.engine.task import ClaimedTask
-from ff_celery.messages import FENCE_HEADER, NAMESPACE
+from ff_celery.messages import NAMESPACE
 from ff_celery.task import UNLIMITED_RETRIES
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ TERMINAL_STATES = {
     "cancelled": states.REVOKED,
     "expired": states.REVOKED,
 }
+#: Celery state of a task waiting on a waitpoint (see ff_celery.waitpoints).
+SUSPENDED = "SUSPENDED"
 #: The exec_core fields a result read needs.
 CORE_FIELDS = (
     "public_state",
@@ -67,7 +69,12 @@ class ExecutionFailed(Exception):
 def failure_category(exc: Any) -> str:
     """FlowFabric failure category of an exception (raw or encoded by Celery)."""
     name = exc.get("exc_type") if isinstance(exc, dict) else type(exc).__name__
-    return {TimeLimitExceeded.__name__: "timeout", WorkerLostError.__name__: "infra_crash"}.get(name, "transient")
+    categories = {
+        TimeLimitExceeded.__name__: "timeout",
+        WorkerLostError.__name__: "infra_crash",
+        "BudgetExceeded": "budget_exceeded",
+    }
+    return categories.get(name, "transient")
 
 
 def describe(exc: Any) -> str:
@@ -98,18 +105,12 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(app, url=url, **kwargs)
         self.url = url or app.conf.result_backend
-        self._engines: dict[int, Engine] = {}
         self._local = threading.local()
 
     @property
     def engine(self) -> Engine:
         """This process's engine (a new one after fork)."""
-        pid = os.getpid()
-        if pid not in self._engines:
-            engine = Engine.from_url(self.url, namespace=NAMESPACE)
-            engine.bootstrap()
-            self._engines = {pid: engine}
-        return self._engines[pid]
+        return engine_for_url(self.url)
 
     # -- key/value store (Celery meta, groups, chord counters) ----------------------------
 
@@ -134,41 +135,26 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
 
     # -- recording outcomes (worker side) -------------------------------------------------
 
-    @staticmethod
-    def _fence(request: Any) -> dict[str, Any] | None:
-        return (getattr(request, FENCE_HEADER, None) if request is not None else None) or None
-
-    def _handle(self, request: Any) -> ClaimedTask | None:
-        """The lease holder's handle, rebuilt from the request's ``ff`` header. Its terminal
-        operations announce the outcome to result waiters in the same round trip."""
-        fence = self._fence(request)
-        if fence is None:
-            return None
-        handle = ClaimedTask(
-            self.engine,
-            execution_id=ExecutionId(fence["execution_id"]),
-            lane_id=fence["lane"],
-            worker_id="celery",
-            worker_instance_id=fence["worker_instance_id"],
-            lease=Lease(
-                lease_id=fence["lease_id"],
-                lease_epoch=fence["lease_epoch"],
-                expires_at=None,
-                attempt_id=fence["attempt_id"],
-                attempt_index=fence["attempt_index"],
-                attempt_type=fence.get("attempt_type"),
-            ),
-            lease_ttl_ms=0,
-        )
-        handle.notify_channel = done_channel(NAMESPACE, request.id)
-        return handle
-
     def mark_as_done(
         self, task_id: str, result: Any, request: Any = None, store_result: bool = True, state: str = states.SUCCESS
     ) -> None:
         if not store_result or (request is not None and request.ignore_result):
             self._end(task_id, request, lambda handle: handle.complete(b""))  # no result kept
         super().mark_as_done(task_id, result, request=request, store_result=store_result, state=state)
+
+    def mark_as_suspended(
+        self, task_id: str, waitpoint: Any, signal_names: tuple[str, ...], timeout_at: int | None, request: Any
+    ) -> None:
+        """Record that the task waits on ``waitpoint`` (state ``SUSPENDED``; ``info`` holds the
+        waitpoint's address and token). Shown only while the execution is suspended."""
+        meta = self._get_result_meta(
+            result={"waitpoint": waitpoint.model_dump(), "signal_names": list(signal_names), "timeout_at": timeout_at},
+            state=SUSPENDED,
+            traceback=None,
+            request=request,
+        )
+        meta["task_id"] = task_id
+        self.set(self.get_key_for_task(task_id), self.encode(meta))
 
     def mark_as_ignored(self, task_id: str, request: Any) -> None:
         """End the execution of a task that raised ``Ignore`` (e.g. ``Task.replace``): its
@@ -180,10 +166,12 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:
         """Record an outcome. ``result`` arrives encoded (exceptions as dicts)."""
+        if state == states.RETRY and failure_category(result) == "budget_exceeded":
+            state = states.FAILURE  # a hard budget breach ends the execution, retry or not
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = bytes_to_str(task_id)
         encoded = self.encode(meta)
-        fenced = self._fence(request) is not None
+        fenced = fence_of(request) is not None
         if state == states.SUCCESS and fenced:
             self._end(task_id, request, lambda handle: handle.complete(encoded))
             return result
@@ -214,7 +202,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     def _end(self, task_id: str, request: Any, operation: Any) -> Any:
         """End the attempt through the lease holder's handle; a lost lease discards the
         outcome (another worker owns the execution now)."""
-        handle = self._handle(request)
+        handle = claimed_task(self.engine, request)
         if handle is None:
             return None
         try:
@@ -290,6 +278,10 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             if stored and stored["status"] == states.RETRY:
                 return stored
             return {"status": states.RETRY, "result": None}
+        if core.get("lifecycle_phase") == "suspended":
+            return stored if stored and stored["status"] == SUSPENDED else {"status": SUSPENDED, "result": None}
+        if stored and stored["status"] == SUSPENDED:
+            stored = None  # it resumed since
         if core.get("lifecycle_phase") == "active" and stored and stored["status"] not in states.READY_STATES:
             return stored  # STARTED, RETRY (running again) or a custom state such as PROGRESS
         if stored and stored["status"] == states.RETRY:

@@ -30,6 +30,9 @@ NAMESPACE = "celery"
 POLICY_HEADER = "ff_policy"
 #: Header carrying the fence and attempt to the worker.
 FENCE_HEADER = "ff"
+#: Headers putting the execution under budgets (a list of ids or names) and a quota.
+BUDGETS_HEADER = "ff_budgets"
+QUOTA_HEADER = "ff_quota"
 #: Tag marking executions that are Celery tasks (their name is the value).
 TASK_TAG = "celery.task"
 TASK_ID_TAG = "celery.id"
@@ -59,6 +62,8 @@ class Submission:
     policy: ExecutionPolicy = field(default_factory=ExecutionPolicy)
     tags: dict[str, str] = field(default_factory=dict)
     creator_identity: str = ""
+    budget_ids: tuple[str, ...] = ()
+    quota_policy_id: str | None = None
 
 
 def _epoch_ms(value: Any, what: str) -> int | None:
@@ -108,6 +113,7 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
         priority=_priority(properties),
         creator_identity=str(headers.get("origin") or ""),
     )
+    submission.budget_ids, submission.quota_policy_id = _admission_headers(headers)
     expiration = properties.get("expiration")
     if expiration not in (None, ""):
         try:
@@ -132,6 +138,17 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
         if headers.get(POLICY_HEADER):
             submission.policy = _policy_from_header(headers[POLICY_HEADER])
     return submission
+
+
+def _admission_headers(headers: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
+    budgets, quota = headers.get(BUDGETS_HEADER) or (), headers.get(QUOTA_HEADER) or None
+    if isinstance(budgets, str):
+        budgets = (budgets,)
+    if not isinstance(budgets, list | tuple) or not all(isinstance(b, str) and b for b in budgets):
+        raise PublishError(f"{BUDGETS_HEADER} must be a list of budget names or ids, got {budgets!r}")
+    if quota is not None and not isinstance(quota, str):
+        raise PublishError(f"{QUOTA_HEADER} must be a quota name or id, got {quota!r}")
+    return tuple(budgets), quota
 
 
 @lru_cache(maxsize=256)

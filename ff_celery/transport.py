@@ -106,12 +106,15 @@ class Channel(kombu_redis.Channel):
     max_message_size = DEFAULT_MAX_MESSAGE_SIZE
     #: Claim batch when the consumer sets no prefetch limit.
     unlimited_batch = 16
+    #: Lane -> quota (name or id) for executions published without one.
+    lane_quotas: dict[str, str] = {}
 
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
         "lease_ttl_ms",
         "poll_interval",
         "max_message_size",
+        "lane_quotas",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -172,6 +175,8 @@ class Channel(kombu_redis.Channel):
             alias=submission.alias,
             alias_replaces=submission.alias_replaces,
             creator_identity=submission.creator_identity,
+            budget_ids=submission.budget_ids,
+            quota_policy_id=submission.quota_policy_id or self.lane_quotas.get(queue),
         )
         return None
 

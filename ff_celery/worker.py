@@ -22,6 +22,7 @@ from celery.exceptions import NotRegistered
 from celery.worker import state
 
 from ff_celery.backend import FlowFabricBackend
+from ff_celery.engine.errors import ExecutionNotActiveError
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 from ff_celery.engine.task import ClaimedTask
 from ff_celery.transport import Channel
@@ -93,7 +94,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
         if isinstance(channel, Channel):
             channel.ff_outcomes_recorded = isinstance(c.app.backend, FlowFabricBackend)
             channel.ff_is_running = _is_running
-            channel.ff_on_lease_lost = lambda tag, task: self.lost.append((tag, task))
+            channel.ff_on_lease_lost = self._on_lease_lost
             if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:
                 settings = ScannerSettings(**(c.app.conf.get("flowfabric_scanner_settings") or {}))
                 queues = [queue.name for queue in c.task_consumer.queues]
@@ -113,6 +114,12 @@ class FlowFabricStep(bootsteps.StartStopStep):
 
     # -- lost leases ----------------------------------------------------------------------
 
+    def _on_lease_lost(self, tag: str, task: ClaimedTask) -> None:
+        """Called from the renewal thread. A lease the task's own outcome ended (completed,
+        failed or suspended by the pool child before the ack) is not a loss."""
+        if not ended_by_holder(task):
+            self.lost.append((tag, task))
+
     def stop_lost(self, c: Any) -> None:
         """Terminate requests whose lease was lost (runs on the worker's timer)."""
         while self.lost:
@@ -130,6 +137,18 @@ class FlowFabricStep(bootsteps.StartStopStep):
                     request.terminate(c.pool, signal="SIGKILL")
                 except (NotImplementedError, AttributeError) as exc:
                     log.warning("cannot stop %s in this pool (%r); its writes are fenced out", request.id, exc)
+
+
+def ended_by_holder(task: ClaimedTask) -> bool:
+    """Whether a lost lease was ended by the attempt itself: the execution is suspended,
+    completed or failed, or waits for its retry, under this lease's epoch."""
+    error = task.lease_lost
+    if not isinstance(error, ExecutionNotActiveError):
+        return False
+    own_epoch = error.lease_epoch in (str(task.lease_epoch), "")
+    if error.lifecycle_phase == "terminal":
+        return own_epoch and error.terminal_outcome in ("success", "failed")
+    return own_epoch and error.lifecycle_phase in ("suspended", "runnable")
 
 
 def _is_running(delivery_tag: str) -> bool:

@@ -273,42 +273,21 @@ end)
 
 -- Close the open suspension of an execution and its waitpoints (cancel path).
 local function close_suspension(K, now, reason)
+  local waitpoint_close = {"state", "closed", "closed_at", tostring(now), "close_reason", reason}
+  local condition_close = {"closed", "1", "closed_at", tostring(now), "closed_reason", reason}
   if redis.call("EXISTS", K.suspension_current) == 1 then
     redis.call("HSET", K.suspension_current, "closed_at", tostring(now), "close_reason", reason)
   end
-  local waitpoint_close = {"state", "closed", "closed_at", tostring(now), "close_reason", reason}
-  local condition_close = {"closed", "1", "closed_at", tostring(now), "closed_reason", reason}
   if redis.call("EXISTS", K.waitpoint) == 1 then
     hset(K.waitpoint, waitpoint_close)
   end
   if redis.call("EXISTS", K.waitpoint_condition) == 1 then
     hset(K.waitpoint_condition, condition_close)
   end
-  local satisfied_set = K.suspension_current .. ":satisfied_set"
-  redis.call("DEL", satisfied_set, satisfied_set .. ":signals", K.suspension_current .. ":member_map")
-
-  -- Extra waitpoints of a multi-waitpoint suspension, recorded as JSON pairs.
-  local extra_json = redis.call("HGET", K.suspension_current, "additional_waitpoints_json")
-  if not present(extra_json) or extra_json == "[]" then
-    return
-  end
-  local decoded, extras = pcall(cjson.decode, extra_json)
-  if not decoded or type(extras) ~= "table" then
-    return
-  end
-  local tag = hash_tag(K.suspension_current)
-  for _, entry in ipairs(extras) do
-    local wp_id = entry.waitpoint_id
-    if type(wp_id) == "string" and wp_id ~= "" then
-      local wp_key = "ff:wp:" .. tag .. ":" .. wp_id
-      if redis.call("EXISTS", wp_key) == 1 then
-        hset(wp_key, waitpoint_close)
-      end
-      if redis.call("EXISTS", wp_key .. ":condition") == 1 then
-        hset(wp_key .. ":condition", condition_close)
-      end
-    end
-  end
+  drop_composite_state(K.suspension_current)
+  close_extra_waitpoints(K.suspension_current,
+    redis.call("HGET", K.suspension_current, "additional_waitpoints_json"),
+    waitpoint_close, condition_close)
 end
 
 redis.register_function('ff_cancel_execution', function(keys, args)

@@ -51,6 +51,14 @@ local function need_integer(value, name)
   return n, bad
 end
 
+-- invalid_input when fewer than `needed` ARGV were sent (FlowFabric would fail
+-- part-way on the missing ones).
+local function argv_shortfall(args, needed)
+  if #args < needed then
+    return fail("invalid_input", "expected at least " .. needed .. " arguments, got: " .. #args)
+  end
+end
+
 -- An optional numeric argument (empty means absent): the reply on bad input.
 local function bad_optional_number(value, name)
   if value ~= nil and value ~= "" and finite_number(value) == nil then
@@ -143,6 +151,10 @@ local function stream_meta_key(tag, eid, attempt_index)
   return "ff:stream:" .. tag .. ":" .. eid .. ":" .. tostring(attempt_index) .. ":meta"
 end
 
+local function waitpoint_key_of(tag, waitpoint_id)
+  return "ff:wp:" .. tag .. ":" .. waitpoint_id
+end
+
 ---------------------------------------------------------------------------
 -- exec_core state
 ---------------------------------------------------------------------------
@@ -200,6 +212,41 @@ local function publish_completion(core, eid, outcome)
     redis.call("PUBLISH", "ff:dag:completions", cjson.encode({
       execution_id = eid, flow_id = core.flow_id, outcome = outcome,
     }))
+  end
+end
+
+---------------------------------------------------------------------------
+-- Suspension records
+---------------------------------------------------------------------------
+
+-- Drop a suspension's composite-condition state (satisfier tokens, member map).
+local function drop_composite_state(suspension_key)
+  redis.call("DEL", suspension_key .. ":satisfied_set", suspension_key .. ":satisfied_set:signals",
+    suspension_key .. ":member_map")
+end
+
+-- Apply HSET pairs to the extra waitpoints (and their conditions) of a
+-- multi-waitpoint suspension, listed in its additional_waitpoints_json.
+local function close_extra_waitpoints(suspension_key, extras_json, waitpoint_fields, condition_fields)
+  if not present(extras_json) or extras_json == "[]" then
+    return
+  end
+  local decoded, extras = pcall(cjson.decode, extras_json)
+  if not decoded or type(extras) ~= "table" then
+    return
+  end
+  local tag = hash_tag(suspension_key)
+  for _, entry in ipairs(extras) do
+    local waitpoint_id = type(entry) == "table" and entry.waitpoint_id
+    if type(waitpoint_id) == "string" and waitpoint_id ~= "" then
+      local waitpoint = waitpoint_key_of(tag, waitpoint_id)
+      if redis.call("EXISTS", waitpoint) == 1 then
+        hset(waitpoint, waitpoint_fields)
+      end
+      if redis.call("EXISTS", waitpoint .. ":condition") == 1 then
+        hset(waitpoint .. ":condition", condition_fields)
+      end
+    end
   end
 end
 

@@ -153,7 +153,10 @@ redis.register_function('ff_promote_delayed', function(keys, args)
     redis.call("ZREM", delayed_key, eid)
     return ok(cleaned)
   end
-  if tonumber(core.delay_until or "0") > now then
+  -- A resume delay parks the execution without writing delay_until (FlowFabric's
+  -- library then fails here); its delayed-set score is the due time.
+  local due = tonumber(core.delay_until or "0") or tonumber(redis.call("ZSCORE", delayed_key, eid) or "0") or 0
+  if due > now then
     return ok("not_yet_due")
   end
 

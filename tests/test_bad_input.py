@@ -764,7 +764,7 @@ def test_claim_with_a_non_object_attempt_policy_is_rejected_and_leaves_grant_and
 @pytest.mark.parametrize(
     "raw",
     [
-        [0, b"corruption", b"index drift"],
+        [0, b"no_such_code", b"index drift"],
         [0, b"invariant_violation"],
         [0, b"already_member_of_different_flow:7c9e6679-7425-40de-944b-e07fc1f90ae7"],
     ],

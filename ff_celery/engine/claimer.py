@@ -5,7 +5,8 @@ partition's eligible set first (spec §8.3); flow members hash elsewhere, so the
 partitions are rotated through in chunks of 32, at most every ``flow_scan_interval_s``. A probe
 is one pipelined round trip, and so is claiming a batch: each candidate's claim grant (which
 checks capabilities) and its claim travel in the same pipeline, with the reads the handle
-needs; an interrupted attempt takes one more round trip for its resumed claim. When nothing
+needs; an interrupted attempt takes one more round trip for its resumed claim. On lanes with
+budgets or quotas, candidates pass admission first (``budgets.Admission``). When nothing
 is eligible the claimer sleeps on the lane's wake-up channel
 (published by ff_celery's submitters and scanners) and falls back to polling every
 ``poll_interval_s`` for work that arrived by other means. Attempt timeouts are the worker's
@@ -25,6 +26,7 @@ from typing import Any
 
 import redis
 
+from ff_celery.engine import budgets
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError
@@ -88,6 +90,7 @@ class Claimer:
         self._pubsub: redis.client.PubSub | None = None
         self._candidates: deque[tuple[ExecutionId, str]] = deque()
         self._probed_at = 0.0
+        self.admission = budgets.Admission(engine)
         for lane in self.lanes:
             engine.register_lane(lane)
 
@@ -122,7 +125,12 @@ class Claimer:
         claimed: list[ClaimedTask] = []
         while self._candidates and len(claimed) < max_tasks:
             wave = [self._candidates.popleft() for _ in range(min(max_tasks - len(claimed), len(self._candidates)))]
-            claimed += self._claim_wave(wave)
+            wave, quota_of = self.admission.admit(wave)
+            tasks = self._claim_wave(wave)
+            lost = set(quota_of) - {str(task.execution_id) for task in tasks}
+            for eid in lost:  # admitted but claimed by someone else: give the slot back
+                budgets.release_admission(self.engine, quota_of[eid], ExecutionId(eid))
+            claimed += tasks
         return claimed
 
     def listen(self) -> None:
@@ -277,7 +285,7 @@ class Claimer:
 
 
 #: exec_core fields read with a claim (before the resumed claim, after the fresh one).
-_CORE_FIELDS = ("current_attempt_index", "retry_count", "priority", "created_at")
+_CORE_FIELDS = ("current_attempt_index", "retry_count", "priority", "created_at", "quota_policy_id")
 #: Probed candidates are reused for this long before probing again.
 CANDIDATE_TTL_S = 0.25
 

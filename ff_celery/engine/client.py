@@ -15,11 +15,13 @@ from typing import Any, TypeVar
 
 import redis
 
+from ff_celery.engine import budgets
 from ff_celery.engine import functions as fn
 from ff_celery.engine.connection import connect
 from ff_celery.engine.errors import EngineError, TransportError, UnavailableError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import (
+    ADMISSION_LANES_KEY,
     LANE_REGISTRY_KEY,
     PARTITION_CONFIG_KEY,
     ExecKeys,
@@ -191,13 +193,17 @@ class Engine:
         alias_replaces: bool = False,
         creator_identity: str = "",
         execution_id: ExecutionId | None = None,
+        budget_ids: Sequence[str] = (),
+        quota_policy_id: str | None = None,
     ) -> fn.Created:
         """Create a solo execution on ``lane`` (its partition is the lane's).
 
         A ``delay_until`` less than a second ahead of engine time runs now. ``alias`` (e.g. a
         Celery task id) is indexed for a week past the due time so :meth:`resolve` finds the
         execution without knowing its lane; ``alias_replaces`` repoints an existing alias (a
-        task that replaced itself). Wakes idle claimers when the lane had no eligible work.
+        task that replaced itself). ``budget_ids`` / ``quota_policy_id`` (ids or names) put the
+        execution under budgets and a quota, checked when it is claimed. Wakes idle claimers
+        when the lane had no eligible work.
         """
         if delay_until is not None and delay_until <= self.now_ms() + DELAY_SAFETY_MS:
             delay_until = None
@@ -221,6 +227,10 @@ class Engine:
         # size of the lane's eligible set
         batch = self.batch()
         batch.fcall(request)
+        attachment = budgets.attachment_fields(budget_ids, quota_policy_id)
+        if attachment:  # before any claimer can see it; undone below for a duplicate
+            batch.command("hset", ExecKeys(eid).core, mapping=attachment)
+            batch.command("sadd", ADMISSION_LANES_KEY, lane)
         if alias:
             alias_ttl_ms = ALIAS_TTL_MS + max(0, (delay_until or 0) - self.now_ms())
             batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces, px=alias_ttl_ms)
@@ -235,6 +245,8 @@ class Engine:
             # the alias went out with the minted id: drop it, or point it at the duplicate's
             existing = None if isinstance(created, EngineError) else str(created.execution_id)
             self._replace_alias(alias, expected=str(eid), value=existing)
+        if attachment and execution_id is None and (isinstance(created, EngineError) or created.execution_id != eid):
+            self._guard(lambda: self.redis.delete(ExecKeys(eid).core))  # a fresh id: only our HSET wrote it
         if isinstance(created, EngineError):
             raise created
         return created

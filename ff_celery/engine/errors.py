@@ -109,6 +109,14 @@ CODES: dict[str, CodeInfo] = {
     "invalid_secret_hex": CodeInfo(_T, _VAL, "HMAC secret is not even-length hex"),
     "invalid_grace_ms": CodeInfo(_T, _VAL, "grace is not a non-negative integer"),
     "rotation_conflict": CodeInfo(_T, _CONF, "key id already installed with another secret"),
+    # returned by the Lua with no Rust mapping: treated as terminal
+    "additional_waitpoint_binding_malformed": CodeInfo(_T, _VAL, "an extra waitpoint has no id or key"),
+    "use_pending_with_extras_unsupported": CodeInfo(_T, _VAL, "a pending waitpoint cannot take extras"),
+    "invalid_keys_missing_hmac": CodeInfo(_T, _VAL, "the HMAC keystore key was not passed"),
+    "hmac_secret_not_initialized": CodeInfo(_T, _ST, "no waitpoint HMAC secret on this partition"),
+    "invalid_secret": CodeInfo(_T, _ST, "the stored HMAC secret is not hex"),
+    "missing_token": CodeInfo(_T, _VAL, "no waitpoint token given"),
+    "token_expired": CodeInfo(_T, _VAL, "the token's key id is past its grace period"),
     # streams
     "stream_closed": CodeInfo(_T, _ST, "attempt ended; no more frames"),
     "stale_owner_cannot_append": CodeInfo(_T, _ST, "lease mismatch on append"),
@@ -117,6 +125,7 @@ CODES: dict[str, CodeInfo] = {
     "stream_already_closed": CodeInfo(_I, _ST, "stream already closed"),
     "invalid_frame_type": CodeInfo(ErrorClass.SOFT_ERROR, _VAL, "unrecognised frame type"),
     "invalid_offset": CodeInfo(_R, _VAL, "invalid stream id"),
+    "corruption": CodeInfo(ErrorClass.BUG, Kind.BUG, "stored summary document not decodable"),
     # flows and dependencies
     "invalid_dependency": CodeInfo(_T, _VAL, "edge does not exist"),
     "stale_graph_revision": CodeInfo(_R, _CONT, "re-read the graph and retry"),

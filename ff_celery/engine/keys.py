@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.partitions import PARTITION_CONFIG_KEY, flow_tag  # noqa: F401 (re-exported)
+from ff_celery.engine.partitions import PARTITION_CONFIG_KEY, budget_tag, flow_tag, quota_tag  # noqa: F401
 
 LANE_REGISTRY_KEY = "ff:idx:lanes"
 DAG_COMPLETIONS_CHANNEL = "ff:dag:completions"
@@ -23,6 +23,10 @@ class ExecKeys:
     """Keys of one execution (all on its ``{fp:N}`` partition)."""
 
     execution_id: ExecutionId
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.execution_id, ExecutionId):  # a plain string: validate and keep its tag
+            object.__setattr__(self, "execution_id", ExecutionId(self.execution_id))
 
     @property
     def tag(self) -> str:
@@ -72,6 +76,22 @@ class ExecKeys:
         return self._exec("suspension:current")
 
     @property
+    def satisfied_set(self) -> str:
+        """Composite-condition satisfier tokens of the current suspension."""
+        return self._exec("suspension:current:satisfied_set")
+
+    @property
+    def satisfied_signals(self) -> str:
+        return self._exec("suspension:current:satisfied_set:signals")
+
+    @property
+    def member_map(self) -> str:
+        return self._exec("suspension:current:member_map")
+
+    def suspend_dedup(self, idempotency_key: str) -> str:
+        return f"ff:dedup:suspend:{self.tag}:{self.execution_id}:{idempotency_key}"
+
+    @property
     def waitpoints(self) -> str:
         return self._exec("waitpoints")
 
@@ -95,10 +115,26 @@ class ExecKeys:
         return self.stream(attempt_index) + ":meta"
 
     def waitpoint(self, waitpoint_id: str) -> str:
-        return f"ff:wp:{self.tag}:{waitpoint_id}"
+        return PartitionKeys(self.execution_id.partition).waitpoint(waitpoint_id)
 
     def waitpoint_condition(self, waitpoint_id: str) -> str:
         return self.waitpoint(waitpoint_id) + ":condition"
+
+    def waitpoint_signals(self, waitpoint_id: str) -> str:
+        """Per-waitpoint signal log (also the buffer of a pending waitpoint)."""
+        return self.waitpoint(waitpoint_id) + ":signals"
+
+    def signal(self, signal_id: str) -> str:
+        return f"ff:signal:{self.tag}:{signal_id}"
+
+    def signal_payload(self, signal_id: str) -> str:
+        return self.signal(signal_id) + ":payload"
+
+    def signal_dedup(self, waitpoint_id: str, idempotency_key: str) -> str:
+        return f"ff:sigdedup:{self.tag}:{waitpoint_id}:{idempotency_key}"
+
+    def stream_summary(self, attempt_index: int | str) -> str:
+        return self.attempt(attempt_index) + ":summary"
 
 
 @dataclass(frozen=True)
@@ -164,7 +200,16 @@ class PartitionKeys:
 
     @property
     def waitpoint_hmac(self) -> str:
+        """The HMAC keystore (one identical copy per flow partition)."""
         return f"ff:sec:{self.tag}:waitpoint_hmac"
+
+    def waitpoint(self, waitpoint_id: str) -> str:
+        return f"ff:wp:{self.tag}:{waitpoint_id}"
+
+    @property
+    def signal_delivery(self) -> str:
+        """Partition-wide feed of delivered signals."""
+        return f"ff:part:{self.tag}:signal_delivery"
 
     @property
     def noop(self) -> str:
@@ -173,6 +218,97 @@ class PartitionKeys:
 
     def idempotency(self, namespace: str, idempotency_key: str) -> str:
         return f"ff:idem:{self.tag}:{namespace}:{idempotency_key}"
+
+
+@dataclass(frozen=True)
+class BudgetKeys:
+    """Keys of one budget (on its ``{b:M}`` partition)."""
+
+    budget_id: str
+    partition: int
+
+    @property
+    def tag(self) -> str:
+        return budget_tag(self.partition)
+
+    @property
+    def definition(self) -> str:
+        return f"ff:budget:{self.tag}:{self.budget_id}"
+
+    @property
+    def limits(self) -> str:
+        return self.definition + ":limits"
+
+    @property
+    def usage(self) -> str:
+        return self.definition + ":usage"
+
+    def by_execution(self, execution_id: str) -> str:
+        """Spend attributed to one execution."""
+        return self.definition + f":by_exec:{execution_id}"
+
+    @property
+    def by_execution_index(self) -> str:
+        return self.definition + ":by_exec:index"
+
+    @property
+    def resets(self) -> str:
+        return budget_resets_key(self.partition)
+
+    @property
+    def policies(self) -> str:
+        return budget_policies_key(self.partition)
+
+    def usage_dedup(self, dedup_id: str) -> str:
+        return f"ff:usagededup:{self.tag}:{dedup_id}"
+
+
+@dataclass(frozen=True)
+class QuotaKeys:
+    """Keys of one quota policy (on its ``{q:K}`` partition)."""
+
+    quota_policy_id: str
+    partition: int
+
+    @property
+    def tag(self) -> str:
+        return quota_tag(self.partition)
+
+    @property
+    def definition(self) -> str:
+        return f"ff:quota:{self.tag}:{self.quota_policy_id}"
+
+    def window(self, dimension: str = "default") -> str:
+        """Sliding admission window; FlowFabric's scheduler admits on ``default``."""
+        return self.definition + f":window:{dimension}"
+
+    @property
+    def concurrency(self) -> str:
+        return self.definition + ":concurrency"
+
+    def admitted(self, execution_id: str) -> str:
+        return self.definition + f":admitted:{execution_id}"
+
+    @property
+    def admitted_set(self) -> str:
+        return self.definition + ":admitted_set"
+
+    @property
+    def policies(self) -> str:
+        return quota_policies_key(self.partition)
+
+
+def budget_resets_key(partition: int) -> str:
+    """Budgets of a ``{b:M}`` partition by next reset time."""
+    return f"ff:idx:{budget_tag(partition)}:budget_resets"
+
+
+def budget_policies_key(partition: int) -> str:
+    return f"ff:idx:{budget_tag(partition)}:budget_policies"
+
+
+def quota_policies_key(partition: int) -> str:
+    return f"ff:idx:{quota_tag(partition)}:quota_policies"
 
 
 def worker_alive_key(namespace: str, worker_instance_id: str) -> str:
@@ -191,6 +327,8 @@ def worker_index_key(namespace: str) -> str:
 
 #: Leader lock of the background scanners.
 SCANNER_LEADER_KEY = "ffc:leader:scanners"
+#: Lanes with executions under budgets or quotas: claims there go through admission.
+ADMISSION_LANES_KEY = "ffc:admission:lanes"
 
 
 def wake_channel(lane: str) -> str:

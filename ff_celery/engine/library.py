@@ -23,7 +23,19 @@ log = logging.getLogger(__name__)
 LIBRARY_NAME = "flowfabric"
 FLOWFABRIC_VERSION = "34"
 #: Concatenation order; helpers first, every later module may use what precedes it.
-MODULES = ("helpers", "version", "lease", "execution", "scheduling", "signal", "flow")
+MODULES = (
+    "helpers",
+    "version",
+    "lease",
+    "execution",
+    "scheduling",
+    "suspension",
+    "signal",
+    "stream",
+    "budget",
+    "quota",
+    "flow",
+)
 
 _OUR_VERSION = re.compile(r"^ff_celery-(\d+)$")
 

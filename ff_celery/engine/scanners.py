@@ -1,6 +1,9 @@
 """Engine duties that FlowFabric leaves to background scanners, for deployments without
 FlowFabric's server: promoting due delayed executions, marking lapsed leases expired and
-requeueing them, and expiring executions past their attempt timeout or deadline.
+requeueing them, expiring executions past their attempt timeout or deadline, applying
+suspension timeouts, closing pending waitpoints nobody suspended on, unblocking executions
+whose budget or quota has room again, resetting budgets on schedule, and recounting quota
+concurrency from live admissions.
 
 Any process may run them; a leader lock (``ffc:leader:scanners``) makes only one instance
 active at a time, so N workers do not multiply the load. Each cycle reads every partition's
@@ -24,11 +27,19 @@ from dataclasses import dataclass
 import redis
 from pydantic import BaseModel
 
+from ff_celery.engine import budgets
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys, PartitionKeys
+from ff_celery.engine.keys import (
+    SCANNER_LEADER_KEY,
+    ExecKeys,
+    PartitionKeys,
+    QuotaKeys,
+    budget_resets_key,
+    quota_policies_key,
+)
 from ff_celery.engine.task import ClaimedTask
 
 log = logging.getLogger(__name__)
@@ -45,6 +56,11 @@ class ScannerSettings(BaseModel):
     lease_expiry_interval_s: float = 1.5
     attempt_timeout_interval_s: float = 2.0
     deadline_interval_s: float = 5.0
+    suspension_timeout_interval_s: float = 2.0
+    pending_waitpoint_interval_s: float = 5.0
+    unblock_interval_s: float = 5.0
+    budget_reset_interval_s: float = 15.0
+    quota_reconcile_interval_s: float = 30.0
     batch_size: int = 50
     leader_ttl_s: float = 10.0
     requeue_lease_ttl_ms: int = 30_000
@@ -79,7 +95,13 @@ class EngineScanners:
             _Scanner("lease_expiry", s.lease_expiry_interval_s, self.expire_leases),
             _Scanner("attempt_timeout", s.attempt_timeout_interval_s, lambda: self.expire_due("attempt_timeout")),
             _Scanner("execution_deadline", s.deadline_interval_s, lambda: self.expire_due("execution_deadline")),
+            _Scanner("suspension_timeout", s.suspension_timeout_interval_s, self.expire_suspensions),
+            _Scanner("pending_waitpoint_expiry", s.pending_waitpoint_interval_s, self.close_lapsed_waitpoints),
+            _Scanner("unblock", s.unblock_interval_s, lambda: self.admission.unblock_cleared(self.lanes())),
+            _Scanner("budget_reset", s.budget_reset_interval_s, self.reset_due_budgets),
+            _Scanner("quota_reconciler", s.quota_reconcile_interval_s, self.reconcile_quotas),
         ]
+        self.admission = budgets.Admission(engine)
         self._failures: dict[str, int] = defaultdict(int)
         self._skip_until_cycle: dict[str, int] = {}
         self._cycle = 0
@@ -288,3 +310,88 @@ class EngineScanners:
             )
         expired = [o for o in self._outcomes(requests) if isinstance(o, fn.Settled) and o.reason != "already_terminal"]
         return len(expired)
+
+    def expire_suspensions(self) -> int:
+        """Apply the timeout behaviour of suspensions whose timeout passed; wake the lanes of
+        the executions that auto-resumed."""
+        now = self.engine.server_time_ms()
+        due = [ExecutionId(eid) for members in self._due([i.suspension_timeout for i in self._partitions()], now)
+               for eid in members]  # fmt: skip
+        if not due:
+            return 0
+        reads = self.engine.batch()
+        for eid in due:
+            reads.command("hmget", ExecKeys(eid).core, ("lane_id", "current_waitpoint_id", "current_attempt_index"))
+        requests = [
+            fn.ExpireSuspension(
+                execution_id=eid,
+                lane_id=lane.decode() if lane else "default",
+                waitpoint_id=waitpoint.decode() if waitpoint else "",
+                attempt_index=int(attempt_index) if attempt_index else 0,
+            )
+            for eid, (lane, waitpoint, attempt_index) in zip(due, reads.execute())
+        ]
+        applied = 0
+        for request, outcome in zip(requests, self._outcomes(requests)):
+            if isinstance(outcome, tuple) and outcome[1] is not None:
+                applied += 1
+                if outcome[0] == "auto_resume":
+                    self.engine.wake(request.lane_id)
+        return applied
+
+    def close_lapsed_waitpoints(self) -> int:
+        """Close pending waitpoints past their expiry (the task never suspended on them)."""
+        now = self.engine.server_time_ms()
+        partitions = self._partitions()
+        due = self._due([index.pending_waitpoint_expiry for index in partitions], now)
+        slots = [(index, waitpoint_id) for index, members in zip(partitions, due) for waitpoint_id in members]
+        if not slots:
+            return 0
+        reads = self.engine.batch()
+        for index, waitpoint_id in slots:
+            reads.command("hget", index.waitpoint(waitpoint_id), "execution_id")
+        requests = [
+            fn.CloseWaitpoint(execution_id=ExecutionId(eid.decode()), waitpoint_id=wp_id, reason="never_committed")
+            for (_, wp_id), eid in zip(slots, reads.execute())
+            if eid
+        ]
+        return sum(1 for outcome in self._outcomes(requests) if outcome is True)
+
+    def reset_due_budgets(self) -> int:
+        """Reset budgets whose reset interval came round."""
+        now = self.engine.server_time_ms()
+        config = self.engine.partitions
+        indexes = [budget_resets_key(p) for p in range(config.num_budget_partitions)]
+        requests = [
+            fn.ResetBudget(budget_id=budget_id, partition=config.budget_partition(budget_id), now_ms=now)
+            for members in self._due(indexes, now)
+            for budget_id in members
+        ]
+        return sum(1 for outcome in self._outcomes(requests) if not isinstance(outcome, EngineError))
+
+    def reconcile_quotas(self) -> int:
+        """Drop admissions whose guard lapsed (a worker that died holding one) and set each
+        quota's concurrency count to its live admissions. Answers how many were dropped."""
+        config = self.engine.partitions
+        batch = self.engine.batch()
+        for partition in range(config.num_quota_partitions):
+            batch.command("smembers", quota_policies_key(partition))
+        policies = [m.decode() for members in batch.execute() if isinstance(members, set) for m in members]
+        dropped = 0
+        for quota_policy_id in policies:
+            keys = QuotaKeys(quota_policy_id, config.quota_partition(quota_policy_id))
+            reads = self.engine.batch()
+            reads.command("smembers", keys.admitted_set)
+            (admitted,) = reads.execute()
+            members = sorted(m.decode() for m in admitted) if isinstance(admitted, set) else []
+            checks = self.engine.batch()
+            for member in members:
+                checks.command("exists", keys.admitted(member))
+            gone = [member for member, alive in zip(members, checks.execute()) if not alive]
+            if gone:
+                writes = self.engine.batch()
+                writes.command("srem", keys.admitted_set, *gone)
+                writes.command("set", keys.concurrency, len(members) - len(gone))
+                writes.execute()
+                dropped += len(gone)
+        return dropped

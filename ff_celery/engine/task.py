@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ff_celery.engine import budgets, waitpoints
 from ff_celery.engine import functions as fn
 from ff_celery.engine.errors import EngineError, ExecutionNotActiveError, TransportError
 from ff_celery.engine.ids import ExecutionId
@@ -35,6 +36,8 @@ UNHEALTHY_AFTER_FAILURES = 3
 TERMINAL_RETRY_BACKOFF = (0.1, 0.4, 1.0)
 
 _USE_STORED_POLICY: Any = object()
+#: Errors after which this handle no longer holds a lease.
+LEASE_GONE_CODES = frozenset({"stale_lease", "lease_expired", "lease_revoked", "execution_not_active"})
 
 
 class ClaimedTask:
@@ -175,9 +178,17 @@ class ClaimedTask:
 
     def _finish(self) -> None:
         with self._lock:
+            if self._finished:
+                return
             self._finished = True
         if self._renewer is not None:
             self._renewer.untrack(self)
+        quota_policy_id = self.core.get("quota_policy_id")
+        if quota_policy_id:  # the attempt no longer runs: free its quota concurrency slot
+            try:
+                budgets.release_admission(self.engine, quota_policy_id, self.execution_id)
+            except EngineError as exc:
+                log.warning("quota admission of %s not released: %s", self.execution_id, exc)
 
     # -- terminal operations -----------------------------------------------------------------
 
@@ -309,6 +320,72 @@ class ClaimedTask:
         self.engine.call(fn.PromoteDelayed(execution_id=self.execution_id, lane_id=self.lane_id, now_ms=now))
         self.engine.wake(self.lane_id)
 
+    # -- suspension --------------------------------------------------------------------------
+
+    def suspend(
+        self,
+        waitpoint_id: str,
+        condition: fn.ResumeCondition,
+        *,
+        waitpoint_key: str = "",
+        timeout_at: int | None = None,
+        reason: fn.SuspendReason = "waiting_for_signal",
+        use_pending: bool = False,
+        suspension_id: str | None = None,
+    ) -> fn.Suspension:
+        """Park this attempt until ``condition`` is met on the waitpoint (fresh, or the pending
+        one created with :meth:`create_pending_waitpoint`), releasing the lease; the execution
+        resumes on the same attempt through a resumed claim. If signals buffered on the pending
+        waitpoint already meet the condition, nothing is suspended and the lease is kept
+        (``already_satisfied``). Safe to repeat after a lost reply (idempotent on the
+        suspension id)."""
+        suspension_id = suspension_id or self.engine.new_id()
+        request = fn.SuspendExecution(
+            **{k: v for k, v in self._holder().items() if k != "source"},
+            suspension_id=suspension_id,
+            waitpoint_id=waitpoint_id,
+            waitpoint_key=waitpoint_key or ("" if use_pending else f"wpk:{waitpoint_id}"),
+            reason_code=reason,
+            timeout_at=timeout_at,
+            resume_condition_json=condition.to_json(),
+            use_pending_waitpoint=use_pending,
+            timeout_behavior=condition.timeout_behavior,
+            idempotency_key=suspension_id,
+            now_ms=self.engine.now_ms(),
+        )
+        for backoff in (*TERMINAL_RETRY_BACKOFF, None):
+            try:
+                suspension = waitpoints.call_with_keystore(self.engine, request)
+            except TransportError as exc:
+                if not exc.retryable or backoff is None:
+                    raise
+                time.sleep(backoff)
+                continue
+            except EngineError as exc:
+                if exc.code in LEASE_GONE_CODES:
+                    self._finish()
+                raise
+            if not suspension.already_satisfied:
+                self._finish()
+            return suspension
+        raise AssertionError("unreachable")
+
+    def create_pending_waitpoint(self, waitpoint_id: str, waitpoint_key: str, expires_at: int) -> fn.WaitpointTicket:
+        """A waitpoint (and its token) that signals can target before this attempt suspends
+        on it; it lapses at ``expires_at`` (engine ms) unless the attempt suspends on it."""
+        request = fn.CreatePendingWaitpoint(
+            execution_id=self.execution_id,
+            attempt_index=self.attempt_index,
+            waitpoint_id=waitpoint_id,
+            waitpoint_key=waitpoint_key,
+            expires_at=expires_at,
+        )
+        return waitpoints.call_with_keystore(self.engine, request)
+
+    def resume_signals(self) -> list[waitpoints.ReceivedSignal]:
+        """The signals that resumed this attempt (empty after a timeout or operator resume)."""
+        return waitpoints.resume_signals(self.engine, self.execution_id, self.attempt_index)
+
     # -- non-terminal ------------------------------------------------------------------------
 
     def update_progress(self, percent: float | None = None, message: str = "") -> None:
@@ -321,6 +398,47 @@ class ClaimedTask:
                 progress_message=message,
             )
         )
+
+    def append_frame(
+        self,
+        frame_type: str,
+        payload: bytes | str = b"",
+        *,
+        correlation_id: str = "",
+        mode: fn.StreamMode = "durable",
+        max_payload_bytes: int = 65_536,
+    ) -> fn.Appended:
+        """Append a frame to this attempt's output stream (``retention_limit_exceeded`` over
+        ``max_payload_bytes``; ``stale_owner_cannot_append`` once the lease is gone)."""
+        return self.engine.call(
+            fn.AppendFrame(
+                execution_id=self.execution_id,
+                attempt_index=self.attempt_index,
+                fence=self.fence,
+                frame_type=frame_type,
+                payload=payload,
+                ts=self.engine.now_ms(),
+                correlation_id=correlation_id,
+                mode=mode,
+                max_payload_bytes=max_payload_bytes,
+                patch_kind="json-merge-patch" if mode == "summary" else "",
+            )
+        )
+
+    def budget_ids(self) -> list[str]:
+        """The budgets this execution runs under (exec_core ``budget_ids``)."""
+        raw = self.engine.read_core(self.execution_id, "budget_ids").get("budget_ids", "")
+        return [budget_id for budget_id in raw.split(",") if budget_id]
+
+    def report_usage(self, usage: dict[str, int], dedup_key: str | None = None) -> dict[str, fn.UsageReport]:
+        """Report usage to every budget of the execution. ``dedup_key`` makes a repeated report
+        (a retried call) count once. A ``HARD_BREACH`` report applied nothing: FlowFabric
+        expects the attempt to stop and fail with ``budget_exceeded``."""
+        budget_ids = self.budget_ids()
+        if not budget_ids:
+            return {}
+        dedup_id = f"{self.execution_id}:{dedup_key}" if dedup_key else None
+        return budgets.report_usage(self.engine, budget_ids, usage, dedup_id=dedup_id)
 
     def __del__(self) -> None:
         if not getattr(self, "_finished", True):

@@ -28,6 +28,9 @@ app.conf.update(
         "lease_expiry_interval_s": SCAN_S,
         "attempt_timeout_interval_s": SCAN_S,
         "deadline_interval_s": SCAN_S,
+        "suspension_timeout_interval_s": SCAN_S,
+        "pending_waitpoint_interval_s": SCAN_S,
+        "unblock_interval_s": SCAN_S,
         "leader_ttl_s": 2.0,
     },
     worker_prefetch_multiplier=int(os.environ.get("FFAPP_PREFETCH", "1")),
@@ -133,3 +136,56 @@ def ignored(self):
 
     record(self, "run")
     raise Ignore()
+
+
+@app.task(bind=True)
+def await_approval(self, timeout=None, on_timeout="fail"):
+    record(self, "run")
+    signals = ff_celery.wait_for_signal("approve", "reject", timeout=timeout, on_timeout=on_timeout)
+    record(self, "resumed")
+    if signals.timed_out:
+        return {"timed_out": True}
+    return {"signals": [[s.name, s.payload, s.source_identity] for s in signals]}
+
+
+@app.task(bind=True)
+def early_waiter(self):
+    """Hands out its waitpoint token, then waits once the test says so (signals may come first)."""
+    waitpoint = ff_celery.waitpoint("early")
+    runs().set(f"ffapp:waitpoint:{self.request.id}", waitpoint.model_dump_json())
+    deadline = time.time() + 20
+    while not runs().exists(f"ffapp:go:{self.request.id}") and time.time() < deadline:
+        time.sleep(0.05)
+    record(self, "waiting")
+    signals = waitpoint.wait("go")
+    return [s.name for s in signals]
+
+
+@app.task(bind=True)
+def spend_tokens(self, calls, tokens_per_call):
+    """An LLM-style loop that reports its token use after each call."""
+    for call in range(calls):
+        ff_celery.report_usage(tokens=tokens_per_call, dedup_key=f"call-{call}")
+        record(self, f"call{call}")
+    return calls * tokens_per_call
+
+
+@app.task(bind=True)
+def quota_sleeper(self, seconds):
+    record(self, "start")
+    time.sleep(seconds)
+    record(self, "finish")
+    return seconds
+
+
+@app.task(bind=True)
+def streaming_report(self, steps, pause):
+    for step in range(1, steps + 1):
+        ff_celery.append_frame("log", f"line {step}", correlation_id=f"step-{step}")
+        ff_celery.progress(100 * step / steps, f"step {step} of {steps}")
+        time.sleep(pause)
+    try:
+        ff_celery.append_frame("log", "x" * 70_000)
+    except Exception as exc:
+        return getattr(exc, "code", repr(exc))
+    return "too big frame accepted"

@@ -1,123 +1,31 @@
-"""One typed wrapper per FlowFabric function: the arguments as a pydantic model that knows
-its KEYS and ARGV (in the contract's order), and the parsed outcome.
-
-Nothing above this module builds keys or argument lists for an FCALL. ``Engine.call``
-executes any of these; error replies become the typed exceptions of ``errors``.
+"""Typed calls of the execution core (``lua/execution.lua``, ``lease.lua``, ``scheduling.lua``,
+``signal.lua``'s resumed claim, ``flow.lua``'s replay): create, grant, claim, renew, complete,
+fail, cancel, delay, promote, expire, revoke, reclaim, priority, tags, progress, replay, and
+the worker registry.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from ff_celery.engine.errors import TransportError, error_for_code
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import (
-    ExecKeys,
-    PartitionKeys,
-    worker_alive_key,
-    worker_caps_key,
-    worker_index_key,
+from ff_celery.engine.functions.base import (
+    DEFAULT_DEDUP_TTL_MS,
+    ExecutionFcall,
+    Fcall,
+    Fence,
+    Reply,
+    ResultT,
+    Settled,
+    fence_argv,
+    number,
+    optional_number,
+    text,
 )
-
-ResultT = TypeVar("ResultT")
-
-#: FlowFabric's dedup window for idempotency keys (Rust always sends 24 h).
-DEFAULT_DEDUP_TTL_MS = 86_400_000
-OPERATOR_OVERRIDE = "operator_override"
-
-
-class Reply(NamedTuple):
-    """A successful reply: ``{1, status, fields...}``."""
-
-    status: str
-    fields: list[str]
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def decode_reply(raw: Any, function: str, execution_id: str | None = None) -> Reply:
-    """Check a ``{1|0, status|code, ...}`` array; raise the typed error for ``{0, ...}``."""
-    if not isinstance(raw, list) or len(raw) < 2 or not isinstance(raw[0], int):
-        raise TransportError(f"unexpected reply {raw!r}", retryable=False, function=function)
-    fields = [_text(item) for item in raw[2:]]
-    if raw[0] != 1:
-        raise error_for_code(_text(raw[1]), fields, function=function, execution_id=execution_id)
-    return Reply(_text(raw[1]), fields)
-
-
-def _opt(value: int | float | None) -> str:
-    """Optional number as ARGV: empty when absent."""
-    return "" if value is None else _num(value)
-
-
-def _num(value: int | float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-class Fcall(BaseModel, Generic[ResultT]):
-    """Arguments of one FCALL. Subclasses define the name, KEYS, ARGV and reply parsing."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    function: ClassVar[str]
-
-    def keys(self) -> list[str]:
-        raise NotImplementedError
-
-    def argv(self) -> list[str | bytes]:
-        raise NotImplementedError
-
-    def parse(self, reply: Reply) -> ResultT:
-        raise NotImplementedError
-
-    def interpret(self, raw: Any) -> ResultT:
-        """The outcome of a raw FCALL reply (raises the typed error of an error reply)."""
-        return self.parse(decode_reply(raw, self.function, self.subject))
-
-    @property
-    def subject(self) -> str | None:
-        """The execution id errors are reported against."""
-        return getattr(self, "execution_id", None)
-
-
-class ExecutionFcall(Fcall[ResultT]):
-    """An FCALL on one execution's partition."""
-
-    execution_id: ExecutionId
-
-    @property
-    def exec_keys(self) -> ExecKeys:
-        return ExecKeys(self.execution_id)
-
-    @property
-    def index(self) -> PartitionKeys:
-        return PartitionKeys(self.execution_id.partition)
-
-
-class Fence(BaseModel):
-    """The lease fence: what a lease holder proves on every lease-bound call."""
-
-    model_config = ConfigDict(frozen=True)
-
-    lease_id: str
-    lease_epoch: int
-    attempt_id: str
-
-    def argv(self) -> list[str]:
-        return [self.lease_id, str(self.lease_epoch), self.attempt_id]
-
-
-def fence_argv(fence: Fence | None) -> list[str | bytes]:
-    """Fence as ARGV; no fence is the empty triple (operator override)."""
-    return list(fence.argv()) if fence else ["", "", ""]
-
+from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import worker_alive_key, worker_caps_key, worker_index_key
 
 # -- results --------------------------------------------------------------------------------
 
@@ -144,17 +52,6 @@ class FailOutcome(BaseModel):
     delay_until: float | None = None  # engine-time ms of the retry; may be fractional
 
 
-class Settled(BaseModel):
-    """A scanner-style reply: ``OK`` or ``ALREADY_SATISFIED`` plus a reason."""
-
-    status: str
-    reason: str
-
-    @property
-    def changed(self) -> bool:
-        return self.status == "OK"
-
-
 # -- execution lifecycle ----------------------------------------------------------------------
 
 
@@ -170,7 +67,7 @@ class Version(Fcall[str]):
         return []
 
     def interpret(self, raw: Any) -> str:
-        return _text(raw)
+        return text(raw)
 
 
 class CreateExecution(ExecutionFcall[Created]):
@@ -211,14 +108,14 @@ class CreateExecution(ExecutionFcall[Created]):
             self.namespace,
             self.lane_id,
             self.execution_kind,
-            _num(self.priority),
+            number(self.priority),
             self.creator_identity,
             self.policy_json,
             self.input_payload,
-            _opt(self.delay_until),
+            optional_number(self.delay_until),
             str(self.dedup_ttl_ms) if self.idempotency_key else "",
             json.dumps(self.tags, sort_keys=True),
-            _opt(self.execution_deadline_at),
+            optional_number(self.execution_deadline_at),
             str(self.execution_id.partition),
         ]
 
@@ -344,8 +241,8 @@ class ClaimExecution(ClaimRequest):
             str(renew_before),
             self.attempt_id,
             self.attempt_policy_json,
-            _opt(self.attempt_timeout_ms),
-            _opt(self.execution_deadline_at),
+            optional_number(self.attempt_timeout_ms),
+            optional_number(self.execution_deadline_at),
         ]
 
     def parse(self, reply: Reply) -> Lease:
@@ -383,7 +280,7 @@ class ClaimResumedExecution(ClaimRequest):
             self.capability_hash,
             self.lease_id,
             str(self.lease_ttl_ms),
-            _opt(self.remaining_attempt_timeout_ms),
+            optional_number(self.remaining_attempt_timeout_ms),
         ]
 
     def parse(self, reply: Reply) -> Lease:
@@ -426,8 +323,8 @@ class IssueGrantAndClaim(ClaimRequest):
             str(self.lease_ttl_ms),
             self.attempt_id,
             self.attempt_policy_json,
-            _opt(self.attempt_timeout_ms),
-            _opt(self.execution_deadline_at),
+            optional_number(self.attempt_timeout_ms),
+            optional_number(self.execution_deadline_at),
         ]
 
     def parse(self, reply: Reply) -> Lease:
@@ -691,7 +588,7 @@ class CancelExecution(ExecutionFcall[str]):
         ]
 
     def argv(self) -> list[str | bytes]:
-        return [self.execution_id, self.reason, self.source, self.lease_id, _opt(self.lease_epoch)]
+        return [self.execution_id, self.reason, self.source, self.lease_id, optional_number(self.lease_epoch)]
 
     def parse(self, reply: Reply) -> str:
         return reply.fields[1]
@@ -804,7 +701,7 @@ class ChangePriority(ExecutionFcall[tuple[float, float]]):
         return [self.exec_keys.core, self.index.eligible(self.lane_id)]
 
     def argv(self) -> list[str | bytes]:
-        return [self.execution_id, _num(self.new_priority)]
+        return [self.execution_id, number(self.new_priority)]
 
     def parse(self, reply: Reply) -> tuple[float, float]:
         return float(reply.fields[0]), float(reply.fields[1])
@@ -841,7 +738,7 @@ class UpdateProgress(ExecutionFcall[None]):
             self.execution_id,
             self.lease_id,
             str(self.lease_epoch),
-            _opt(self.progress_pct),
+            optional_number(self.progress_pct),
             self.progress_message,
         ]
 

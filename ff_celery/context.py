@@ -1,0 +1,92 @@
+"""The FlowFabric side of the Celery task running now: the engine of this process and the
+claimed execution, rebuilt from the fence the worker put in the request (``request.ff``).
+
+Task code reaches suspension, budgets and streams through these; the result backend records
+outcomes with the same handle.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import celery
+from celery import current_task
+
+from ff_celery.engine.client import Engine
+from ff_celery.engine.functions import Lease
+from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import done_channel
+from ff_celery.engine.task import ClaimedTask
+from ff_celery.messages import FENCE_HEADER, NAMESPACE
+
+_engines: dict[tuple[int, str], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+class NotAFlowFabricTask(RuntimeError):
+    """Raised when FlowFabric features are used outside a task delivered by ``flowfabric://``."""
+
+
+def engine_for_url(url: str) -> Engine:
+    """This process's engine for ``url`` (a new one after fork)."""
+    key = (os.getpid(), url)
+    with _engines_lock:
+        if key not in _engines:
+            engine = Engine.from_url(url, namespace=NAMESPACE)
+            engine.bootstrap()
+            _engines[key] = engine
+        return _engines[key]
+
+
+def engine_for_app(app: celery.Celery) -> Engine:
+    """The engine of the app's ``flowfabric://`` broker (where its executions live)."""
+    url = app.conf.broker_url or ""
+    if not url.startswith("flowfabric"):
+        raise NotAFlowFabricTask(f"the app's broker is not flowfabric:// ({url.split('://')[0] or 'unset'})")
+    return engine_for_url(url)
+
+
+def fence_of(request: Any) -> dict[str, Any] | None:
+    """The fence a flowfabric:// delivery carries, or None."""
+    return (getattr(request, FENCE_HEADER, None) if request is not None else None) or None
+
+
+def claimed_task(engine: Engine, request: Any) -> ClaimedTask | None:
+    """The lease holder's handle for ``request`` (no renewal: the worker's main process
+    renews). Its terminal operations announce the outcome to result waiters."""
+    fence = fence_of(request)
+    if fence is None:
+        return None
+    handle = ClaimedTask(
+        engine,
+        execution_id=ExecutionId(fence["execution_id"]),
+        lane_id=fence["lane"],
+        worker_id="celery",
+        worker_instance_id=fence["worker_instance_id"],
+        lease=Lease(
+            lease_id=fence["lease_id"],
+            lease_epoch=fence["lease_epoch"],
+            expires_at=None,
+            attempt_id=fence["attempt_id"],
+            attempt_index=fence["attempt_index"],
+            attempt_type=fence.get("attempt_type"),
+        ),
+        lease_ttl_ms=0,
+    )
+    handle.notify_channel = done_channel(NAMESPACE, request.id)
+    # outcomes are recorded elsewhere or not at all: dropping this handle is not a leak
+    handle.release()
+    return handle
+
+
+def current_claim(task: celery.Task | None = None) -> tuple[celery.Task, ClaimedTask]:
+    """The running task and its claimed execution."""
+    task = task or (current_task if current_task else None)
+    if task is None or task.request.called_directly:
+        raise NotAFlowFabricTask("not inside a running Celery task")
+    handle = claimed_task(engine_for_app(task.app), task.request)
+    if handle is None:
+        raise NotAFlowFabricTask(f"task {task.name} was not delivered by flowfabric:// (no execution)")
+    return task, handle

@@ -1,0 +1,467 @@
+"""Budgets and quotas from Python: creating and reading them, attaching them to executions,
+reporting usage, resets, and admission when executions are claimed.
+
+As in FlowFabric, an execution is under the budgets listed in its exec_core ``budget_ids``
+and the quota ``quota_policy_id`` (plain fields its submitter writes). Before granting a
+claim, the claimer asks :class:`Admission`: an execution whose budget has a hard limit
+reached (usage >= limit), or refused a report since its last reset, is blocked
+``waiting_for_budget``; one whose quota is out of rate or concurrency is blocked
+``waiting_for_quota``. The unblock scanner releases them when the budget is reset or raised
+and when the quota has room again. ff_celery frees a quota's concurrency slot when the
+attempt ends (FlowFabric only lets it lapse with the admission window), so a concurrency cap
+limits running executions.
+
+Budgets and quotas are identified by UUIDs; any other name maps to a stable UUID
+(:func:`budget_id_for`), so ``"llm-tokens"`` names the same budget everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from ff_celery.engine import functions as fn
+from ff_celery.engine.errors import EngineError
+from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
+
+if TYPE_CHECKING:
+    from ff_celery.engine.client import Engine
+
+log = logging.getLogger(__name__)
+
+_NAME_NAMESPACE = uuid.UUID("0f7b7c1e-33b5-4a53-9d59-1f3c4e5a6b7c")
+#: Blocked executions looked at per lane and partition in one unblock pass.
+UNBLOCK_BATCH = 100
+_CACHE_S = 2.0
+
+
+def budget_id_for(name_or_id: str) -> str:
+    """A budget or quota id: the UUID itself, or the stable UUID of a name."""
+    try:
+        return str(uuid.UUID(name_or_id))
+    except ValueError:
+        return str(uuid.uuid5(_NAME_NAMESPACE, name_or_id))
+
+
+quota_id_for = budget_id_for
+
+
+def _decode(raw: Any) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
+def _number(value: str | None) -> int:
+    try:
+        return int(float(value)) if value not in (None, "") else 0
+    except ValueError:
+        return 0
+
+
+class BudgetStatus(BaseModel):
+    """A budget's definition, limits and usage (read directly, as FlowFabric's server does)."""
+
+    budget_id: str
+    scope_type: str = ""
+    scope_id: str = ""
+    enforcement_mode: str = ""
+    reset_interval_ms: int = 0
+    next_reset_at: int = 0
+    usage: dict[str, int] = Field(default_factory=dict)
+    hard_limits: dict[str, int] = Field(default_factory=dict)
+    soft_limits: dict[str, int] = Field(default_factory=dict)
+    breach_count: int = 0
+    soft_breach_count: int = 0
+    last_breach_at: int = 0
+    last_breach_dim: str = ""
+
+    def exhausted(self) -> tuple[str, int, int] | None:
+        """Why executions under this budget are not admitted, as (dimension, usage, limit):
+        a hard limit reached (usage >= limit > 0, FlowFabric's rule), or a hard breach since
+        the last reset or raise (a report the limit refused)."""
+        for dimension, limit in sorted(self.hard_limits.items()):
+            if limit > 0 and self.usage.get(dimension, 0) >= limit:
+                return dimension, self.usage.get(dimension, 0), limit
+        if self.last_breach_dim:
+            dimension = self.last_breach_dim
+            return dimension, self.usage.get(dimension, 0), self.hard_limits.get(dimension, 0)
+        return None
+
+
+class QuotaPolicy(BaseModel):
+    quota_policy_id: str
+    window_seconds: int = 60
+    max_requests_per_window: int = 0
+    max_concurrent: int = 0
+    jitter_ms: int = 0
+    admitted_in_window: int = 0
+    running: int = 0
+
+    @property
+    def enforced(self) -> bool:
+        return self.max_requests_per_window > 0 or self.max_concurrent > 0
+
+
+# -- budgets ----------------------------------------------------------------------------------
+
+
+def create_budget(
+    engine: Engine,
+    name_or_id: str,
+    *,
+    hard: dict[str, int],
+    soft: dict[str, int] | None = None,
+    reset_interval_s: float = 0,
+    scope_type: str = "celery",
+    scope_id: str = "",
+    on_hard_limit: str = "fail",
+    on_soft_limit: str = "warn",
+) -> str:
+    """Create a budget (kept as it is if it exists); answers its id. A limit of 0 means none."""
+    budget_id = budget_id_for(name_or_id)
+    engine.call(
+        fn.CreateBudget(
+            budget_id=budget_id,
+            partition=engine.partitions.budget_partition(budget_id),
+            scope_type=scope_type,
+            scope_id=scope_id or name_or_id,
+            on_hard_limit=on_hard_limit,
+            on_soft_limit=on_soft_limit,
+            reset_interval_ms=int(reset_interval_s * 1000),
+            now_ms=engine.now_ms(),
+            hard_limits=hard,
+            soft_limits=soft or {},
+        )
+    )
+    return budget_id
+
+
+def budget_statuses(engine: Engine, budget_ids: Iterable[str]) -> dict[str, BudgetStatus | None]:
+    """Budgets by id, read in one round trip; None for budgets that do not exist."""
+    ids = list(dict.fromkeys(budget_ids))
+    batch = engine.batch()
+    for budget_id in ids:
+        keys = BudgetKeys(budget_id, engine.partitions.budget_partition(budget_id))
+        batch.command("hgetall", keys.definition)
+        batch.command("hgetall", keys.usage)
+        batch.command("hgetall", keys.limits)
+    replies = [_decode(raw) for raw in batch.execute()]
+    statuses: dict[str, BudgetStatus | None] = {}
+    for position, budget_id in enumerate(ids):
+        definition, usage, limits = replies[3 * position : 3 * position + 3]
+        if not definition:
+            statuses[budget_id] = None
+            continue
+        statuses[budget_id] = BudgetStatus(
+            budget_id=budget_id,
+            scope_type=definition.get("scope_type", ""),
+            scope_id=definition.get("scope_id", ""),
+            enforcement_mode=definition.get("enforcement_mode", ""),
+            reset_interval_ms=_number(definition.get("reset_interval_ms")),
+            next_reset_at=_number(definition.get("next_reset_at")),
+            usage={dim: _number(v) for dim, v in usage.items() if dim != "breached_at"},
+            hard_limits={k[5:]: _number(v) for k, v in limits.items() if k.startswith("hard:")},
+            soft_limits={k[5:]: _number(v) for k, v in limits.items() if k.startswith("soft:")},
+            breach_count=_number(definition.get("breach_count")),
+            soft_breach_count=_number(definition.get("soft_breach_count")),
+            last_breach_at=_number(definition.get("last_breach_at")),
+            last_breach_dim=definition.get("last_breach_dim", ""),
+        )
+    return statuses
+
+
+def budget_status(engine: Engine, name_or_id: str) -> BudgetStatus | None:
+    budget_id = budget_id_for(name_or_id)
+    return budget_statuses(engine, [budget_id])[budget_id]
+
+
+def set_budget_limits(
+    engine: Engine, name_or_id: str, *, hard: dict[str, int] | None = None, soft: dict[str, int] | None = None
+) -> None:
+    """Change limits of an existing budget (FlowFabric has no function for it; like its
+    server, write the limits hash) and clear its last-breach marker, as a reset does. Raising
+    a hard limit lets blocked executions run."""
+    budget_id = budget_id_for(name_or_id)
+    keys = BudgetKeys(budget_id, engine.partitions.budget_partition(budget_id))
+    mapping = {f"hard:{dim}": limit for dim, limit in (hard or {}).items()}
+    mapping.update({f"soft:{dim}": limit for dim, limit in (soft or {}).items()})
+    if mapping:
+        batch = engine.batch()
+        batch.command("hset", keys.limits, mapping=mapping)
+        batch.command("hset", keys.definition, mapping={"last_breach_at": "", "last_breach_dim": ""})
+        batch.execute()
+
+
+def reset_budget(engine: Engine, name_or_id: str) -> int | None:
+    """Zero the budget's usage now; answers its next scheduled reset (None if unscheduled)."""
+    budget_id = budget_id_for(name_or_id)
+    return engine.call(
+        fn.ResetBudget(
+            budget_id=budget_id, partition=engine.partitions.budget_partition(budget_id), now_ms=engine.now_ms()
+        )
+    )
+
+
+def report_usage(
+    engine: Engine, budget_ids: Sequence[str], usage: dict[str, int], *, dedup_id: str | None = None
+) -> dict[str, fn.UsageReport]:
+    """Add ``usage`` to each budget in one round trip (``dedup_id`` makes a repeat a no-op).
+    A budget whose hard limit the increment would exceed refuses it (``HARD_BREACH``)."""
+    now = engine.now_ms()
+    requests = [
+        fn.ReportUsageAndCheck(
+            budget_id=budget_id,
+            partition=engine.partitions.budget_partition(budget_id),
+            usage=usage,
+            now_ms=now,
+            dedup_id=dedup_id,
+        )
+        for budget_id in budget_ids
+    ]
+    reports = {}
+    for budget_id, outcome in zip(budget_ids, engine.call_many(requests)):
+        if isinstance(outcome, EngineError):
+            raise outcome
+        reports[budget_id] = outcome
+    return reports
+
+
+# -- quotas -----------------------------------------------------------------------------------
+
+
+def create_quota(
+    engine: Engine,
+    name_or_id: str,
+    *,
+    max_requests_per_window: int = 0,
+    window_seconds: int = 60,
+    max_concurrent: int = 0,
+) -> str:
+    """Create a quota policy (kept as it is if it exists); answers its id. 0 disables a limit."""
+    quota_policy_id = quota_id_for(name_or_id)
+    engine.call(
+        fn.CreateQuotaPolicy(
+            quota_policy_id=quota_policy_id,
+            partition=engine.partitions.quota_partition(quota_policy_id),
+            window_seconds=window_seconds,
+            max_requests_per_window=max_requests_per_window,
+            max_concurrent=max_concurrent,
+            now_ms=engine.now_ms(),
+        )
+    )
+    return quota_policy_id
+
+
+def quota_policies(engine: Engine, quota_policy_ids: Iterable[str]) -> dict[str, QuotaPolicy | None]:
+    """Quota policies by id, with their admissions in the current window and running count."""
+    ids = list(dict.fromkeys(quota_policy_ids))
+    keys = {q: QuotaKeys(q, engine.partitions.quota_partition(q)) for q in ids}
+    batch = engine.batch()
+    for quota_policy_id in ids:
+        batch.command("hgetall", keys[quota_policy_id].definition)
+        batch.command("get", keys[quota_policy_id].concurrency)
+    replies = batch.execute()
+    policies: dict[str, QuotaPolicy | None] = {}
+    for position, quota_policy_id in enumerate(ids):
+        definition = _decode(replies[2 * position])
+        running = replies[2 * position + 1]
+        policies[quota_policy_id] = (
+            None
+            if not definition
+            else QuotaPolicy(
+                quota_policy_id=quota_policy_id,
+                window_seconds=_number(definition.get("requests_per_window_seconds")) or 60,
+                max_requests_per_window=_number(definition.get("max_requests_per_window")),
+                max_concurrent=_number(definition.get("active_concurrency_cap")),
+                jitter_ms=_number(definition.get("jitter_ms")),
+                running=_number(running.decode() if isinstance(running, bytes) else None),
+            )
+        )
+    live = [policy for policy in policies.values() if policy is not None]
+    if live:
+        now = engine.now_ms()
+        counts = engine.batch()
+        for policy in live:  # admissions still inside each policy's window
+            window = keys[policy.quota_policy_id].window()
+            counts.command("zcount", window, f"({now - policy.window_seconds * 1000}", "+inf")
+        for policy, count in zip(live, counts.execute()):
+            policy.admitted_in_window = count if isinstance(count, int) else 0
+    return policies
+
+
+def release_admission(engine: Engine, quota_policy_id: str, execution_id: ExecutionId) -> None:
+    """Give back an execution's quota admission (its concurrency slot)."""
+    engine.call(
+        fn.ReleaseAdmission(
+            quota_policy_id=quota_policy_id,
+            partition=engine.partitions.quota_partition(quota_policy_id),
+            execution_id=execution_id,
+        )
+    )
+
+
+# -- attaching ---------------------------------------------------------------------------------
+
+
+def attachment_fields(budget_ids: Sequence[str], quota_policy_id: str | None) -> dict[str, str]:
+    """The exec_core fields that put an execution under budgets and a quota."""
+    fields = {}
+    if budget_ids:
+        fields["budget_ids"] = ",".join(budget_id_for(b) for b in budget_ids)
+    if quota_policy_id:
+        fields["quota_policy_id"] = quota_id_for(quota_policy_id)
+    return fields
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+class Admission:
+    """Claim-time admission for a claimer: which candidates may be granted now.
+
+    Only lanes with attached budgets or quotas (ff_celery's ``ffc:admission:lanes``) pay for
+    the extra reads; budget states and quota definitions are cached for a couple of seconds.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lanes: set[str] = set()
+        self._lanes_read_at = 0.0
+
+    def controlled_lanes(self) -> set[str]:
+        now = time.monotonic()
+        if now - self._lanes_read_at > _CACHE_S:
+            batch = self.engine.batch()
+            batch.command("smembers", ADMISSION_LANES_KEY)
+            (members,) = batch.execute()
+            self._lanes = {m.decode() for m in members} if isinstance(members, set) else set()
+            self._lanes_read_at = now
+        return self._lanes
+
+    def admit(self, candidates: list[tuple[ExecutionId, str]]) -> tuple[list[tuple[ExecutionId, str]], dict[str, str]]:
+        """Split ``candidates`` into the admitted ones and block the rest. Answers the admitted
+        candidates and, for those admitted under a quota, their quota id (to release if the
+        claim then fails)."""
+        lanes = self.controlled_lanes()
+        checked = [(eid, lane) for eid, lane in candidates if lane in lanes]
+        if not checked:
+            return candidates, {}
+        reads = self.engine.batch()
+        for eid, _ in checked:
+            reads.command("hmget", ExecKeys(eid).core, ("budget_ids", "quota_policy_id"))
+        attached = {eid: (_ids(b), (q or b"").decode()) for (eid, _), (b, q) in zip(checked, reads.execute())}
+        budgets = budget_statuses(self.engine, {b for ids, _ in attached.values() for b in ids})
+        quotas = quota_policies(self.engine, {q for _, q in attached.values() if q})
+
+        now = self.engine.now_ms()
+        blocks: list[fn.BlockExecutionForAdmission] = []
+        checks: list[tuple[ExecutionId, str, fn.CheckAdmissionAndRecord]] = []
+        admitted: list[tuple[ExecutionId, str]] = []
+        for eid, lane in candidates:
+            if eid not in attached:
+                admitted.append((eid, lane))
+                continue
+            budget_ids, quota_policy_id = attached[eid]
+            breach = next(
+                ((b, budgets[b].exhausted()) for b in budget_ids if budgets.get(b) and budgets[b].exhausted()), None
+            )
+            if breach is not None:
+                budget_id, (dimension, used, limit) = breach
+                detail = f"budget ff:budget:{budget_id}:usage: {dimension} {used}/{limit}"
+                blocks.append(_block(eid, lane, "waiting_for_budget", detail, now))
+                continue
+            policy = quotas.get(quota_policy_id) if quota_policy_id else None
+            if policy is None or not policy.enforced:
+                admitted.append((eid, lane))
+                continue
+            checks.append(
+                (
+                    eid,
+                    lane,
+                    fn.CheckAdmissionAndRecord(
+                        quota_policy_id=quota_policy_id,
+                        partition=self.engine.partitions.quota_partition(quota_policy_id),
+                        execution_id=eid,
+                        now_ms=now,
+                        window_seconds=policy.window_seconds,
+                        rate_limit=policy.max_requests_per_window,
+                        concurrency_cap=policy.max_concurrent,
+                        jitter_ms=policy.jitter_ms,
+                    ),
+                )
+            )
+        quota_of: dict[str, str] = {}
+        for (eid, lane, check), outcome in zip(checks, self.engine.call_many([c for _, _, c in checks])):
+            if isinstance(outcome, fn.Admission) and outcome.admitted:
+                admitted.append((eid, lane))
+                quota_of[eid] = check.quota_policy_id
+            elif isinstance(outcome, fn.Admission):
+                cap = f"concurrency cap {check.concurrency_cap}"
+                detail = f"quota {check.quota_policy_id}: {'rate limit' if outcome.status == 'RATE_EXCEEDED' else cap}"
+                blocks.append(_block(eid, lane, "waiting_for_quota", detail, now))
+            else:
+                log.warning("admission check of %s failed: %s", eid, outcome)
+        if blocks:
+            self.engine.call_many(blocks)
+        order = {eid: position for position, (eid, _) in enumerate(candidates)}
+        admitted.sort(key=lambda candidate: order[candidate[0]])
+        return admitted, quota_of
+
+    def unblock_cleared(self, lanes: Iterable[str]) -> int:
+        """Unblock budget- and quota-blocked executions whose budgets have room again (reset
+        or raised) and whose quota has room; wakes their lanes. Answers how many."""
+        lanes = sorted(set(lanes))
+        partitions = [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
+        slots = [(index, lane, kind) for index in partitions for lane in lanes for kind in ("budget", "quota")]
+        batch = self.engine.batch()
+        for index, lane, kind in slots:
+            batch.command("zrange", index.blocked(lane, kind), 0, UNBLOCK_BATCH - 1)
+        blocked = [
+            (ExecutionId(member.decode()), lane, kind)
+            for (_, lane, kind), members in zip(slots, batch.execute())
+            if isinstance(members, list)
+            for member in members
+        ]
+        if not blocked:
+            return 0
+        reads = self.engine.batch()
+        for eid, _, _ in blocked:
+            reads.command("hmget", ExecKeys(eid).core, ("budget_ids", "quota_policy_id"))
+        attached = [(_ids(b), (q or b"").decode()) for b, q in reads.execute()]
+        budgets = budget_statuses(self.engine, {b for ids, _ in attached for b in ids})
+        quotas = quota_policies(self.engine, {q for _, q in attached if q})
+        now = self.engine.now_ms()
+        requests = []
+        for (eid, lane, kind), (budget_ids, quota_policy_id) in zip(blocked, attached):
+            if kind == "budget":
+                cleared = not any(budgets.get(b) is not None and budgets[b].exhausted() for b in budget_ids)
+            else:
+                policy = quotas.get(quota_policy_id) if quota_policy_id else None
+                cleared = policy is None or _has_room(policy)
+            if cleared:
+                requests.append(fn.UnblockExecution(execution_id=eid, lane_id=lane, blocked_index=kind, now_ms=now))
+        outcomes = self.engine.call_many(requests)
+        for lane in {r.lane_id for r, o in zip(requests, outcomes) if not isinstance(o, EngineError)}:
+            self.engine.wake(lane)
+        return sum(1 for outcome in outcomes if not isinstance(outcome, EngineError))
+
+
+def _ids(raw: bytes | None) -> list[str]:
+    return [part for part in (raw or b"").decode().split(",") if part]
+
+
+def _has_room(policy: QuotaPolicy) -> bool:
+    rate_ok = policy.max_requests_per_window <= 0 or policy.admitted_in_window < policy.max_requests_per_window
+    concurrency_ok = policy.max_concurrent <= 0 or policy.running < policy.max_concurrent
+    return rate_ok and concurrency_ok
+
+
+def _block(eid: ExecutionId, lane: str, reason: str, detail: str, now: int) -> fn.BlockExecutionForAdmission:
+    return fn.BlockExecutionForAdmission(
+        execution_id=eid, lane_id=lane, blocking_reason=reason, blocking_detail=detail, now_ms=now
+    )

@@ -1,0 +1,93 @@
+"""Streaming output and progress from task code, and reading it from anywhere.
+
+In a task, :func:`append_frame` adds a frame (type, payload, correlation id) to the
+attempt's output stream and :func:`progress` records percent + message on the execution,
+appends a ``progress`` frame, and mirrors it into Celery's ``PROGRESS`` state
+(``update_state``), so existing UIs keep working.
+
+Readers (any process, by Celery task id) use :func:`read_frames` for a range and
+:func:`follow` to tail the stream live: it follows the task across attempts (a retry or a
+crash recovery starts a new stream) and stops when the execution has ended.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import celery
+
+from ff_celery import context
+from ff_celery.engine import streams
+from ff_celery.engine.client import Engine
+from ff_celery.engine.errors import error_for_code
+from ff_celery.engine.functions import Appended, Frame, StreamMode, StreamRead
+from ff_celery.engine.ids import ExecutionId
+
+#: Celery state that :func:`progress` records.
+PROGRESS = "PROGRESS"
+
+
+def _payload(payload: Any) -> bytes | str:
+    return payload if isinstance(payload, bytes | str) else json.dumps(payload)
+
+
+def append_frame(
+    frame_type: str, payload: Any = "", *, correlation_id: str = "", mode: StreamMode = "durable"
+) -> Appended:
+    """Append a frame to the running task's output stream (non-string payloads as JSON;
+    at most 64 KiB)."""
+    _, claim = context.current_claim()
+    return claim.append_frame(frame_type, _payload(payload), correlation_id=correlation_id, mode=mode)
+
+
+def progress(percent: float | None, message: str = "") -> None:
+    """Record the running task's progress: on the execution, as a ``progress`` frame, and as
+    Celery's ``PROGRESS`` state with meta ``{"percent": ..., "message": ...}``."""
+    task, claim = context.current_claim()
+    claim.update_progress(percent, message)
+    claim.append_frame("progress", json.dumps({"percent": percent, "message": message}))
+    task.update_state(state=PROGRESS, meta={"percent": percent, "message": message})
+
+
+def _execution(engine: Engine, task_id: str) -> ExecutionId:
+    execution_id = engine.resolve(task_id)
+    if execution_id is None:
+        raise error_for_code("execution_not_found", [f"no execution for task {task_id}"])
+    return execution_id
+
+
+def _engine(app_or_url: celery.Celery | str) -> Engine:
+    return context.engine_for_url(app_or_url) if isinstance(app_or_url, str) else context.engine_for_app(app_or_url)
+
+
+def read_frames(
+    app_or_url: celery.Celery | str, task_id: str, *, attempt: int | None = None, after: str = "-", count: int = 100
+) -> StreamRead:
+    """Up to ``count`` frames of a task's stream (its current attempt unless ``attempt``)."""
+    engine = _engine(app_or_url)
+    execution_id = _execution(engine, task_id)
+    if attempt is None:
+        attempt = int(engine.read_core(execution_id, "current_attempt_index").get("current_attempt_index") or 0)
+    return streams.read_frames(engine, execution_id, attempt, after=after, count=count)
+
+
+def follow(app_or_url: celery.Celery | str, task_id: str, *, block_s: float = 5.0) -> Iterator[tuple[int, Frame]]:
+    """Yield (attempt index, frame) as the task writes them, from its current attempt on,
+    until its execution ends."""
+    engine = _engine(app_or_url)
+    execution_id = _execution(engine, task_id)
+    attempt = None
+    while True:
+        core = engine.read_core(execution_id, "current_attempt_index", "lifecycle_phase")
+        current = int(core.get("current_attempt_index") or 0) if core.get("current_attempt_index") else None
+        if current is not None and current != attempt:
+            attempt = current
+            for frame in streams.follow_frames(engine, execution_id, attempt, block_ms=int(block_s * 1000)):
+                yield attempt, frame
+            continue  # closed: the execution ended, or another attempt follows
+        if core.get("lifecycle_phase") == "terminal":
+            return
+        time.sleep(0.2)  # not started yet, or between attempts

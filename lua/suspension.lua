@@ -1,0 +1,957 @@
+-- suspension.lua: parking an attempt until signals arrive. Waitpoint HMAC
+-- tokens (mint, validate, rotate), resume conditions (matcher lists and
+-- composite trees), and ff_suspend_execution, ff_create_pending_waitpoint,
+-- ff_resume_execution, ff_expire_suspension, ff_close_waitpoint,
+-- ff_rotate_waitpoint_hmac_secret, ff_list_waitpoint_hmac_kids.
+-- Signal delivery (signal.lua) uses the token and condition helpers here.
+
+local NO_TIMEOUT_SCORE = 9999999999999
+
+---------------------------------------------------------------------------
+-- Waitpoint HMAC tokens: "<kid>:<40 hex>", HMAC-SHA1 keyed by the kid's hex
+-- secret over "<waitpoint_id>|<waitpoint_key>|<created_at_ms>".
+---------------------------------------------------------------------------
+
+local waitpoint_hmac = {}
+
+-- Bytes of a hex string; nil unless it is even-length hex.
+function waitpoint_hmac.bytes(hex)
+  if type(hex) ~= "string" or #hex % 2 ~= 0 or string.find(hex, "[^0-9a-fA-F]") then
+    return nil
+  end
+  return (string.gsub(hex, "..", function(pair)
+    return string.char(tonumber(pair, 16))
+  end))
+end
+
+local function xor_with(bytes, pad)
+  local out = {}
+  for i = 1, #bytes do
+    out[i] = string.char(bit.bxor(string.byte(bytes, i), pad))
+  end
+  return table.concat(out)
+end
+
+-- RFC 2104 HMAC-SHA1 as lowercase hex; nil when the secret is not hex.
+function waitpoint_hmac.digest(secret_hex, message)
+  local key = waitpoint_hmac.bytes(secret_hex)
+  if not key then
+    return nil
+  end
+  if #key > 64 then
+    key = waitpoint_hmac.bytes(redis.sha1hex(key))
+  end
+  key = key .. string.rep("\0", 64 - #key)
+  local inner = redis.sha1hex(xor_with(key, 0x36) .. message)
+  return redis.sha1hex(xor_with(key, 0x5c) .. waitpoint_hmac.bytes(inner))
+end
+
+function waitpoint_hmac.message(waitpoint_id, waitpoint_key, created_at)
+  return waitpoint_id .. "|" .. waitpoint_key .. "|" .. tostring(created_at)
+end
+
+-- A token under the keystore's current kid, or nil plus the error code.
+function waitpoint_hmac.mint(keystore_key, waitpoint_id, waitpoint_key, created_at)
+  if not present(keystore_key) then
+    return nil, "invalid_keys_missing_hmac"
+  end
+  local store = read_hash(keystore_key)
+  local kid = store and store.current_kid
+  local secret = kid and store["secret:" .. kid]
+  if not secret then
+    return nil, "hmac_secret_not_initialized"
+  end
+  local digest = waitpoint_hmac.digest(secret, waitpoint_hmac.message(waitpoint_id, waitpoint_key, created_at))
+  if not digest then
+    return nil, "invalid_secret"
+  end
+  return kid .. ":" .. digest
+end
+
+-- Compare two digests without an early exit on the first differing byte.
+local function same_digest(expected, presented)
+  if #expected ~= #presented then
+    return false
+  end
+  local difference = 0
+  for i = 1, #expected do
+    difference = bit.bor(difference, bit.bxor(string.byte(expected, i), string.byte(presented, i)))
+  end
+  return difference == 0
+end
+
+-- Why a presented token does not authenticate a waitpoint; nil when it does.
+-- Any kid with a secret validates while its expires_at is not in the past;
+-- the current kid never expires.
+function waitpoint_hmac.problem(keystore_key, token, waitpoint_id, waitpoint_key, created_at, now)
+  if not present(keystore_key) then
+    return "invalid_keys_missing_hmac"
+  end
+  if not present(token) then
+    return "missing_token"
+  end
+  local colon = string.find(token, ":", 1, true)
+  if not colon or colon < 2 or colon >= #token then
+    return "invalid_token"
+  end
+  local kid, presented = string.sub(token, 1, colon - 1), string.sub(token, colon + 1)
+  if #presented ~= 40 then
+    return "invalid_token"
+  end
+  local store = read_hash(keystore_key)
+  if not store or not store.current_kid then
+    return "hmac_secret_not_initialized"
+  end
+  local secret = store["secret:" .. kid]
+  if kid ~= store.current_kid and secret then
+    local expires_at = tonumber(store["expires_at:" .. kid])
+    if not expires_at or expires_at <= 0 or expires_at < now then
+      return "token_expired"
+    end
+  end
+  if not secret then
+    return "invalid_token"
+  end
+  local expected = waitpoint_hmac.digest(secret, waitpoint_hmac.message(waitpoint_id, waitpoint_key, created_at))
+  if not expected then
+    return "invalid_secret"
+  end
+  if not same_digest(expected, presented) then
+    return "invalid_token"
+  end
+  return nil
+end
+
+-- Check a delivered token against the waitpoint's mint-time binding. A
+-- failure is stamped on exec_core; returns the error reply or nil.
+function waitpoint_hmac.authenticate(core_key, keystore_key, token, waitpoint_id, waitpoint, now)
+  local problem = waitpoint_hmac.problem(keystore_key, token, waitpoint_id, waitpoint.waitpoint_key or "",
+    tonumber(waitpoint.created_at) or 0, now)
+  if problem then
+    redis.call("HSET", core_key, "last_hmac_validation_failed_at", tostring(now))
+    return fail(problem)
+  end
+  return nil
+end
+
+---------------------------------------------------------------------------
+-- Resume conditions. A matcher list (named or wildcard matchers, any/all or
+-- a minimum count) is evaluated in the condition hash; a composite tree
+-- (AllOf / Count / Single nodes) through satisfier tokens in a set.
+---------------------------------------------------------------------------
+
+local resume_condition = {}
+
+local function list_of(value)
+  return type(value) == "table" and value or {}
+end
+
+-- The reply for a resume_condition_json that cannot be evaluated, or nil.
+function resume_condition.problem(json)
+  local decoded, spec = pcall(cjson.decode, json or "")
+  if not decoded or type(spec) ~= "table" then
+    return fail("invalid_input", "resume_condition_json must be a JSON object")
+  end
+  if spec.composite then
+    return nil
+  end
+  if spec.required_signal_names ~= nil and type(spec.required_signal_names) ~= "table" then
+    return fail("invalid_input", "required_signal_names must be an array")
+  end
+  if spec.minimum_signal_count ~= nil and finite_number(spec.minimum_signal_count) == nil then
+    return fail("invalid_input", "minimum_signal_count must be a number")
+  end
+  return nil
+end
+
+-- The evaluation state of a validated condition JSON.
+function resume_condition.parse(json)
+  local spec = cjson.decode(json)
+  if spec.composite then
+    local tree = spec.tree
+    if spec.v and tonumber(spec.v) ~= 1 then
+      tree = nil -- an unknown version: never satisfied by a signal
+    end
+    return {composite = true, tree = tree, matchers = {}, satisfied_count = 0, closed = false}
+  end
+  local names = list_of(spec.required_signal_names)
+  local matchers = {}
+  for i, name in ipairs(names) do
+    matchers[i] = {name = name, satisfied = false, signal_id = ""}
+  end
+  if #matchers == 0 then
+    matchers[1] = {name = "", satisfied = false, signal_id = ""} -- any signal
+  end
+  return {
+    condition_type = spec.condition_type or "signal_set",
+    match_mode = spec.signal_match_mode or "any",
+    minimum_signal_count = tonumber(spec.minimum_signal_count or "1"),
+    matchers = matchers,
+    satisfied_count = 0,
+    closed = false,
+  }
+end
+
+function resume_condition.write(key, condition, now)
+  if condition.composite then
+    redis.call("HSET", key,
+      "condition_type", "composite",
+      "composite", "1",
+      "match_mode", "composite",
+      "minimum_signal_count", "1",
+      "total_matchers", "0",
+      "satisfied_count", "0",
+      "closed", condition.closed and "1" or "0",
+      "updated_at", tostring(now),
+      "tree_json", condition.tree and cjson.encode(condition.tree) or "")
+    return
+  end
+  local fields = {
+    "condition_type", condition.condition_type,
+    "match_mode", condition.match_mode,
+    "minimum_signal_count", tostring(condition.minimum_signal_count),
+    "total_matchers", tostring(#condition.matchers),
+    "satisfied_count", tostring(condition.satisfied_count),
+    "closed", condition.closed and "1" or "0",
+    "updated_at", tostring(now),
+  }
+  for i, matcher in ipairs(condition.matchers) do
+    local prefix = "matcher:" .. (i - 1) .. ":"
+    put(fields,
+      prefix .. "name", matcher.name,
+      prefix .. "satisfied", matcher.satisfied and "1" or "0",
+      prefix .. "signal_id", matcher.signal_id)
+  end
+  hset(key, fields)
+end
+
+-- Mark the first open matcher the signal fits; true when one did.
+function resume_condition.match(condition, signal_name, signal_id)
+  for _, matcher in ipairs(condition.matchers) do
+    if not matcher.satisfied and (matcher.name == "" or matcher.name == signal_name) then
+      matcher.satisfied, matcher.signal_id = true, signal_id or ""
+      condition.satisfied_count = condition.satisfied_count + 1
+      return true
+    end
+  end
+  return false
+end
+
+-- Whether `count` satisfied matchers out of `total` meet the mode.
+function resume_condition.met(mode, count, minimum, total)
+  if mode == "all" then
+    return count >= total
+  end
+  return count >= (minimum or 1)
+end
+
+-- Composite tree nodes a signal on `waitpoint_key` can count towards, in DFS order.
+function resume_condition.candidates(tree, waitpoint_key)
+  local found = {}
+  local function visit(node)
+    if type(node) ~= "table" then
+      return
+    end
+    if node.kind == "Single" then
+      if node.waitpoint_key == waitpoint_key then
+        found[#found + 1] = node
+      end
+    elseif node.kind == "Count" then
+      for _, key in ipairs(list_of(node.waitpoints)) do
+        if key == waitpoint_key then
+          found[#found + 1] = node
+          break
+        end
+      end
+    elseif node.kind == "AllOf" then
+      for _, child in ipairs(list_of(node.members)) do
+        visit(child)
+      end
+    end
+  end
+  visit(tree)
+  return found
+end
+
+-- Diagnostics written once at suspend: wp:<waitpoint_key>:<node path> -> path.
+function resume_condition.seed_member_map(member_map_key, tree, waitpoint_keys)
+  local fields = {}
+  for _, waitpoint_key in ipairs(waitpoint_keys) do
+    for _, node in ipairs(resume_condition.candidates(tree, waitpoint_key)) do
+      put(fields, "wp:" .. waitpoint_key .. ":" .. (node.path or ""), node.path or "")
+    end
+  end
+  if #fields > 0 then
+    hset(member_map_key, fields)
+  end
+end
+
+local function accepts(matcher, signal_name)
+  if type(matcher) ~= "table" or matcher.kind == nil or matcher.kind == "Wildcard" then
+    return true
+  end
+  return matcher.kind == "ByName" and matcher.name == signal_name
+end
+
+-- The token a signal adds for a candidate node.
+local function satisfier_token(node, signal, waitpoint_id)
+  if node.kind == "Single" then
+    return "leaf:" .. (node.path or "")
+  elseif node.count_kind == "DistinctSignals" then
+    return "sig:" .. signal.signal_id
+  elseif node.count_kind == "DistinctSources" then
+    return "src:" .. signal.source_type .. ":" .. signal.source_identity
+  end
+  return "wp:" .. waitpoint_id
+end
+
+-- Whether a node is satisfied by the tokens in the set (a table of token -> true).
+-- Count nodes count every token of their kind's prefix in the whole set.
+local function node_satisfied(node, tokens)
+  if type(node) ~= "table" then
+    return false
+  end
+  if node.kind == "Single" then
+    return tokens["leaf:" .. (node.path or "")] == true
+  elseif node.kind == "AllOf" then
+    for _, child in ipairs(list_of(node.members)) do
+      local prefix = child.kind == "Single" and "leaf:" or "node:"
+      if not tokens[prefix .. (child.path or "")] then
+        return false
+      end
+    end
+    return true
+  elseif node.kind == "Count" then
+    if tokens["timeout:*"] then
+      return true
+    end
+    local prefix = "src:"
+    if node.count_kind == nil or node.count_kind == "DistinctWaitpoints" then
+      prefix = "wp:"
+    elseif node.count_kind == "DistinctSignals" then
+      prefix = "sig:"
+    end
+    local count = 0
+    for token in pairs(tokens) do
+      if string.sub(token, 1, #prefix) == prefix then
+        count = count + 1
+      end
+    end
+    return count >= (tonumber(node.n) or 1)
+  end
+  return false
+end
+
+local function token_set(set_key)
+  local tokens = {}
+  for _, token in ipairs(redis.call("SMEMBERS", set_key)) do
+    tokens[token] = true
+  end
+  return tokens
+end
+
+-- Count a delivered signal towards a composite condition. Returns the effect,
+-- and when the whole tree is now satisfied, the JSON array of satisfier signals.
+function resume_condition.deliver_composite(tree, suspension_key, waitpoint_id, waitpoint_key, signal)
+  local set_key = suspension_key .. ":satisfied_set"
+  local candidates = resume_condition.candidates(tree, waitpoint_key)
+  if #candidates == 0 then
+    return "signal_ignored_not_in_condition"
+  end
+  local accepted, added = false, false
+  for _, node in ipairs(candidates) do
+    if accepts(node.matcher, signal.signal_name) then
+      accepted = true
+      if redis.call("SADD", set_key, satisfier_token(node, signal, waitpoint_id)) == 1 then
+        added = true
+        redis.call("SADD", set_key .. ":signals", signal.signal_id)
+      end
+    end
+  end
+  if not accepted then
+    return "signal_ignored_matcher_failed"
+  end
+  if not added then
+    return "appended_to_waitpoint_duplicate"
+  end
+
+  local tokens = token_set(set_key)
+  -- Record newly satisfied inner nodes of AllOf nodes as node:<path> tokens.
+  local function propagate(node)
+    if type(node) ~= "table" or node.kind ~= "AllOf" then
+      return
+    end
+    for _, child in ipairs(list_of(node.members)) do
+      if child.kind ~= "Single" and node_satisfied(child, tokens) then
+        local token = "node:" .. (child.path or "")
+        if redis.call("SADD", set_key, token) == 1 then
+          tokens[token] = true
+        end
+        propagate(child)
+      end
+    end
+  end
+  propagate(tree)
+  if node_satisfied(tree, tokens) then
+    return "resume_condition_satisfied", cjson.encode(redis.call("SMEMBERS", set_key .. ":signals"))
+  end
+  return "appended_to_waitpoint"
+end
+
+---------------------------------------------------------------------------
+-- Transitions shared by resume, signal delivery and suspension timeouts
+---------------------------------------------------------------------------
+
+-- Move a suspended execution back to runnable on the same attempt: eligible
+-- now, or after delay_ms (delayed set) with `delay_detail` as blocking detail.
+-- K needs core, suspended, eligible, delayed. Returns the public state.
+local function resume_suspended(K, core, eid, now, delay_ms, delay_detail)
+  local eligibility, blocking, detail, public = "eligible_now", "waiting_for_worker", "", "waiting"
+  if delay_ms > 0 then
+    eligibility, blocking, detail, public = "not_eligible_until_time", "waiting_for_resume_delay", delay_detail,
+      "delayed"
+  end
+  local fields = state_fields("runnable", "unowned", eligibility, blocking, detail, "none",
+    "attempt_interrupted", public)
+  put_cleared(fields, WAIT_FIELDS)
+  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
+  redis.call("ZREM", K.suspended, eid)
+  if delay_ms > 0 then
+    redis.call("ZADD", K.delayed, now + delay_ms, eid)
+  else
+    redis.call("ZADD", K.eligible,
+      eligible_score(tonumber(core.priority or "0"), tonumber(core.created_at or "0")), eid)
+  end
+  return public
+end
+
+-- HSET pairs closing a waitpoint hash / its condition hash.
+local function waitpoint_closed_fields(now, reason, satisfied)
+  local fields = {"state", "closed"}
+  if satisfied then
+    put(fields, "satisfied_at", tostring(now))
+  end
+  return put(fields, "closed_at", tostring(now), "close_reason", reason)
+end
+
+local function condition_closed_fields(now, reason)
+  return {"closed", "1", "closed_at", tostring(now), "closed_reason", reason}
+end
+
+---------------------------------------------------------------------------
+-- Functions
+---------------------------------------------------------------------------
+
+local SUSPEND_BLOCKING = {
+  waiting_for_signal = "waiting_for_signal",
+  waiting_for_approval = "waiting_for_approval",
+  waiting_for_callback = "waiting_for_callback",
+  waiting_for_tool_result = "waiting_for_tool_result",
+  waiting_for_operator_review = "paused_by_operator",
+  paused_by_policy = "paused_by_policy",
+  paused_by_budget = "waiting_for_budget",
+  step_boundary = "waiting_for_signal",
+  manual_pause = "paused_by_operator",
+}
+
+-- {1, status, suspension_id, waitpoint_id, waitpoint_key, token, "<E>", (id, key, token)*}
+local function suspension_reply(status, suspension_id, waitpoint, extras)
+  local out = {1, status, suspension_id, waitpoint.id, waitpoint.key, waitpoint.token, tostring(#extras)}
+  for _, extra in ipairs(extras) do
+    put(out, extra.id, extra.key, extra.token)
+  end
+  return out
+end
+
+-- A stored suspend outcome ("<status>\t<suspension_id>\t<wp id>\t<wp key>\t<token>\t<E>[\t...]"),
+-- split on single tabs keeping empty fields, as the reply; nil when malformed.
+local function replay_suspend_outcome(stored)
+  local parts = {}
+  local from = 1
+  while true do
+    local tab = string.find(stored, "\t", from, true)
+    parts[#parts + 1] = string.sub(stored, from, tab and tab - 1 or #stored)
+    if not tab then
+      break
+    end
+    from = tab + 1
+  end
+  if #parts < 5 then
+    return nil
+  end
+  local extras = {}
+  for i = 1, tonumber(parts[6] or "0") or 0 do
+    local at = 6 + (i - 1) * 3
+    extras[i] = {id = parts[at + 1] or "", key = parts[at + 2] or "", token = parts[at + 3] or ""}
+  end
+  local status = parts[1] == "ALREADY_SATISFIED" and "ALREADY_SATISFIED" or "OK"
+  return suspension_reply(status, parts[2], {id = parts[3], key = parts[4], token = parts[5]}, extras)
+end
+
+local function suspend_outcome_text(status, suspension_id, waitpoint, extras)
+  local pieces = {status, suspension_id, waitpoint.id, waitpoint.key, waitpoint.token, tostring(#extras)}
+  for _, extra in ipairs(extras) do
+    put(pieces, extra.id, extra.key, extra.token)
+  end
+  return table.concat(pieces, "\t")
+end
+
+-- A fresh, active waitpoint hash.
+local function write_active_waitpoint(key, waitpoint, A, now)
+  redis.call("HSET", key,
+    "waitpoint_id", waitpoint.id,
+    "execution_id", A.execution_id,
+    "attempt_index", A.attempt_index,
+    "suspension_id", A.suspension_id,
+    "waitpoint_key", waitpoint.key,
+    "waitpoint_token", waitpoint.token,
+    "state", "active",
+    "created_at", tostring(now),
+    "activated_at", tostring(now),
+    "expires_at", present(A.timeout_at) and A.timeout_at or "",
+    "signal_count", "0",
+    "matched_signal_count", "0",
+    "last_signal_at", "")
+end
+
+redis.register_function('ff_suspend_execution', function(keys, args)
+  local K = {core = keys[1], attempt = keys[2], lease_current = keys[3], lease_history = keys[4],
+    lease_expiry = keys[5], worker_leases = keys[6], suspension_current = keys[7], waitpoint = keys[8],
+    waitpoint_signals = keys[9], suspension_timeout = keys[10], pending_waitpoint_expiry = keys[11],
+    active = keys[12], suspended = keys[13], waitpoints = keys[14], condition = keys[15],
+    attempt_timeout = keys[16], keystore = keys[17], dedup = keys[18]}
+  local bad = bad_optional_number(args[11], "timeout_at")
+    or bad_optional_number(args[17], "lease_history_maxlen")
+    or bad_optional_number(args[19], "dedup_ttl_ms")
+  if bad then return bad end
+  local extra_count = 0
+  if present(args[20]) then
+    local bad_count
+    extra_count, bad_count = need_integer(args[20], "num_extra_waitpoints")
+    if bad_count then return bad_count end
+  end
+  local A = {execution_id = args[1], attempt_index = args[2], attempt_id = args[3] or "",
+    lease_id = args[4] or "", lease_epoch = args[5] or "", suspension_id = args[6],
+    reason_code = args[9], requested_by = args[10], timeout_at = args[11] or "",
+    resume_condition_json = args[12], resume_policy_json = args[13],
+    continuation_pointer = args[14] or "", use_pending = args[15] == "1",
+    timeout_behavior = args[16] or "fail", idempotency_key = args[18] or "",
+    dedup_ttl_ms = tonumber(args[19] or "0") or 0}
+  local primary = {id = args[7], key = args[8], token = ""}
+
+  local extras = {}
+  for i = 1, extra_count do
+    local id, key = args[20 + 2 * i - 1], args[20 + 2 * i]
+    if not present(id) or not present(key) then
+      return fail("additional_waitpoint_binding_malformed")
+    end
+    local base = 18 + (i - 1) * 3
+    extras[i] = {id = id, key = key, token = "", hash = keys[base + 1], condition = keys[base + 3]}
+  end
+
+  local now = server_now_ms()
+  local deduping = A.idempotency_key ~= "" and present(K.dedup)
+  if deduping then
+    local stored = redis.call("HGET", K.dedup, "outcome")
+    local replay = stored and replay_suspend_outcome(stored)
+    if replay then return replay end
+  end
+
+  local core = read_hash(K.core)
+  if not core then return fail("execution_not_found") end
+  local denied = authorize_holder(core, A, now, K.core, K.lease_history)
+  if denied then return denied end
+  if tostring(core.current_attempt_index) ~= A.attempt_index then
+    return fail("invalid_lease_for_suspend")
+  end
+  local bad_condition = resume_condition.problem(A.resume_condition_json)
+  if bad_condition then return bad_condition end
+
+  -- An open suspension blocks; a closed one is archived to make room.
+  if redis.call("EXISTS", K.suspension_current) == 1 then
+    if not present(redis.call("HGET", K.suspension_current, "closed_at")) then
+      return fail("already_suspended")
+    end
+    local old_waitpoint = redis.call("HGET", K.suspension_current, "waitpoint_id")
+    if present(old_waitpoint) then
+      redis.call("SADD", K.waitpoints, old_waitpoint)
+    end
+    redis.call("DEL", K.suspension_current)
+  end
+
+  local condition = resume_condition.parse(A.resume_condition_json)
+  if A.use_pending then
+    local pending = read_hash(K.waitpoint)
+    if not pending then return fail("waitpoint_not_found") end
+    if pending.state ~= "pending" then return fail("waitpoint_not_pending") end
+    if pending.execution_id ~= A.execution_id or tostring(pending.attempt_index) ~= A.attempt_index then
+      return fail("invalid_waitpoint_for_execution")
+    end
+    if present(pending.expires_at) and tonumber(pending.expires_at) <= now then
+      return fail("pending_waitpoint_expired")
+    end
+    if not present(pending.waitpoint_token) then return fail("waitpoint_not_token_bound") end
+    primary = {id = pending.waitpoint_id, key = pending.waitpoint_key, token = pending.waitpoint_token}
+
+    redis.call("HSET", K.waitpoint,
+      "suspension_id", A.suspension_id,
+      "state", "active",
+      "activated_at", tostring(now),
+      "expires_at", present(A.timeout_at) and A.timeout_at or "")
+    redis.call("ZREM", K.pending_waitpoint_expiry, primary.id)
+
+    -- Signals buffered while the waitpoint was pending count now; if they
+    -- already satisfy the condition, the attempt keeps its lease and runs on.
+    local buffered = redis.call("XRANGE", K.waitpoint_signals, "-", "+")
+    for _, entry in ipairs(buffered) do
+      local fields = {}
+      for i = 1, #entry[2], 2 do
+        fields[entry[2][i]] = entry[2][i + 1]
+      end
+      resume_condition.match(condition, fields.signal_name, fields.signal_id)
+    end
+    if #buffered > 0 and not condition.composite and resume_condition.met(condition.match_mode,
+        condition.satisfied_count, condition.minimum_signal_count, #condition.matchers) then
+      hset(K.waitpoint, waitpoint_closed_fields(now, "resumed", true))
+      resume_condition.write(K.condition, condition, now)
+      if deduping then
+        redis.call("HSET", K.dedup, "outcome",
+          suspend_outcome_text("ALREADY_SATISFIED", A.suspension_id, primary, {}))
+        if A.dedup_ttl_ms > 0 then
+          redis.call("PEXPIRE", K.dedup, A.dedup_ttl_ms)
+        end
+      end
+      return suspension_reply("ALREADY_SATISFIED", A.suspension_id, primary, {})
+    end
+    resume_condition.write(K.condition, condition, now)
+    if #extras > 0 then
+      return fail("use_pending_with_extras_unsupported")
+    end
+  else
+    local token, code = waitpoint_hmac.mint(K.keystore, primary.id, primary.key, now)
+    if not token then return fail(code) end
+    primary.token = token
+    write_active_waitpoint(K.waitpoint, primary, A, now)
+    resume_condition.write(K.condition, condition, now)
+    for _, extra in ipairs(extras) do
+      local extra_token, extra_code = waitpoint_hmac.mint(K.keystore, extra.id, extra.key, now)
+      if not extra_token then return fail(extra_code) end
+      extra.token = extra_token
+      write_active_waitpoint(extra.hash, extra, A, now)
+      resume_condition.write(extra.condition, resume_condition.parse(A.resume_condition_json), now)
+      redis.call("SADD", K.waitpoints, extra.id)
+    end
+  end
+  redis.call("SADD", K.waitpoints, primary.id)
+
+  local fields = state_fields("suspended", "unowned", "not_applicable",
+    SUSPEND_BLOCKING[A.reason_code] or "waiting_for_signal",
+    "suspended: waitpoint " .. primary.id .. " awaiting " .. A.reason_code,
+    "none", "attempt_interrupted", "suspended")
+  put_cleared(fields, LEASE_OWNER_FIELDS)
+  put_cleared(fields, LEASE_TIMING_FIELDS)
+  hset(K.core, put(fields,
+    "current_suspension_id", A.suspension_id,
+    "current_waitpoint_id", primary.id,
+    "last_transition_at", tostring(now),
+    "last_mutation_at", tostring(now)))
+  redis.call("HSET", K.attempt,
+    "attempt_state", "suspended",
+    "suspended_at", tostring(now),
+    "suspension_id", A.suspension_id)
+  unindex_lease(K, A.execution_id)
+  add_released(K.lease_history, core, core.current_attempt_id or "", "suspend", now)
+
+  local extra_pairs = {}
+  for i, extra in ipairs(extras) do
+    extra_pairs[i] = {waitpoint_id = extra.id, waitpoint_key = extra.key}
+  end
+  redis.call("HSET", K.suspension_current,
+    "suspension_id", A.suspension_id,
+    "execution_id", A.execution_id,
+    "attempt_index", A.attempt_index,
+    "waitpoint_id", primary.id,
+    "waitpoint_key", primary.key,
+    "additional_waitpoints_json", #extras > 0 and cjson.encode(extra_pairs) or "[]",
+    "reason_code", A.reason_code,
+    "requested_by", A.requested_by,
+    "created_at", tostring(now),
+    "timeout_at", A.timeout_at,
+    "timeout_behavior", A.timeout_behavior,
+    "resume_condition_json", A.resume_condition_json,
+    "resume_policy_json", A.resume_policy_json,
+    "continuation_metadata_pointer", A.continuation_pointer,
+    "buffered_signal_summary_json", '{"total_count":0,"matched_count":0,"signal_names":[]}',
+    "last_signal_at", "",
+    "satisfied_at", "",
+    "closed_at", "",
+    "close_reason", "")
+  if condition.composite then
+    local waitpoint_keys = {primary.key}
+    for _, extra in ipairs(extras) do
+      waitpoint_keys[#waitpoint_keys + 1] = extra.key
+    end
+    resume_condition.seed_member_map(K.suspension_current .. ":member_map",
+      cjson.decode(A.resume_condition_json).tree, waitpoint_keys)
+  end
+
+  redis.call("ZADD", K.suspended, present(A.timeout_at) and tonumber(A.timeout_at) or NO_TIMEOUT_SCORE,
+    A.execution_id)
+  if present(A.timeout_at) then
+    redis.call("ZADD", K.suspension_timeout, tonumber(A.timeout_at), A.execution_id)
+  end
+  if deduping then
+    redis.call("HSET", K.dedup, "outcome", suspend_outcome_text("OK", A.suspension_id, primary, extras))
+    if A.dedup_ttl_ms > 0 then
+      redis.call("PEXPIRE", K.dedup, A.dedup_ttl_ms)
+    end
+  end
+  return suspension_reply("OK", A.suspension_id, primary, extras)
+end)
+
+redis.register_function('ff_create_pending_waitpoint', function(keys, args)
+  local K = {core = keys[1], waitpoint = keys[2], pending_waitpoint_expiry = keys[3], keystore = keys[4]}
+  local expires_at, bad = need_number(args[5], "expires_at")
+  if bad then return bad end
+  local A = {execution_id = args[1], attempt_index = args[2], waitpoint_id = args[3],
+    waitpoint_key = args[4], expires_at = args[5]}
+
+  local now = server_now_ms()
+  local core = read_hash(K.core)
+  if not core then return fail("execution_not_found") end
+  if core.lifecycle_phase ~= "active" then return not_active(core) end
+  if core.ownership_state ~= "leased" then return fail("no_active_lease") end
+  if tostring(core.current_attempt_index) ~= A.attempt_index then return fail("stale_lease") end
+  local state = redis.call("HGET", K.waitpoint, "state")
+  if state == "pending" or state == "active" then return fail("waitpoint_already_exists") end
+
+  local token, code = waitpoint_hmac.mint(K.keystore, A.waitpoint_id, A.waitpoint_key, now)
+  if not token then return fail(code) end
+  redis.call("HSET", K.waitpoint,
+    "waitpoint_id", A.waitpoint_id,
+    "execution_id", A.execution_id,
+    "attempt_index", A.attempt_index,
+    "suspension_id", "",
+    "waitpoint_key", A.waitpoint_key,
+    "waitpoint_token", token,
+    "state", "pending",
+    "created_at", tostring(now),
+    "activated_at", "",
+    "satisfied_at", "",
+    "closed_at", "",
+    "expires_at", A.expires_at,
+    "close_reason", "",
+    "signal_count", "0",
+    "matched_signal_count", "0",
+    "last_signal_at", "")
+  redis.call("ZADD", K.pending_waitpoint_expiry, expires_at, A.waitpoint_id)
+  return ok(A.waitpoint_id, A.waitpoint_key, token)
+end)
+
+-- The open suspension record, or nil plus execution_not_suspended.
+local function open_suspension(key)
+  local suspension = read_hash(key)
+  if not suspension or not present(suspension.suspension_id) or present(suspension.closed_at) then
+    return nil, fail("execution_not_suspended")
+  end
+  return suspension
+end
+
+redis.register_function('ff_resume_execution', function(keys, args)
+  local K = {core = keys[1], suspension_current = keys[2], waitpoint = keys[3],
+    suspension_timeout = keys[5], eligible = keys[6], delayed = keys[7], suspended = keys[8]}
+  local delay_ms, bad = need_number(args[3] or "0", "resume_delay_ms")
+  if bad then return bad end
+  local eid = args[1]
+
+  local now = server_now_ms()
+  local core = read_hash(K.core)
+  if not core then return fail("execution_not_found") end
+  if core.lifecycle_phase ~= "suspended" then return fail("execution_not_suspended") end
+  local suspension, not_open = open_suspension(K.suspension_current)
+  if not suspension then return not_open end
+
+  local public = resume_suspended(K, core, eid, now, delay_ms, "resume delay " .. tostring(delay_ms) .. "ms")
+  local closed = waitpoint_closed_fields(now, "resumed", true)
+  hset(K.waitpoint, closed)
+  redis.call("HSET", K.suspension_current,
+    "satisfied_at", tostring(now), "closed_at", tostring(now), "close_reason", "resumed")
+  redis.call("ZREM", K.suspension_timeout, eid)
+  drop_composite_state(K.suspension_current)
+  close_extra_waitpoints(K.suspension_current, suspension.additional_waitpoints_json, closed,
+    condition_closed_fields(now, "resumed"))
+  return ok(public)
+end)
+
+local TIMEOUT_OUTCOMES = {
+  cancel = {outcome = "cancelled", attempt_state = "ended_cancelled", close_reason = "timed_out_cancel"},
+  expire = {outcome = "expired", attempt_state = "ended_failure", close_reason = "timed_out_expire"},
+}
+local TIMEOUT_FAILS = {outcome = "failed", attempt_state = "ended_failure", close_reason = "timed_out_fail"}
+
+redis.register_function('ff_expire_suspension', function(keys, args)
+  local K = {core = keys[1], suspension_current = keys[2], waitpoint = keys[3], condition = keys[4],
+    attempt = keys[5], stream_meta = keys[6], suspension_timeout = keys[7], suspended = keys[8],
+    terminal = keys[9], eligible = keys[10], delayed = keys[11]}
+  local eid = args[1]
+
+  local now = server_now_ms()
+  local core = read_hash(K.core)
+  local cleaned
+  if not core then
+    cleaned = "not_found_cleaned"
+  elseif core.lifecycle_phase ~= "suspended" then
+    cleaned = "not_suspended_cleaned"
+  end
+  local suspension = not cleaned and open_suspension(K.suspension_current)
+  if not cleaned and not suspension then
+    cleaned = "no_active_suspension_cleaned"
+  end
+  if cleaned then
+    redis.call("ZREM", K.suspension_timeout, eid)
+    return ok(cleaned)
+  end
+
+  -- A suspension without a timeout (empty or 0) is never due.
+  local timeout_at = tonumber(suspension.timeout_at or "0") or 0
+  if timeout_at == 0 or timeout_at > now then
+    return ok("not_yet_due")
+  end
+
+  local behavior = suspension.timeout_behavior or "fail"
+  if behavior == "escalate" then
+    local fields = state_fields("suspended", "unowned", "not_applicable", "paused_by_operator",
+      "suspension escalated: timeout at " .. tostring(timeout_at), "none",
+      core.attempt_state or "attempt_interrupted", "suspended")
+    hset(K.core, put(fields, "last_mutation_at", tostring(now)))
+    redis.call("HSET", K.suspension_current,
+      "reason_code", "waiting_for_operator_review", "timeout_at", "", "timeout_behavior", "")
+    redis.call("ZREM", K.suspension_timeout, eid)
+    return ok("escalate", "suspended")
+  end
+
+  local result
+  local close_reason
+  if behavior == "auto_resume" or behavior == "auto_resume_with_timeout_signal" then
+    close_reason = "timed_out_auto_resume"
+    resume_suspended(K, core, eid, now, 0)
+    result = ok("auto_resume", "waiting")
+  else
+    local ending = TIMEOUT_OUTCOMES[behavior] or TIMEOUT_FAILS
+    close_reason = ending.close_reason
+    local failure_reason = "suspension_timeout:" .. behavior
+    local fields = terminal_state(ending.outcome, "attempt_terminal", ending.outcome)
+    put(fields, "failure_reason", failure_reason, "completed_at", tostring(now))
+    put_cleared(fields, WAIT_FIELDS)
+    hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
+    if present(core.current_attempt_index) then
+      redis.call("HSET", K.attempt,
+        "attempt_state", ending.attempt_state,
+        "ended_at", tostring(now),
+        "failure_reason", failure_reason,
+        "suspended_at", "",
+        "suspension_id", "")
+    end
+    close_stream_meta(K.stream_meta, now, "suspension_timeout")
+    redis.call("ZREM", K.suspended, eid)
+    redis.call("ZADD", K.terminal, now, eid)
+    publish_completion(core, eid, ending.outcome)
+    result = ok(behavior, ending.outcome)
+  end
+
+  local waitpoint_closed = waitpoint_closed_fields(now, close_reason, false)
+  local condition_closed = condition_closed_fields(now, close_reason)
+  hset(K.waitpoint, waitpoint_closed)
+  hset(K.condition, condition_closed)
+  redis.call("HSET", K.suspension_current, "closed_at", tostring(now), "close_reason", close_reason)
+  redis.call("ZREM", K.suspension_timeout, eid)
+  drop_composite_state(K.suspension_current)
+  close_extra_waitpoints(K.suspension_current, suspension.additional_waitpoints_json, waitpoint_closed,
+    condition_closed)
+  return result
+end)
+
+redis.register_function('ff_close_waitpoint', function(keys, args)
+  local waitpoint_key, pending_expiry_key = keys[2], keys[3]
+  local waitpoint_id, reason = args[1], args[2] or "proactive_close"
+  local now = server_now_ms()
+  local state = redis.call("HGET", waitpoint_key, "state")
+  if redis.call("EXISTS", waitpoint_key) == 0 then return fail("waitpoint_not_found") end
+  if state == "closed" or state == "expired" then return ok("already_closed") end
+  if state ~= "pending" and state ~= "active" then return fail("waitpoint_not_open") end
+  hset(waitpoint_key, waitpoint_closed_fields(now, reason, false))
+  redis.call("ZREM", pending_expiry_key, waitpoint_id)
+  return ok()
+end)
+
+redis.register_function('ff_rotate_waitpoint_hmac_secret', function(keys, args)
+  local keystore = keys[1]
+  local new_kid, new_secret = args[1], args[2]
+  if type(new_kid) ~= "string" or new_kid == "" or string.find(new_kid, ":", 1, true) then
+    return fail("invalid_kid")
+  end
+  if type(new_secret) ~= "string" or new_secret == "" or not waitpoint_hmac.bytes(new_secret) then
+    return fail("invalid_secret_hex")
+  end
+  local grace_ms = tonumber(args[3])
+  if not grace_ms or grace_ms ~= grace_ms or grace_ms < 0 or grace_ms > 9007199254740991
+      or grace_ms ~= math.floor(grace_ms) then
+    return fail("invalid_grace_ms")
+  end
+
+  local now = server_now_ms()
+  local store = read_hash(keystore) or {}
+  local current_kid = store.current_kid
+  if current_kid == new_kid then
+    local stored = store["secret:" .. new_kid]
+    if stored and stored ~= new_secret then
+      return fail("rotation_conflict", new_kid)
+    end
+    if not stored then
+      redis.call("HSET", keystore, "secret:" .. new_kid, new_secret) -- repair a torn write
+    end
+    return ok("noop", new_kid)
+  end
+
+  -- Forget kids whose grace ended (or never had a valid expiry).
+  local expired = {}
+  for field, value in pairs(store) do
+    if string.sub(field, 1, 11) == "expires_at:" then
+      local expires_at = tonumber(value)
+      if not expires_at or expires_at <= 0 or expires_at < now then
+        put(expired, field, "secret:" .. string.sub(field, 12))
+      end
+    end
+  end
+  if #expired > 0 then
+    redis.call("HDEL", keystore, unpack(expired))
+  end
+
+  local fields = {}
+  if current_kid then
+    local grace_end = string.format("%.0f", now + grace_ms) -- a decimal integer even past 1e14
+    put(fields, "previous_kid", current_kid, "previous_expires_at", grace_end,
+      "expires_at:" .. current_kid, grace_end)
+  end
+  hset(keystore, put(fields, "current_kid", new_kid, "secret:" .. new_kid, new_secret))
+  return ok("rotated", current_kid or "", new_kid, tostring(#expired / 2))
+end)
+
+redis.register_function('ff_list_waitpoint_hmac_kids', function(keys, args)
+  local flat = redis.call("HGETALL", keys[1])
+  local now = server_now_ms()
+  local current_kid = ""
+  local verifying = {}
+  for i = 1, #flat, 2 do
+    local field, value = flat[i], flat[i + 1]
+    if field == "current_kid" then
+      current_kid = value
+    elseif string.sub(field, 1, 11) == "expires_at:" then
+      local expires_at = tonumber(value)
+      if expires_at and expires_at > 0 and expires_at >= now then
+        put(verifying, string.sub(field, 12), value)
+      end
+    end
+  end
+  return ok(current_kid, tostring(#verifying / 2), unpack(verifying))
+end)
