@@ -83,9 +83,6 @@ class SignalHandler(BaseHTTPRequestHandler):
                 idempotency_key=self.headers.get("Idempotency-Key") or "",
                 payload_encoding="json" if is_json else "binary",
             )
-        except ValueError as exc:  # a malformed execution id
-            self._answer(HTTPStatus.BAD_REQUEST, {"error": "invalid_input", "detail": str(exc)})
-            return
         except EngineError as exc:
             status = HTTPStatus.SERVICE_UNAVAILABLE if isinstance(exc, TransportError) else HTTPStatus.BAD_REQUEST
             self._answer(STATUS_BY_CODE.get(exc.code, status), {"error": exc.code, "detail": str(exc)})

@@ -13,7 +13,6 @@ crash recovery starts a new stream) and stops when the execution has ended.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,16 +77,4 @@ def follow(app_or_url: celery.Celery | str, task_id: str, *, block_s: float = 5.
     """Yield (attempt index, frame) as the task writes them, from its current attempt on,
     until its execution ends."""
     engine = _engine(app_or_url)
-    execution_id = _execution(engine, task_id)
-    attempt = None
-    while True:
-        core = engine.read_core(execution_id, "current_attempt_index", "lifecycle_phase")
-        current = int(core.get("current_attempt_index") or 0) if core.get("current_attempt_index") else None
-        if current is not None and current != attempt:
-            attempt = current
-            for frame in streams.follow_frames(engine, execution_id, attempt, block_ms=int(block_s * 1000)):
-                yield attempt, frame
-            continue  # closed: the execution ended, or another attempt follows
-        if core.get("lifecycle_phase") == "terminal":
-            return
-        time.sleep(0.2)  # not started yet, or between attempts
+    yield from streams.follow_execution(engine, _execution(engine, task_id), block_ms=int(block_s * 1000))

@@ -4,6 +4,7 @@ holder's ``ff_append_frame`` (:meth:`ClaimedTask.append_frame`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -67,3 +68,22 @@ def follow_frames(
         if closed and not entries:
             return
         closed = closed or bool(closed_at)  # once closed, drain what is left without blocking
+
+
+def follow_execution(
+    engine: Engine, execution_id: ExecutionId, *, block_ms: int = 5_000
+) -> Iterator[tuple[int, fn.Frame]]:
+    """(attempt index, frame) as the execution writes them, from its current attempt on and
+    across later attempts (a retry or a recovery opens a new stream), until it has ended."""
+    attempt = None
+    while True:
+        core = engine.read_core(execution_id, "current_attempt_index", "lifecycle_phase")
+        current = int(core["current_attempt_index"]) if core.get("current_attempt_index") else None
+        if current is not None and current != attempt:
+            attempt = current
+            for frame in follow_frames(engine, execution_id, attempt, block_ms=block_ms):
+                yield attempt, frame
+            continue  # closed: the execution ended, or another attempt follows
+        if core.get("lifecycle_phase") in ("terminal", None):
+            return
+        time.sleep(0.2)  # not started yet, or between attempts

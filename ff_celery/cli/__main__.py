@@ -1,0 +1,3 @@
+from ff_celery.cli import main
+
+main()

@@ -1,0 +1,194 @@
+"""Operator commands on executions, found by Celery task id or execution id: show, list,
+cancel, replay, resume, and tail (frames and a live progress bar)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
+from ff_celery.engine import inspection, streams, waitpoints
+from ff_celery.engine.inspection import ExecutionReport
+
+target_argument = click.argument("target", metavar="TASK_ID|EXECUTION_ID")
+
+
+def _print_report(report: ExecutionReport) -> None:
+    snapshot = report.snapshot
+    core, tags = snapshot.core, snapshot.tags
+    field = core.get
+    state = (
+        f"{snapshot.public_state}  (phase {field('lifecycle_phase')}, ownership {field('ownership_state')}, "
+        f"eligibility {field('eligibility_state')})"
+    )
+    outcome = " ".join(filter(None, [field("terminal_outcome"), field("failure_reason"), field("cancellation_reason")]))
+    lines = [
+        ("execution", report.execution_id),
+        ("task", f"{tags['celery.task']} [{tags.get('celery.id', '')}]" if "celery.task" in tags else ""),
+        ("lane", field("lane_id", "")),
+        ("state", state),
+        ("blocking", f"{field('blocking_reason', '')} {field('blocking_detail', '')}".strip()),
+        ("outcome", outcome),
+        ("created", when(field("created_at"))),
+        ("completed", when(field("completed_at"))),
+        ("retries", field("retry_count", "0")),
+        ("progress", f"{field('progress_pct', '')}% {field('progress_message', '')}".strip(" %")),
+        ("stream", f"{report.stream_frames} frames {report.stream_closed_reason}".strip()),
+    ]
+    lease = snapshot.lease
+    if lease:
+        holder = f"{lease.get('worker_id')} ({lease.get('worker_instance_id')})"
+        lines.append(("lease", f"{holder}, epoch {lease.get('lease_epoch')}, expires {when(lease.get('expires_at'))}"))
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        if value:
+            click.echo(f"{name.ljust(width)}  {value}")
+    if snapshot.attempts:
+        click.echo("\nattempts")
+        rows = [
+            [a.attempt_index, a.attempt_type, a.attempt_state, a.fields.get("worker_id", ""),
+             when(a.fields.get("started_at")), when(a.fields.get("ended_at")), a.fields.get("failure_reason", "")]
+            for a in snapshot.attempts
+        ]  # fmt: skip
+        table(rows, ["#", "type", "state", "worker", "started", "ended", "failure"])
+    if report.waitpoints:
+        click.echo("\nwaitpoints")
+        rows = [
+            [w.waitpoint_key, w.waitpoint_id, w.state, w.close_reason,
+             ", ".join(f"{s.name}({s.source_identity or s.source_type})" for s in w.signals)]
+            for w in report.waitpoints
+        ]  # fmt: skip
+        table(rows, ["name", "waitpoint id", "state", "closed", "signals"])
+    if report.budgets:
+        click.echo("\nbudgets")
+        rows = []
+        for budget in report.budgets:
+            for dim in sorted(set(budget.hard_limits) | set(budget.soft_limits) | set(budget.usage)):
+                soft, hard = budget.soft_limits.get(dim) or "", budget.hard_limits.get(dim) or ""
+                rows.append([budget.budget_id, dim, budget.usage.get(dim, 0), soft, hard])
+        table(rows, ["budget", "dimension", "used", "soft", "hard"])
+    if report.quota:
+        q = report.quota
+        rate = f"{q.admitted_in_window}/{q.max_requests_per_window or '-'} per {q.window_seconds}s"
+        click.echo(f"\nquota {q.quota_policy_id}: {rate}, running {q.running}/{q.max_concurrent or '-'}")
+    other_tags = {k: v for k, v in tags.items() if k not in ("celery.task", "celery.id")}
+    if other_tags:
+        click.echo("\ntags  " + "  ".join(f"{k}={v}" for k, v in sorted(other_tags.items())))
+
+
+@click.command("show")
+@target_argument
+@url_option
+@json_option
+@reports_errors
+def show(target: str, url: str, as_json: bool) -> None:
+    """Show an execution: state, attempts, lease, waitpoints, budgets, stream, tags."""
+    engine = engine_for(url)
+    report = inspection.describe(engine, inspection.resolve_target(engine, target))
+    if as_json:
+        emit_json(report)
+    else:
+        _print_report(report)
+
+
+@click.command("list")
+@click.option("--lane", default="celery", show_default=True, help="Lane (Celery queue).")
+@click.option(
+    "--state", "states", multiple=True, type=click.Choice(sorted(inspection.STATE_INDEXES)),
+    help="States to list (repeatable; default: every non-terminal one).",
+)  # fmt: skip
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--all-partitions", is_flag=True, help="Also look on every partition (flow members).")
+@url_option
+@json_option
+@reports_errors
+def list_command(lane: str, states: tuple[str, ...], limit: int, all_partitions: bool, url: str, as_json: bool) -> None:
+    """List a lane's executions by state, newest first."""
+    wanted = list(states) or ["waiting", "delayed", "active", "suspended", "rate_limited", "waiting_children"]
+    found = inspection.list_executions(engine_for(url), lane, wanted, limit=limit, all_partitions=all_partitions)
+    if as_json:
+        emit_json([summary.model_dump() for summary in found])
+        return
+    rows = [[s.public_state, s.task_name, s.task_id, s.execution_id, s.attempt, when(s.created_at), s.blocking_reason]
+            for s in found]  # fmt: skip
+    table(rows, ["state", "task", "task id", "execution id", "attempt", "created", "blocking"])
+
+
+@click.command("cancel")
+@target_argument
+@click.option("--reason", default="cancelled by operator", show_default=True)
+@url_option
+@reports_errors
+def cancel(target: str, reason: str, url: str) -> None:
+    """Cancel an execution in any phase (a running one loses its lease and is stopped)."""
+    engine = engine_for(url)
+    execution_id = inspection.resolve_target(engine, target)
+    phase = engine.cancel(execution_id, reason)
+    click.echo(f"{execution_id}: cancelled (was {phase})")
+
+
+@click.command("replay")
+@target_argument
+@url_option
+@reports_errors
+def replay(target: str, url: str) -> None:
+    """Run an ended (failed, cancelled, expired) execution again, as a new attempt."""
+    engine = engine_for(url)
+    execution_id = inspection.resolve_target(engine, target)
+    engine.replay(execution_id)
+    click.echo(f"{execution_id}: replay scheduled")
+
+
+@click.command("resume")
+@target_argument
+@click.option("--delay-ms", type=int, default=0, show_default=True, help="Run it this much later.")
+@url_option
+@reports_errors
+def resume(target: str, delay_ms: int, url: str) -> None:
+    """Resume a suspended execution without a signal (e.g. after an escalated timeout)."""
+    engine = engine_for(url)
+    execution_id = inspection.resolve_target(engine, target)
+    click.echo(f"{execution_id}: {waitpoints.resume(engine, execution_id, delay_ms)}")
+
+
+def _bar(percent: float, message: str, width: int = 30) -> str:
+    filled = int(width * max(0.0, min(percent, 100.0)) / 100)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {percent:5.1f}% {message}"
+
+
+@click.command("tail")
+@target_argument
+@click.option("--block", "block_s", type=float, default=5.0, show_default=True, help="Seconds per wait (max 30).")
+@url_option
+@json_option
+@reports_errors
+def tail(target: str, block_s: float, url: str, as_json: bool) -> None:
+    """Follow an execution's output frames live, with a progress bar, until it ends."""
+    engine = engine_for(url)
+    execution_id = inspection.resolve_target(engine, target)
+    live = sys.stdout.isatty() and not as_json
+    bar = ""
+    for attempt, frame in streams.follow_execution(engine, execution_id, block_ms=int(block_s * 1000)):
+        if as_json:
+            click.echo(json.dumps({"attempt": attempt, "id": frame.id, **frame.fields}))
+            continue
+        if frame.frame_type == "progress":
+            try:
+                update = json.loads(frame.payload)
+                bar = _bar(float(update.get("percent") or 0), update.get("message") or "")
+            except ValueError:
+                bar = frame.payload
+            click.echo(("\r" + bar) if live else bar, nl=not live)
+            continue
+        line = f"[{attempt}] {frame.frame_type}: {frame.payload}"
+        click.echo(("\r" + line.ljust(len(bar)) + "\n" + bar) if live and bar else line, nl=not (live and bar))
+    state = engine.read_core(execution_id, "public_state").get("public_state", "gone")
+    if as_json:
+        click.echo(json.dumps({"execution_id": str(execution_id), "public_state": state}))
+    else:
+        click.echo(("\n" if live and bar else "") + f"{execution_id}: {state}")
+
+
+COMMANDS = [show, list_command, cancel, replay, resume, tail]

@@ -1,0 +1,130 @@
+"""Setup commands: the function library, the embedded server, the scanners, the waitpoint
+HMAC secret."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+
+from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
+from ff_celery.devserver import DevServer
+from ff_celery.engine import waitpoints
+from ff_celery.engine.client import Engine
+from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
+from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+
+
+def wait_for_interrupt() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@click.group()
+def library() -> None:
+    """The FlowFabric-compatible Valkey function library."""
+
+
+@library.command("source")
+def library_source_command() -> None:
+    """Print the exact library text (for FUNCTION LOAD out of band)."""
+    click.echo(library_source(), nl=False)
+
+
+@library.command("load")
+@url_option
+@click.option("--force", is_flag=True, help="Replace whatever library is loaded, even FlowFabric's own.")
+def library_load(url: str, force: bool) -> None:
+    """Load the library unless a compatible one is already loaded."""
+    state = ensure_library(Engine.from_url(url).redis, force=force)
+    click.echo(f"{state.action}: flowfabric library version {state.version}")
+
+
+@library.command("status")
+@url_option
+def library_status(url: str) -> None:
+    """Show which library version the server has loaded."""
+    loaded = loaded_version(Engine.from_url(url).redis)
+    click.echo(f"loaded: {loaded or 'none'}; this ff_celery ships: {library_version()}")
+
+
+@click.command("dev-server")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
+def dev_server(port: int | None) -> None:
+    """Run a local Valkey/Redis with the library loaded until interrupted."""
+    with DevServer(port) as server:
+        Engine.from_url(server.url).bootstrap()
+        click.echo(f"{server.url}  (pid {server.pid}; Ctrl-C to stop)")
+        wait_for_interrupt()
+
+
+@click.command("scanners")
+@url_option
+@click.option("--lane", "lanes", multiple=True, help="Lanes to scan besides those in ff:idx:lanes.")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="NAME=VALUE",
+    help=f"A scanner setting, e.g. promote_interval_s=0.5 (of: {', '.join(ScannerSettings.model_fields)}).",
+)  # fmt: skip
+def scanners(url: str, lanes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
+    """Run the engine scanners (leader-elected) until interrupted."""
+    try:
+        settings = ScannerSettings(**dict(item.split("=", 1) for item in overrides))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--set") from exc
+    engine = Engine.from_url(url)
+    engine.bootstrap()
+    runner = EngineScanners(engine, settings=settings, lanes=lanes).start()
+    click.echo(f"scanners running as {runner.instance_id}; Ctrl-C to stop")
+    wait_for_interrupt()
+    runner.stop()
+
+
+@click.group()
+def secret() -> None:
+    """The waitpoint HMAC secret (one keystore per flow partition)."""
+
+
+@secret.command("seed")
+@url_option
+@click.option("--secret", "secret_hex", envvar=waitpoints.SECRET_ENV, help="Hex secret (env FF_WAITPOINT_HMAC_SECRET).")
+@reports_errors
+def secret_seed(url: str, secret_hex: str | None) -> None:
+    """Give partitions without a signing key one (a generated secret if none is given)."""
+    waitpoints.seed_waitpoint_secret(engine_for(url), secret_hex)
+    click.echo("seeded (partitions that had a key keep it)")
+
+
+@secret.command("rotate")
+@url_option
+@click.option("--kid", required=True, help="The new key id (no ':').")
+@click.option("--secret", "secret_hex", required=True, help="The new hex secret.")
+@click.option("--grace-ms", type=int, default=waitpoints.DEFAULT_GRACE_MS, show_default=True,
+              help="How long tokens of the previous key stay valid.")  # fmt: skip
+@reports_errors
+def secret_rotate(url: str, kid: str, secret_hex: str, grace_ms: int) -> None:
+    """Install a new signing key on every partition."""
+    outcomes = waitpoints.rotate_waitpoint_secret(engine_for(url), kid, secret_hex, grace_ms)
+    rotated = sum(1 for outcome in outcomes if outcome.outcome == "rotated")
+    click.echo(f"{kid}: rotated on {rotated} partitions, already current on {len(outcomes) - rotated}")
+
+
+@secret.command("kids")
+@url_option
+@json_option
+@reports_errors
+def secret_kids(url: str, as_json: bool) -> None:
+    """The current signing key and the previous keys still in their grace period."""
+    keystore = waitpoints.waitpoint_kids(engine_for(url))
+    if as_json:
+        emit_json(keystore)
+        return
+    rows = [[keystore.current_kid, "current", ""]] + [
+        [kid, "verifying", when(at)] for kid, at in keystore.verifying.items()
+    ]
+    table(rows, ["kid", "role", "valid until (UTC)"])
+
+
+COMMANDS = [library, dev_server, scanners, secret]

@@ -1,0 +1,166 @@
+"""What an operator reads: one execution in full (state, attempts, lease, waitpoints and the
+signals they received, budgets and quota, stream, progress, tags), and the executions of a
+lane by state. Executions are found by execution id or by an alias (a Celery task id)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from ff_celery.engine import budgets, waitpoints
+from ff_celery.engine.budgets import BudgetStatus, QuotaPolicy
+from ff_celery.engine.errors import error_for_code
+from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import ExecKeys, PartitionKeys
+from ff_celery.engine.snapshot import ExecutionSnapshot
+from ff_celery.engine.waitpoints import ReceivedSignal
+
+if TYPE_CHECKING:
+    from ff_celery.engine.client import Engine
+
+#: ``list`` states -> the lane index holding them (terminal ones filtered by public state).
+STATE_INDEXES = {
+    "waiting": ("eligible",),
+    "delayed": ("delayed",),
+    "active": ("active",),
+    "suspended": ("suspended",),
+    "rate_limited": ("blocked:budget", "blocked:quota", "blocked:route", "blocked:operator"),
+    "waiting_children": ("blocked:dependencies",),
+    "completed": ("terminal",),
+    "failed": ("terminal",),
+    "cancelled": ("terminal",),
+    "expired": ("terminal",),
+    "skipped": ("terminal",),
+}
+SUMMARY_FIELDS = ("public_state", "created_at", "completed_at", "current_attempt_index", "blocking_reason")
+
+
+def resolve_target(engine: Engine, target: str) -> ExecutionId:
+    """An execution id as given, or the execution behind an alias (a Celery task id)."""
+    if target.startswith("{fp:"):
+        return ExecutionId(target)
+    execution_id = engine.resolve(target)
+    if execution_id is None:
+        raise error_for_code("execution_not_found", [f"no execution or task id {target!r}"])
+    return execution_id
+
+
+class WaitpointView(BaseModel):
+    waitpoint_id: str
+    waitpoint_key: str
+    state: str
+    close_reason: str
+    expires_at: int | None
+    signals: list[ReceivedSignal]
+
+
+class ExecutionReport(BaseModel):
+    """Everything an operator sees of one execution."""
+
+    execution_id: str
+    snapshot: ExecutionSnapshot
+    waitpoints: list[WaitpointView] = Field(default_factory=list)
+    budgets: list[BudgetStatus] = Field(default_factory=list)
+    quota: QuotaPolicy | None = None
+    stream_frames: int = 0
+    stream_closed_reason: str = ""
+
+
+def describe(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
+    snapshot = engine.snapshot(execution_id)
+    if snapshot is None:
+        raise error_for_code("execution_not_found", [], execution_id=execution_id)
+    core, keys = snapshot.core, ExecKeys(execution_id)
+    attempt = core.get("current_attempt_index") or "0"
+    batch = engine.batch()
+    batch.command("smembers", keys.waitpoints)
+    batch.command("hmget", keys.stream_meta(attempt), ("frame_count", "closed_reason"))
+    members, (frame_count, closed_reason) = batch.execute()
+    waitpoint_ids = sorted({m.decode() for m in members or ()} | {core.get("current_waitpoint_id") or ""} - {""})
+    views = []
+    for waitpoint_id in waitpoint_ids:
+        record = waitpoints.read_waitpoint(engine, execution_id, waitpoint_id)
+        if record is not None:
+            views.append(
+                WaitpointView(
+                    waitpoint_id=waitpoint_id,
+                    waitpoint_key=record.waitpoint_key,
+                    state=record.state,
+                    close_reason=record.close_reason,
+                    expires_at=record.expires_at,
+                    signals=waitpoints.read_signals(engine, execution_id, record.matched_signal_ids),
+                )
+            )
+    budget_ids = [b for b in core.get("budget_ids", "").split(",") if b]
+    quota_id = core.get("quota_policy_id") or ""
+    return ExecutionReport(
+        execution_id=str(execution_id),
+        snapshot=snapshot,
+        waitpoints=views,
+        budgets=[s for s in budgets.budget_statuses(engine, budget_ids).values() if s is not None],
+        quota=budgets.quota_policies(engine, [quota_id])[quota_id] if quota_id else None,
+        stream_frames=int(frame_count or 0),
+        stream_closed_reason=(closed_reason or b"").decode(),
+    )
+
+
+class ExecutionSummary(BaseModel):
+    execution_id: str
+    lane: str
+    public_state: str
+    task_name: str = ""
+    task_id: str = ""
+    attempt: str = ""
+    created_at: int = 0
+    completed_at: int = 0
+    blocking_reason: str = ""
+
+
+def list_executions(
+    engine: Engine, lane: str, states: list[str], *, limit: int = 50, all_partitions: bool = False
+) -> list[ExecutionSummary]:
+    """Executions of ``lane`` in ``states`` (see :data:`STATE_INDEXES`), newest first: from
+    the lane's own partition (where solo executions live), or every partition."""
+    unknown = [state for state in states if state not in STATE_INDEXES]
+    if unknown:
+        raise error_for_code("invalid_input", [f"unknown state(s) {unknown}; known: {sorted(STATE_INDEXES)}"])
+    config = engine.partitions
+    partitions = range(config.num_flow_partitions) if all_partitions else [config.lane_partition(lane)]
+    suffixes = sorted({suffix for state in states for suffix in STATE_INDEXES[state]})
+    batch = engine.batch()
+    for partition in partitions:
+        for suffix in suffixes:
+            batch.command("zrevrange", PartitionKeys(partition).lane(lane, suffix), 0, limit - 1)
+    ids = list(dict.fromkeys(m.decode() for members in batch.execute() if isinstance(members, list) for m in members))
+    reads = engine.batch()
+    for eid in ids:
+        keys = ExecKeys(ExecutionId(eid))
+        reads.command("hmget", keys.core, SUMMARY_FIELDS)
+        reads.command("hmget", keys.tags, ("celery.task", "celery.id"))
+    replies = reads.execute()
+    summaries = []
+    for position, eid in enumerate(ids):
+        core = dict(zip(SUMMARY_FIELDS, (_text(v) for v in replies[2 * position])))
+        task_name, task_id = (_text(v) for v in replies[2 * position + 1])
+        if core["public_state"] not in states:
+            continue
+        summaries.append(
+            ExecutionSummary(
+                execution_id=eid,
+                lane=lane,
+                public_state=core["public_state"],
+                task_name=task_name,
+                task_id=task_id,
+                attempt=core["current_attempt_index"],
+                created_at=int(core["created_at"] or 0),
+                completed_at=int(core["completed_at"] or 0),
+                blocking_reason=core["blocking_reason"],
+            )
+        )
+    summaries.sort(key=lambda summary: summary.created_at, reverse=True)
+    return summaries[:limit]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else ""

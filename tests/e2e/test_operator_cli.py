@@ -1,0 +1,113 @@
+"""The operator CLI against real workers: show, list, signal, budgets, tail, cancel, replay,
+resume and the waitpoint secret, as tables and as JSON."""
+
+import json
+import uuid
+
+import pytest
+from click.testing import CliRunner
+
+from ff_celery.cli import main
+
+from .conftest import execution, wait_for
+
+
+@pytest.fixture
+def cli(app_url):
+    redis_url = app_url.replace("flowfabric://", "redis://", 1)
+
+    def run(*args, ok=True):
+        outcome = CliRunner().invoke(main, [*args, "--url", redis_url])
+        if ok:
+            assert outcome.exit_code == 0, outcome.output + repr(outcome.exception)
+        return outcome
+
+    return run
+
+
+@pytest.fixture
+def worker(start_worker):
+    return start_worker(concurrency=1)
+
+
+def test_show_and_list_find_executions_by_task_id(ffapp, cli, worker):
+    done = ffapp.add.delay(1, 2)
+    done.get(timeout=10)
+    table = cli("show", done.id).output
+    assert f"ffapp.add [{done.id}]" in table and "completed" in table and "initial" in table
+    report = json.loads(cli("show", done.id, "--json").output)
+    assert report["snapshot"]["core"]["public_state"] == "completed"
+    assert report["execution_id"] == execution(ffapp, done.id).execution_id
+
+    waiting = ffapp.add.apply_async((3, 4), queue="cli-list")  # no worker on that queue
+    listed = json.loads(cli("list", "--lane", "cli-list", "--state", "waiting", "--json").output)
+    assert [(row["task_id"], row["public_state"]) for row in listed] == [(waiting.id, "waiting")]
+    assert waiting.id in cli("list", "--lane", "cli-list").output
+
+    missing = cli("show", "no-such-task", ok=False)
+    assert missing.exit_code == 1 and "execution_not_found" in missing.output
+
+
+def test_an_operator_signals_a_waiting_task_and_sees_its_waitpoint(ffapp, cli, worker):
+    result = ffapp.await_approval.delay()
+    assert wait_for(lambda: result.state == "SUSPENDED")
+    assert "approve+reject" in cli("show", result.id).output  # the wait, by name
+    assert "no_op" in cli("signal", result.id, "maybe").output
+    assert "resume_condition_satisfied" in cli("signal", result.id, "approve", "--payload", '{"ok": 1}').output
+    assert result.get(timeout=15) == {"signals": [["approve", {"ok": 1}, ""]]}
+    shown = cli("show", result.id).output
+    assert "resumed" in shown and "approve(operator)" in shown
+
+
+def test_an_escalated_task_is_resumed_from_the_cli(ffapp, cli, worker):
+    result = ffapp.await_approval.delay(timeout=0.3, on_timeout="escalate")
+    assert wait_for(lambda: execution(ffapp, result.id).core["blocking_reason"] == "paused_by_operator", timeout=20)
+    assert "waiting" in cli("resume", result.id).output
+    assert result.get(timeout=15) == {"signals": []}
+
+
+def test_budgets_are_created_inspected_and_reset_from_the_cli(ffapp, cli, worker):
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    cli("budget", "create", name, "--hard", "tokens=50", "--soft", "tokens=40")
+    assert ffapp.spend_tokens.apply_async((1, 50), ff_budgets=[name]).get(timeout=15) == 50
+    held = ffapp.spend_tokens.apply_async((1, 5), ff_budgets=[name])
+    assert wait_for(lambda: execution(ffapp, held.id).public_state == "rate_limited")
+    shown = cli("budget", "show", name).output
+    assert "tokens" in shown and "50" in shown and "exhausted on tokens" in shown
+    assert json.loads(cli("budget", "show", name, "--json").output)["usage"] == {"tokens": 50}
+    assert "1 waiting executions released" in cli("budget", "reset", name).output
+    assert held.get(timeout=15) == 5
+    cli("quota", "create", name, "--concurrency", "2")
+    assert json.loads(cli("quota", "show", name, "--json").output)["max_concurrent"] == 2
+    assert cli("budget", "show", "no-such-budget", ok=False).exit_code == 1
+
+
+def test_tail_follows_frames_and_progress_until_the_task_ends(ffapp, cli, worker):
+    result = ffapp.streaming_report.delay(3, 0.2)
+    output = cli("tail", result.id, "--block", "1").output
+    assert [line for line in output.splitlines() if "log:" in line] == [f"[0] log: line {n}" for n in (1, 2, 3)]
+    assert "100.0% step 3 of 3" in output
+    assert output.rstrip().endswith("completed")
+    frames = [json.loads(line) for line in cli("tail", result.id, "--json").output.splitlines() if line.startswith("{")]
+    assert [frame.get("frame_type") for frame in frames].count("progress") == 3
+    assert frames[-1] == {"execution_id": execution(ffapp, result.id).execution_id, "public_state": "completed"}
+
+
+def test_cancel_and_replay_from_the_cli(ffapp, cli, worker):
+    queued = ffapp.add.apply_async((1, 1), queue="cli-cancel")
+    assert "cancelled (was runnable)" in cli("cancel", queued.id).output
+    assert queued.state == "REVOKED"
+    failed = ffapp.boom.delay()
+    with pytest.raises(KeyError):
+        failed.get(timeout=10)
+    assert "replay scheduled" in cli("replay", failed.id).output
+    assert wait_for(lambda: len(execution(ffapp, failed.id).attempts) == 2)
+
+
+def test_the_waitpoint_secret_is_listed_and_rotated(ffapp, cli):
+    cli("secret", "seed")
+    before = json.loads(cli("secret", "kids", "--json").output)
+    rotated = cli("secret", "rotate", "--kid", f"cli{uuid.uuid4().hex[:4]}", "--secret", "cd" * 32).output
+    assert "rotated on 256 partitions" in rotated
+    after = json.loads(cli("secret", "kids", "--json").output)
+    assert before["current_kid"] in after["verifying"]
