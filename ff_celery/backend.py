@@ -11,8 +11,8 @@ kept as Celery meta in ``ffc:celery-task-meta-<id>``; groups and chords use the 
 
 Reading (``AsyncResult``) resolves the task id to its execution, from any process, without
 knowing the queue: completed -> SUCCESS, failed -> FAILURE, cancelled or expired -> REVOKED,
-waiting for a retry -> RETRY, suspended on a waitpoint -> SUSPENDED, running -> STARTED
-(with ``task_track_started``) or PENDING.
+waiting for a retry -> RETRY, suspended on a waitpoint -> SUSPENDED, held back by a budget
+or quota -> BLOCKED, running -> STARTED (with ``task_track_started``) or PENDING.
 ``get()`` waits on the task's completion channel through one Pub/Sub connection per thread,
 subscribed for the duration of the wait.
 """
@@ -51,6 +51,8 @@ TERMINAL_STATES = {
 }
 #: Celery state of a task waiting on a waitpoint (see ff_celery.waitpoints).
 SUSPENDED = "SUSPENDED"
+#: Celery state of a task held back by its budget or quota; ``info`` says which and why.
+BLOCKED = "BLOCKED"
 #: The exec_core fields a result read needs.
 CORE_FIELDS = (
     "public_state",
@@ -59,6 +61,8 @@ CORE_FIELDS = (
     "completed_at",
     "failure_reason",
     "cancellation_reason",
+    "blocking_reason",
+    "blocking_detail",
 )
 
 
@@ -278,6 +282,9 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             if stored and stored["status"] == states.RETRY:
                 return stored
             return {"status": states.RETRY, "result": None}
+        if core.get("public_state") == "rate_limited":
+            reason = {"reason": core.get("blocking_reason", ""), "detail": core.get("blocking_detail", "")}
+            return {"status": BLOCKED, "result": reason}
         if core.get("lifecycle_phase") == "suspended":
             return stored if stored and stored["status"] == SUSPENDED else {"status": SUSPENDED, "result": None}
         if stored and stored["status"] == SUSPENDED:

@@ -48,12 +48,13 @@ class BudgetExceeded(Exception):
     """A hard budget limit stopped the task: ``budget_id``, ``dimension``, ``current`` usage
     and the ``limit`` (the refused increment was not applied)."""
 
-    def __init__(self, budget_id: str, dimension: str, current: int, limit: int) -> None:
-        super().__init__(budget_id, dimension, current, limit)
+    def __init__(self, budget_id: str, dimension: str, current: int, limit: int, name: str = "") -> None:
+        super().__init__(budget_id, dimension, current, limit, name)
         self.budget_id, self.dimension, self.current, self.limit = budget_id, dimension, current, limit
+        self.name = name or budget_id
 
     def __str__(self) -> str:
-        return f"budget {self.budget_id} exhausted: {self.dimension} {self.current}/{self.limit}"
+        return f"budget {self.name} exhausted: {self.dimension} {self.current}/{self.limit}"
 
 
 def _engine(app_or_url: celery.Celery | str) -> Engine:
@@ -110,7 +111,9 @@ def report_usage(*, dedup_key: str | None = None, **usage: float) -> dict[str, A
     reports = claim.report_usage(_as_dimensions(usage), dedup_key=dedup_key)
     for budget_id, report in reports.items():
         if report.status == "HARD_BREACH":
-            raise BudgetExceeded(budget_id, report.dimension or "", report.current or 0, report.limit or 0)
+            status = budgets.budget_status(claim.engine, budget_id)  # for its name (the scope id)
+            name = status.scope_id if status else ""
+            raise BudgetExceeded(budget_id, report.dimension or "", report.current or 0, report.limit or 0, name)
         if report.status == "SOFT_BREACH":
             log.warning(
                 "task %s[%s] passed the soft limit of budget %s: %s %s/%s",

@@ -47,8 +47,8 @@ def progress(percent: float | None, message: str = "") -> None:
     Celery's ``PROGRESS`` state with meta ``{"percent": ..., "message": ...}``."""
     task, claim = context.current_claim()
     claim.update_progress(percent, message)
-    claim.append_frame("progress", json.dumps({"percent": percent, "message": message}))
     task.update_state(state=PROGRESS, meta={"percent": percent, "message": message})
+    claim.append_frame("progress", json.dumps({"percent": percent, "message": message}))  # readers see the state
 
 
 def _execution(engine: Engine, task_id: str) -> ExecutionId:

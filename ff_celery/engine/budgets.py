@@ -18,7 +18,6 @@ Budgets and quotas are identified by UUIDs; any other name maps to a stable UUID
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 _NAME_NAMESPACE = uuid.UUID("0f7b7c1e-33b5-4a53-9d59-1f3c4e5a6b7c")
 #: Blocked executions looked at per lane and partition in one unblock pass.
 UNBLOCK_BATCH = 100
-_CACHE_S = 2.0
 
 
 def budget_id_for(name_or_id: str) -> str:
@@ -324,24 +322,25 @@ def attachment_fields(budget_ids: Sequence[str], quota_policy_id: str | None) ->
 class Admission:
     """Claim-time admission for a claimer: which candidates may be granted now.
 
-    Only lanes with attached budgets or quotas (ff_celery's ``ffc:admission:lanes``) pay for
-    the extra reads; budget states and quota definitions are cached for a couple of seconds.
+    Only lanes with attached budgets or quotas (ff_celery's ``ffc:admission:lanes``, which a
+    submitter adds to in the same round trip that creates the execution) pay for the extra
+    reads. The claimer refreshes that set with every probe (:meth:`note_controlled_lanes`).
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._lanes: set[str] = set()
-        self._lanes_read_at = 0.0
+        self._lanes: set[str] | None = None
+
+    def note_controlled_lanes(self, members: Any) -> None:
+        """The raw ``SMEMBERS`` reply of the admission lanes, read with a probe."""
+        self._lanes = {m.decode() for m in members} if isinstance(members, set) else set()
 
     def controlled_lanes(self) -> set[str]:
-        now = time.monotonic()
-        if now - self._lanes_read_at > _CACHE_S:
+        if self._lanes is None:
             batch = self.engine.batch()
             batch.command("smembers", ADMISSION_LANES_KEY)
-            (members,) = batch.execute()
-            self._lanes = {m.decode() for m in members} if isinstance(members, set) else set()
-            self._lanes_read_at = now
-        return self._lanes
+            self.note_controlled_lanes(batch.execute()[0])
+        return self._lanes or set()
 
     def admit(self, candidates: list[tuple[ExecutionId, str]]) -> tuple[list[tuple[ExecutionId, str]], dict[str, str]]:
         """Split ``candidates`` into the admitted ones and block the rest. Answers the admitted

@@ -31,7 +31,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ExecKeys, PartitionKeys, wake_channel
+from ff_celery.engine.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.task import ClaimedTask
 
@@ -184,9 +184,12 @@ class Claimer:
                             "zrangebyscore", PartitionKeys(partition).eligible(lane), "-inf", "+inf", start=0, num=1
                         )
                         queries.append(lane)
+        batch.command("smembers", ADMISSION_LANES_KEY)  # which lanes need admission, as of this probe
+        *replies, admission_lanes = batch.execute()
+        self.admission.note_controlled_lanes(admission_lanes)
         seen: set[str] = set()
         candidates: list[tuple[ExecutionId, str]] = []
-        for lane, members in zip(queries, batch.execute()):
+        for lane, members in zip(queries, replies):
             if isinstance(members, Exception):
                 log.warning("probe of lane %s failed: %s", lane, members)
                 continue

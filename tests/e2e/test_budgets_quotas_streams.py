@@ -38,6 +38,7 @@ def test_a_hard_breach_stops_the_task_and_holds_later_executions_until_a_reset(f
     later = ffapp.spend_tokens.apply_async((1, 10), ff_budgets=[name])
     assert wait_for(lambda: execution(ffapp, later.id).core.get("blocking_reason") == "waiting_for_budget")
     assert execution(ffapp, later.id).public_state == "rate_limited"
+    assert (later.state, later.info["reason"]) == ("BLOCKED", "waiting_for_budget")
     assert runs(ffapp, later.id) == []
     budgets.reset_budget(ffapp.app, name)
     assert later.get(timeout=15) == 10
