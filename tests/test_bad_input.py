@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from contract.support import keyspace
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
@@ -35,29 +36,6 @@ UUID = "550e8400-e29b-41d4-a716-446655440000"
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def keyspace(client: redis.Redis) -> dict[bytes, tuple[str, Any, bool]]:
-    """Every key with its type, full value and whether it carries a TTL."""
-    snapshot: dict[bytes, tuple[str, Any, bool]] = {}
-    for key in sorted(client.keys("*")):
-        kind = client.type(key).decode()
-        if kind == "string":
-            value: Any = client.get(key)
-        elif kind == "hash":
-            value = client.hgetall(key)
-        elif kind == "zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = sorted(client.smembers(key))
-        elif kind == "list":
-            value = client.lrange(key, 0, -1)
-        elif kind == "stream":
-            value = client.xrange(key)
-        else:
-            raise AssertionError(f"unexpected key type {kind} for {key!r}")
-        snapshot[key] = (kind, value, client.pttl(key) >= 0)
-    return snapshot
 
 
 def raw_fcall(client: redis.Redis, request: fn.Fcall[Any], argv: list[Any] | None = None) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+from contract.support import keyspace
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine import waitpoints
@@ -88,25 +89,6 @@ def sign(wp_id: str, wp_key: str, created_at: str | int, secret: str = SECRET, k
 
 def created_at(r: redis.Redis, eid: ExecutionId, wp_id: str) -> str:
     return r.hget(ExecKeys(eid).waitpoint(wp_id), "created_at").decode()
-
-
-def keyspace(r: redis.Redis) -> dict[bytes, Any]:
-    snapshot: dict[bytes, Any] = {}
-    for key in sorted(r.keys("*")):
-        kind = r.type(key).decode()
-        if kind == "hash":
-            snapshot[key] = r.hgetall(key)
-        elif kind == "zset":
-            snapshot[key] = r.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            snapshot[key] = sorted(r.smembers(key))
-        elif kind == "stream":
-            snapshot[key] = r.xrange(key)
-        elif kind == "string":
-            snapshot[key] = r.get(key)
-        else:
-            snapshot[key] = kind
-    return snapshot
 
 
 @contextmanager

@@ -17,11 +17,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent
 @contextlib.contextmanager
 def worker(url: str, *, concurrency: int = 1, name: str = "showcase") -> Iterator[subprocess.Popen[bytes]]:
     """A prefork worker on ``url``; ready when entered (it answers a remote-control ping),
-    stopped on exit (SIGTERM, a warm shutdown, and wait).
-
-    A ping rather than a test task, so the worker claims nothing before the script's own
-    tasks: ff_celery's claimer caches for 2 s which queues carry budgets, and a claim on the
-    queue just before a budgeted fan-out would let it skip the budget check meanwhile."""
+    stopped on exit (SIGTERM, a warm shutdown, and wait)."""
     from showcase.celery import app
 
     env = {**os.environ, "SHOWCASE_URL": url, "PYTHONPATH": str(EXAMPLES)}

@@ -25,6 +25,8 @@ from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys, worker_alive_key, worker_caps_key, worker_index_key
 from ff_celery.engine.library import library_version
 
+from .support import decode, hash_of, history, seven
+
 LANE = "default"
 PARTITION = 86  # crc16("default") % 256
 IDX = PartitionKeys(PARTITION)
@@ -131,26 +133,9 @@ ROW_20 = (
     "pending_replay_attempt",
     "waiting_children",
 )
-SEVEN = (
-    "lifecycle_phase",
-    "ownership_state",
-    "eligibility_state",
-    "blocking_reason",
-    "terminal_outcome",
-    "attempt_state",
-    "public_state",
-)
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [decode(item) for item in value]
-    return value
 
 
 def fcall(r, model: fn.Fcall, overrides: dict[int, Any] | None = None) -> Any:
@@ -178,25 +163,12 @@ def server_now(r) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def hash_of(r, key: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
-
-
 def field_order(r, key: str) -> list[str]:
     return [k.decode() for k in r.hkeys(key)]
 
 
 def core_of(r, eid: ExecutionId) -> dict[str, str]:
     return hash_of(r, ExecKeys(eid).core)
-
-
-def seven(core: dict[str, str]) -> tuple[str, ...]:
-    return tuple(core[name] for name in SEVEN)
-
-
-def history(r, eid: ExecutionId) -> list[dict[str, str]]:
-    """Lease-history events, each a dict in the stream's field order."""
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in r.xrange(ExecKeys(eid).lease_history)]
 
 
 def members(r, key: str) -> set[str]:

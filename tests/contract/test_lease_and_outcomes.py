@@ -19,9 +19,11 @@ import redis
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError, ExecutionNotActiveError
+from ff_celery.engine.errors import ExecutionNotActiveError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
+
+from .support import expect_error, hash_of, history, raw, seven
 
 LANE = "default"
 PARTITION = 86  # crc16("default") % 256
@@ -32,15 +34,6 @@ FAR_MS = 4_102_444_800_000  # 2100-01-01, an absolute delay_until far ahead
 SHORT_TTL_MS = 100
 EXPIRY_WAIT_S = 0.15
 
-SEVEN = (
-    "lifecycle_phase",
-    "ownership_state",
-    "eligibility_state",
-    "blocking_reason",
-    "terminal_outcome",
-    "attempt_state",
-    "public_state",
-)
 LEASE_OWNER = ("current_lease_id", "current_worker_id", "current_worker_instance_id")
 LEASE_TIMING = ("lease_expires_at", "lease_last_renewed_at", "lease_renewal_deadline")
 LEASE_MARKERS = ("lease_expired_at", "lease_revoked_at", "lease_revoke_reason")
@@ -118,45 +111,8 @@ class Claimed:
         return ExecKeys(self.eid)
 
 
-def decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [decode(item) for item in value]
-    return value
-
-
-def raw(r: redis.Redis, model: fn.Fcall[Any], argv: list[Any] | None = None) -> list[Any]:
-    """The undecoded-envelope reply of ``model`` (optionally with replaced ARGV)."""
-    keys = model.keys()
-    args = model.argv() if argv is None else argv
-    return decode(r.fcall(model.function, len(keys), *keys, *args))
-
-
-def expect_error(engine: Engine, model: fn.Fcall[Any], code: str, details: list[str] | None = None) -> EngineError:
-    with pytest.raises(EngineError) as info:
-        engine.call(model)
-    assert info.value.code == code
-    if details is not None:
-        assert info.value.details == details
-    return info.value
-
-
 def core(engine: Engine, eid: ExecutionId) -> dict[str, str]:
     return engine.read_core(eid)
-
-
-def seven(fields: dict[str, str]) -> tuple[str, ...]:
-    return tuple(fields[name] for name in SEVEN)
-
-
-def hash_of(r: redis.Redis, key: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
-
-
-def history(r: redis.Redis, eid: ExecutionId) -> list[dict[str, str]]:
-    """Lease-history events in stream order; each dict keeps the field order as written."""
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in r.xrange(ExecKeys(eid).lease_history)]
 
 
 def score(r: redis.Redis, key: str, eid: ExecutionId) -> float | None:

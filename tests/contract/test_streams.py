@@ -25,6 +25,8 @@ from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys
 
+from .support import expect_error, hash_of, keyspace, raw
+
 LANE = "default"
 WORKER, WIID = "worker-a", "worker-a-1"
 
@@ -72,57 +74,9 @@ class Claimed:
         return self.keys.stream_summary(self.attempt_index)
 
 
-def decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [decode(item) for item in value]
-    return value
-
-
-def raw(r: redis.Redis, model: fn.Fcall[Any], argv: list[Any] | None = None, keys: list[str] | None = None) -> Any:
-    keys = model.keys() if keys is None else keys
-    return decode(r.fcall(model.function, len(keys), *keys, *(model.argv() if argv is None else argv)))
-
-
-def expect_error(engine: Engine, model: fn.Fcall[Any], code: str, details: list[str] | None = None) -> EngineError:
-    with pytest.raises(EngineError) as info:
-        engine.call(model)
-    assert info.value.code == code
-    if details is not None:
-        assert info.value.details == details
-    return info.value
-
-
-def hash_of(r: redis.Redis, key: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
-
-
 def entries(r: redis.Redis, key: str) -> list[tuple[str, list[tuple[str, str]]]]:
     """Stream entries with their fields in stored order."""
     return [(i.decode(), [(k.decode(), v.decode()) for k, v in f.items()]) for i, f in r.xrange(key)]
-
-
-def keyspace(r: redis.Redis) -> dict[bytes, tuple[str, Any, bool]]:
-    """Every key with its type, full value and whether it carries a TTL."""
-    snapshot: dict[bytes, tuple[str, Any, bool]] = {}
-    for key in sorted(r.keys("*")):
-        kind = r.type(key).decode()
-        value: Any
-        if kind == "string":
-            value = r.get(key)
-        elif kind == "hash":
-            value = r.hgetall(key)
-        elif kind == "zset":
-            value = r.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = sorted(r.smembers(key))
-        elif kind == "stream":
-            value = r.xrange(key)
-        else:
-            value = kind
-        snapshot[key] = (kind, value, r.pttl(key) >= 0)
-    return snapshot
 
 
 def claimed(engine: Engine, *, ttl_ms: int = 30_000) -> Claimed:

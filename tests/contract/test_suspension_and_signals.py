@@ -36,6 +36,8 @@ from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
 
+from .support import expect_error, hash_of, keyspace, raw, server_ms, seven
+
 LANE = "default"
 PARTITION = 86  # crc16("default") % 256
 IDX = PartitionKeys(PARTITION)
@@ -49,15 +51,6 @@ DUE_WAIT_S = 0.04
 BUFFERED = "buffered_for_pending_waitpoint"
 SIGNAL_SUMMARY = '{"total_count":0,"matched_count":0,"signal_names":[]}'
 
-SEVEN = (
-    "lifecycle_phase",
-    "ownership_state",
-    "eligibility_state",
-    "blocking_reason",
-    "terminal_outcome",
-    "attempt_state",
-    "public_state",
-)
 LEASE_OWNER = ("current_lease_id", "current_worker_id", "current_worker_instance_id")
 LEASE_TIMING = ("lease_expires_at", "lease_last_renewed_at", "lease_renewal_deadline")
 
@@ -132,40 +125,8 @@ class Claimed:
         return ExecKeys(self.eid)
 
 
-def decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [decode(item) for item in value]
-    return value
-
-
-def raw(r: redis.Redis, model: fn.Fcall[Any], argv: list[Any] | None = None, keys: list[str] | None = None) -> Any:
-    """The decoded reply of ``model`` (optionally with replaced ARGV or KEYS)."""
-    keys = model.keys() if keys is None else keys
-    args = model.argv() if argv is None else argv
-    return decode(r.fcall(model.function, len(keys), *keys, *args))
-
-
-def expect_error(engine: Engine, model: fn.Fcall[Any], code: str, details: list[str] | None = None) -> EngineError:
-    with pytest.raises(EngineError) as info:
-        engine.call(model)
-    assert info.value.code == code
-    if details is not None:
-        assert info.value.details == details
-    return info.value
-
-
 def core(engine: Engine, eid: ExecutionId) -> dict[str, str]:
     return engine.read_core(eid)
-
-
-def seven(fields: dict[str, str]) -> tuple[str, ...]:
-    return tuple(fields[name] for name in SEVEN)
-
-
-def hash_of(r: redis.Redis, key: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
 
 
 def entries(r: redis.Redis, key: str) -> list[dict[str, str]]:
@@ -175,32 +136,6 @@ def entries(r: redis.Redis, key: str) -> list[dict[str, str]]:
 
 def members(r: redis.Redis, key: str) -> set[str]:
     return {m.decode() for m in r.smembers(key)}
-
-
-def server_ms(r: redis.Redis) -> int:
-    seconds, micros = r.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def keyspace(r: redis.Redis) -> dict[bytes, tuple[str, Any, bool]]:
-    """Every key with its type, full value and whether it carries a TTL."""
-    snapshot: dict[bytes, tuple[str, Any, bool]] = {}
-    for key in sorted(r.keys("*")):
-        kind = r.type(key).decode()
-        if kind == "string":
-            value: Any = r.get(key)
-        elif kind == "hash":
-            value = r.hgetall(key)
-        elif kind == "zset":
-            value = r.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = sorted(r.smembers(key))
-        elif kind == "stream":
-            value = r.xrange(key)
-        else:
-            value = kind
-        snapshot[key] = (kind, value, r.pttl(key) >= 0)
-    return snapshot
 
 
 def sign(wp_id: str, wp_key: str, created_at: str | int, secret: str = SECRET, kid: str = KID) -> str:

@@ -25,9 +25,10 @@ import redis
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
+
+from .support import decode, expect_error, hash_of, keyspace, raw, server_ms
 
 LANE = "default"
 PARTITION = 86  # crc16("default") % 256
@@ -59,58 +60,6 @@ class Claimed:
     @property
     def keys(self) -> ExecKeys:
         return ExecKeys(self.eid)
-
-
-def decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list):
-        return [decode(item) for item in value]
-    return value
-
-
-def raw(r: redis.Redis, model: fn.Fcall[Any], argv: list[Any] | None = None, keys: list[str] | None = None) -> Any:
-    keys = model.keys() if keys is None else keys
-    args = model.argv() if argv is None else argv
-    return decode(r.fcall(model.function, len(keys), *keys, *args))
-
-
-def expect_error(engine: Engine, model: fn.Fcall[Any], code: str, details: list[str] | None = None) -> EngineError:
-    with pytest.raises(EngineError) as info:
-        engine.call(model)
-    assert info.value.code == code
-    if details is not None:
-        assert info.value.details == details
-    return info.value
-
-
-def hash_of(r: redis.Redis, key: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(key).items()}
-
-
-def server_ms(r: redis.Redis) -> int:
-    seconds, micros = r.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def keyspace(r: redis.Redis) -> dict[bytes, tuple[str, Any, bool]]:
-    snapshot: dict[bytes, tuple[str, Any, bool]] = {}
-    for key in sorted(r.keys("*")):
-        kind = r.type(key).decode()
-        if kind == "string":
-            value: Any = r.get(key)
-        elif kind == "hash":
-            value = r.hgetall(key)
-        elif kind == "zset":
-            value = r.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = sorted(r.smembers(key))
-        elif kind == "stream":
-            value = r.xrange(key)
-        else:
-            value = kind
-        snapshot[key] = (kind, value, r.pttl(key) >= 0)
-    return snapshot
 
 
 def digest(secret_hex: str, wp_id: str, wp_key: str, created_at: str | int) -> str:
