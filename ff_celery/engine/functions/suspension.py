@@ -13,9 +13,6 @@ from pydantic import BaseModel, Field
 from ff_celery.engine.functions.base import ExecutionFcall, Fcall, Fence, Reply, ResultT, optional_number
 from ff_celery.engine.keys import PartitionKeys
 
-#: Resume-condition names FlowFabric's Rust client uses for conditions no signal satisfies.
-OPERATOR_ONLY = "__operator_only__"
-TIMEOUT_ONLY = "__timeout_only__"
 #: How long a suspend's idempotency record lives without a timeout (7 days, as Rust sends).
 SUSPEND_DEDUP_MAX_MS = 604_800_000
 
@@ -463,8 +460,6 @@ class ListWaitpointKids(KeystoreFcall[Keystore]):
 
 
 __all__ = [
-    "OPERATOR_ONLY",
-    "TIMEOUT_ONLY",
     "BufferSignal",
     "CloseWaitpoint",
     "CreatePendingWaitpoint",
