@@ -11,7 +11,7 @@ import redis
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys
 
 #: The seven state dimensions of exec_core, in the spec's order.
@@ -24,6 +24,36 @@ SEVEN = (
     "attempt_state",
     "public_state",
 )
+
+
+def grant_and_claim(
+    engine: Engine,
+    eid: ExecutionId,
+    *,
+    lane: str = "default",
+    worker: tuple[str, str] = ("worker-a", "worker-a-1"),
+    ttl_ms: int = 30_000,
+    attempt_timeout_ms: int | None = None,
+) -> tuple[fn.Lease, fn.Fence]:
+    """Grant ``eid`` to ``worker`` (worker id, instance id) and claim it fresh: the lease and
+    its fence."""
+    identity = {"execution_id": eid, "worker_id": worker[0], "worker_instance_id": worker[1], "lane_id": lane}
+    engine.call(fn.IssueClaimGrant(**identity))
+    lease = engine.call(
+        fn.ClaimExecution(
+            **identity,
+            lease_id=new_uuid(),
+            lease_ttl_ms=ttl_ms,
+            attempt_id=new_uuid(),
+            attempt_timeout_ms=attempt_timeout_ms,
+        )
+    )
+    return lease, fence_of(lease)
+
+
+def fence_of(lease: fn.Lease) -> fn.Fence:
+    assert lease.attempt_id is not None
+    return fn.Fence(lease_id=lease.lease_id, lease_epoch=lease.lease_epoch, attempt_id=lease.attempt_id)
 
 
 def decode(value: Any) -> Any:

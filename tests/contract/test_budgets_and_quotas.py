@@ -20,11 +20,11 @@ import redis
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import ExecutionNotActiveError, ValidationError
-from ff_celery.engine.ids import ExecutionId, new_uuid
+from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
 from ff_celery.engine.partitions import PartitionConfig
 
-from .support import expect_error, hash_of, keyspace, raw
+from .support import expect_error, grant_and_claim, hash_of, keyspace, raw
 
 LANE = "default"
 PARTITION = 86  # crc16("default") % 256
@@ -128,20 +128,7 @@ def unblock(eid: ExecutionId, index: str = "budget", expected: str = "", now_ms:
 
 def claimed(engine: Engine) -> tuple[ExecutionId, fn.Fence]:
     eid = submitted(engine)
-    engine.call(fn.IssueClaimGrant(execution_id=eid, worker_id=WORKER, worker_instance_id=WIID, lane_id=LANE))
-    lease = engine.call(
-        fn.ClaimExecution(
-            execution_id=eid,
-            worker_id=WORKER,
-            worker_instance_id=WIID,
-            lane_id=LANE,
-            lease_id=new_uuid(),
-            lease_ttl_ms=30_000,
-            attempt_id=new_uuid(),
-        )
-    )
-    assert lease.attempt_id is not None
-    return eid, fn.Fence(lease_id=lease.lease_id, lease_epoch=lease.lease_epoch, attempt_id=lease.attempt_id)
+    return eid, grant_and_claim(engine, eid, lane=LANE, worker=(WORKER, WIID))[1]
 
 
 def create_quota(**fields: Any) -> fn.CreateQuotaPolicy:

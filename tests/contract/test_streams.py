@@ -25,7 +25,7 @@ from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys
 
-from .support import expect_error, hash_of, keyspace, raw
+from .support import expect_error, grant_and_claim, hash_of, keyspace, raw
 
 LANE = "default"
 WORKER, WIID = "worker-a", "worker-a-1"
@@ -82,20 +82,7 @@ def entries(r: redis.Redis, key: str) -> list[tuple[str, list[tuple[str, str]]]]
 def claimed(engine: Engine, *, ttl_ms: int = 30_000) -> Claimed:
     """A fresh execution claimed by worker-a (attempt 0, epoch 1)."""
     eid = engine.submit(LANE, b"payload").execution_id
-    engine.call(fn.IssueClaimGrant(execution_id=eid, worker_id=WORKER, worker_instance_id=WIID, lane_id=LANE))
-    lease = engine.call(
-        fn.ClaimExecution(
-            execution_id=eid,
-            worker_id=WORKER,
-            worker_instance_id=WIID,
-            lane_id=LANE,
-            lease_id=new_uuid(),
-            lease_ttl_ms=ttl_ms,
-            attempt_id=new_uuid(),
-        )
-    )
-    assert lease.attempt_id is not None
-    fence = fn.Fence(lease_id=lease.lease_id, lease_epoch=lease.lease_epoch, attempt_id=lease.attempt_id)
+    lease, fence = grant_and_claim(engine, eid, lane=LANE, worker=(WORKER, WIID), ttl_ms=ttl_ms)
     return Claimed(eid, fence, lease.attempt_index)
 
 

@@ -36,7 +36,7 @@ from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
 
-from .support import expect_error, hash_of, keyspace, raw, server_ms, seven
+from .support import expect_error, fence_of, grant_and_claim, hash_of, keyspace, raw, server_ms, seven
 
 LANE = "default"
 PARTITION = 86  # crc16("default") % 256
@@ -163,21 +163,9 @@ def claimed(
 ) -> Claimed:
     """A fresh execution claimed by worker-a (attempt 0, epoch 1)."""
     eid = create(engine, priority=priority)
-    grant(engine, eid)
-    lease = engine.call(
-        fn.ClaimExecution(
-            execution_id=eid,
-            worker_id=WORKER,
-            worker_instance_id=WIID,
-            lane_id=LANE,
-            lease_id=new_uuid(),
-            lease_ttl_ms=ttl_ms,
-            attempt_id=new_uuid(),
-            attempt_timeout_ms=attempt_timeout_ms,
-        )
+    lease, fence = grant_and_claim(
+        engine, eid, lane=LANE, worker=(WORKER, WIID), ttl_ms=ttl_ms, attempt_timeout_ms=attempt_timeout_ms
     )
-    assert lease.attempt_id is not None
-    fence = fn.Fence(lease_id=lease.lease_id, lease_epoch=lease.lease_epoch, attempt_id=lease.attempt_id)
     return Claimed(eid, fence, lease.attempt_index)
 
 
@@ -195,9 +183,7 @@ def claim_resumed(engine: Engine, eid: ExecutionId, *, ttl_ms: int = 30_000) -> 
             attempt_index=int(core(engine, eid)["current_attempt_index"]),
         )
     )
-    assert lease.attempt_id is not None
-    fence = fn.Fence(lease_id=lease.lease_id, lease_epoch=lease.lease_epoch, attempt_id=lease.attempt_id)
-    return Claimed(eid, fence, lease.attempt_index)
+    return Claimed(eid, fence_of(lease), lease.attempt_index)
 
 
 def names(*signal_names: str, match: str = "any", minimum: int = 1) -> str:

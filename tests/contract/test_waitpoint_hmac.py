@@ -28,7 +28,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
 
-from .support import decode, expect_error, hash_of, keyspace, raw, server_ms
+from .support import decode, expect_error, grant_and_claim, hash_of, keyspace, raw, server_ms
 
 LANE = "default"
 PARTITION = 86  # crc16("default") % 256
@@ -78,20 +78,7 @@ def seed(r: redis.Redis, kid: str = KID, secret: str = SECRET) -> None:
 def claimed(engine: Engine) -> Claimed:
     eid = ExecutionId.mint(PARTITION)
     engine.call(fn.CreateExecution(execution_id=eid, namespace="ns", lane_id=LANE, execution_kind="task"))
-    engine.call(fn.IssueClaimGrant(execution_id=eid, worker_id=WORKER, worker_instance_id=WIID, lane_id=LANE))
-    lease = engine.call(
-        fn.ClaimExecution(
-            execution_id=eid,
-            worker_id=WORKER,
-            worker_instance_id=WIID,
-            lane_id=LANE,
-            lease_id=new_uuid(),
-            lease_ttl_ms=30_000,
-            attempt_id=new_uuid(),
-        )
-    )
-    assert lease.attempt_id is not None
-    return Claimed(eid, fn.Fence(lease_id=lease.lease_id, lease_epoch=lease.lease_epoch, attempt_id=lease.attempt_id))
+    return Claimed(eid, grant_and_claim(engine, eid, lane=LANE, worker=(WORKER, WIID))[1])
 
 
 def pending_request(c: Claimed, wp_id: str | None = None, wp_key: str | None = None) -> fn.CreatePendingWaitpoint:
