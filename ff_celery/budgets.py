@@ -32,7 +32,6 @@ from celery.utils.dispatch import Signal
 from ff_celery import context
 from ff_celery.engine import budgets
 from ff_celery.engine.budgets import BudgetStatus, QuotaPolicy
-from ff_celery.engine.client import Engine
 from ff_celery.messages import BUDGETS_HEADER
 
 log = logging.getLogger(__name__)
@@ -55,12 +54,6 @@ class BudgetExceeded(Exception):
 
     def __str__(self) -> str:
         return f"budget {self.name} exhausted: {self.dimension} {self.current}/{self.limit}"
-
-
-def _engine(app_or_url: celery.Celery | str) -> Engine:
-    if isinstance(app_or_url, str):
-        return context.engine_for_url(app_or_url)
-    return context.engine_for_app(app_or_url)
 
 
 # -- attaching ---------------------------------------------------------------------------------
@@ -140,18 +133,21 @@ def create_budget(
 ) -> str:
     """Create a budget (kept as is if it exists): hard/soft limits per dimension, optionally
     reset every ``reset_every`` seconds. Answers its id."""
-    return budgets.create_budget(_engine(app_or_url), name, hard=hard, soft=soft, reset_interval_s=reset_every)
+    return budgets.create_budget(
+        context.engine_for(app_or_url), name, hard=hard, soft=soft, reset_interval_s=reset_every
+    )
 
 
 def budget_status(app_or_url: celery.Celery | str, name: str) -> BudgetStatus | None:
-    return budgets.budget_status(_engine(app_or_url), name)
+    return budgets.budget_status(context.engine_for(app_or_url), name)
 
 
-def reset_budget(app_or_url: celery.Celery | str, name: str) -> None:
-    """Zero the budget's usage; executions waiting on it are unblocked at once."""
-    engine = _engine(app_or_url)
+def reset_budget(app_or_url: celery.Celery | str, name: str) -> int:
+    """Zero the budget's usage; executions waiting on it are unblocked at once (answers how
+    many were)."""
+    engine = context.engine_for(app_or_url)
     budgets.reset_budget(engine, name)
-    budgets.Admission(engine).unblock_cleared(engine.lanes())
+    return budgets.Admission(engine).unblock_cleared(engine.lanes())
 
 
 def raise_budget(
@@ -160,11 +156,12 @@ def raise_budget(
     *,
     hard: dict[str, int] | None = None,
     soft: dict[str, int] | None = None,
-) -> None:
-    """Change the budget's limits; executions it no longer blocks are unblocked at once."""
-    engine = _engine(app_or_url)
+) -> int:
+    """Change the budget's limits; executions it no longer blocks are unblocked at once
+    (answers how many were)."""
+    engine = context.engine_for(app_or_url)
     budgets.set_budget_limits(engine, name, hard=hard, soft=soft)
-    budgets.Admission(engine).unblock_cleared(engine.lanes())
+    return budgets.Admission(engine).unblock_cleared(engine.lanes())
 
 
 def create_quota(
@@ -178,7 +175,7 @@ def create_quota(
     """Create a quota (kept as is if it exists): at most ``max_requests_per_window`` claims per
     ``window_seconds`` and ``max_concurrent`` running at once (0 = no limit). Answers its id."""
     return budgets.create_quota(
-        _engine(app_or_url),
+        context.engine_for(app_or_url),
         name,
         max_requests_per_window=max_requests_per_window,
         window_seconds=window_seconds,
@@ -188,4 +185,4 @@ def create_quota(
 
 def quota_status(app_or_url: celery.Celery | str, name: str) -> QuotaPolicy | None:
     quota_policy_id = budgets.quota_id_for(name)
-    return budgets.quota_policies(_engine(app_or_url), [quota_policy_id])[quota_policy_id]
+    return budgets.quota_policies(context.engine_for(app_or_url), [quota_policy_id])[quota_policy_id]

@@ -48,6 +48,11 @@ def engine_for_app(app: celery.Celery) -> Engine:
     return engine_for_url(url)
 
 
+def engine_for(app_or_url: celery.Celery | str) -> Engine:
+    """The engine of an app's broker, or of a Valkey/Redis URL."""
+    return engine_for_url(app_or_url) if isinstance(app_or_url, str) else engine_for_app(app_or_url)
+
+
 def fence_of(request: Any) -> dict[str, Any] | None:
     """The fence a flowfabric:// delivery carries, or None."""
     return (getattr(request, FENCE_HEADER, None) if request is not None else None) or None

@@ -58,15 +58,11 @@ def _execution(engine: Engine, task_id: str) -> ExecutionId:
     return execution_id
 
 
-def _engine(app_or_url: celery.Celery | str) -> Engine:
-    return context.engine_for_url(app_or_url) if isinstance(app_or_url, str) else context.engine_for_app(app_or_url)
-
-
 def read_frames(
     app_or_url: celery.Celery | str, task_id: str, *, attempt: int | None = None, after: str = "-", count: int = 100
 ) -> StreamRead:
     """Up to ``count`` frames of a task's stream (its current attempt unless ``attempt``)."""
-    engine = _engine(app_or_url)
+    engine = context.engine_for(app_or_url)
     execution_id = _execution(engine, task_id)
     if attempt is None:
         attempt = int(engine.read_core(execution_id, "current_attempt_index").get("current_attempt_index") or 0)
@@ -76,5 +72,5 @@ def read_frames(
 def follow(app_or_url: celery.Celery | str, task_id: str, *, block_s: float = 5.0) -> Iterator[tuple[int, Frame]]:
     """Yield (attempt index, frame) as the task writes them, from its current attempt on,
     until its execution ends."""
-    engine = _engine(app_or_url)
+    engine = context.engine_for(app_or_url)
     yield from streams.follow_execution(engine, _execution(engine, task_id), block_ms=int(block_s * 1000))

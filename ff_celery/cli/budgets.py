@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ff_celery import budgets as celery_budgets
 from ff_celery.cli.common import dimensions, emit_json, engine_for, json_option, reports_errors, table, url_option, when
 from ff_celery.engine import budgets
 from ff_celery.engine.errors import error_for_code
@@ -74,10 +75,8 @@ def budget_show(name: str, url: str, as_json: bool) -> None:
 @reports_errors
 def budget_reset(name: str, url: str) -> None:
     """Zero the usage; executions that waited on the budget run."""
-    engine = engine_for(url)
     _status(url, name)
-    budgets.reset_budget(engine, name)
-    released = budgets.Admission(engine).unblock_cleared(engine.lanes())
+    released = celery_budgets.reset_budget(url, name)
     click.echo(f"budget {name}: reset; {released} waiting executions released")
 
 
@@ -88,10 +87,8 @@ def budget_reset(name: str, url: str) -> None:
 @reports_errors
 def budget_raise(name: str, hard: tuple[str, ...], soft: tuple[str, ...], url: str) -> None:
     """Set new limits; executions the budget no longer holds back run."""
-    engine = engine_for(url)
     _status(url, name)
-    budgets.set_budget_limits(engine, name, hard=dimensions(hard), soft=dimensions(soft))
-    released = budgets.Admission(engine).unblock_cleared(engine.lanes())
+    released = celery_budgets.raise_budget(url, name, hard=dimensions(hard), soft=dimensions(soft))
     click.echo(f"budget {name}: limits set; {released} waiting executions released")
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
+from ff_celery.context import engine_for_url
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError
-from ff_celery.messages import NAMESPACE
 
 url_option = click.option(
     "--url", envvar="FF_CELERY_URL", default="redis://127.0.0.1:6379/0", show_default=True,
@@ -25,9 +25,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON i
 
 def engine_for(url: str) -> Engine:
     """An engine on ``url`` that resolves Celery task ids."""
-    engine = Engine.from_url(url, namespace=NAMESPACE)
-    engine.bootstrap()
-    return engine
+    return engine_for_url(url)
 
 
 def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:

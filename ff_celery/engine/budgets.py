@@ -28,6 +28,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
+from ff_celery.engine.snapshot import decode_hash
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
@@ -48,10 +49,6 @@ def budget_id_for(name_or_id: str) -> str:
 
 
 quota_id_for = budget_id_for
-
-
-def _decode(raw: Any) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 
 def _number(value: str | None) -> int:
@@ -148,7 +145,7 @@ def budget_statuses(engine: Engine, budget_ids: Iterable[str]) -> dict[str, Budg
         batch.command("hgetall", keys.definition)
         batch.command("hgetall", keys.usage)
         batch.command("hgetall", keys.limits)
-    replies = [_decode(raw) for raw in batch.execute()]
+    replies = [decode_hash(raw) for raw in batch.execute()]
     statuses: dict[str, BudgetStatus | None] = {}
     for position, budget_id in enumerate(ids):
         definition, usage, limits = replies[3 * position : 3 * position + 3]
@@ -266,7 +263,7 @@ def quota_policies(engine: Engine, quota_policy_ids: Iterable[str]) -> dict[str,
     replies = batch.execute()
     policies: dict[str, QuotaPolicy | None] = {}
     for position, quota_policy_id in enumerate(ids):
-        definition = _decode(replies[2 * position])
+        definition = decode_hash(replies[2 * position])
         running = replies[2 * position + 1]
         policies[quota_policy_id] = (
             None

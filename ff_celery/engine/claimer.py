@@ -33,6 +33,7 @@ from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
 from ff_celery.engine.renewal import LeaseRenewer
+from ff_celery.engine.snapshot import decode_hash, text_of
 from ff_celery.engine.task import ClaimedTask
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,6 @@ PROBE_DEPTH = 16
 
 def default_worker_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_uuid()[:8]}"
-
-
-def _decode_hash(raw: dict[bytes, bytes] | Any) -> dict[str, str]:
-    if not isinstance(raw, dict):
-        return {}
-    return {k.decode(): v.decode("utf-8", errors="replace") for k, v in raw.items()}
 
 
 class Claimer:
@@ -246,7 +241,7 @@ class Claimer:
         """Claim interrupted attempts through their still-held grants."""
         batch = self.engine.batch()
         for eid, lane, reads in resumable:
-            attempt_index = int(_text(reads[0][0]) or 0)
+            attempt_index = int(text_of(reads[0][0]) or 0)
             batch.fcall(
                 fn.ClaimResumedExecution(
                     **self._identity(eid, lane), lease_id=new_uuid(), lease_ttl_ms=self.lease_ttl_ms,
@@ -280,9 +275,9 @@ class Claimer:
             lease=lease,
             lease_ttl_ms=self.lease_ttl_ms,
             payload=payload or b"",
-            tags=_decode_hash(tags),
+            tags=decode_hash(tags),
             policy_json=policy,
-            core=dict(zip(_CORE_FIELDS, map(_text, core_values))),
+            core=dict(zip(_CORE_FIELDS, map(text_of, core_values))),
             renewer=self.renewer,
         )
 
@@ -291,7 +286,3 @@ class Claimer:
 _CORE_FIELDS = ("current_attempt_index", "retry_count", "priority", "created_at", "quota_policy_id")
 #: Probed candidates are reused for this long before probing again.
 CANDIDATE_TTL_S = 0.25
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else ""

@@ -4,7 +4,7 @@ lane by state. Executions are found by execution id or by an alias (a Celery tas
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -13,7 +13,7 @@ from ff_celery.engine.budgets import BudgetStatus, QuotaPolicy
 from ff_celery.engine.errors import error_for_code
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
-from ff_celery.engine.snapshot import ExecutionSnapshot
+from ff_celery.engine.snapshot import ExecutionSnapshot, text_of
 from ff_celery.engine.waitpoints import ReceivedSignal
 
 if TYPE_CHECKING:
@@ -141,8 +141,8 @@ def list_executions(
     replies = reads.execute()
     summaries = []
     for position, eid in enumerate(ids):
-        core = dict(zip(SUMMARY_FIELDS, (_text(v) for v in replies[2 * position])))
-        task_name, task_id = (_text(v) for v in replies[2 * position + 1])
+        core = dict(zip(SUMMARY_FIELDS, (text_of(v) for v in replies[2 * position])))
+        task_name, task_id = (text_of(v) for v in replies[2 * position + 1])
         if core["public_state"] not in states:
             continue
         summaries.append(
@@ -160,7 +160,3 @@ def list_executions(
         )
     summaries.sort(key=lambda summary: summary.created_at, reverse=True)
     return summaries[:limit]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else ""

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from ff_celery.engine.policy import ExecutionPolicy
 
 
-def _decode(mapping: dict[bytes, bytes]) -> dict[str, str]:
-    return {k.decode(): v.decode("utf-8", errors="replace") for k, v in mapping.items()}
+def decode_hash(raw: Any) -> dict[str, str]:
+    """An HGETALL reply as text (anything else, e.g. an error in a batch, as empty)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {k.decode(): v.decode("utf-8", errors="replace") for k, v in raw.items()}
+
+
+def text_of(value: Any) -> str:
+    """A bulk reply as text ("" for none)."""
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else ""
 
 
 class AttemptSnapshot(BaseModel):
@@ -42,10 +52,10 @@ class ExecutionSnapshot(BaseModel):
         except ValueError:
             parsed_policy = ExecutionPolicy()
         return cls(
-            core=_decode(core),
-            tags=_decode(tags),
+            core=decode_hash(core),
+            tags=decode_hash(tags),
             policy=parsed_policy,
-            lease=_decode(lease),
+            lease=decode_hash(lease),
             attempts=[
                 AttemptSnapshot(
                     attempt_index=int(fields.get("attempt_index", "0") or 0),
@@ -54,7 +64,7 @@ class ExecutionSnapshot(BaseModel):
                     attempt_state=fields.get("attempt_state", ""),
                     fields=fields,
                 )
-                for fields in map(_decode, attempts)
+                for fields in map(decode_hash, attempts)
             ],
         )
 

@@ -22,6 +22,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine.errors import EngineError, error_for_code
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
+from ff_celery.engine.snapshot import decode_hash, text_of
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
@@ -74,10 +75,6 @@ class WaitpointRecord(BaseModel):
         return fn.WaitpointTicket(waitpoint_id=self.waitpoint_id, waitpoint_key=self.waitpoint_key, token=self.token)
 
 
-def _text(value: bytes | None) -> str:
-    return value.decode() if value else ""
-
-
 def _int(value: bytes | str | None) -> int | None:
     try:
         return int(value) if value not in (None, b"", "") else None
@@ -95,7 +92,7 @@ def seed_waitpoint_secret(engine: Engine, secret_hex: str | None = None, kid: st
     batch = engine.batch()
     for partition in partitions:
         batch.command("hgetall", PartitionKeys(partition).waitpoint_hmac)
-    stores = [{k.decode(): v.decode() for k, v in raw.items()} for raw in batch.execute()]
+    stores = [decode_hash(raw) for raw in batch.execute()]
     secret_hex = secret_hex or os.environ.get(SECRET_ENV) or _seeded_secret(stores)
     if secret_hex is None:
         secret_hex = secrets.token_hex(32)
@@ -240,20 +237,20 @@ def read_waitpoint(engine: Engine, execution_id: ExecutionId, waitpoint_id: str)
         return None
     total = _int(condition.get(b"total_matchers")) or 0
     matched = [
-        _text(condition.get(f"matcher:{i}:signal_id".encode()))
+        text_of(condition.get(f"matcher:{i}:signal_id".encode()))
         for i in range(total)
         if condition.get(f"matcher:{i}:satisfied".encode()) == b"1"
     ]
     return WaitpointRecord(
         waitpoint_id=waitpoint_id,
-        waitpoint_key=_text(raw.get(b"waitpoint_key")),
-        execution_id=_text(raw.get(b"execution_id")),
+        waitpoint_key=text_of(raw.get(b"waitpoint_key")),
+        execution_id=text_of(raw.get(b"execution_id")),
         attempt_index=_int(raw.get(b"attempt_index")),
-        state=_text(raw.get(b"state")),
-        token=_text(raw.get(b"waitpoint_token")),
+        state=text_of(raw.get(b"state")),
+        token=text_of(raw.get(b"waitpoint_token")),
         created_at=_int(raw.get(b"created_at")) or 0,
         expires_at=_int(raw.get(b"expires_at")),
-        close_reason=_text(raw.get(b"close_reason")),
+        close_reason=text_of(raw.get(b"close_reason")),
         matched_signal_ids=matched,
     )
 
@@ -271,15 +268,15 @@ def read_signals(engine: Engine, execution_id: ExecutionId, signal_ids: list[str
         if raw:
             signals.append(
                 ReceivedSignal(
-                    signal_id=_text(raw.get(b"signal_id")),
-                    name=_text(raw.get(b"signal_name")),
-                    category=_text(raw.get(b"signal_category")),
-                    source_type=_text(raw.get(b"source_type")),
-                    source_identity=_text(raw.get(b"source_identity")),
-                    correlation_id=_text(raw.get(b"correlation_id")),
+                    signal_id=text_of(raw.get(b"signal_id")),
+                    name=text_of(raw.get(b"signal_name")),
+                    category=text_of(raw.get(b"signal_category")),
+                    source_type=text_of(raw.get(b"source_type")),
+                    source_identity=text_of(raw.get(b"source_identity")),
+                    correlation_id=text_of(raw.get(b"correlation_id")),
                     accepted_at=_int(raw.get(b"accepted_at")) or 0,
                     payload=payload,
-                    payload_encoding=_text(raw.get(b"payload_encoding")),
+                    payload_encoding=text_of(raw.get(b"payload_encoding")),
                 )
             )
     return signals
@@ -297,11 +294,11 @@ def resume_signals(engine: Engine, execution_id: ExecutionId, attempt_index: int
         or not raw.get(b"waitpoint_id")
     ):
         return []
-    satisfiers = _text(raw.get(b"all_satisfier_signals"))
+    satisfiers = text_of(raw.get(b"all_satisfier_signals"))
     if satisfiers:
         decoded = json.loads(satisfiers)
         ids = [str(signal_id) for signal_id in decoded] if isinstance(decoded, list) else []
     else:
-        record = read_waitpoint(engine, execution_id, _text(raw.get(b"waitpoint_id")))
+        record = read_waitpoint(engine, execution_id, text_of(raw.get(b"waitpoint_id")))
         ids = record.matched_signal_ids if record else []
     return read_signals(engine, execution_id, ids)
