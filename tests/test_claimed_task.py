@@ -5,9 +5,9 @@ import gc
 import logging
 import os
 import signal
-import time
 
 import pytest
+from conftest import wait_for
 
 from ff_celery.devserver import DevServer
 from ff_celery.engine import functions as fn
@@ -32,18 +32,24 @@ def claimer(ff_engine):
 
 def claim(engine, claimer, ttl_ms=30_000, **submit):
     eid = engine.submit("default", b"payload", **submit).execution_id
-    task = claimer(ttl_ms).claim_one(timeout_s=2)
+    task = claimer(ttl_ms).claim_one(timeout_s=10)
     assert task is not None and task.execution_id == eid
     return task
 
 
+def mark_expired(engine, execution_id) -> str:
+    """What ``ff_mark_lease_expired_if_due`` answers now."""
+    return engine.call(fn.MarkLeaseExpiredIfDue(execution_id=execution_id)).reason
+
+
 def test_a_renewed_lease_outlives_its_ttl(ff_engine, claimer):
-    task = claim(ff_engine, claimer, ttl_ms=600)
+    task = claim(ff_engine, claimer, ttl_ms=1200)  # renewed every 400 ms
     first_expiry = task.lease_expires_at
-    time.sleep(1.5)  # 2.5 TTLs
+    # half a TTL past the first expiry, by engine time: only renewals kept the lease alive
+    assert wait_for(lambda: ff_engine.server_time_ms() > first_expiry + 600)
     assert task.lease_expires_at > first_expiry
     assert task.is_lease_healthy() and task.consecutive_renewal_failures == 0
-    assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=task.execution_id)).reason == "not_yet_expired"
+    assert mark_expired(ff_engine, task.execution_id) == "not_yet_expired"
     task.complete(b"done")
     assert ff_engine.snapshot(task.execution_id).public_state == "completed"
 
@@ -51,8 +57,8 @@ def test_a_renewed_lease_outlives_its_ttl(ff_engine, claimer):
 def test_a_lease_that_stops_being_renewed_expires_and_is_reclaimed_with_the_next_epoch(ff_engine, claimer):
     task = claim(ff_engine, claimer, ttl_ms=300)
     task.release()  # the worker stalls: no more renewals
-    time.sleep(0.45)
-    assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=task.execution_id)).reason == "marked_expired"
+    # polled: a renewal the renewer had already sent when release() returned can still land
+    assert wait_for(lambda: mark_expired(ff_engine, task.execution_id) == "marked_expired")
     assert ff_engine.read_core(task.execution_id, "ownership_state") == {"ownership_state": "lease_expired_reclaimable"}
 
     other = {"worker_id": "worker-b", "worker_instance_id": "instance-b", "lane_id": "default"}
@@ -89,9 +95,7 @@ def test_renewal_stops_and_reports_a_lost_lease_when_it_is_revoked(ff_engine, cl
     lost = []
     task.on_lease_lost = lambda handle, error: lost.append(error.code)
     ff_engine.revoke_lease(task.execution_id, reason="operator test")
-    deadline = time.monotonic() + 2
-    while not lost and time.monotonic() < deadline:
-        time.sleep(0.02)
+    assert wait_for(lambda: lost)
     assert lost == ["lease_revoked"]
     assert not task.is_lease_healthy()
     assert task.lease_lost is not None and task.lease_lost.code == "lease_revoked"
@@ -104,19 +108,17 @@ def test_consecutive_renewal_failures_make_the_lease_unhealthy_then_lost():
         engine.submit("default", b"x")
         claimer = Claimer(engine, ["default"], worker_id="w", lease_ttl_ms=600)
         try:
-            task = claimer.claim_one(timeout_s=2)
+            task = claimer.claim_one(timeout_s=10)
             os.kill(server.pid, signal.SIGSTOP)  # the server stalls: renewals time out
             try:
-                time.sleep(1.4)
-                assert task.consecutive_renewal_failures >= 3
+                # each attempt takes its 0.25 s socket timeout, the next follows ttl/3 later
+                assert wait_for(lambda: task.consecutive_renewal_failures >= 3, timeout=30)
                 assert not task.is_lease_healthy()
                 assert task.lease_lost is None  # transient failures never end renewal by themselves
             finally:
                 os.kill(server.pid, signal.SIGCONT)
-            deadline = time.monotonic() + 2
-            while task.lease_lost is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert task.lease_lost is not None and task.lease_lost.code == "lease_expired"
+            assert wait_for(lambda: task.lease_lost is not None)
+            assert task.lease_lost.code == "lease_expired"
         finally:
             claimer.close()
             engine.close()
@@ -176,12 +178,12 @@ def test_failure_with_the_stored_retry_policy_schedules_the_next_attempt(ff_engi
 def test_an_abandoned_handle_logs_a_warning_and_its_lease_expires(ff_engine, claimer, caplog):
     made = claimer(300)
     eid = ff_engine.submit("default", b"x").execution_id
-    task = made.claim_one(timeout_s=2)
+    task = made.claim_one(timeout_s=10)
     assert made.renewer.tracked == 1
     with caplog.at_level(logging.WARNING, logger="ff_celery.engine.task"):
         del task
         gc.collect()
     assert "dropped without a terminal operation" in caplog.text
     assert made.renewer.tracked == 0
-    time.sleep(0.45)
-    assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=eid)).reason == "marked_expired"
+    # polled: a renewal the renewer had already sent when the handle was dropped can still land
+    assert wait_for(lambda: mark_expired(ff_engine, eid) == "marked_expired")

@@ -5,9 +5,11 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import wake_channel
 from ff_celery.engine.policy import ExecutionPolicy, RoutingRequirements
 from ff_celery.engine.scanners import EngineScanners
 
@@ -45,7 +47,7 @@ def test_returns_nothing_after_the_timeout_when_no_work_is_eligible(make_claimer
 def test_solo_executions_are_probed_on_the_lanes_home_partition(ff_engine, make_claimer):
     eid = ff_engine.submit("hot", b"x").execution_id
     assert eid.partition == 205
-    task = make_claimer(lanes=("hot",)).claim_one(timeout_s=1)
+    task = make_claimer(lanes=("hot",)).claim_one(timeout_s=10)
     assert task.execution_id == eid and task.lane_id == "hot"
     task.complete()
 
@@ -65,29 +67,33 @@ def test_executions_on_other_partitions_are_found_by_the_rotation(ff_engine, mak
 
 
 def test_a_waiting_claimer_wakes_when_work_is_submitted_instead_of_polling(ff_engine, make_claimer):
-    claimer = make_claimer(poll_interval_s=30.0)
+    # Unwoken, the claim would look again only when its 60 s timeout ends (the poll interval is
+    # longer still), so taking less than half of that is proof of the wake-up without betting
+    # on how fast a loaded machine is.
+    claimer = make_claimer(poll_interval_s=120.0)
     claimer.listen()
+    assert wait_for(lambda: ff_engine.redis.pubsub_numsub(wake_channel("default"))[0][1] >= 1)  # subscribed
     results = []
-    waiter = threading.Thread(target=lambda: results.append((claimer.claim(1, timeout_s=10), time.monotonic())))
+    waiter = threading.Thread(target=lambda: results.append((claimer.claim(1, timeout_s=60), time.monotonic())))
     waiter.start()
-    time.sleep(0.3)
+    time.sleep(0.3)  # let it block on the wake-up channel
     submitted_at = time.monotonic()
     ff_engine.submit("default", b"wake up")
-    waiter.join(timeout=5)
+    waiter.join(timeout=90)
     tasks, claimed_at = results[0]
     assert len(tasks) == 1
-    assert claimed_at - submitted_at < 5  # woken by the notification, far below the 30 s poll interval
+    assert claimed_at - submitted_at < 30  # woken by the notification
     tasks[0].complete()
 
 
 def test_an_interrupted_attempt_is_claimed_through_the_resumed_path(ff_engine, make_claimer):
     claimer = make_claimer()
     ff_engine.submit("default", b"x")
-    task = claimer.claim_one(timeout_s=1)
+    task = claimer.claim_one(timeout_s=10)
     task.delay(ff_engine.server_time_ms() + 100)
-    time.sleep(0.15)
+    time.sleep(0.15)  # engine time passes the delay (sleeping longer only makes it surer)
     EngineScanners(ff_engine).promote_delayed()
-    resumed = claimer.claim_one(timeout_s=1)
+    resumed = claimer.claim_one(timeout_s=10)
     assert resumed.execution_id == task.execution_id
     assert resumed.attempt_type == "resumed"
     assert (resumed.attempt_index, resumed.attempt_id) == (task.attempt_index, task.attempt_id)
@@ -132,7 +138,7 @@ def test_concurrent_claimers_never_claim_the_same_execution(ff_engine, make_clai
 def test_claimed_tasks_carry_payload_tags_policy_and_claim_state(ff_engine, make_claimer):
     policy = ExecutionPolicy(max_replay_count=3)
     ff_engine.submit("default", b"body", tags={"celery.task": "proj.add"}, policy=policy, priority=4)
-    task = make_claimer().claim_one(timeout_s=1)
+    task = make_claimer().claim_one(timeout_s=10)
     assert task.payload == b"body"
     assert task.tags == {"celery.task": "proj.add"}
     assert task.policy.max_replay_count == 3

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import wait_for
 from contract.support import keyspace
 
 from ff_celery.engine import functions as fn
@@ -69,7 +70,7 @@ def seeded(ff_engine: Engine) -> str:
 
 def claim(engine: Engine, claimer: Any, ttl_ms: int = 30_000) -> ClaimedTask:
     eid = engine.submit(LANE, b"payload").execution_id
-    task = claimer(ttl_ms).claim_one(timeout_s=2)
+    task = claimer(ttl_ms).claim_one(timeout_s=10)
     assert task is not None and task.execution_id == eid
     return task
 
@@ -95,7 +96,7 @@ def created_at(r: redis.Redis, eid: ExecutionId, wp_id: str) -> str:
 def wake_listener(engine: Engine) -> Iterator[redis.client.PubSub]:
     pubsub = engine.redis.pubsub()
     pubsub.subscribe(wake_channel(LANE))
-    confirmed = pubsub.get_message(timeout=1)
+    confirmed = pubsub.get_message(timeout=10)
     assert confirmed is not None and confirmed["type"] == "subscribe"
     try:
         yield pubsub
@@ -103,7 +104,8 @@ def wake_listener(engine: Engine) -> Iterator[redis.client.PubSub]:
         pubsub.close()
 
 
-def woken(pubsub: redis.client.PubSub, timeout_s: float = 0.5) -> bool:
+def woken(pubsub: redis.client.PubSub, timeout_s: float = 10.0) -> bool:
+    """True at the first wake-up message; False after ``timeout_s`` without one."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.05)
@@ -370,7 +372,7 @@ def test_an_operator_resume_wakes_the_lane_and_the_same_attempt_is_claimed_again
     with wake_listener(ff_engine) as pubsub:
         assert waitpoints.resume(ff_engine, task.execution_id) == "waiting"
         assert woken(pubsub)
-    again = claimer().claim_one(timeout_s=2)
+    again = claimer().claim_one(timeout_s=10)
     assert again is not None and again.execution_id == task.execution_id
     assert (again.attempt_index, again.lease_epoch, again.attempt_id) == (
         task.attempt_index,
@@ -595,7 +597,7 @@ def test_a_suspend_with_a_timeout_records_it_and_the_behaviour(ff_engine, ff_red
 
 
 def test_an_already_satisfied_suspend_keeps_the_lease_renewing(ff_engine, ff_redis, seeded, claimer):
-    task = claim(ff_engine, claimer, ttl_ms=300)
+    task = claim(ff_engine, claimer, ttl_ms=1200)  # renewed every 400 ms
     ticket = task.create_pending_waitpoint("wp-p", "key-p", ff_engine.server_time_ms() + 60_000)
     signal = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"ready")
     first_expiry = task.lease_expires_at
@@ -604,8 +606,10 @@ def test_an_already_satisfied_suspend_keeps_the_lease_renewing(ff_engine, ff_red
     assert suspension.waitpoint == ticket
     assert not task.finished
     assert task._renewer is not None and task._renewer.tracked == 1
-    time.sleep(0.45)  # 1.5 TTLs
-    assert task.lease_expires_at is not None and first_expiry is not None and task.lease_expires_at > first_expiry
+    # half a TTL past the first expiry, by engine time: only renewals kept the lease alive
+    assert first_expiry is not None
+    assert wait_for(lambda: ff_engine.server_time_ms() > first_expiry + 600)
+    assert task.lease_expires_at is not None and task.lease_expires_at > first_expiry
     assert task.is_lease_healthy()
     assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=task.execution_id)).reason == "not_yet_expired"
     # no suspension record exists, so the task reads the condition itself (§4.12)
@@ -688,7 +692,7 @@ def test_the_resumed_task_reads_the_signals_that_resumed_it(ff_engine, seeded, c
         source_type="operator",
         source_identity="alice",
     )
-    resumed = claimer().claim_one(timeout_s=2)
+    resumed = claimer().claim_one(timeout_s=10)
     assert resumed is not None and resumed.execution_id == task.execution_id
     assert (resumed.attempt_index, resumed.lease_epoch) == (task.attempt_index, task.lease_epoch + 1)
     (received,) = resumed.resume_signals()

@@ -2416,17 +2416,17 @@ def test_a_terminal_suspension_timeout_without_stream_meta_creates_none(ff_engin
 def test_a_terminal_suspension_timeout_of_a_flow_member_publishes_its_completion(ff_engine, ff_redis):
     c, _ = due(ff_engine, ff_redis, "cancel", waitpoint_id="wp-1")
     ff_redis.hset(c.keys.core, "flow_id", "flow-1")
-    pubsub = ff_redis.pubsub(ignore_subscribe_messages=True)
+    pubsub = ff_redis.pubsub()
     pubsub.subscribe("ff:dag:completions")
     try:
+        # the server confirms the subscription before anything is published to it
+        confirmed = pubsub.get_message(timeout=10)
+        assert confirmed is not None and confirmed["type"] == "subscribe"
         ff_engine.call(expire_request(c.eid, "wp-1"))
-        message = None
-        deadline = time.monotonic() + 1
-        while message is None and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.1)
+        message = pubsub.get_message(timeout=10)
     finally:
         pubsub.close()
-    assert message is not None
+    assert message is not None and message["type"] == "message"
     assert json.loads(message["data"]) == {"execution_id": c.eid, "flow_id": "flow-1", "outcome": "cancelled"}
 
 

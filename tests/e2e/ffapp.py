@@ -64,6 +64,18 @@ def tracked_sleep(self, seconds):
 
 
 @app.task(bind=True)
+def gated(self):
+    """Runs until the test opens its gate (``ffapp:go:<task id>``), at most a minute: running for
+    as long as the test needs, however slow the machine."""
+    record(self, "start")
+    deadline = time.time() + 60
+    while not runs().exists(f"ffapp:go:{self.request.id}") and time.time() < deadline:
+        time.sleep(0.05)
+    record(self, "finish")
+    return "opened"
+
+
+@app.task(bind=True)
 def record_run(self, value=None):
     record(self, "run")
     return value
@@ -108,7 +120,7 @@ def soft_limited(self):
 @app.task(bind=True, time_limit=1)
 def hard_limited(self):
     record(self, "start")
-    time.sleep(10)
+    time.sleep(30)
 
 
 @app.task(bind=True)

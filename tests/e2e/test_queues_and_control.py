@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from celery.exceptions import TaskRevokedError
@@ -16,9 +17,22 @@ def celery_cli(app_url, *args):
     return subprocess.run(command, cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
 
 
+def publish_in_order(ffapp, labels):
+    """One task per (label, priority), each created in a later engine millisecond: equal
+    priorities are ordered by creation time, ties within a millisecond by execution id."""
+    engine = ffapp.app.backend.engine
+    results = []
+    for label, priority in labels:
+        results.append(ffapp.record_priority.apply_async((label,), priority=priority, queue="prio"))
+        created_at = int(engine.read_core(engine.resolve(results[-1].id), "created_at")["created_at"])
+        while engine.server_time_ms() <= created_at:
+            time.sleep(0.001)
+    return results
+
+
 def test_higher_priority_runs_first_and_equal_priorities_in_order(ffapp, start_worker):
     labels = [("low", 0), ("high-1", 9), ("mid", 5), ("high-2", 9)]
-    results = [ffapp.record_priority.apply_async((label,), priority=p, queue="prio") for label, p in labels]
+    results = publish_in_order(ffapp, labels)
     start_worker(concurrency=1, queues="prio")
     for result in results:
         result.get(timeout=15)
@@ -55,14 +69,15 @@ def test_celery_purge_cancels_the_waiting_executions(ffapp, app_url):
 
 def test_inspect_active_stats_and_control_shutdown(ffapp, app_url, start_worker):
     worker = start_worker(concurrency=1, queues="ctl")
-    running = ffapp.tracked_sleep.apply_async((2,), queue="ctl")
+    running = ffapp.gated.apply_async(queue="ctl")  # runs until its gate opens, however slow the CLI is
     assert wait_for(lambda: runs(ffapp, running.id))
-    active = celery_cli(app_url, "inspect", "active", "-d", worker.name, "-t", "5")
+    active = celery_cli(app_url, "inspect", "active", "-d", worker.name, "-t", "10")
+    ffapp.runs().set(f"ffapp:go:{running.id}", 1)
     assert running.id in active.stdout, active.stdout + active.stderr
-    assert running.get(timeout=10) == 2
-    stats = celery_cli(app_url, "inspect", "stats", "-d", worker.name, "-t", "5", "--json")
+    assert running.get(timeout=15) == "opened"
+    stats = celery_cli(app_url, "inspect", "stats", "-d", worker.name, "-t", "10", "--json")
     worker_stats = json.loads(stats.stdout)[worker.name]
     assert worker_stats["broker"]["transport"] == "flowfabric"
-    assert worker_stats["total"] == {"ffapp.tracked_sleep": 1}
+    assert worker_stats["total"] == {"ffapp.gated": 1}
     celery_cli(app_url, "control", "shutdown", "-d", worker.name, "-t", "2")
     assert worker.process.wait(timeout=30) == 0

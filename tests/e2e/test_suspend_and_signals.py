@@ -67,6 +67,9 @@ def test_a_rotated_out_token_is_rejected_once_its_grace_ends(ffapp, app_url, wor
     point = waiting(ffapp, result)
     engine = ffapp.app.backend.engine
     rotate_waitpoint_secret(engine, f"rotated-{result.id[:8]}", "ab" * 32, grace_ms=0)
+    # a zero grace ends with the rotation's own millisecond: a signal in that one still passes
+    rotated_by = engine.server_time_ms()
+    assert wait_for(lambda: engine.server_time_ms() > rotated_by, interval=0.001)
     with pytest.raises(ValidationError, match="token_expired"):
         ff_celery.send_signal(app_url, point.execution_id, point.waitpoint_id, point.token, "approve")
     resume(engine, execution(ffapp, result.id).execution_id)  # an operator can still resume it
