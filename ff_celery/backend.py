@@ -36,23 +36,16 @@ from ff_celery.context import claimed_task, engine_for_url, fence_of
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, StateError
 from ff_celery.engine.functions import FailOutcome
+from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import done_channel
 from ff_celery.engine.policy import FixedBackoff, RetryPolicy
+from ff_celery.engine.waitpoints import read_waitpoint
 from ff_celery.messages import NAMESPACE
+from ff_celery.states import BLOCKED, SUSPENDED, TERMINAL_STATES, suspended_info
 from ff_celery.task import UNLIMITED_RETRIES
 
 log = logging.getLogger(__name__)
 
-#: Execution state -> Celery state, for executions that ended without completing.
-TERMINAL_STATES = {
-    "failed": states.FAILURE,
-    "cancelled": states.REVOKED,
-    "expired": states.REVOKED,
-}
-#: Celery state of a task waiting on a waitpoint (see ff_celery.waitpoints).
-SUSPENDED = "SUSPENDED"
-#: Celery state of a task held back by its budget or quota; ``info`` says which and why.
-BLOCKED = "BLOCKED"
 #: The exec_core fields a result read needs.
 CORE_FIELDS = (
     "public_state",
@@ -63,6 +56,7 @@ CORE_FIELDS = (
     "cancellation_reason",
     "blocking_reason",
     "blocking_detail",
+    "current_waitpoint_id",
 )
 
 
@@ -145,20 +139,6 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         if not store_result or (request is not None and request.ignore_result):
             self._end(task_id, request, lambda handle: handle.complete(b""))  # no result kept
         super().mark_as_done(task_id, result, request=request, store_result=store_result, state=state)
-
-    def mark_as_suspended(
-        self, task_id: str, waitpoint: Any, signal_names: tuple[str, ...], timeout_at: int | None, request: Any
-    ) -> None:
-        """Record that the task waits on ``waitpoint`` (state ``SUSPENDED``; ``info`` holds the
-        waitpoint's address and token). Shown only while the execution is suspended."""
-        meta = self._get_result_meta(
-            result={"waitpoint": waitpoint.model_dump(), "signal_names": list(signal_names), "timeout_at": timeout_at},
-            state=SUSPENDED,
-            traceback=None,
-            request=request,
-        )
-        meta["task_id"] = task_id
-        self.set(self.get_key_for_task(task_id), self.encode(meta))
 
     def mark_as_ignored(self, task_id: str, request: Any) -> None:
         """End the execution of a task that raised ``Ignore`` (e.g. ``Task.replace``): its
@@ -259,13 +239,15 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             stored = self._stored(task_id)
             if not core:
                 return stored or {"status": states.PENDING, "result": None}
-            meta = self._meta_from_execution(core, stored)
+            meta = self._meta_from_execution(eid, core, stored, task_id)
         meta["task_id"] = task_id
         if core.get("completed_at"):
             meta.setdefault("date_done", datetime.fromtimestamp(int(core["completed_at"]) / 1000, timezone.utc))
         return meta
 
-    def _meta_from_execution(self, core: dict[str, str], stored: dict[str, Any] | None) -> dict[str, Any]:
+    def _meta_from_execution(
+        self, eid: ExecutionId, core: dict[str, str], stored: dict[str, Any] | None, task_id: str
+    ) -> dict[str, Any]:
         """Celery meta of an execution that has not completed."""
         ended = TERMINAL_STATES.get(core.get("public_state", ""))
         if ended is not None:
@@ -286,7 +268,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             reason = {"reason": core.get("blocking_reason", ""), "detail": core.get("blocking_detail", "")}
             return {"status": BLOCKED, "result": reason}
         if core.get("lifecycle_phase") == "suspended":
-            return stored if stored and stored["status"] == SUSPENDED else {"status": SUSPENDED, "result": None}
+            return self._suspended_meta(eid, core.get("current_waitpoint_id", ""), task_id)
         if stored and stored["status"] == SUSPENDED:
             stored = None  # it resumed since
         if core.get("lifecycle_phase") == "active" and stored and stored["status"] not in states.READY_STATES:
@@ -294,6 +276,21 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         if stored and stored["status"] == states.RETRY:
             return stored
         return {"status": states.PENDING, "result": None}
+
+    def _suspended_meta(self, eid: ExecutionId, waitpoint_id: str, task_id: str) -> dict[str, Any]:
+        """SUSPENDED with the waitpoint read from the engine (so it is there as soon as the
+        execution is suspended, before the worker has recorded anything)."""
+        record = read_waitpoint(self.engine, eid, waitpoint_id) if waitpoint_id else None
+        if record is None:
+            return {"status": SUSPENDED, "result": None}
+        waitpoint = {
+            "name": record.waitpoint_key,
+            "execution_id": str(eid),
+            "waitpoint_id": record.waitpoint_id,
+            "token": record.token,
+            "task_id": task_id,
+        }
+        return {"status": SUSPENDED, "result": suspended_info(waitpoint, record.signal_names, record.expires_at)}
 
     def wait_for(
         self,

@@ -28,11 +28,11 @@ from celery.exceptions import Ignore
 from pydantic import BaseModel
 
 from ff_celery import context
-from ff_celery.backend import SUSPENDED
 from ff_celery.engine import functions as fn
 from ff_celery.engine import waitpoints as engine_waitpoints
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.task import ClaimedTask
+from ff_celery.states import SUSPENDED, suspended_info
 
 #: How long a waitpoint created ahead of the wait stays open by default (7 days).
 DEFAULT_PENDING_EXPIRY_S = 7 * 86_400
@@ -223,17 +223,18 @@ def wait_for_signal(
         record = _record(claim, name)
         return _received(claim, record) if record is not None else Signals()
     waiting = _waitpoint(task, claim, name, suspension.waitpoint)
-    backend = task.backend
-    if hasattr(backend, "mark_as_suspended"):
-        backend.mark_as_suspended(task.request.id, waiting, signal_names, timeout_at, request=task.request)
+    info = suspended_info(waiting.model_dump(), list(signal_names), timeout_at)
+    task.backend.store_result(task.request.id, info, SUSPENDED, request=task.request)
     raise Suspended(waiting)
 
 
 def suspended_waitpoint(result: celery.result.AsyncResult) -> Waitpoint | None:
     """The waitpoint a ``SUSPENDED`` task waits on (from its result info), else None."""
-    if result.state != SUSPENDED or not isinstance(result.info, dict):
+    meta = result.backend.get_task_meta(result.id)  # state and info from one read
+    info = meta.get("result")
+    if meta["status"] != SUSPENDED or not isinstance(info, dict) or not info.get("waitpoint"):
         return None
-    return Waitpoint.model_validate(result.info["waitpoint"])
+    return Waitpoint.model_validate(info["waitpoint"])
 
 
 def send_signal(

@@ -422,6 +422,7 @@ def test_read_waitpoint_reports_the_hash_and_the_matched_signals(ff_engine, ff_r
         expires_at=timeout_at,
         close_reason="",
         matched_signal_ids=[first.signal_id],
+        signal_names=["a", "b"],
     )
     assert not record.resumed
     assert record.ticket() == suspension.waitpoint

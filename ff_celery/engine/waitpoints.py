@@ -66,6 +66,8 @@ class WaitpointRecord(BaseModel):
     expires_at: int | None
     close_reason: str
     matched_signal_ids: list[str]
+    #: The signal names its matchers wait for (empty: any signal).
+    signal_names: list[str] = []
 
     @property
     def resumed(self) -> bool:
@@ -236,6 +238,7 @@ def read_waitpoint(engine: Engine, execution_id: ExecutionId, waitpoint_id: str)
     if not raw:
         return None
     total = _int(condition.get(b"total_matchers")) or 0
+    names = [text_of(condition.get(f"matcher:{i}:name".encode())) for i in range(total)]
     matched = [
         text_of(condition.get(f"matcher:{i}:signal_id".encode()))
         for i in range(total)
@@ -252,6 +255,7 @@ def read_waitpoint(engine: Engine, execution_id: ExecutionId, waitpoint_id: str)
         expires_at=_int(raw.get(b"expires_at")),
         close_reason=text_of(raw.get(b"close_reason")),
         matched_signal_ids=matched,
+        signal_names=[name for name in names if name],
     )
 
 
