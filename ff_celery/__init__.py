@@ -1,20 +1,19 @@
 """ff_celery: run Celery applications on FlowFabric.
 
-Importing the package registers the ``flowfabric://`` and ``flowfabrics://`` kombu transports.
-``ff_celery.install(app)`` is the one-line app setup (task base class, worker bootstep,
-durable revoke, safe defaults).
+Importing the package (``ff_celery.pth`` does it at interpreter start) registers the
+``flowfabric://`` and ``flowfabrics://`` kombu transports and sets up every Celery app that
+uses them (see :mod:`ff_celery.autoload`); ``ff_celery.install(app)`` does it explicitly.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kombu.transport import TRANSPORT_ALIASES
+from ff_celery import autoload
 
 __version__ = "0.1.0"
 
-for _scheme in ("flowfabric", "flowfabrics"):
-    TRANSPORT_ALIASES.setdefault(_scheme, "ff_celery.transport:Transport")
+autoload.install()
 
 #: Celery-facing names, loaded on first use so the engine stays importable on its own.
 _LAZY = {

@@ -1,9 +1,10 @@
-"""``install(app)``: the one-line setup that puts a Celery app on FlowFabric."""
+"""Setting up a Celery app for FlowFabric: done by itself for every app whose broker or
+backend is ``flowfabric://`` (see :mod:`ff_celery.autoload`); ``install(app)`` does it
+explicitly and is harmless to repeat."""
 
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 import celery
@@ -36,27 +37,34 @@ def _end_ignored_execution(
         task.backend.mark_as_ignored(task_id, task.request)
 
 
+def uses_flowfabric(app: celery.Celery) -> bool:
+    """Whether the app's broker or result backend is ``flowfabric://`` / ``flowfabrics://``."""
+    urls = (app.conf.broker_url, app.conf.result_backend)
+    return any(isinstance(url, str) and url.startswith("flowfabric") for url in urls)
+
+
+def install_if_used(app: celery.Celery) -> None:
+    """Install ff_celery on ``app`` if it uses FlowFabric (called for every finalized app)."""
+    if uses_flowfabric(app):
+        install(app)
+
+
 def install(app: celery.Celery) -> celery.Celery:
     """Use ff_celery's task base class, worker bootstep, durable revoke and defaults.
 
-    Call it right after creating the app (before tasks are used)::
+    Needed only for an app that does not name ``flowfabric://`` in its configuration when it
+    is finalized (an app that does is set up by itself)::
 
-        app = Celery("proj", broker="flowfabric://localhost:6379/0", backend="flowfabric://localhost:6379/0")
-        ff_celery.install(app)
+        app = Celery("proj", broker="flowfabric://localhost:6379/0", backend="flowfabric://localhost:6379/1")
     """
     if getattr(app, "_ff_installed", False):
         return app
     app._ff_installed = True
     if app.task_cls != TASK_CLS:
         if "Task" in app.__dict__:
-            from ff_celery.task import Task
-
-            if not issubclass(app.Task, Task):
-                warnings.warn(
-                    "ff_celery.install(app) came after app.Task was created; tasks already defined keep "
-                    "Celery's base class and their retries will be re-published messages",
-                    stacklevel=2,
-                )
+            # Tasks created from it keep Celery's base class; what their correctness needs (acks,
+            # retries, outcomes) does not depend on the class.
+            log.debug("ff_celery installed after %s.Task was created", app.main)
             del app.__dict__["Task"]
         app.task_cls = TASK_CLS
     app.steps["consumer"].add(STEP)

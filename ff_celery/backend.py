@@ -40,7 +40,7 @@ from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import done_channel
 from ff_celery.engine.policy import FixedBackoff, RetryPolicy
 from ff_celery.engine.waitpoints import read_waitpoint
-from ff_celery.messages import NAMESPACE
+from ff_celery.messages import NAMESPACE, republished_retries
 from ff_celery.states import BLOCKED, SUSPENDED, TERMINAL_STATES, suspended_info
 from ff_celery.task import UNLIMITED_RETRIES
 
@@ -107,29 +107,38 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
 
     @property
     def engine(self) -> Engine:
-        """This process's engine (a new one after fork)."""
+        """Where the app's executions live: the ``flowfabric://`` broker's server and database
+        (wherever this backend is), else this backend's own."""
+        broker_url = self.app.conf.broker_url
+        if isinstance(broker_url, str) and broker_url.startswith("flowfabric"):
+            return engine_for_url(broker_url)
         return engine_for_url(self.url)
+
+    @property
+    def store(self) -> redis.Redis:
+        """Where Celery's own records (meta, groups, chord counters) are kept: this backend's URL."""
+        return engine_for_url(self.url).redis
 
     # -- key/value store (Celery meta, groups, chord counters) ----------------------------
 
     def get(self, key: bytes) -> bytes | None:
-        return self.engine.redis.get(key)
+        return self.store.get(key)
 
     def mget(self, keys: list[bytes]) -> list[bytes | None]:
-        return self.engine.redis.mget(keys) if keys else []
+        return self.store.mget(keys) if keys else []
 
     def set(self, key: bytes, value: bytes) -> None:
-        self.engine.redis.set(key, value, ex=int(self.expires) or None)
+        self.store.set(key, value, ex=int(self.expires) or None)
 
     def delete(self, key: bytes) -> None:
-        self.engine.redis.delete(key)
+        self.store.delete(key)
 
     def incr(self, key: bytes) -> int:
-        return self.engine.redis.incr(key)
+        return self.store.incr(key)
 
     def expire(self, key: bytes, value: int) -> None:
         if value:
-            self.engine.redis.expire(key, int(value))
+            self.store.expire(key, int(value))
 
     # -- recording outcomes (worker side) -------------------------------------------------
 
@@ -207,6 +216,9 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     @staticmethod
     def _retry_policy(request: Any) -> RetryPolicy:
         planned = getattr(request, "ff_retry", None) or {}
+        republished_delay_ms = republished_retries.pop(getattr(request, "id", None) or "", None)
+        if not planned and republished_delay_ms is not None:  # Celery's Task.retry checked max_retries
+            planned = {"delay_ms": republished_delay_ms}
         return RetryPolicy(
             max_retries=planned.get("max_retries", UNLIMITED_RETRIES),
             backoff=FixedBackoff(delay_ms=planned.get("delay_ms", 180_000)),

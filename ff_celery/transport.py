@@ -34,7 +34,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.task import ClaimedTask
-from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, submission_for
+from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, note_republished_retry, submission_for
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ class Channel(kombu_redis.Channel):
         self.ff_is_running: Callable[[str], bool] | None = None
         #: Called (from the renewal thread) when a held delivery's lease is lost.
         self.ff_on_lease_lost: Callable[[str, ClaimedTask], None] | None = None
+        #: Deliveries acknowledged while their task runs (``acks_late=False``): their leases
+        #: are renewed until the task is over; its recorded outcome ends the execution.
+        self._ff_acked_early: dict[str, ClaimedTask] = {}
 
     # -- engine ---------------------------------------------------------------------------
 
@@ -161,8 +164,9 @@ class Channel(kombu_redis.Channel):
         if not is_lane(queue):
             return super()._put(queue, message, **kwargs)
         engine = self.ff_engine
-        submission = submission_for(queue, message, now_ms=engine.now_ms(), max_size=self.max_message_size)
-        engine.submit(
+        now_ms = engine.now_ms()
+        submission = submission_for(queue, message, now_ms=now_ms, max_size=self.max_message_size)
+        created = engine.submit(
             submission.lane,
             submission.payload,
             execution_kind=submission.execution_kind,
@@ -178,6 +182,8 @@ class Channel(kombu_redis.Channel):
             budget_ids=submission.budget_ids,
             quota_policy_id=submission.quota_policy_id or self.lane_quotas.get(queue),
         )
+        if created.duplicate and (message.get("headers") or {}).get("retries"):
+            note_republished_retry(submission, now_ms)  # Celery's Task.retry of a running task
         return None
 
     def _purge(self, queue: str) -> int:
@@ -270,6 +276,7 @@ class Channel(kombu_redis.Channel):
     def ff_poll_due(self) -> None:
         """Fallback: look for work even without a wake-up (timer tick)."""
         self._ff_want_claim = True
+        self._ff_release_finished()
 
     def ff_claim_wanted(self) -> bool:
         """There is room and a reason to look (a wake-up, a freed slot, a full last batch,
@@ -311,7 +318,7 @@ class Channel(kombu_redis.Channel):
         self.connection._deliver(message, task.lane_id)
 
     def _ff_lease_lost(self, tag: str, task: ClaimedTask) -> None:
-        if self.ff_on_lease_lost is not None and tag in self._ff_held:
+        if self.ff_on_lease_lost is not None and (tag in self._ff_held or tag in self._ff_acked_early):
             self.ff_on_lease_lost(tag, task)
 
     # -- acknowledgement ------------------------------------------------------------------
@@ -342,11 +349,22 @@ class Channel(kombu_redis.Channel):
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         task = self._ff_take(delivery_tag)
         if task is not None:
-            if self.ff_outcomes_recorded and is_celery_task(task):
-                task.release()  # the result backend recorded the outcome in the worker process
-            else:
+            if not (self.ff_outcomes_recorded and is_celery_task(task)):
                 self._ff_end(task, task.complete)
+            elif self._ff_running(delivery_tag):
+                self._ff_acked_early[delivery_tag] = task  # early ack: the task has only started
+            else:
+                task.release()  # the result backend recorded the outcome in the worker process
+        self._ff_release_finished()
         super().basic_ack(delivery_tag, multiple)
+
+    def _ff_running(self, delivery_tag: str) -> bool:
+        return self.ff_is_running is not None and self.ff_is_running(delivery_tag)
+
+    def _ff_release_finished(self) -> None:
+        """Stop renewing the leases of early-acknowledged tasks that are over."""
+        for tag in [tag for tag in self._ff_acked_early if not self._ff_running(tag)]:
+            self._ff_acked_early.pop(tag).release()
 
     def ff_reject(self, delivery_tag: str, requeue: bool) -> None:
         task = self._ff_take(delivery_tag)

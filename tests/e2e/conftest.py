@@ -20,11 +20,12 @@ class Worker:
     """A ``celery -A ffapp worker`` process; stopped by its pid."""
 
     def __init__(self, url: str, tmp: Path, *, pool: str = "prefork", concurrency: int = 2,
-                 queues: str = "celery", env: dict[str, str] | None = None, events: bool = False) -> None:  # fmt: skip
+                 queues: str = "celery", env: dict[str, str] | None = None, events: bool = False,
+                 app: str = "ffapp", python: str = sys.executable) -> None:  # fmt: skip
         self.name = f"w{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
         self.log = tmp / f"{self.name.split('@')[0]}.log"
         command = [
-            sys.executable, "-m", "celery", "-A", "ffapp", "worker", "-P", pool, "-c", str(concurrency),
+            python, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
             "-Q", queues, "-n", self.name, "-l", "info", "--without-gossip", "--without-mingle",
             "--logfile", str(self.log),
         ]  # fmt: skip

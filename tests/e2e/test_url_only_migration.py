@@ -1,0 +1,106 @@
+"""A Celery app that changed only its URLs (``plainapp``: no ``import ff_celery``, no
+``install()``) behaves as on Redis, publisher and worker alike, whatever its ack mode and
+wherever its broker and backend live."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import redis
+
+from ff_celery.context import engine_for_url
+
+from .conftest import HERE, wait_for
+
+
+def layout(ff_server, broker_db: int, backend: str) -> dict[str, str]:
+    base = f"127.0.0.1:{ff_server.port}"
+    return {"PLAINAPP_BROKER": f"flowfabric://{base}/{broker_db}", "PLAINAPP_BACKEND": backend.format(base=base)}
+
+
+def publish(env: dict[str, str], code: str, timeout: float = 60) -> object:
+    """Run ``code`` in a fresh interpreter that imports only the app; answers what it printed as JSON."""
+    script = "import json\nfrom plainapp import *\n" + textwrap.dedent(code)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=HERE,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(HERE), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def split_databases(ff_server, start_worker) -> dict[str, str]:
+    env = layout(ff_server, 0, "flowfabric://{base}/1")
+    start_worker(app="plainapp", env=env)
+    return env
+
+
+def test_the_app_module_never_imports_ff_celery_yet_the_publisher_uses_it(split_databases):
+    code = """
+    import sys
+    before = "ff_celery.transport" in sys.modules
+    value = add.delay(2, 3).get(timeout=30)
+    bases = [cls.__module__ for cls in type(add._get_current_object()).__mro__]
+    print(json.dumps([before, value, "ff_celery.task" in bases]))
+    """
+    assert publish(split_databases, code) == [False, 5, True]
+
+
+def test_broker_and_backend_on_different_databases(ff_server, split_databases):
+    task_id = publish(split_databases, "r = add.delay(20, 22); r.get(timeout=30); print(json.dumps(r.id))")
+    broker = engine_for_url(split_databases["PLAINAPP_BROKER"])
+    assert broker.resolve(task_id) is not None  # the execution lives with the broker
+    assert not redis.Redis(port=ff_server.port, db=1).keys("ff:exec:*")  # and not with the backend
+
+
+def test_an_early_acked_task_outlives_its_lease_and_reports_its_real_result(ff_server, split_databases):
+    # acks_late=False acknowledges when the task starts; the task runs for over two lease TTLs
+    code = """
+    import time
+    result = early_acked.delay(3.5, "real")
+    journal = globals()["journal"]()
+    deadline = time.monotonic() + 30
+    while not journal.exists(f"ran:{result.id}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state_while_running = result.state
+    print(json.dumps([state_while_running, result.get(timeout=30), result.id]))
+    """
+    state_while_running, value, task_id = publish(split_databases, code)
+    assert state_while_running != "SUCCESS" and value == "real"
+    journal = redis.Redis(port=ff_server.port, db=2)
+    assert journal.llen(f"ran:{task_id}") == 1  # not reclaimed and run again meanwhile
+    broker = engine_for_url(split_databases["PLAINAPP_BROKER"])
+    assert broker.snapshot(broker.resolve(task_id)).public_state == "completed"
+
+
+def test_a_class_based_task_and_a_self_retry_run_as_on_redis(split_databases):
+    code = """
+    from celery import current_app
+    doubled = current_app.tasks["plainapp.doubler"].delay(21).get(timeout=30)
+    print(json.dumps([doubled, retried_once.delay(7).get(timeout=30)]))
+    """
+    assert publish(split_databases, code) == [42, [7, 1]]
+
+
+def test_a_redis_result_backend_with_the_flowfabric_broker(ff_server, start_worker):
+    env = layout(ff_server, 3, "redis://{base}/4")
+    start_worker(app="plainapp", env=env)
+    assert publish(env, "print(json.dumps(add.delay(1, 2).get(timeout=30)))") == 3
+    assert wait_for(lambda: redis.Redis(port=ff_server.port, db=4).keys("celery-task-meta-*"))
+
+
+def test_the_flowfabric_backend_with_a_redis_broker(ff_server, start_worker):
+    base = f"127.0.0.1:{ff_server.port}"
+    env = {"PLAINAPP_BROKER": f"redis://{base}/7", "PLAINAPP_BACKEND": f"flowfabric://{base}/8"}
+    start_worker(app="plainapp", env=env)
+    code = "print(json.dumps([add.delay(1, 2).get(timeout=30), retried_once.delay(5).get(timeout=30)]))"
+    assert publish(env, code) == [3, [5, 1]]
