@@ -11,12 +11,17 @@ import redis
 from ff_celery.devserver import DevServer
 from ff_celery.engine.client import Engine
 
+#: URLs of the servers these fixtures started: the only ones they ever empty.
+_started_here: set[str] = set()
+
 
 @pytest.fixture(scope="session")
 def ff_server() -> Iterator[DevServer]:
     """A Valkey/Redis server on a free loopback port for the whole session."""
     with DevServer() as server:
+        _started_here.add(server.url)
         yield server
+        _started_here.discard(server.url)
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +31,11 @@ def ff_url(ff_server: DevServer) -> str:
 
 @pytest.fixture
 def ff_redis(ff_url: str) -> Iterator[redis.Redis]:
-    """A client on the embedded server, emptied before the test."""
+    """A client on the embedded server, emptied before the test (a server given by overriding
+    ``ff_url`` is never emptied: these fixtures flush only servers they started)."""
     client = redis.Redis.from_url(ff_url)
-    client.flushall()
+    if ff_url in _started_here:
+        client.flushall()
     yield client
     client.close()
 

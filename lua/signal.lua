@@ -118,8 +118,12 @@ redis.register_function('ff_deliver_signal', function(keys, args)
   local core = read_hash(K.core)
   if not core then return fail("execution_not_found") end
   -- Authenticate before revealing anything about the execution or waitpoint.
+  -- A waitpoint of another execution is answered as an unknown one (ff_celery deviation: its
+  -- token must not open this execution).
   local waitpoint = read_hash(K.waitpoint)
-  if not waitpoint or not waitpoint.created_at then return fail("invalid_token") end
+  if not waitpoint or not waitpoint.created_at or waitpoint.execution_id ~= A.execution_id then
+    return fail("invalid_token")
+  end
   local denied = waitpoint_hmac.authenticate(K.core, K.keystore, A.token, A.waitpoint_id, waitpoint, now)
   if denied then return denied end
 
@@ -202,7 +206,9 @@ redis.register_function('ff_buffer_signal_for_pending_waitpoint', function(keys,
   local now = server_now_ms()
   if redis.call("EXISTS", K.core) == 0 then return fail("execution_not_found") end
   local waitpoint = read_hash(K.waitpoint)
-  if not waitpoint or not waitpoint.created_at then return fail("waitpoint_not_found") end
+  if not waitpoint or not waitpoint.created_at or waitpoint.execution_id ~= A.execution_id then
+    return fail("waitpoint_not_found")  -- another execution's waitpoint: as unknown (see deliver)
+  end
   local denied = waitpoint_hmac.authenticate(K.core, K.keystore, A.token, A.waitpoint_id, waitpoint, now)
   if denied then return denied end
   if waitpoint.state == "closed" or waitpoint.state == "expired" then return fail("waitpoint_closed") end

@@ -357,6 +357,35 @@ def test_deliver_signal_with_a_wrong_token_raises_invalid_token(ff_engine, seede
     assert public_state(ff_engine, task.execution_id) == "suspended"
 
 
+def test_a_token_of_one_execution_cannot_resume_another_on_the_same_partition(ff_engine, seeded, claimer):
+    first, second = claim(ff_engine, claimer), claim(ff_engine, claimer)
+    token = first.suspend("wp-a", fn.ResumeCondition()).waitpoint.token
+    second.suspend("wp-b", fn.ResumeCondition())
+    with pytest.raises(ValidationError) as raised:  # answered as for an unknown waitpoint
+        waitpoints.deliver_signal(ff_engine, second.execution_id, "wp-a", token, "go")
+    assert raised.value.code == "invalid_token"
+    assert public_state(ff_engine, second.execution_id) == public_state(ff_engine, first.execution_id) == "suspended"
+    assert waitpoints.read_waitpoint(ff_engine, first.execution_id, "wp-a").state == "active"
+
+
+def test_a_pending_waitpoint_of_one_execution_buffers_nothing_for_another(ff_engine, ff_redis, seeded, claimer):
+    first, second = claim(ff_engine, claimer), claim(ff_engine, claimer)
+    ticket = first.create_pending_waitpoint("wp-a", "approval", ff_engine.now_ms() + 60_000)
+    before = keyspace(ff_redis)
+    with pytest.raises(ValidationError) as raised:
+        waitpoints.deliver_signal(ff_engine, second.execution_id, "wp-a", ticket.token, "go")
+    assert raised.value.code == "invalid_token"
+    buffering = fn.BufferSignal(
+        execution_id=second.execution_id, signal_id=new_uuid(), waitpoint_id="wp-a", signal_name="go",
+        signal_category="signal", source_type="external", source_identity="", payload=b"",
+        payload_encoding="json", idempotency_key="", correlation_id="", waitpoint_token=ticket.token,
+    )  # fmt: skip
+    with pytest.raises(EngineError) as raised:
+        ff_engine.call(buffering)
+    assert raised.value.code == "waitpoint_not_found"
+    assert keyspace(ff_redis) == before
+
+
 def test_deliver_signal_to_a_missing_execution_raises_execution_not_found(ff_engine, seeded):
     with pytest.raises(NotFoundError) as raised:
         waitpoints.deliver_signal(ff_engine, ExecutionId.mint(86), "wp", "k1:" + "0" * 40, "go")
