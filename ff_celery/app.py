@@ -1,6 +1,6 @@
-"""Setting up a Celery app for FlowFabric: done by itself for every app whose broker or
-backend is ``flowfabric://`` (see :mod:`ff_celery.autoload`); ``install(app)`` does it
-explicitly and is harmless to repeat."""
+"""Setting up a Celery app for FlowFabric. Every app whose broker or backend is
+``flowfabric://`` is integrated by itself when it is finalized (see :mod:`ff_celery.autoload`);
+``install(app)`` also makes ff_celery's task class the app's base, and is harmless to repeat."""
 
 from __future__ import annotations
 
@@ -44,29 +44,17 @@ def uses_flowfabric(app: celery.Celery) -> bool:
 
 
 def install_if_used(app: celery.Celery) -> None:
-    """Install ff_celery on ``app`` if it uses FlowFabric (called for every finalized app)."""
+    """Integrate ``app`` if it uses FlowFabric (called for every app when it is finalized)."""
     if uses_flowfabric(app):
-        install(app)
+        integrate(app)
 
 
-def install(app: celery.Celery) -> celery.Celery:
-    """Use ff_celery's task base class, worker bootstep, durable revoke and defaults.
-
-    Needed only for an app that does not name ``flowfabric://`` in its configuration when it
-    is finalized (an app that does is set up by itself)::
-
-        app = Celery("proj", broker="flowfabric://localhost:6379/0", backend="flowfabric://localhost:6379/1")
-    """
-    if getattr(app, "_ff_installed", False):
+def integrate(app: celery.Celery) -> celery.Celery:
+    """The worker bootstep, durable revoke, signal handlers and defaults: everything but the
+    task base class, so it can be done at any time, whatever tasks exist already."""
+    if getattr(app, "_ff_integrated", False):
         return app
-    app._ff_installed = True
-    if app.task_cls != TASK_CLS:
-        if "Task" in app.__dict__:
-            # Tasks created from it keep Celery's base class; what their correctness needs (acks,
-            # retries, outcomes) does not depend on the class.
-            log.debug("ff_celery installed after %s.Task was created", app.main)
-            del app.__dict__["Task"]
-        app.task_cls = TASK_CLS
+    app._ff_integrated = True
     app.steps["consumer"].add(STEP)
     signals.task_postrun.connect(_end_ignored_execution, weak=False, dispatch_uid="ff_celery.ignored")
     signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
@@ -74,3 +62,15 @@ def install(app: celery.Celery) -> celery.Celery:
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)
     return app
+
+
+def install(app: celery.Celery) -> celery.Celery:
+    """:func:`integrate`, and ff_celery's task base class for the tasks defined afterwards
+    (call it right after creating the app). Optional: tasks on Celery's own class behave the
+    same; the base adds the retry policy to each message and ``retry()`` without a re-publish."""
+    if app.task_cls != TASK_CLS:
+        if "Task" in app.__dict__:
+            log.debug("ff_celery.install(%s) after its Task class was created: earlier tasks keep theirs", app.main)
+            del app.__dict__["Task"]
+        app.task_cls = TASK_CLS
+    return integrate(app)

@@ -49,7 +49,8 @@ def retry_policy_for(
 
 
 class Task(celery.Task):
-    """Base class for tasks on ff_celery (``install(app)`` makes it the app's default)."""
+    """Base class for tasks on ff_celery (``install(app)`` makes it the app's default; tasks on
+    Celery's own class work too)."""
 
     # The attempt's outcome is recorded by the result backend; the ack only ends the lease.
     acks_late = True
@@ -63,9 +64,9 @@ class Task(celery.Task):
     @classmethod
     def on_bound(cls, app: celery.Celery) -> None:
         super().on_bound(app)
-        from ff_celery.app import install
+        from ff_celery.app import integrate
 
-        install(app)
+        integrate(app)
 
     def ff_policy_json(self) -> str:
         """The execution policy published with this task's messages."""

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from ff_celery.context import engine_for_url
+from ff_celery.engine import budgets
 
 from .conftest import HERE, wait_for
 
@@ -49,10 +50,21 @@ def test_the_app_module_never_imports_ff_celery_yet_the_publisher_uses_it(split_
     import sys
     before = "ff_celery.transport" in sys.modules
     value = add.delay(2, 3).get(timeout=30)
-    bases = [cls.__module__ for cls in type(add._get_current_object()).__mro__]
-    print(json.dumps([before, value, "ff_celery.task" in bases]))
+    print(json.dumps([before, value, app.steps["consumer"] == {"ff_celery.worker:FlowFabricStep"}]))
     """
     assert publish(split_databases, code) == [False, 5, True]
+
+
+def test_budget_options_work_on_celerys_own_task_class(split_databases):
+    code = """
+    from ff_celery import budgets
+    budgets.create_budget(app, "plain-tokens", hard={"tokens": 100})
+    result = add.apply_async((1, 1), ff_budgets=["plain-tokens"])
+    result.get(timeout=30)
+    engine = app.backend.engine
+    print(json.dumps(engine.read_core(engine.resolve(result.id), "budget_ids")["budget_ids"]))
+    """
+    assert publish(split_databases, code) == budgets.budget_id_for("plain-tokens")
 
 
 def test_broker_and_backend_on_different_databases(ff_server, split_databases):
