@@ -246,7 +246,8 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         eid = self.engine.resolve(task_id)
         core, result = self.engine.read_with_result(eid, *CORE_FIELDS) if eid is not None else ({}, None)
         if core.get("public_state") == "completed":
-            meta = self.decode_result(result) if result else {"status": states.SUCCESS, "result": None}
+            # completed without a result: ignore_result, so PENDING as Celery answers
+            meta = self.decode_result(result) if result else {"status": states.PENDING, "result": None}
         else:
             stored = self._stored(task_id)
             if not core:

@@ -102,7 +102,9 @@ class Task(celery.Task):
         **options: Any,
     ) -> Retry:
         request = self.request
-        if request.called_directly or request.is_eager or not getattr(request, FENCE_HEADER, None):
+        replanned = args is not None or kwargs is not None or options
+        if replanned or request.called_directly or request.is_eager or not getattr(request, FENCE_HEADER, None):
+            # Celery's re-publish: on flowfabric:// a duplicate that carries the next attempt
             return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
         retries = request.retries + 1
         if max_retries is not None:

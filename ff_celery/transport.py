@@ -183,7 +183,9 @@ class Channel(kombu_redis.Channel):
             quota_policy_id=submission.quota_policy_id or self.lane_quotas.get(queue),
         )
         if created.duplicate and (message.get("headers") or {}).get("retries"):
-            note_republished_retry(submission, now_ms)  # Celery's Task.retry of a running task
+            # Celery's Task.retry of a running task: its delay and its arguments are the next attempt's
+            note_republished_retry(submission, now_ms)
+            engine.set_next_attempt_payload(created.execution_id, submission.payload)
         return None
 
     def _purge(self, queue: str) -> int:
@@ -306,6 +308,8 @@ class Channel(kombu_redis.Channel):
 
     def _ff_deliver(self, task: ClaimedTask) -> None:
         try:
+            if task.attempt_index > 0:  # a retry may run other arguments than the first attempt
+                task.payload = self.ff_engine.next_attempt_payload(task.execution_id) or task.payload
             message = delivery_message(task)
         except ValueError as exc:
             reason = f"undecodable message: {exc}"

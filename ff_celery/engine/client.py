@@ -27,6 +27,7 @@ from ff_celery.engine.keys import (
     ExecKeys,
     PartitionKeys,
     alias_key,
+    next_attempt_payload_key,
     wake_channel,
 )
 from ff_celery.engine.library import LibraryState, ensure_library, is_missing_function
@@ -284,6 +285,15 @@ class Engine:
 
     def forget_alias(self, alias: str) -> None:
         self._guard(lambda: self.redis.delete(alias_key(self.namespace, alias)))
+
+    def set_next_attempt_payload(self, execution_id: ExecutionId, payload: bytes) -> None:
+        """What the execution's next attempts run instead of its submitted payload (kept for
+        the alias lifetime: FlowFabric's payload is never rewritten)."""
+        key = next_attempt_payload_key(execution_id)
+        self._guard(lambda: self.redis.set(key, payload, px=ALIAS_TTL_MS))
+
+    def next_attempt_payload(self, execution_id: ExecutionId) -> bytes | None:
+        return self._guard(lambda: self.redis.get(next_attempt_payload_key(execution_id)))
 
     def read_core(self, execution_id: ExecutionId, *fields: str) -> dict[str, str]:
         """exec_core, whole or the named fields (absent fields omitted)."""

@@ -341,6 +341,12 @@ def alias_key(namespace: str, alias: str) -> str:
     return f"ffc:alias:{namespace}:{alias}"
 
 
+def next_attempt_payload_key(execution_id: str) -> str:
+    """ff_celery's replacement payload for the execution's next attempts (a retry with new
+    arguments); in the execution's hash slot."""
+    return f"ffc:next-payload:{execution_id}"
+
+
 def done_channel(namespace: str, alias: str) -> str:
     """Pub/Sub channel announcing that the execution behind ``alias`` has an outcome."""
     return f"ffc:done:{namespace}:{alias}"

@@ -75,6 +75,13 @@ def gated(self):
     return "opened"
 
 
+@app.task(bind=True, default_retry_delay=0.1)
+def retried_with_new_arguments(self, *args, **kwargs):
+    if self.request.retries == 0:
+        raise self.retry(args=("new",), kwargs={"by": "retry"})
+    return [list(args), kwargs, self.request.retries]
+
+
 @app.task(bind=True)
 def record_run(self, value=None):
     record(self, "run")

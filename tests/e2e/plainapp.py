@@ -52,3 +52,10 @@ class Doubler(Task):
 
 
 app.register_task(Doubler())
+
+
+@app.task(bind=True, default_retry_delay=0.1)
+def retried_with_new_arguments(self, *args, **kwargs):
+    if self.request.retries == 0:
+        raise self.retry(args=("new",), kwargs={"by": "retry"})
+    return [list(args), kwargs, self.request.retries]

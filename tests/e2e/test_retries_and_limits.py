@@ -30,6 +30,12 @@ def test_self_retry_runs_again_as_attempts_of_the_same_execution(ffapp):
     assert [entry.split(":")[0] for entry in runs(ffapp, result.id)] == ["attempt0", "attempt1", "attempt2"]
 
 
+def test_a_retry_with_new_arguments_runs_them_in_the_next_attempt(ffapp):
+    result = ffapp.retried_with_new_arguments.delay("old", by="call")
+    assert result.get(timeout=15) == [["new"], {"by": "retry"}, 1]
+    assert [a.attempt_type for a in execution(ffapp, result.id).attempts] == ["initial", "retry"]
+
+
 def test_a_task_waiting_for_its_retry_is_in_the_retry_state(ffapp):
     result = ffapp.flaky.delay(1, countdown=2)
     # Celery's RETRY meta is written just before the engine schedules the next attempt

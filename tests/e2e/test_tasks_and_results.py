@@ -80,6 +80,7 @@ def test_an_ignore_result_task_still_completes_its_execution(ffapp):
     result = ffapp.fire_and_forget.delay()
     assert wait_for(lambda: execution(ffapp, result.id).public_state == "completed")
     assert ffapp.app.backend.engine.result(ffapp.app.backend.engine.resolve(result.id)) is None
+    assert result.state == "PENDING"  # no result is kept, as Celery answers
     assert len(runs(ffapp, result.id)) == 1
 
 

@@ -103,6 +103,16 @@ def test_a_class_based_task_and_a_self_retry_run_as_on_redis(split_databases):
     assert publish(split_databases, code) == [42, [7, 1]]
 
 
+def test_a_retry_with_new_arguments_runs_them_in_the_next_attempt_of_the_same_execution(split_databases):
+    code = """
+    result = retried_with_new_arguments.delay("old", by="call")
+    value = result.get(timeout=30)
+    engine = app.backend.engine
+    print(json.dumps([value, len(engine.snapshot(engine.resolve(result.id)).attempts)]))
+    """
+    assert publish(split_databases, code) == [[["new"], {"by": "retry"}, 1], 2]
+
+
 def test_a_redis_result_backend_with_the_flowfabric_broker(ff_server, start_worker):
     env = layout(ff_server, 3, "redis://{base}/4")
     start_worker(app="plainapp", env=env)
