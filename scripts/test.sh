@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Second command: set up, lint, then run the whole test suite (tests start their own servers).
+# Second command: set up, lint, run the whole test suite (tests start their own servers),
+# then Celery's own integration tests on ff_celery (scripts/celery_suite.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/pytest "$@"
+.venv/bin/pytest "$@"
+exec .venv/bin/python scripts/celery_suite.py
