@@ -193,10 +193,29 @@ def delivery_tag(task: ClaimedTask) -> str:
     return f"{task.execution_id}#{task.lease_epoch}"
 
 
+def _envelope(payload: bytes) -> dict[str, Any]:
+    """The payload as a kombu envelope; ValueError naming what is wrong with it otherwise."""
+    try:
+        message = json.loads(payload)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"payload is not JSON ({exc})") from None
+    if not isinstance(message, dict):
+        raise ValueError(f"payload is a JSON {type(message).__name__}, not a kombu message object")
+    for part in ("headers", "properties"):
+        if not isinstance(message.get(part) or {}, dict):
+            raise ValueError(f"message {part} is a {type(message[part]).__name__}, not an object")
+    if not isinstance((message.get("properties") or {}).get("delivery_info") or {}, dict):
+        raise ValueError("message properties.delivery_info is not an object")
+    if not isinstance(message.get("body", ""), str):
+        raise ValueError(f"message body is a {type(message['body']).__name__}, not a string")
+    return message
+
+
 def delivery_message(task: ClaimedTask) -> dict[str, Any]:
-    """The raw kombu message to deliver for a claimed execution."""
-    message = json.loads(task.payload)
-    headers = message.setdefault("headers", {}) or {}
+    """The raw kombu message to deliver for a claimed execution (ValueError if its payload
+    is not a kombu message)."""
+    message = _envelope(task.payload)
+    headers = message.get("headers") or {}
     message["headers"] = headers
     fence = fence_header(task)
     if "task" in headers:
@@ -204,9 +223,9 @@ def delivery_message(task: ClaimedTask) -> dict[str, Any]:
         headers["eta"] = None  # the engine held it until due; do not park it in worker memory
         headers["retries"] = task.retry_count
     headers[FENCE_HEADER] = fence
-    properties = message.setdefault("properties", {})
+    properties = message["properties"] = message.get("properties") or {}
     properties["delivery_tag"] = delivery_tag(task)
-    info = properties.setdefault("delivery_info", {})
+    info = properties["delivery_info"] = properties.get("delivery_info") or {}
     info.update(routing_key=task.lane_id, redelivered=task.attempt_index > 0 or task.attempt_type == "resumed")
     return message
 

@@ -312,14 +312,23 @@ class Channel(kombu_redis.Channel):
                 task.payload = self.ff_engine.next_attempt_payload(task.execution_id) or task.payload
             message = delivery_message(task)
         except ValueError as exc:
-            reason = f"undecodable message: {exc}"
-            log.error("execution %s holds an %s; failing it", task.execution_id, reason)
-            self._ff_end(task, lambda: task.fail(reason, "permanent", retry_policy=None))
+            self._ff_fail_undeliverable(task, f"undecodable message: {exc}")
             return
         tag = message["properties"]["delivery_tag"]
         task.on_lease_lost = lambda handle, error: self._ff_lease_lost(tag, handle)
         self._ff_held[tag] = task
-        self.connection._deliver(message, task.lane_id)
+        try:
+            self.connection._deliver(message, task.lane_id)
+        except Exception as exc:  # the consumer choked on it: fail this one, keep the worker
+            self.qos.ack(tag)
+            if self._ff_take(tag) is not None:
+                self._ff_fail_undeliverable(task, f"message the consumer could not take: {exc!r}")
+
+    def _ff_fail_undeliverable(self, task: ClaimedTask, reason: str) -> None:
+        """Fail, once and visibly, an execution that cannot become a delivery."""
+        reason = reason[:1000]
+        log.error("execution %s: %s; failing it", task.execution_id, reason)
+        self._ff_end(task, lambda: task.fail(reason, "permanent", retry_policy=None))
 
     def _ff_lease_lost(self, tag: str, task: ClaimedTask) -> None:
         if self.ff_on_lease_lost is not None and (tag in self._ff_held or tag in self._ff_acked_early):
@@ -411,7 +420,11 @@ class Channel(kombu_redis.Channel):
             claimer.close()
         if task is None:
             raise virtual.base.Empty()
-        message = delivery_message(task)
+        try:
+            message = delivery_message(task)
+        except ValueError as exc:
+            self._ff_fail_undeliverable(task, f"undecodable message: {exc}")
+            raise virtual.base.Empty() from None
         self._ff_held[message["properties"]["delivery_tag"]] = task
         return message
 

@@ -86,3 +86,26 @@ def test_an_invalid_priority_or_eta_is_refused_at_publish(ffapp, options, compla
     with pytest.raises(PublishError, match=complaint):
         ffapp.add.apply_async((1, 2), task_id="bad-option-1", **options)
     assert engine(ffapp).resolve("bad-option-1") is None
+
+
+POISON_PAYLOADS = [
+    b"[1, 2]",
+    b'"x"',
+    b"null",
+    b'{"headers": [1]}',
+    b'{"properties": 5}',
+    b'{"properties": {"delivery_info": "x"}}',
+    b'{"body": 7, "headers": {}}',
+    b"\xff\xfe not even text",
+]
+
+
+def test_payloads_that_are_not_kombu_messages_fail_once_and_the_worker_goes_on(ffapp, worker):
+    poisoned = [engine(ffapp).submit("celery", payload).execution_id for payload in POISON_PAYLOADS]
+    good = ffapp.add.delay(20, 22)
+    assert good.get(timeout=20) == 42  # the worker kept running, its batch-mates too
+    for eid in poisoned:
+        assert wait_for(lambda eid=eid: failed_reason(ffapp, eid)), eid
+        assert failed_reason(ffapp, eid)["failure_reason"]  # a readable reason
+    assert worker.process.poll() is None
+    assert ffapp.add.delay(1, 1).get(timeout=20) == 2
