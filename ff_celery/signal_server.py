@@ -9,6 +9,11 @@ optional. The answer is JSON: ``202 {"signal_id", "effect", "duplicate"}``, or a
 (waitpoint closed, not signalable), 413 (over 256 KiB), 429 (signal limit), 400 or 503.
 ``GET /healthz`` answers 200. It listens on 127.0.0.1 unless told otherwise.
 
+Hostile clients: ``Content-Length`` must be a decimal number (no chunked bodies); a client
+idle or slow for ``timeout_s`` is dropped; at most ``max_requests`` are handled at once
+(further connections are closed at once); any unexpected error answers a bare 500; the
+access log never shows a query string (tokens); the ``Server`` header names no Python.
+
     ff-celery signal-server --url redis://127.0.0.1:6379/0 --port 8765
 """
 
@@ -30,6 +35,10 @@ from ff_celery.engine.ids import ExecutionId
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8765
+#: Seconds a client may stay idle or take to send its request.
+DEFAULT_TIMEOUT_S = 10.0
+#: Requests handled at once.
+DEFAULT_MAX_REQUESTS = 64
 STATUS_BY_CODE = {
     "missing_token": HTTPStatus.UNAUTHORIZED,
     "invalid_token": HTTPStatus.FORBIDDEN,
@@ -43,8 +52,28 @@ STATUS_BY_CODE = {
 }
 
 
+class BadRequest(Exception):
+    """A request this endpoint refuses before reading its body."""
+
+
+def content_length(headers: Any) -> int:
+    """The declared body size: a plain decimal number, no chunked transfer."""
+    if headers.get("Transfer-Encoding"):
+        raise BadRequest("chunked or encoded bodies are not accepted; send Content-Length")
+    declared = (headers.get("Content-Length") or "0").strip()
+    if not declared.isdigit() or not declared.isascii():
+        raise BadRequest("Content-Length must be a non-negative decimal number")
+    return int(declared)
+
+
 class SignalHandler(BaseHTTPRequestHandler):
     server: SignalServer
+    server_version = "ff-celery-signals"
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.timeout = self.server.timeout_s  # socket timeout for every read and write
+        super().setup()
 
     def do_GET(self) -> None:
         if urlsplit(self.path).path == "/healthz":
@@ -53,13 +82,28 @@ class SignalHandler(BaseHTTPRequestHandler):
             self._answer(HTTPStatus.NOT_FOUND, {"error": "not_found", "detail": "POST /v1/signals/<eid>/<wp>/<name>"})
 
     def do_POST(self) -> None:
+        try:
+            self._deliver()
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True  # the client went quiet or away mid-request
+        except Exception:
+            log.exception("signal endpoint: unexpected error")
+            self.close_connection = True
+            self._answer(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal_error"})
+
+    def _deliver(self) -> None:
         parts = urlsplit(self.path)
         segments = [unquote(segment) for segment in parts.path.strip("/").split("/")]
         if len(segments) != 5 or segments[:2] != ["v1", "signals"]:
             self._answer(HTTPStatus.NOT_FOUND, {"error": "not_found", "detail": "POST /v1/signals/<eid>/<wp>/<name>"})
             return
         execution_id, waitpoint_id, name = segments[2:]
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = content_length(self.headers)
+        except BadRequest as exc:
+            self.close_connection = True
+            self._answer(HTTPStatus.BAD_REQUEST, {"error": "bad_request", "detail": str(exc)})
+            return
         if length > waitpoints.MAX_SIGNAL_PAYLOAD_BYTES:
             self._answer(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -83,9 +127,12 @@ class SignalHandler(BaseHTTPRequestHandler):
                 idempotency_key=self.headers.get("Idempotency-Key") or "",
                 payload_encoding="json" if is_json else "binary",
             )
+        except TransportError:
+            log.exception("signal endpoint: the engine is unavailable")
+            self._answer(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "unavailable", "detail": "try again later"})
+            return
         except EngineError as exc:
-            status = HTTPStatus.SERVICE_UNAVAILABLE if isinstance(exc, TransportError) else HTTPStatus.BAD_REQUEST
-            self._answer(STATUS_BY_CODE.get(exc.code, status), {"error": exc.code, "detail": str(exc)})
+            self._answer(STATUS_BY_CODE.get(exc.code, HTTPStatus.BAD_REQUEST), {"error": exc.code, "detail": str(exc)})
             return
         self._answer(HTTPStatus.ACCEPTED, outcome.model_dump())
 
@@ -97,8 +144,12 @@ class SignalHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = urlsplit(self.path).path if hasattr(self, "path") else "-"  # never the query: tokens
+        log.info("%s %s %s %s", self.client_address[0], getattr(self, "command", "-"), path, code)
+
     def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.client_address[0], format % args)
+        log.info("%s %s", self.client_address[0], "request refused")  # stdlib errors echo the request line
 
 
 class SignalServer(ThreadingHTTPServer):
@@ -106,10 +157,47 @@ class SignalServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, url: str, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> None:
+    def __init__(
+        self,
+        url: str,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_requests: int = DEFAULT_MAX_REQUESTS,
+    ) -> None:
         self.engine = engine_for_url(url)
+        self.timeout_s = timeout_s
+        self.max_requests = max_requests
+        self.active_requests = 0  # being handled now
+        self._lock = threading.Lock()
         super().__init__((host, port), SignalHandler)
         self._thread: threading.Thread | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Handle in a thread if a slot is free; otherwise close the connection at once."""
+        with self._lock:
+            full = self.active_requests >= self.max_requests
+            if not full:
+                self.active_requests += 1
+        if full:
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            self.active_requests -= 1
 
     @property
     def port(self) -> int:

@@ -1,0 +1,96 @@
+"""The HTTP signal endpoint under hostile clients: strict lengths, timeouts, a request cap,
+bare errors, and no token or Python version given away."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+from conftest import wait_for
+
+from ff_celery.signal_server import SignalServer
+
+
+@pytest.fixture
+def endpoint(ff_url: str, ff_redis) -> Iterator[SignalServer]:
+    server = SignalServer(ff_url, port=0, timeout_s=0.5, max_requests=2).start()
+    yield server
+    server.stop()
+
+
+def exchange(server: SignalServer, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send ``raw``, read the whole answer (until the server closes)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as client:
+        client.sendall(raw)
+        chunks = []
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+EXECUTION = b"%7Bfp%3A1%7D%3A00000000-0000-0000-0000-000000000001"
+
+
+def post(length_header: bytes, body: bytes = b"") -> bytes:
+    start = b"POST /v1/signals/" + EXECUTION + b"/wp/go HTTP/1.1\r\nHost: x\r\n"
+    return start + length_header + b"Connection: close\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Content-Length: -1\r\n",
+        b"Content-Length: abc\r\n",
+        b"Content-Length: 1e3\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+    ],
+)
+def test_a_malformed_or_chunked_length_is_refused_without_reading_a_body(endpoint, header):
+    answer = exchange(endpoint, post(header))
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+    assert b'"error": "bad_request"' in answer
+
+
+def test_an_idle_client_is_dropped_after_the_timeout(endpoint):
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=30) as client:
+        client.sendall(b"POST /v1/signals/eid/wp/go HTTP/1.1\r\n")  # and then nothing
+        assert client.recv(65536) == b""  # closed by the server, not by our 30 s timeout
+    assert wait_for(lambda: endpoint.active_requests == 0)
+
+
+def test_requests_over_the_cap_are_closed_at_once_and_served_again_when_slots_free(ff_url, ff_redis):
+    endpoint = SignalServer(ff_url, port=0, timeout_s=120, max_requests=2).start()  # idle ones stay
+    try:
+        idle = [socket.create_connection(("127.0.0.1", endpoint.port), timeout=30) for _ in range(2)]
+        try:
+            assert wait_for(lambda: endpoint.active_requests == 2)
+            assert exchange(endpoint, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") == b""
+        finally:
+            for client in idle:
+                client.close()
+        assert wait_for(lambda: endpoint.active_requests == 0)
+        healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert b'"status": "ok"' in exchange(endpoint, healthz)
+    finally:
+        endpoint.stop()
+
+
+def test_the_access_log_and_server_header_give_nothing_away(endpoint, caplog):
+    caplog.set_level(logging.INFO, logger="ff_celery.signal_server")
+    request = b"POST /v1/signals/eid/wp/go?token=k1%3Asecret-token HTTP/1.1\r\nHost: x\r\n"
+    answer = exchange(endpoint, request + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    assert b"Python" not in answer and b"secret-token" not in answer
+    assert wait_for(lambda: "/v1/signals/eid/wp/go" in caplog.text)
+    assert "secret-token" not in caplog.text and "token=" not in caplog.text
+
+
+def test_an_unexpected_error_answers_a_bare_500(endpoint, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal detail: redis://10.0.0.1:6379")
+
+    monkeypatch.setattr("ff_celery.signal_server.waitpoints.deliver_signal", broken)
+    answer = exchange(endpoint, post(b"Content-Length: 2\r\n", b"{}"))
+    assert b" 500 " in answer.split(b"\r\n")[0] and b'"error": "internal_error"' in answer
+    assert b"10.0.0.1" not in answer and b"internal detail" not in answer
