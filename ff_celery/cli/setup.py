@@ -3,7 +3,9 @@ HMAC secret."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 
 import click
@@ -97,15 +99,23 @@ def secret_seed(url: str, secret_hex: str | None) -> None:
     click.echo("seeded (partitions that had a key keep it)")
 
 
+#: Where ``secret rotate`` reads the new secret from (else standard input): never the command
+#: line, which other users of the machine can read.
+NEW_SECRET_ENV = "FF_WAITPOINT_HMAC_NEW_SECRET"
+
+
 @secret.command("rotate")
 @url_option
 @click.option("--kid", required=True, help="The new key id (no ':').")
-@click.option("--secret", "secret_hex", required=True, help="The new hex secret.")
 @click.option("--grace-ms", type=int, default=waitpoints.DEFAULT_GRACE_MS, show_default=True,
               help="How long tokens of the previous key stay valid.")  # fmt: skip
 @reports_errors
-def secret_rotate(url: str, kid: str, secret_hex: str, grace_ms: int) -> None:
-    """Install a new signing key on every partition."""
+def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
+    """Install a new signing key on every partition. The new hex secret is read from
+    FF_WAITPOINT_HMAC_NEW_SECRET, else from the first line of standard input."""
+    secret_hex = os.environ.get(NEW_SECRET_ENV) or sys.stdin.readline().strip()
+    if not secret_hex:
+        raise click.UsageError(f"no secret: set {NEW_SECRET_ENV} or write it to standard input")
     outcomes = waitpoints.rotate_waitpoint_secret(engine_for(url), kid, secret_hex, grace_ms)
     rotated = sum(1 for outcome in outcomes if outcome.outcome == "rotated")
     click.echo(f"{kid}: rotated on {rotated} partitions, already current on {len(outcomes) - rotated}")

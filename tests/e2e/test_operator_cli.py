@@ -17,8 +17,8 @@ from .conftest import execution, wait_for
 def cli(app_url):
     redis_url = app_url.replace("flowfabric://", "redis://", 1)
 
-    def run(*args, ok=True):
-        outcome = CliRunner().invoke(main, [*args, "--url", redis_url])
+    def run(*args, ok=True, stdin=None):
+        outcome = CliRunner().invoke(main, [*args, "--url", redis_url], input=stdin)
         if ok:
             assert outcome.exit_code == 0, outcome.output + repr(outcome.exception)
         return outcome
@@ -109,7 +109,8 @@ def test_cancel_and_replay_from_the_cli(ffapp, cli, worker):
 def test_the_waitpoint_secret_is_listed_and_rotated(ffapp, cli):
     cli("secret", "seed")
     before = json.loads(cli("secret", "kids", "--json").output)
-    rotated = cli("secret", "rotate", "--kid", f"cli{uuid.uuid4().hex[:4]}", "--secret", "cd" * 32).output
+    rotated = cli("secret", "rotate", "--kid", f"cli{uuid.uuid4().hex[:4]}", stdin="cd" * 32 + "\n").output
     assert "rotated on 256 partitions" in rotated
     after = json.loads(cli("secret", "kids", "--json").output)
     assert before["current_kid"] in after["verifying"]
+    assert cli("secret", "rotate", "--kid", "nothing", ok=False, stdin="").exit_code != 0  # no secret given
