@@ -15,6 +15,7 @@ from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import ExecutionNotActiveError, StateError
 from ff_celery.engine.policy import ExecutionPolicy, FixedBackoff, RetryPolicy
+from ff_celery.engine.renewal import LeaseRenewer
 
 
 @pytest.fixture
@@ -187,3 +188,26 @@ def test_an_abandoned_handle_logs_a_warning_and_its_lease_expires(ff_engine, cla
     assert made.renewer.tracked == 0
     # polled: a renewal the renewer had already sent when the handle was dropped can still land
     assert wait_for(lambda: mark_expired(ff_engine, eid) == "marked_expired")
+
+
+def test_the_renewer_survives_errors_it_does_not_expect_and_counts_them():
+    with DevServer() as primary, DevServer() as empty, DevServer() as replica:
+        engine = Engine.from_url(primary.url)
+        engine.bootstrap()
+        replica_engine = Engine.from_url(replica.url)
+        replica_engine.redis.execute_command("REPLICAOF", "127.0.0.1", empty.port)
+        assert wait_for(lambda: replica_engine.redis.info("replication")["master_link_status"] == "up", timeout=30)
+        # renewals sent to a read-only replica without the library (a failover gone wrong): the
+        # engine's reload of the library is refused there, an error no renewal expects
+        renewer = LeaseRenewer(replica_engine)
+        engine.submit("default", b"x")
+        claimer = Claimer(engine, ["default"], worker_id="w", lease_ttl_ms=900, renewer=renewer)
+        try:
+            task = claimer.claim_one(timeout_s=10)
+            assert wait_for(lambda: task.consecutive_renewal_failures >= 3, timeout=30)
+            assert not task.is_lease_healthy() and task.lease_lost is None
+            assert renewer._thread is not None and renewer._thread.is_alive()
+        finally:
+            claimer.close()
+            renewer.stop()
+            engine.close()

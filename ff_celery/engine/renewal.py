@@ -2,8 +2,8 @@
 holds, each every ``ttl / 3``, pipelining the renewals that fall due together.
 
 A renewal that fails with a terminal error (stale, expired or revoked lease, execution no
-longer active, execution gone) stops renewing that lease and reports it lost; transient
-failures are counted and retried at the next interval.
+longer active, execution gone) stops renewing that lease and reports it lost; any other
+failure, whatever it is, is counted and retried at the next interval: the thread never dies.
 """
 
 from __future__ import annotations
@@ -107,6 +107,10 @@ class LeaseRenewer:
             outcomes = self.engine.call_many(requests)
         except TransportError as exc:
             outcomes = [exc] * len(tasks)
+        except Exception as exc:  # anything else (a read-only replica, a bug): counted, retried, never fatal
+            log.exception("lease renewal failed unexpectedly; retrying at the next interval")
+            outcomes = [TransportError(f"renewal failed: {exc!r}", retryable=True, function="ff_renew_lease")]
+            outcomes *= len(tasks)
         now = time.monotonic()
         for task, outcome in zip(tasks, outcomes):
             with self._lock:
