@@ -31,6 +31,7 @@ from kombu.transport import virtual
 
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import CONNECT_TIMEOUT_S
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.task import ClaimedTask
@@ -39,6 +40,8 @@ from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, note
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_SIZE = 32 * 1024 * 1024
+#: Floor of the derived socket timeout: above kombu's 1 s BRPOP on remote-control queues.
+MIN_SOCKET_TIMEOUT_S = 2.0
 
 
 def is_lane(queue: str) -> bool:
@@ -108,6 +111,10 @@ class Channel(kombu_redis.Channel):
     unlimited_batch = 16
     #: Lane -> quota (name or id) for executions published without one.
     lane_quotas: dict[str, str] = {}
+    #: Socket settings (kombu's transport options): a frozen or black-holed server surfaces
+    #: as a timeout; ``socket_timeout`` None means a third of the lease TTL (at least 2 s).
+    socket_connect_timeout = CONNECT_TIMEOUT_S
+    socket_keepalive = True
 
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
@@ -156,7 +163,10 @@ class Channel(kombu_redis.Channel):
         conninfo = self.connection.client
         if conninfo.transport_cls == "flowfabrics" and not conninfo.ssl:
             conninfo.ssl = {"ssl_cert_reqs": "required"}  # TLS by default, verified
-        return super()._connparams(asynchronous=asynchronous)
+        params = super()._connparams(asynchronous=asynchronous)
+        if params.get("socket_timeout") is None:
+            params["socket_timeout"] = max(MIN_SOCKET_TIMEOUT_S, self.lease_ttl_ms / 3000)
+        return params
 
     # -- publishing -----------------------------------------------------------------------
 

@@ -1,9 +1,16 @@
 """Connecting from URLs: redis://, flowfabric://, unix://, ACL users and passwords, databases."""
 
+import os
+import signal
+
+import kombu
 import pytest
 
+import ff_celery  # noqa: F401  (registers flowfabric://)
+from ff_celery.devserver import DevServer
 from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import redis_url
+from ff_celery.engine.connection import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, connect, redis_url
+from ff_celery.engine.errors import TransportError
 
 
 @pytest.mark.parametrize(
@@ -52,3 +59,27 @@ def test_uses_the_database_named_in_the_url(ff_server, ff_redis):
     assert ff_redis.dbsize() > 0
     ff_redis.execute_command("SELECT", 0)
     assert ff_redis.dbsize() == 0
+
+
+def test_a_frozen_server_is_a_timeout_not_a_hang():
+    with DevServer() as server:
+        engine = Engine.from_url(server.url, socket_timeout=0.5)  # the URL's or caller's value wins
+        defaults = connect(server.url).connection_pool.connection_kwargs
+        assert defaults["socket_timeout"] == SOCKET_TIMEOUT_S and defaults["socket_keepalive"] is True
+        assert defaults["socket_connect_timeout"] == CONNECT_TIMEOUT_S
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(TransportError):
+                engine.resolve("anything")
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert engine.resolve("anything") is None  # and it works again once the server does
+
+
+def test_the_transport_times_out_sockets_at_a_third_of_the_lease(ff_server):
+    with kombu.Connection(
+        f"flowfabric://127.0.0.1:{ff_server.port}/0", transport_options={"lease_ttl_ms": 30_000}
+    ) as connection:
+        params = connection.default_channel._connparams()
+    assert params["socket_timeout"] == 10.0 and params["socket_keepalive"] is True
+    assert params["socket_connect_timeout"] == CONNECT_TIMEOUT_S

@@ -11,6 +11,11 @@ from typing import Any
 
 import redis
 
+#: Defaults for every connection: a dead or frozen server surfaces as a timeout, never a hang.
+CONNECT_TIMEOUT_S = 5.0
+#: Above the longest blocking read the engine issues (stream tails block up to 30 s).
+SOCKET_TIMEOUT_S = 35.0
+
 SCHEME_ALIASES = {"flowfabric": "redis", "flowfabrics": "rediss"}
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix", *SCHEME_ALIASES)
 
@@ -24,6 +29,12 @@ def redis_url(url: str) -> str:
 
 
 def connect(url: str, **options: Any) -> redis.Redis:
-    """A client for ``url``. Replies stay bytes: payloads are opaque."""
+    """A client for ``url`` (connect and socket timeouts, TCP keepalive; ``options`` and the
+    URL's own parameters override them). Replies stay bytes: payloads are opaque."""
     options.setdefault("health_check_interval", 30)
-    return redis.Redis.from_url(redis_url(url), decode_responses=False, **options)
+    options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
+    options.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
+    address = redis_url(url)
+    if not address.startswith("unix://"):
+        options.setdefault("socket_keepalive", True)  # TCP only
+    return redis.Redis.from_url(address, decode_responses=False, **options)
