@@ -7,7 +7,7 @@ import pytest
 from conftest import engine_time, wait_for
 
 from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys
+from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys, PartitionKeys
 from ff_celery.engine.policy import ExecutionPolicy
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 
@@ -130,3 +130,25 @@ def test_intervals_are_settings(ff_engine):
     settings = ScannerSettings(promote_interval_s=3.5, lease_expiry_interval_s=4.5)
     intervals = {s.name: s.interval_s for s in EngineScanners(ff_engine, settings=settings).scanners}
     assert intervals["delayed_promoter"] == 3.5 and intervals["lease_expiry"] == 4.5
+
+
+def test_malformed_index_members_are_skipped_and_never_stall_a_lane_or_a_scan(ff_engine, claimer, caplog):
+    partition = ff_engine.partitions.lane_partition("default")
+    index = PartitionKeys(partition)
+    junk = [b"not-an-id", b"\xff\xfe", b"{fp:1}:NOT-A-UUID"]
+    for member in junk:  # ahead of everything real: lowest scores
+        ff_engine.redis.zadd(index.eligible("default"), {member: -(10**15)})
+        ff_engine.redis.zadd(index.delayed("default"), {member: 0})
+        ff_engine.redis.zadd(index.lease_expiry, {member: 0})
+    due = ff_engine.server_time_ms() - 1
+    delayed = ff_engine.submit("default", b"later", delay_until=ff_engine.server_time_ms() + 60_000)
+    waiting = ff_engine.submit("default", b"now")
+    task = claimer.claim_one(timeout_s=10)
+    assert task is not None and task.execution_id == waiting.execution_id  # the lane is not stalled
+    task.complete()
+    scanners = EngineScanners(ff_engine, settings=FAST)
+    with engine_time(ff_engine, due + 120_000):
+        assert scanners.promote_delayed() == 1  # the real one, past the junk
+        scanners.expire_leases()
+    assert claimer.claim_one(timeout_s=10).execution_id == delayed.execution_id
+    assert "not an execution id" in caplog.text

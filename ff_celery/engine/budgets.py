@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.ids import ExecutionId, valid_execution_ids
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
 from ff_celery.engine.snapshot import decode_hash
 
@@ -418,10 +418,10 @@ class Admission:
         for index, lane, kind in slots:
             batch.command("zrange", index.blocked(lane, kind), 0, UNBLOCK_BATCH - 1)
         blocked = [
-            (ExecutionId(member.decode()), lane, kind)
+            (eid, lane, kind)
             for (_, lane, kind), members in zip(slots, batch.execute())
             if isinstance(members, list)
-            for member in members
+            for eid in valid_execution_ids(members, f"the {kind}-blocked set of lane {lane}")
         ]
         if not blocked:
             return 0

@@ -30,7 +30,7 @@ from ff_celery.engine import budgets
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import ExecutionId, new_uuid
+from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.snapshot import decode_hash, text_of
@@ -188,11 +188,10 @@ class Claimer:
             if isinstance(members, Exception):
                 log.warning("probe of lane %s failed: %s", lane, members)
                 continue
-            for member in members:
-                eid = member.decode()
+            for eid in valid_execution_ids(members, f"the eligible set of lane {lane}"):
                 if eid not in seen:
                     seen.add(eid)
-                    candidates.append((ExecutionId(eid), lane))
+                    candidates.append((eid, lane))
         return candidates
 
     # -- claiming -----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler
@@ -11,7 +13,11 @@ from pydantic_core import core_schema
 from ff_celery.engine.errors import ValidationError
 from ff_celery.engine.partitions import flow_tag
 
+log = logging.getLogger(__name__)
+
 MAX_PARTITION_INDEX = 0xFFFF
+#: Malformed index members already reported (each is logged once per process).
+_reported: set[tuple[str, str]] = set()
 
 
 def new_uuid() -> str:
@@ -77,3 +83,17 @@ class ExecutionId(str):
         return core_schema.no_info_after_validator_function(
             cls, core_schema.str_schema(), serialization=core_schema.to_string_ser_schema()
         )
+
+
+def valid_execution_ids(members: Iterable[bytes | str], where: str) -> Iterator[ExecutionId]:
+    """The members of an index that are execution ids. Anything else (written by hand, by a
+    bug, by another program) is skipped and reported once, so one bad member never stalls
+    the lane or the scanner cycle that reads it."""
+    for member in members:
+        text = member.decode("utf-8", errors="replace") if isinstance(member, bytes) else member
+        problem = _execution_id_problem(text)
+        if problem is None:
+            yield ExecutionId(text)
+        elif (where, text) not in _reported and len(_reported) < 10_000:
+            _reported.add((where, text))
+            log.error("skipping %r in %s: not an execution id (%s)", text, where, problem)

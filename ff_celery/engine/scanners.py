@@ -31,7 +31,7 @@ from ff_celery.engine import budgets
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.ids import ExecutionId, new_uuid
+from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import (
     SCANNER_LEADER_KEY,
     ExecKeys,
@@ -195,7 +195,10 @@ class EngineScanners:
         batch = self.engine.batch()
         for key in keys:
             batch.command("zrangebyscore", key, "-inf", now_ms, start=0, num=self.settings.batch_size)
-        return [[m.decode() for m in members] if isinstance(members, list) else [] for members in batch.execute()]
+        replies = batch.execute()
+        return [
+            [m.decode("utf-8", "replace") for m in members] if isinstance(members, list) else [] for members in replies
+        ]
 
     def _partitions(self) -> list[PartitionKeys]:
         return [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
@@ -225,9 +228,9 @@ class EngineScanners:
         slots = [(index, lane) for index in self._partitions() for lane in lanes]
         due = self._due([index.delayed(lane) for index, lane in slots], now)
         requests = [
-            fn.PromoteDelayed(execution_id=ExecutionId(eid), lane_id=lane, now_ms=now)
+            fn.PromoteDelayed(execution_id=eid, lane_id=lane, now_ms=now)
             for (_, lane), members in zip(slots, due)
-            for eid in members
+            for eid in valid_execution_ids(members, f"the delayed set of lane {lane}")
         ]
         promoted_lanes = {
             request.lane_id for request, outcome in zip(requests, self._outcomes(requests)) if outcome == "promoted"
@@ -240,7 +243,9 @@ class EngineScanners:
         """Mark lapsed leases expired and requeue those executions."""
         now = self.engine.server_time_ms()
         due = [eid for members in self._due([i.lease_expiry for i in self._partitions()], now) for eid in members]
-        requests = [fn.MarkLeaseExpiredIfDue(execution_id=ExecutionId(eid)) for eid in due]
+        requests = [
+            fn.MarkLeaseExpiredIfDue(execution_id=eid) for eid in valid_execution_ids(due, "a lease-expiry index")
+        ]
         requeued = 0
         for request, outcome in zip(requests, self._outcomes(requests)):
             if isinstance(outcome, fn.Settled) and outcome.reason in ("marked_expired", "already_expired"):
@@ -292,7 +297,7 @@ class EngineScanners:
             indexes = [index.attempt_timeout for index in self._partitions()]
         else:
             indexes = [index.execution_deadline for index in self._partitions()]
-        due = [ExecutionId(eid) for members in self._due(indexes, now) for eid in members]
+        due = list(valid_execution_ids((eid for members in self._due(indexes, now) for eid in members), reason))
         if not due:
             return 0
         reads = self.engine.batch()
@@ -315,8 +320,9 @@ class EngineScanners:
         """Apply the timeout behaviour of suspensions whose timeout passed; wake the lanes of
         the executions that auto-resumed."""
         now = self.engine.server_time_ms()
-        due = [ExecutionId(eid) for members in self._due([i.suspension_timeout for i in self._partitions()], now)
-               for eid in members]  # fmt: skip
+        indexes = [index.suspension_timeout for index in self._partitions()]
+        members = (eid for members in self._due(indexes, now) for eid in members)
+        due = list(valid_execution_ids(members, "a suspension-timeout index"))
         if not due:
             return 0
         reads = self.engine.batch()
@@ -351,9 +357,9 @@ class EngineScanners:
         for index, waitpoint_id in slots:
             reads.command("hget", index.waitpoint(waitpoint_id), "execution_id")
         requests = [
-            fn.CloseWaitpoint(execution_id=ExecutionId(eid.decode()), waitpoint_id=wp_id, reason="never_committed")
-            for (_, wp_id), eid in zip(slots, reads.execute())
-            if eid
+            fn.CloseWaitpoint(execution_id=eid, waitpoint_id=wp_id, reason="never_committed")
+            for (_, wp_id), owner in zip(slots, reads.execute())
+            for eid in valid_execution_ids([owner] if owner else [], "a pending waitpoint's owner")
         ]
         return sum(1 for outcome in self._outcomes(requests) if outcome is True)
 
