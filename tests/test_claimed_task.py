@@ -211,3 +211,17 @@ def test_the_renewer_survives_errors_it_does_not_expect_and_counts_them():
             claimer.close()
             renewer.stop()
             engine.close()
+
+
+def test_a_lease_whose_renewals_stopped_happening_is_unhealthy_whatever_the_thread_does(ff_engine):
+    renewer = LeaseRenewer(ff_engine.fork())
+    ff_engine.submit("default", b"x")
+    claimer = Claimer(ff_engine, ["default"], worker_id="w", lease_ttl_ms=900, renewer=renewer)
+    try:
+        task = claimer.claim_one(timeout_s=10)
+        assert wait_for(lambda: task.is_lease_healthy() and renewer.tracked == 1)
+        renewer.stop()  # the thread is gone without a single failed renewal to count
+        assert wait_for(lambda: not task.is_lease_healthy(), timeout=30)
+        assert task.consecutive_renewal_failures == 0
+    finally:
+        claimer.close()

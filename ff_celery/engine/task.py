@@ -78,6 +78,7 @@ class ClaimedTask:
         self.lease_lost: EngineError | None = None
         self.on_lease_lost: Callable[[ClaimedTask, EngineError], None] | None = None
         self._renewal_failures = 0
+        self._last_renewed_at = time.monotonic()  # the claim counts as the first renewal
         self._renewer = renewer
         self._finished = False
         self._lock = threading.Lock()
@@ -133,8 +134,13 @@ class ClaimedTask:
     # -- lease health ------------------------------------------------------------------------
 
     def is_lease_healthy(self) -> bool:
-        """False once renewal failed three times in a row or the lease was lost."""
-        return self.lease_lost is None and self._renewal_failures < UNHEALTHY_AFTER_FAILURES
+        """False once the lease was lost, renewal failed three times in a row, or (for a lease
+        that is renewed) no renewal succeeded for two renewal intervals (2/3 of the TTL: one
+        was missed), whatever the renewal thread is doing (stuck, dead, starved)."""
+        if self.lease_lost is not None or self._renewal_failures >= UNHEALTHY_AFTER_FAILURES:
+            return False
+        stale_after_s = 2 * self.renew_interval_s
+        return self._renewer is None or time.monotonic() - self._last_renewed_at <= stale_after_s
 
     @property
     def consecutive_renewal_failures(self) -> int:
@@ -155,6 +161,7 @@ class ClaimedTask:
 
     def _renewed(self, expires_at: int) -> None:
         self._renewal_failures = 0
+        self._last_renewed_at = time.monotonic()
         self.lease_expires_at = expires_at
 
     def _renewal_failed(self, error: EngineError, *, terminal: bool) -> None:
