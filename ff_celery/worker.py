@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from datetime import timedelta
 from typing import Any
 
 from celery import bootsteps, states
@@ -96,7 +97,8 @@ class FlowFabricStep(bootsteps.StartStopStep):
             channel.ff_is_running = _is_running
             channel.ff_on_lease_lost = self._on_lease_lost
             if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:
-                settings = ScannerSettings(**(c.app.conf.get("flowfabric_scanner_settings") or {}))
+                configured = c.app.conf.get("flowfabric_scanner_settings") or {}
+                settings = ScannerSettings(**{"retention_s": retention_of(c.app), **configured})
                 queues = [queue.name for queue in c.task_consumer.queues]
                 self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=queues).start()
         self.timer_ref = c.timer.call_repeatedly(LOST_CHECK_INTERVAL_S, self.stop_lost, (c,), priority=1)
@@ -149,6 +151,14 @@ def ended_by_holder(task: ClaimedTask) -> bool:
     if error.lifecycle_phase == "terminal":
         return own_epoch and error.terminal_outcome in ("success", "failed")
     return own_epoch and error.lifecycle_phase in ("suspended", "runnable")
+
+
+def retention_of(app: Any) -> float | None:
+    """How long terminal executions are kept: Celery's ``result_expires`` (None or 0: forever)."""
+    expires = app.conf.result_expires
+    if not expires:
+        return None
+    return expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
 
 
 def _is_running(delivery_tag: str) -> bool:

@@ -8,6 +8,7 @@ are outside FlowFabric's contract and nothing FlowFabric runs reads them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ff_celery.engine.ids import ExecutionId
@@ -135,6 +136,41 @@ class ExecKeys:
 
     def stream_summary(self, attempt_index: int | str) -> str:
         return self.attempt(attempt_index) + ":summary"
+
+    @property
+    def deps_meta(self) -> str:
+        return self._exec("deps:meta")
+
+    @property
+    def deps_unresolved(self) -> str:
+        return self._exec("deps:unresolved")
+
+    @property
+    def deps_all_edges(self) -> str:
+        return self._exec("deps:all_edges")
+
+    def dep(self, edge_id: str) -> str:
+        return self._exec(f"dep:{edge_id}")
+
+    def every_key(
+        self, attempt_count: int, waitpoint_ids: Iterable[str], signal_ids: Iterable[str], edge_ids: Iterable[str]
+    ) -> list[str]:
+        """Every key of the execution, as FlowFabric's retention trimmer deletes them (core
+        and policy last)."""
+        keys = [self.payload, self.result, self.tags, self.lease_current, self.lease_history, self.claim_grant]
+        keys += [self.attempts, self.suspension_current, self.satisfied_set, self.satisfied_signals, self.member_map]
+        for index in range(attempt_count):
+            keys += [self.attempt(index), self.attempt_usage(index), self.attempt_policy(index)]
+            keys += [self.stream(index), self.stream_meta(index), self.stream_summary(index)]
+        keys += [self.deps_meta, self.deps_unresolved, self.deps_all_edges, *(self.dep(e) for e in edge_ids)]
+        for waitpoint_id in waitpoint_ids:
+            keys += [self.waitpoint(waitpoint_id), self.waitpoint_condition(waitpoint_id)]
+            keys.append(self.waitpoint_signals(waitpoint_id))
+        keys.append(self.waitpoints)
+        for signal_id in signal_ids:
+            keys += [self.signal(signal_id), self.signal_payload(signal_id)]
+        keys += [self.signals, self.core, self.policy]
+        return keys
 
 
 @dataclass(frozen=True)

@@ -760,9 +760,9 @@ class ReplayExecution(ExecutionFcall[int]):
         if self.edge_ids:
             keys += [
                 idx.blocked(self.lane_id, "dependencies"),
-                f"ff:exec:{x.tag}:{self.execution_id}:deps:meta",
-                f"ff:exec:{x.tag}:{self.execution_id}:deps:unresolved",
-                *(f"ff:exec:{x.tag}:{self.execution_id}:dep:{edge}" for edge in self.edge_ids),
+                x.deps_meta,
+                x.deps_unresolved,
+                *(x.dep(edge) for edge in self.edge_ids),
             ]
         return keys
 
