@@ -1,0 +1,72 @@
+"""Valkey memory per completed no-op Celery task, and what the retention trimmer gives back.
+
+Starts an embedded server and a real ``celery worker`` (bench_app, prefork -c 2), runs
+``--count`` no-op tasks through ``flowfabric://`` (broker and backend), then reports
+``used_memory`` and keys per retained execution, trims with retention 0, and reports again.
+
+    .venv/bin/python bench/footprint.py [--count 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from celery import group
+
+from ff_celery.devserver import DevServer
+from ff_celery.engine.client import Engine
+from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+
+HERE = Path(__file__).resolve().parent
+
+
+def memory(engine: Engine) -> tuple[int, int]:
+    """(used_memory, keys) of the server, after a moment for lazy frees."""
+    time.sleep(0.5)
+    return engine.redis.info("memory")["used_memory"], engine.redis.dbsize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000)
+    args = parser.parse_args()
+    with DevServer() as server:
+        url = server.url.replace("redis://", "flowfabric://", 1)
+        os.environ.update(BENCH_BROKER=url, BENCH_BACKEND=url)
+        sys.path.insert(0, str(HERE))
+        from bench_app import app, noop
+        from celery_bench import start_worker
+
+        worker = start_worker({**os.environ, "PYTHONPATH": str(HERE)})
+        try:
+            noop.delay().get(timeout=60)  # warm: library, lanes, keystore, worker
+            engine = Engine.from_url(server.url)
+            before_bytes, before_keys = memory(engine)
+            for start in range(0, args.count, 500):
+                group(noop.s() for _ in range(min(500, args.count - start)))().get(timeout=300)
+            after_bytes, after_keys = memory(engine)
+            per_bytes = (after_bytes - before_bytes) / args.count
+            per_keys = (after_keys - before_keys) / args.count
+            grown = f"+{after_bytes - before_bytes} bytes used_memory, +{after_keys - before_keys} keys"
+            print(f"{args.count} completed no-op tasks: {grown} -> {per_bytes:.0f} bytes, {per_keys:.1f} keys per task")
+            scanners = EngineScanners(engine, settings=ScannerSettings(retention_s=0, batch_size=500))
+            started, trimmed = time.perf_counter(), 0
+            while changed := scanners.trim_retained():
+                trimmed += changed
+            elapsed = time.perf_counter() - started
+            trimmed_bytes, trimmed_keys = memory(engine)
+            print(f"retention trimmer (retention 0): {trimmed} executions in {elapsed:.2f} s; "
+                  f"used_memory {trimmed_bytes - before_bytes:+d} bytes, keys {trimmed_keys - before_keys:+d} "
+                  f"vs before the run (Celery meta and task-id aliases expire by TTL)")  # fmt: skip
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+            app.close()
+
+
+if __name__ == "__main__":
+    main()
