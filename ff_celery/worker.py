@@ -23,7 +23,7 @@ from celery.exceptions import NotRegistered
 from celery.worker import state
 
 from ff_celery.backend import FlowFabricBackend
-from ff_celery.engine.errors import ExecutionNotActiveError
+from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 from ff_celery.engine.task import ClaimedTask
 from ff_celery.transport import Channel
@@ -118,8 +118,12 @@ class FlowFabricStep(bootsteps.StartStopStep):
 
     def _on_lease_lost(self, tag: str, task: ClaimedTask) -> None:
         """Called from the renewal thread. A lease the task's own outcome ended (completed,
-        failed or suspended by the pool child before the ack) is not a loss."""
-        if not ended_by_holder(task):
+        failed or suspended by the pool child before the ack) is not a loss; neither is an
+        execution that vanished (a server restarted without persistence): nobody else can run
+        it, so the task finishes, and its outcome has nowhere to go."""
+        if isinstance(task.lease_lost, NotFoundError):
+            log.error("execution %s vanished from the server while its task ran; letting it finish", task.execution_id)
+        elif not ended_by_holder(task):
             self.lost.append((tag, task))
 
     def stop_lost(self, c: Any) -> None:

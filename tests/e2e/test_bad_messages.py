@@ -1,6 +1,9 @@
 """Messages a worker cannot run end failed with a readable reason, once; messages the
 transport cannot accept are refused at publish with a typed error and create nothing."""
 
+import json
+import random
+
 import kombu
 import pytest
 from celery.exceptions import NotRegistered
@@ -109,3 +112,46 @@ def test_payloads_that_are_not_kombu_messages_fail_once_and_the_worker_goes_on(f
         assert failed_reason(ffapp, eid)["failure_reason"]  # a readable reason
     assert worker.process.poll() is None
     assert ffapp.add.delay(1, 1).get(timeout=20) == 2
+
+
+def random_json(rng, depth=0):
+    kinds = ["int", "str", "null", "bool", "float"] + (["list", "dict"] if depth < 3 else [])
+    kind = rng.choice(kinds)
+    if kind == "list":
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if kind == "dict":
+        keys = ["body", "headers", "properties", "task", "id", "args", "delivery_info", "content-type", "x"]
+        return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randrange(4))}
+    return {"int": rng.randrange(-5, 5), "str": "".join(rng.choice("ab{}:") for _ in range(3)), "null": None,
+            "bool": rng.random() < 0.5, "float": rng.random()}[kind]  # fmt: skip
+
+
+def mutated(rng, envelope):
+    """A real kombu envelope with one part replaced, dropped or nested wrongly."""
+    message = json.loads(json.dumps(envelope))
+    container = rng.choice([message, message.get("headers") or {}, message.get("properties") or {}])
+    if container:
+        key = rng.choice(sorted(container))
+        if rng.random() < 0.5:
+            del container[key]
+        else:
+            container[key] = random_json(rng)
+    return json.dumps(message).encode()
+
+
+def test_fuzzed_payloads_never_stop_a_worker_and_good_tasks_still_complete(ffapp, worker):
+    rng = random.Random(20261206)  # fixed: the same payloads every run
+    source = ffapp.add.apply_async((1, 2), queue="fuzz-source")  # a real envelope, never consumed
+    envelope = json.loads(engine(ffapp).payload(lane_execution_ids(ffapp, source.id)))
+    payloads = [bytes(rng.randrange(256) for _ in range(rng.randrange(64))) for _ in range(15)]
+    payloads += [json.dumps(random_json(rng)).encode() for _ in range(15)]
+    payloads += [mutated(rng, envelope) for _ in range(30)]
+    fuzzed = [engine(ffapp).submit("celery", payload).execution_id for payload in payloads]
+    good = [ffapp.add.delay(n, n) for n in range(5)]
+    assert [result.get(timeout=30) for result in good] == [2 * n for n in range(5)]
+
+    def ended(eid):
+        return engine(ffapp).read_core(eid, "lifecycle_phase").get("lifecycle_phase") == "terminal"
+
+    assert wait_for(lambda: all(ended(eid) for eid in fuzzed), timeout=60)  # each ended once, none stuck
+    assert worker.process.poll() is None
