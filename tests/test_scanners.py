@@ -190,3 +190,16 @@ def test_the_retention_trimmer_deletes_expired_terminal_executions_with_every_ke
         held.complete()
     finally:
         worker.close()
+
+
+def test_lanes_without_any_execution_leave_the_lane_registry_and_come_back_with_work(ff_engine):
+    ff_engine.submit("busy", b"waiting")
+    ff_engine.submit("later", b"delayed", delay_until=ff_engine.server_time_ms() + 60_000)
+    ff_engine.register_lane("idle")
+    ff_engine.register_lane("configured")
+    scanners = EngineScanners(ff_engine, settings=FAST, lanes=["configured"])
+    assert scanners.forget_idle_lanes() == 1
+    assert ff_engine.lanes() == {"busy", "later", "configured"}
+    ff_engine.submit("idle", b"work again")  # publishing puts its lane back
+    assert "idle" in ff_engine.lanes()
+    assert scanners.forget_idle_lanes() == 0

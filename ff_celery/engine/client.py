@@ -223,10 +223,11 @@ class Engine:
             tags=tags or {},
             execution_deadline_at=deadline_at,
         )
-        self.register_lane(lane)
-        # one round trip: the FCALL, the alias (kept if a duplicate already set it) and the
-        # size of the lane's eligible set
+        # one round trip: the lane in the registry (every time: idle lanes leave it, see
+        # EngineScanners.forget_idle_lanes), the FCALL, the alias (kept if a duplicate already
+        # set it) and the size of the lane's eligible set
         batch = self.batch()
+        batch.command("sadd", LANE_REGISTRY_KEY, lane)
         batch.fcall(request)
         attachment = budgets.attachment_fields(budget_ids, quota_policy_id)
         if attachment:  # before any claimer can see it; undone below for a duplicate
@@ -237,7 +238,7 @@ class Engine:
             batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces, px=alias_ttl_ms)
         batch.command("zcard", PartitionKeys(eid.partition).eligible(lane))
         replies = batch.execute()
-        created = replies[0]
+        created = replies[1]
         # Wake idle claimers only when this is the lane's only eligible execution: if others
         # were waiting, no claimer is idle for lack of work.
         if isinstance(created, fn.Created) and created.public_state == "waiting" and replies[-1] == 1:

@@ -33,6 +33,8 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import (
+    BLOCKED_SUFFIXES,
+    LANE_REGISTRY_KEY,
     SCANNER_LEADER_KEY,
     ExecKeys,
     PartitionKeys,
@@ -62,6 +64,7 @@ class ScannerSettings(BaseModel):
     budget_reset_interval_s: float = 15.0
     quota_reconcile_interval_s: float = 30.0
     retention_interval_s: float = 60.0
+    lane_cleanup_interval_s: float = 300.0
     #: How long a terminal execution is kept (FlowFabric: 24 h; a Celery worker passes its
     #: ``result_expires``); None keeps them forever.
     retention_s: float | None = 86_400.0
@@ -105,6 +108,7 @@ class EngineScanners:
             _Scanner("budget_reset", s.budget_reset_interval_s, self.reset_due_budgets),
             _Scanner("quota_reconciler", s.quota_reconcile_interval_s, self.reconcile_quotas),
             _Scanner("retention_trimmer", s.retention_interval_s, self.trim_retained),
+            _Scanner("lane_cleanup", s.lane_cleanup_interval_s, self.forget_idle_lanes),
         ]
         self.admission = budgets.Admission(engine)
         self._failures: dict[str, int] = defaultdict(int)
@@ -281,6 +285,32 @@ class EngineScanners:
             deletes.command("zrem", index.terminal(lane), eid)
         deletes.execute()
         return len(due)
+
+    def forget_idle_lanes(self) -> int:
+        """Take lanes that hold no execution in any state on any partition (their last one
+        trimmed by retention) out of ``ff:idx:lanes``, so scanners stop paying for them.
+        Configured lanes stay. A lane that gains work meanwhile is put back at once (publishing
+        re-registers its lane with every submit). Answers how many lanes left."""
+        idle = sorted(self.engine.lanes() - self.configured_lanes)
+        if not idle:
+            return 0
+        forgotten = [lane for lane in idle if self._lane_is_empty(lane)]
+        if not forgotten:
+            return 0
+        self.engine.redis.srem(LANE_REGISTRY_KEY, *forgotten)
+        refilled = [lane for lane in forgotten if not self._lane_is_empty(lane)]  # raced with a submit
+        if refilled:
+            self.engine.redis.sadd(LANE_REGISTRY_KEY, *refilled)
+        return len(forgotten) - len(refilled)
+
+    def _lane_is_empty(self, lane: str) -> bool:
+        batch = self.engine.batch()
+        for index in self._partitions():
+            for state in ("eligible", "delayed", "active", "suspended", "terminal"):
+                batch.command("exists", index.lane(lane, state))
+            for reason in BLOCKED_SUFFIXES:
+                batch.command("exists", index.blocked(lane, reason))
+        return not any(batch.execute())
 
     def expire_leases(self) -> int:
         """Mark lapsed leases expired and requeue those executions."""
