@@ -22,6 +22,9 @@ CONTROL_CLS = "ff_celery.control:Control"
 DEFAULTS = {
     # every claimed (prefetched) task holds a renewed lease: take only what can run
     "worker_prefetch_multiplier": 1,
+    # result reads and outcome writes ride out a restart or failover (the backend says which
+    # errors are transient: FlowFabricBackend.exception_safe_to_retry)
+    "result_backend_always_retry": True,
 }
 
 

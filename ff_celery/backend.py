@@ -33,8 +33,8 @@ from celery.exceptions import TaskRevokedError, TimeLimitExceeded, TimeoutError,
 from kombu.utils.encoding import bytes_to_str
 
 from ff_celery.context import claimed_task, engine_for_url, fence_of
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError, StateError
+from ff_celery.engine.client import RETRYABLE_REDIS_ERRORS, Engine
+from ff_celery.engine.errors import EngineError, StateError, TransportError
 from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import done_channel
@@ -118,6 +118,13 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     def store(self) -> redis.Redis:
         """Where Celery's own records (meta, groups, chord counters) are kept: this backend's URL."""
         return engine_for_url(self.url).redis
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        """Transient server trouble (a restart still loading its data, a failover, a dropped
+        connection): Celery retries the read or write with backoff (``result_backend_always_retry``)."""
+        if isinstance(exc, TransportError):
+            return exc.retryable
+        return isinstance(exc, RETRYABLE_REDIS_ERRORS)
 
     # -- key/value store (Celery meta, groups, chord counters) ----------------------------
 

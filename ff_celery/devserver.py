@@ -38,9 +38,11 @@ def free_port() -> int:
 class DevServer:
     """A local Valkey/Redis for development and tests. Use as a context manager."""
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, *, binary: str | None = None, persistent: bool = False) -> None:
         self.binary = binary or find_server_binary()
         self.port = port or free_port()
+        #: With an append-only file (fsync every write), kept across :meth:`restart`.
+        self.persistent = persistent
         self.directory: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -58,14 +60,16 @@ class DevServer:
         return self.process.pid if self.process else None
 
     def start(self, timeout_s: float = 10.0) -> DevServer:
-        self.directory = Path(tempfile.mkdtemp(prefix="ff-celery-server-"))
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="ff-celery-server-"))
+        durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(
             [
                 self.binary,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
+                *durability,
                 "--dir", str(self.directory),
                 "--unixsocket", str(self.directory / "server.sock"),
                 "--unixsocketperm", "700",
@@ -93,8 +97,9 @@ class DevServer:
         finally:
             client.close()
 
-    def stop(self) -> None:
-        """Stop the server by its pid (SIGTERM, then SIGKILL) and remove its directory."""
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server by its pid (SIGTERM, then SIGKILL) and remove its directory
+        (unless ``keep_data``)."""
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGTERM)
             try:
@@ -103,13 +108,13 @@ class DevServer:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
         self.process = None
-        if self.directory is not None:
+        if self.directory is not None and not keep_data:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
 
     def restart(self) -> DevServer:
-        """Stop and start again on the same port; nothing survives (no persistence)."""
-        self.stop()
+        """Stop and start again on the same port; a persistent server keeps its data."""
+        self.stop(keep_data=self.persistent)
         return self.start()
 
     def __enter__(self) -> DevServer:

@@ -54,3 +54,11 @@ def test_cli_dev_server_runs_until_interrupted_with_the_library_loaded():
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
     assert not pid_alive(server_pid)
+
+
+def test_a_persistent_server_keeps_its_data_across_a_restart_and_a_plain_one_does_not():
+    for persistent, kept in ((True, b"1"), (False, None)):
+        with DevServer(persistent=persistent) as server:
+            redis.Redis(port=server.port).set("k", 1)
+            server.restart()
+            assert redis.Redis(port=server.port).get("k") == kept

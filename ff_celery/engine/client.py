@@ -45,12 +45,13 @@ DELAY_SAFETY_MS = 1000
 ALIAS_TTL_MS = 7 * 86_400_000
 _CLOCK_REFRESH_S = 60.0
 
-_RETRYABLE_TRANSPORT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+#: Redis errors that a later try may not meet (a restart still loading, a failover, a drop).
+RETRYABLE_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def transport_error(exc: Exception, function: str | None = None) -> TransportError:
     return TransportError(
-        f"{type(exc).__name__}: {exc}", retryable=isinstance(exc, _RETRYABLE_TRANSPORT), function=function
+        f"{type(exc).__name__}: {exc}", retryable=isinstance(exc, RETRYABLE_REDIS_ERRORS), function=function
     )
 
 

@@ -1,0 +1,23 @@
+"""Celery app for bench/soak.py: tasks that note each run in a journal on the same server."""
+
+import os
+import time
+
+import redis
+from celery import Celery
+
+URL = os.environ["SOAK_URL"]
+app = Celery("soak_app", broker=URL, backend=URL)
+app.conf.update(
+    broker_transport_options={"lease_ttl_ms": 3000, "poll_interval": 0.5},
+    flowfabric_scanner_settings={"lease_expiry_interval_s": 0.5, "promote_interval_s": 0.25, "leader_ttl_s": 3.0},
+)
+journal = redis.Redis.from_url(URL.replace("flowfabric://", "redis://", 1).rsplit("/", 1)[0] + "/2")
+
+
+@app.task
+def work(number, seconds):
+    """Runs ``seconds``; every run (first or again after a crash) is counted."""
+    journal.hincrby("soak:runs", number, 1)
+    time.sleep(seconds)
+    return 2 * number
