@@ -84,14 +84,11 @@ def main() -> None:
         published = time.monotonic() - started
         wrong, lost = 0, 0
         for number, result in results:
-            for attempt in range(3):
-                try:
-                    wrong += result.get(timeout=300) != 2 * number
-                    break
-                except Exception as exc:
-                    if attempt == 2:
-                        lost += 1
-                        print(f"task {number}: {exc!r}")
+            try:  # one get() each: riding out the restart is the result backend's job
+                wrong += result.get(timeout=300) != 2 * number
+            except Exception as exc:
+                lost += 1
+                print(f"task {number}: {exc!r}")
         stop.set()
         chaos_thread.join()
         elapsed = time.monotonic() - started
@@ -117,7 +114,7 @@ def main() -> None:
         print(f"published in {published:.1f} s, all results in {elapsed:.1f} s")
         print(
             f"lost: {lost}, wrong results: {wrong}, never ran: {never_ran}, ran more than once: {twice} "
-            f"(a kill catches at most 2 running + 2 prefetched per worker: bound {4 * len(kills)})"
+            f"(only tasks running at a kill can run again: at most 2 per kill, {2 * len(kills)})"
         )
         print(f"used_memory: {start_memory} before, {after_memory} after the run, {trimmed_memory} after the "
               f"retention trimmer ({100 * (trimmed_memory - start_memory) / start_memory:+.1f}%; task-id "

@@ -5,6 +5,8 @@ import time
 
 import redis
 from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 URL = os.environ["SOAK_URL"]
 app = Celery("soak_app", broker=URL, backend=URL)
@@ -12,7 +14,12 @@ app.conf.update(
     broker_transport_options={"lease_ttl_ms": 3000, "poll_interval": 0.5},
     flowfabric_scanner_settings={"lease_expiry_interval_s": 0.5, "promote_interval_s": 0.25, "leader_ttl_s": 3.0},
 )
-journal = redis.Redis.from_url(URL.replace("flowfabric://", "redis://", 1).rsplit("/", 1)[0] + "/2")
+# the journal rides out the server restart (retried), so a task fails only for ff_celery's reasons
+journal = redis.Redis.from_url(
+    URL.replace("flowfabric://", "redis://", 1).rsplit("/", 1)[0] + "/2",
+    retry=Retry(ExponentialBackoff(cap=1.0), 30),
+    retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+)
 
 
 @app.task

@@ -325,7 +325,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         self._ensure_not_eager()
         deadline = None if timeout is None else time.monotonic() + timeout
         channel = done_channel(NAMESPACE, task_id)
-        listener = self._subscribe(channel)  # before the first read: a notice cannot slip between
+        listener = self._subscribe(channel, deadline)  # before the first read: no notice slips between
         try:
             while True:
                 meta = self.get_task_meta(task_id)
@@ -338,9 +338,9 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                     raise TimeoutError("The operation timed out.")
                 try:
                     self._await_notice(listener, channel, interval if remaining is None else min(interval, remaining))
-                except redis.ConnectionError:  # dropped by the server (restart, failover, CLIENT KILL)
+                except RETRYABLE_REDIS_ERRORS:  # dropped by the server (restart, failover, CLIENT KILL)
                     self._drop_listener(listener)
-                    listener = self._subscribe(channel)
+                    listener = self._subscribe(channel, deadline)
         except TimeoutError:
             raise
         except BaseException:
@@ -348,15 +348,28 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             raise
         finally:
             if getattr(self._local, "listener", None) is listener:
-                listener.unsubscribe(channel)
+                try:
+                    listener.unsubscribe(channel)
+                except RETRYABLE_REDIS_ERRORS:
+                    self._drop_listener(listener)
 
-    def _subscribe(self, channel: str) -> Any:
+    def _subscribe(self, channel: str, deadline: float | None) -> Any:
         """This thread's Pub/Sub connection for completion notices (kept between waits),
-        subscribed to ``channel``."""
-        if getattr(self._local, "pid", None) != os.getpid() or self._local.listener is None:
-            self._local.pid, self._local.listener = os.getpid(), self.engine.redis.pubsub()
-        self._local.listener.subscribe(channel)
-        return self._local.listener
+        subscribed to ``channel``; transient server errors are retried with backoff until
+        ``deadline`` (monotonic; None: no limit)."""
+        pause = 0.05
+        while True:
+            if getattr(self._local, "pid", None) != os.getpid() or self._local.listener is None:
+                self._local.pid, self._local.listener = os.getpid(), self.engine.redis.pubsub()
+            try:
+                self._local.listener.subscribe(channel)
+                return self._local.listener
+            except RETRYABLE_REDIS_ERRORS:
+                self._drop_listener(self._local.listener)
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 1.0)
 
     def _drop_listener(self, listener: Any) -> None:
         if getattr(self._local, "listener", None) is listener:
