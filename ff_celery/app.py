@@ -46,7 +46,7 @@ def uses_flowfabric(app: celery.Celery) -> bool:
     return any(isinstance(url, str) and url.startswith("flowfabric") for url in urls)
 
 
-def install_if_used(app: celery.Celery) -> None:
+def integrate_if_used(app: celery.Celery) -> None:
     """Integrate ``app`` if it uses FlowFabric (called for every app when it is finalized)."""
     if uses_flowfabric(app):
         integrate(app)

@@ -25,9 +25,9 @@ def _register_transport(module: ModuleType) -> None:
 
 
 def _on_app_finalize(app: object) -> None:
-    from ff_celery.app import install_if_used
+    from ff_celery.app import integrate_if_used
 
-    install_if_used(app)
+    integrate_if_used(app)
 
 
 def _register_finalizer(module: ModuleType) -> None:
@@ -60,9 +60,6 @@ class AfterImport:
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
-
-    def find_module(self, *args: object) -> None:  # legacy finder protocol
-        return None
 
 
 def _find_without(finder: AfterImport, name: str) -> ModuleSpec | None:
