@@ -40,9 +40,10 @@ from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import done_channel
 from ff_celery.engine.policy import FixedBackoff, RetryPolicy
 from ff_celery.engine.waitpoints import read_waitpoint
-from ff_celery.messages import NAMESPACE, republished_retries
+from ff_celery.messages import NAMESPACE
 from ff_celery.states import BLOCKED, SUSPENDED, TERMINAL_STATES, suspended_info
 from ff_celery.task import UNLIMITED_RETRIES
+from ff_celery.waitpoints import Waitpoint
 
 log = logging.getLogger(__name__)
 
@@ -223,9 +224,6 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     @staticmethod
     def _retry_policy(request: Any) -> RetryPolicy:
         planned = getattr(request, "ff_retry", None) or {}
-        republished_delay_ms = republished_retries.pop(getattr(request, "id", None) or "", None)
-        if not planned and republished_delay_ms is not None:  # Celery's Task.retry checked max_retries
-            planned = {"delay_ms": republished_delay_ms}
         return RetryPolicy(
             max_retries=planned.get("max_retries", UNLIMITED_RETRIES),
             backoff=FixedBackoff(delay_ms=planned.get("delay_ms", 180_000)),
@@ -303,14 +301,15 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         record = read_waitpoint(self.engine, eid, waitpoint_id) if waitpoint_id else None
         if record is None:
             return {"status": SUSPENDED, "result": None}
-        waitpoint = {
-            "name": record.waitpoint_key,
-            "execution_id": str(eid),
-            "waitpoint_id": record.waitpoint_id,
-            "token": record.token,
-            "task_id": task_id,
-        }
-        return {"status": SUSPENDED, "result": suspended_info(waitpoint, record.signal_names, record.expires_at)}
+        waitpoint = Waitpoint(
+            name=record.waitpoint_key,
+            execution_id=str(eid),
+            waitpoint_id=record.waitpoint_id,
+            token=record.token,
+            task_id=task_id,
+        )
+        info = suspended_info(waitpoint.model_dump(), record.signal_names, record.expires_at)
+        return {"status": SUSPENDED, "result": info}
 
     def wait_for(
         self,

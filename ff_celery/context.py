@@ -86,6 +86,15 @@ def claimed_task(engine: Engine, request: Any) -> ClaimedTask | None:
     return handle
 
 
+def plan_republished_retry(task_id: str, delay_ms: int) -> None:
+    """Celery's own ``Task.retry`` re-published the running task ``task_id``: plan its next
+    attempt on the request, as ff_celery's ``Task.retry`` does (the result backend reads
+    ``request.ff_retry`` when it fails the attempt with a retry)."""
+    request = current_task.request if current_task else None
+    if request is not None and request.id == task_id and not getattr(request, "ff_retry", None):
+        request.ff_retry = {"delay_ms": delay_ms}
+
+
 def current_claim(task: celery.Task | None = None) -> tuple[celery.Task, ClaimedTask]:
     """The running task and its claimed execution."""
     task = task or (current_task if current_task else None)

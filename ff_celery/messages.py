@@ -162,19 +162,6 @@ def _policy_from_header(text: str) -> ExecutionPolicy:
         raise PublishError(f"{POLICY_HEADER} header is not an execution policy: {exc}") from None
 
 
-#: Task id -> delay (ms) of a retry that Celery's own ``Task.retry`` re-published (a task not
-#: on ff_celery's base class): the duplicate message creates nothing, and the result backend
-#: takes the delay from here when it fails the attempt with a retry, in the same process.
-republished_retries: dict[str, int] = {}
-
-
-def note_republished_retry(submission: Submission, now_ms: int) -> None:
-    """Remember the delay of a re-published retry of a running task."""
-    task_id = submission.tags.get(TASK_ID_TAG)
-    if task_id:
-        republished_retries[task_id] = max(0, (submission.delay_until or now_ms) - now_ms)
-
-
 def fence_header(task: ClaimedTask) -> dict[str, Any]:
     return {
         "execution_id": str(task.execution_id),

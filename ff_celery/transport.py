@@ -29,13 +29,14 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
+from ff_celery.context import plan_republished_retry
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.task import ClaimedTask
-from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, note_republished_retry, submission_for
+from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, submission_for
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +193,10 @@ class Channel(kombu_redis.Channel):
             budget_ids=submission.budget_ids,
             quota_policy_id=submission.quota_policy_id or self.lane_quotas.get(queue),
         )
-        if created.duplicate and (message.get("headers") or {}).get("retries"):
+        headers = message.get("headers") or {}
+        if created.duplicate and headers.get("retries"):
             # Celery's Task.retry of a running task: its delay and its arguments are the next attempt's
-            note_republished_retry(submission, now_ms)
+            plan_republished_retry(str(headers.get("id")), max(0, (submission.delay_until or now_ms) - now_ms))
             engine.set_next_attempt_payload(created.execution_id, submission.payload)
         return None
 
