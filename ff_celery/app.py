@@ -11,6 +11,7 @@ import celery
 from celery import signals, states
 
 from ff_celery.budgets import inherited_budgets
+from ff_celery.messages import RETENTION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ def _end_ignored_execution(
         task.backend.mark_as_ignored(task_id, task.request)
 
 
+def _task_retention(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """``before_task_publish``: a task's own ``ff_retention`` option (seconds, None: forever)
+    rides in its messages; a per-call ``apply_async(ff_retention=...)`` still wins."""
+    task = celery.current_app.tasks.get(sender) if isinstance(sender, str) else None
+    if headers is not None and task is not None and hasattr(task, RETENTION_HEADER):
+        headers.setdefault(RETENTION_HEADER, getattr(task, RETENTION_HEADER))
+
+
 def uses_flowfabric(app: celery.Celery) -> bool:
     """Whether the app's broker or result backend is ``flowfabric://`` / ``flowfabrics://``."""
     urls = (app.conf.broker_url, app.conf.result_backend)
@@ -61,6 +70,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
     app.steps["consumer"].add(STEP)
     signals.task_postrun.connect(_end_ignored_execution, weak=False, dispatch_uid="ff_celery.ignored")
     signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
+    signals.before_task_publish.connect(_task_retention, weak=False, dispatch_uid="ff_celery.retention")
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

@@ -21,7 +21,7 @@ from typing import Any
 from kombu.utils import json
 
 from ff_celery.engine.errors import ValidationError
-from ff_celery.engine.policy import ExecutionPolicy
+from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
 from ff_celery.engine.task import ClaimedTask
 
 #: FlowFabric namespace of the executions that carry kombu messages (task ids are aliased in it).
@@ -33,6 +33,8 @@ FENCE_HEADER = "ff"
 #: Headers putting the execution under budgets (a list of ids or names) and a quota.
 BUDGETS_HEADER = "ff_budgets"
 QUOTA_HEADER = "ff_quota"
+#: Header (or ``apply_async`` option) with the task's retention in seconds; None: forever.
+RETENTION_HEADER = "ff_retention"
 #: Tag marking executions that are Celery tasks (their name is the value).
 TASK_TAG = "celery.task"
 TASK_ID_TAG = "celery.id"
@@ -140,7 +142,18 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
             submission.tags["celery.group"] = str(headers["group"])
         if headers.get(POLICY_HEADER):
             submission.policy = _policy_from_header(headers[POLICY_HEADER])
+    for given in (headers, properties):  # an apply_async option wins over the task's own
+        if RETENTION_HEADER in given:
+            submission.policy = submission.policy.with_retention(_retention_ms(given[RETENTION_HEADER]))
     return submission
+
+
+def _retention_ms(seconds: Any) -> int:
+    if seconds is None:
+        return KEEP_FOREVER_MS
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < KEEP_FOREVER_MS / 1000:
+        raise PublishError(f"{RETENTION_HEADER} must be seconds (a number >= 0) or None, got {seconds!r}")
+    return int(seconds * 1000)
 
 
 def _admission_headers(headers: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:

@@ -98,7 +98,8 @@ class FlowFabricStep(bootsteps.StartStopStep):
             channel.ff_on_lease_lost = self._on_lease_lost
             if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:
                 configured = c.app.conf.get("flowfabric_scanner_settings") or {}
-                settings = ScannerSettings(**{"retention_s": retention_of(c.app), **configured})
+                retention = {"retention_s": retention_of(c.app), "lane_retention_s": queue_retention_of(c.app)}
+                settings = ScannerSettings(**{**retention, **configured})
                 queues = [queue.name for queue in c.task_consumer.queues]
                 self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=queues).start()
         self.timer_ref = c.timer.call_repeatedly(LOST_CHECK_INTERVAL_S, self.stop_lost, (c,), priority=1)
@@ -163,6 +164,16 @@ def retention_of(app: Any) -> float | None:
     if not expires:
         return None
     return expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
+
+
+def queue_retention_of(app: Any) -> dict[str, float | None]:
+    """Queues with a retention of their own: ``flowfabric_queue_retention`` (seconds, or a
+    timedelta; None: forever)."""
+    configured = app.conf.get("flowfabric_queue_retention") or {}
+    return {
+        queue: expires.total_seconds() if isinstance(expires, timedelta) else expires
+        for queue, expires in configured.items()
+    }
 
 
 def _is_running(delivery_tag: str) -> bool:

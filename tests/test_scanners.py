@@ -6,8 +6,6 @@ import time
 import pytest
 from conftest import engine_time, wait_for
 
-from ff_celery.engine import functions as fn
-from ff_celery.engine import waitpoints
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys, PartitionKeys
 from ff_celery.engine.policy import ExecutionPolicy
@@ -154,42 +152,6 @@ def test_malformed_index_members_are_skipped_and_never_stall_a_lane_or_a_scan(ff
         scanners.expire_leases()
     assert claimer.claim_one(timeout_s=10).execution_id == delayed.execution_id
     assert "not an execution id" in caplog.text
-
-
-def test_the_retention_trimmer_deletes_expired_terminal_executions_with_every_key(ff_engine, ff_redis):
-    waitpoints.seed_waitpoint_secret(ff_engine, "ab" * 32)
-    baseline = set(ff_redis.keys())
-    worker = Claimer(ff_engine, ["default"], worker_id="w", lease_ttl_ms=30_000)
-    try:
-        done = ff_engine.submit("default", b"done").execution_id
-        worker.claim_one(timeout_s=10).complete(b"result")
-        signalled = ff_engine.submit("default", b"signalled").execution_id
-        task = worker.claim_one(timeout_s=10)
-        token = task.suspend("wp-1", fn.ResumeCondition(signal_names=("go",))).waitpoint.token
-        waitpoints.deliver_signal(ff_engine, signalled, "wp-1", token, "go", b'{"ok": 1}')
-        worker.claim_one(timeout_s=10).complete(b"after the signal")  # a second attempt
-        cutoff = ff_engine.server_time_ms()
-        assert wait_for(lambda: ff_engine.server_time_ms() > cutoff)
-        recent = ff_engine.submit("default", b"recent").execution_id
-        worker.claim_one(timeout_s=10).complete(b"kept")
-        running = ff_engine.submit("default", b"running").execution_id
-        held = worker.claim_one(timeout_s=10)
-        scanners = EngineScanners(ff_engine, settings=FAST.model_copy(update={"retention_s": 3600}))
-        with engine_time(ff_engine, cutoff + 3_600_000):
-            assert scanners.trim_retained() == 2
-        left = {key.decode() for key in set(ff_redis.keys()) - baseline}
-        for gone in (done, signalled):
-            # only keys that expire by themselves may remain (dedup records, as FlowFabric leaves them)
-            assert [key for key in left if gone.uuid in key and ff_redis.pttl(key) < 0] == []
-            assert ff_engine.snapshot(gone) is None
-        assert ff_engine.snapshot(recent).public_state == "completed"
-        assert ff_engine.snapshot(running).public_state == "active"
-        index = PartitionKeys(ff_engine.partitions.lane_partition("default"))
-        assert {m.decode() for m in ff_redis.zrange(index.terminal("default"), 0, -1)} == {recent}
-        assert {m.decode() for m in ff_redis.smembers(index.all_executions)} == {recent, running}
-        held.complete()
-    finally:
-        worker.close()
 
 
 def test_lanes_without_any_execution_leave_the_lane_registry_and_come_back_with_work(ff_engine):

@@ -22,6 +22,8 @@ from ff_celery.engine.errors import EngineError, TransportError, UnavailableErro
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import (
     ADMISSION_LANES_KEY,
+    ALIAS_FIELD,
+    IDEMPOTENCY_KEY_FIELD,
     LANE_REGISTRY_KEY,
     PARTITION_CONFIG_KEY,
     ExecKeys,
@@ -231,8 +233,14 @@ class Engine:
         batch.command("sadd", LANE_REGISTRY_KEY, lane)
         batch.fcall(request)
         attachment = budgets.attachment_fields(budget_ids, quota_policy_id)
-        if attachment:  # before any claimer can see it; undone below for a duplicate
-            batch.command("hset", ExecKeys(eid).core, mapping=attachment)
+        own_fields = dict(attachment)  # and what retention needs to remove the keys naming it
+        if alias:
+            own_fields[ALIAS_FIELD] = alias
+        if idempotency_key:
+            own_fields[IDEMPOTENCY_KEY_FIELD] = idempotency_key
+        if own_fields:  # before any claimer can see it; undone below for a duplicate
+            batch.command("hset", ExecKeys(eid).core, mapping=own_fields)
+        if attachment:
             batch.command("sadd", ADMISSION_LANES_KEY, lane)
         if alias:
             alias_ttl_ms = ALIAS_TTL_MS + max(0, (delay_until or 0) - self.now_ms())
@@ -248,7 +256,7 @@ class Engine:
             # the alias went out with the minted id: drop it, or point it at the duplicate's
             existing = None if isinstance(created, EngineError) else str(created.execution_id)
             self._replace_alias(alias, expected=str(eid), value=existing)
-        if attachment and execution_id is None and (isinstance(created, EngineError) or created.execution_id != eid):
+        if own_fields and execution_id is None and (isinstance(created, EngineError) or created.execution_id != eid):
             self._guard(lambda: self.redis.delete(ExecKeys(eid).core))  # a fresh id: only our HSET wrote it
         if isinstance(created, EngineError):
             raise created

@@ -365,6 +365,20 @@ def worker_index_key(namespace: str) -> str:
 SCANNER_LEADER_KEY = "ffc:leader:scanners"
 #: Lanes with executions under budgets or quotas: claims there go through admission.
 ADMISSION_LANES_KEY = "ffc:admission:lanes"
+#: exec_core fields ff_celery adds at submit, so retention can remove the keys that name the
+#: execution from outside its own (its alias and FlowFabric's idempotency key).
+ALIAS_FIELD, IDEMPOTENCY_KEY_FIELD = "ffc_alias", "ffc_idempotency_key"
+
+
+def retention_due_key(partition: int) -> str:
+    """Terminal executions of the partition by the time their retention ends (a zset)."""
+    return f"ffc:retention:{flow_tag(partition)}:due"
+
+
+def retention_cursor_key(partition: int) -> str:
+    """Per lane of the partition: the completion time up to which its terminal executions
+    are in :func:`retention_due_key` (a hash)."""
+    return f"ffc:retention:{flow_tag(partition)}:cursor"
 
 
 def wake_channel(lane: str) -> str:

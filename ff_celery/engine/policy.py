@@ -52,6 +52,19 @@ class RoutingRequirements(_Policy):
     isolation_level: str | None = None
 
 
+class StreamPolicy(_Policy):
+    """Stream durability and, in ``retention_ttl_ms``, how long the terminal execution is
+    kept (overriding the retention trimmer's default)."""
+
+    durability_mode: str = "buffered"
+    retention_maxlen: int = 10_000
+    retention_ttl_ms: int | None = None
+
+
+#: ``retention_ttl_ms`` meaning "never trim" (FlowFabric's field is an unsigned 64-bit number).
+KEEP_FOREVER_MS = 2**64 - 1
+
+
 class ExecutionPolicy(_Policy):
     """Everything FlowFabric stores as an execution's policy. All fields optional."""
 
@@ -65,6 +78,7 @@ class ExecutionPolicy(_Policy):
     budget_ids: list[str] = Field(default_factory=list)
     dedup_window_ms: int | None = None
     max_signals_per_execution: int | None = None
+    stream_policy: StreamPolicy | None = None
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=True)
@@ -75,6 +89,15 @@ class ExecutionPolicy(_Policy):
         if not text:
             return cls()
         return cls.model_validate(json.loads(text))
+
+    @property
+    def retention_ms(self) -> int | None:
+        """This execution's own retention (``KEEP_FOREVER_MS``: never trimmed), if it has one."""
+        return self.stream_policy.retention_ttl_ms if self.stream_policy else None
+
+    def with_retention(self, retention_ms: int) -> ExecutionPolicy:
+        stream_policy = (self.stream_policy or StreamPolicy()).model_copy(update={"retention_ttl_ms": retention_ms})
+        return self.model_copy(update={"stream_policy": stream_policy})
 
     def retry_policy_json(self) -> str:
         """ARGV 7 of ``ff_fail_execution``: the retry_policy object, or empty (never retry)."""

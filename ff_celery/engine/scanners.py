@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ff_celery.engine import budgets
 from ff_celery.engine import functions as fn
@@ -41,7 +41,9 @@ from ff_celery.engine.keys import (
     QuotaKeys,
     budget_resets_key,
     quota_policies_key,
+    retention_cursor_key,
 )
+from ff_celery.engine.retention import RetentionRules, RetentionTrimmer
 from ff_celery.engine.task import ClaimedTask
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ class ScannerSettings(BaseModel):
     #: How long a terminal execution is kept (FlowFabric: 24 h; a Celery worker passes its
     #: ``result_expires``); None keeps them forever.
     retention_s: float | None = 86_400.0
+    #: Lanes (queues) with a retention of their own, in seconds (None: forever).
+    lane_retention_s: dict[str, float | None] = Field(default_factory=dict)
     batch_size: int = 50
     leader_ttl_s: float = 10.0
     requeue_lease_ttl_ms: int = 30_000
@@ -111,6 +115,8 @@ class EngineScanners:
             _Scanner("lane_cleanup", s.lane_cleanup_interval_s, self.forget_idle_lanes),
         ]
         self.admission = budgets.Admission(engine)
+        rules = RetentionRules(s.retention_s, s.lane_retention_s)
+        self.trimmer = RetentionTrimmer(engine, rules, self.lanes, s.batch_size)
         self._failures: dict[str, int] = defaultdict(int)
         self._skip_until_cycle: dict[str, int] = {}
         self._cycle = 0
@@ -251,40 +257,9 @@ class EngineScanners:
         return len(requests)
 
     def trim_retained(self) -> int:
-        """FlowFabric's retention trimmer: terminal executions completed more than
-        ``retention_s`` ago are deleted with every key and index entry naming them (plain
-        commands, ``batch_size`` per lane and partition, two round trips)."""
-        if self.settings.retention_s is None:
-            return 0
-        cutoff = self.engine.server_time_ms() - int(self.settings.retention_s * 1000)
-        slots = [(index, lane) for index in self._partitions() for lane in sorted(self.lanes())]
-        due = [
-            (index, lane, eid)
-            for (index, lane), members in zip(slots, self._due([i.terminal(lane) for i, lane in slots], cutoff))
-            for eid in valid_execution_ids(members, f"the terminal set of lane {lane}")
-        ]
-        if not due:
-            return 0
-        reads = self.engine.batch()
-        for _, _, eid in due:
-            keys = ExecKeys(eid)
-            reads.command("hmget", keys.core, ("completed_at", "total_attempt_count"))
-            reads.command("smembers", keys.waitpoints)
-            reads.command("zrange", keys.signals, 0, -1)  # a zset: signal ids by acceptance time
-            reads.command("smembers", keys.deps_all_edges)
-        replies = reads.execute()
-        deletes = self.engine.batch()
-        for position, (index, lane, eid) in enumerate(due):
-            (completed_at, attempts), *members = replies[4 * position : 4 * position + 4]
-            if completed_at:
-                waitpoints, signals, edges = ([m.decode() for m in found] if isinstance(found, list | set) else []
-                                              for found in members)  # fmt: skip
-                attempt_count = int(attempts) if attempts and attempts.isdigit() else 0
-                deletes.command("delete", *ExecKeys(eid).every_key(attempt_count, waitpoints, signals, edges))
-                deletes.command("srem", index.all_executions, eid)
-            deletes.command("zrem", index.terminal(lane), eid)
-        deletes.execute()
-        return len(due)
+        """FlowFabric's retention trimmer (see :mod:`ff_celery.engine.retention`): answers how
+        many terminal executions were deleted."""
+        return self.trimmer.trim()
 
     def forget_idle_lanes(self) -> int:
         """Take lanes that hold no execution in any state on any partition (their last one
@@ -295,6 +270,10 @@ class EngineScanners:
         if not forgotten:
             return 0
         self.engine.redis.srem(LANE_REGISTRY_KEY, *forgotten)
+        batch = self.engine.batch()
+        for index in self._partitions():
+            batch.command("hdel", retention_cursor_key(index.partition), *forgotten)
+        batch.execute()
         refilled = set(forgotten) - set(self._empty_lanes(forgotten))  # raced with a submit
         if refilled:
             self.engine.redis.sadd(LANE_REGISTRY_KEY, *refilled)

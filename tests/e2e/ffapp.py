@@ -35,6 +35,9 @@ app.conf.update(
     },
     worker_prefetch_multiplier=int(os.environ.get("FFAPP_PREFETCH", "1")),
 )
+if os.environ.get("FFAPP_RETENTION_SCAN_S"):  # a retention trimmer pass that often; queue "brief" keeps 1 s
+    app.conf.flowfabric_scanner_settings["retention_interval_s"] = float(os.environ["FFAPP_RETENTION_SCAN_S"])
+    app.conf.flowfabric_queue_retention = {"brief": 1}
 
 
 def runs() -> redis.Redis:
@@ -48,6 +51,16 @@ def record(task, event: str) -> None:
 @app.task
 def add(x, y):
     return x + y
+
+
+@app.task(ff_retention=1)
+def briefly_kept(x):
+    return x
+
+
+@app.task(ff_retention=None)
+def kept_forever(x):
+    return x
 
 
 @app.task

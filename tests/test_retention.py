@@ -1,0 +1,111 @@
+"""The retention trimmer: a terminal execution is deleted with every key and index entry naming
+it once its own retention (its policy's, else its lane's, else the default) has passed; one
+kept long never holds back the rest of its lane."""
+
+from conftest import engine_time, wait_for
+
+from ff_celery.engine import functions as fn
+from ff_celery.engine import waitpoints
+from ff_celery.engine.claimer import Claimer
+from ff_celery.engine.keys import PartitionKeys, alias_key
+from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
+from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+
+HOUR_MS = 3_600_000
+
+
+def complete_all(engine, lanes, count):
+    worker = Claimer(engine, lanes, worker_id="w", lease_ttl_ms=30_000)
+    try:
+        for _ in range(count):
+            worker.claim_one(timeout_s=10).complete(b"done")
+    finally:
+        worker.close()
+
+
+def exists(engine, execution_id) -> bool:
+    return engine.snapshot(execution_id) is not None
+
+
+def test_expired_terminal_executions_go_with_every_key_alias_and_idempotency_key(ff_engine, ff_redis):
+    waitpoints.seed_waitpoint_secret(ff_engine, "ab" * 32)
+    baseline = set(ff_redis.keys())
+    worker = Claimer(ff_engine, ["default"], worker_id="w", lease_ttl_ms=30_000)
+    try:
+        done = ff_engine.submit("default", b"done", alias="task-1", idempotency_key="task-1:0").execution_id
+        worker.claim_one(timeout_s=10).complete(b"result")
+        signalled = ff_engine.submit("default", b"signalled").execution_id
+        task = worker.claim_one(timeout_s=10)
+        token = task.suspend("wp-1", fn.ResumeCondition(signal_names=("go",))).waitpoint.token
+        waitpoints.deliver_signal(ff_engine, signalled, "wp-1", token, "go", b'{"ok": 1}')
+        worker.claim_one(timeout_s=10).complete(b"after the signal")  # a second attempt
+        cutoff = ff_engine.server_time_ms()
+        assert wait_for(lambda: ff_engine.server_time_ms() > cutoff)
+        recent = ff_engine.submit("default", b"recent", alias="task-2").execution_id
+        worker.claim_one(timeout_s=10).complete(b"kept")
+        running = ff_engine.submit("default", b"running").execution_id
+        held = worker.claim_one(timeout_s=10)
+        scanners = EngineScanners(ff_engine, settings=ScannerSettings(retention_s=3600))
+        with engine_time(ff_engine, cutoff + HOUR_MS):
+            assert scanners.trim_retained() == 2
+        left = {key.decode() for key in set(ff_redis.keys()) - baseline}
+        for gone in (done, signalled):
+            # only keys that expire by themselves may remain (signal dedup records, as FlowFabric)
+            assert [key for key in left if gone.uuid in key and ff_redis.pttl(key) < 0] == []
+            assert not exists(ff_engine, gone)
+        assert ff_engine.resolve("task-1") is None
+        assert [key for key in left if "task-1" in key] == []  # alias and idempotency key
+        assert ff_engine.resolve("task-2") == recent
+        assert ff_engine.snapshot(recent).public_state == "completed"
+        assert ff_engine.snapshot(running).public_state == "active"
+        index = PartitionKeys(ff_engine.partitions.lane_partition("default"))
+        assert {m.decode() for m in ff_redis.zrange(index.terminal("default"), 0, -1)} == {recent}
+        assert {m.decode() for m in ff_redis.smembers(index.all_executions)} == {recent, running}
+        held.complete()
+    finally:
+        worker.close()
+
+
+def test_each_execution_keeps_its_own_retention_then_its_lanes_then_the_default(ff_engine):
+    def submit(lane, retention_ms=None):
+        policy = ExecutionPolicy().with_retention(retention_ms) if retention_ms is not None else None
+        return ff_engine.submit(lane, b"x", policy=policy).execution_id
+
+    forever_first = [submit("short", KEEP_FOREVER_MS) for _ in range(3)]  # at the head of the lane
+    long_kept = submit("short", 2 * HOUR_MS)
+    short_lane = [submit("short") for _ in range(4)]
+    default_lane = submit("default")
+    brief = submit("default", 10_000)
+    complete_all(ff_engine, ["short", "default"], 10)
+    completed = ff_engine.server_time_ms()
+    settings = ScannerSettings(retention_s=HOUR_MS / 1000, lane_retention_s={"short": 60}, batch_size=2)
+    scanners = EngineScanners(ff_engine, settings=settings)
+
+    def trim_until_idle(now_ms):
+        with engine_time(ff_engine, now_ms):
+            while scanners.trim_retained() or scanners.trimmer.index_terminal(now_ms - 1000):
+                pass
+
+    trim_until_idle(completed + 11_000)
+    assert not exists(ff_engine, brief)
+    assert all(exists(ff_engine, eid) for eid in [*short_lane, default_lane, long_kept])
+    trim_until_idle(completed + 61_000)  # a batch of 2, behind 4 kept ones: none holds the rest back
+    assert not any(exists(ff_engine, eid) for eid in short_lane)
+    assert all(exists(ff_engine, eid) for eid in [default_lane, long_kept, *forever_first])
+    trim_until_idle(completed + 2 * HOUR_MS + 1000)
+    assert not any(exists(ff_engine, eid) for eid in (default_lane, long_kept))
+    assert all(exists(ff_engine, eid) for eid in forever_first)
+
+
+def test_a_replaced_tasks_alias_stays_with_its_successor(ff_engine, ff_redis):
+    first = ff_engine.submit("default", b"first", alias="task-r", idempotency_key="task-r:0").execution_id
+    complete_all(ff_engine, ["default"], 1)
+    successor = ff_engine.submit(
+        "default", b"second", alias="task-r", alias_replaces=True, idempotency_key="task-r:1"
+    ).execution_id
+    scanners = EngineScanners(ff_engine, settings=ScannerSettings(retention_s=1))
+    with engine_time(ff_engine, ff_engine.server_time_ms() + 5000):
+        assert scanners.trim_retained() == 1
+    assert not exists(ff_engine, first)
+    assert ff_engine.resolve("task-r") == successor
+    assert ff_redis.exists(alias_key(ff_engine.namespace, "task-r"))
