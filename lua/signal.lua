@@ -32,10 +32,19 @@ local function signal_args(args, check_resume_delay)
   }
 end
 
--- The per-execution signal cap, then idempotency: an error or DUPLICATE reply
--- to return, or nil to go on recording the signal.
-local function admit_signal(K, A)
+-- ff_celery deviation: a waitpoint takes at most this many signals and this many
+-- payload bytes (kept payloads only), so one token cannot fill the server.
+local MAX_SIGNALS_PER_WAITPOINT = 1000
+local MAX_SIGNAL_BYTES_PER_WAITPOINT = 4 * 1024 * 1024
+
+-- The per-execution and per-waitpoint signal caps, then idempotency: an error or
+-- DUPLICATE reply to return, or nil to go on recording the signal.
+local function admit_signal(K, A, waitpoint)
   if A.max_signals > 0 and redis.call("ZCARD", K.execution_signals) >= A.max_signals then
+    return fail("signal_limit_exceeded")
+  end
+  if tonumber(waitpoint.ffc_signals or "0") >= MAX_SIGNALS_PER_WAITPOINT
+      or tonumber(waitpoint.ffc_signal_bytes or "0") + #A.payload > MAX_SIGNAL_BYTES_PER_WAITPOINT then
     return fail("signal_limit_exceeded")
   end
   if A.idempotency_key ~= "" and A.dedup_ttl_ms > 0 then
@@ -49,8 +58,10 @@ local function admit_signal(K, A)
 end
 
 -- Write the signal hash, its payload, the waitpoint's signal log entry and the
--- execution's signal index.
+-- execution's signal index, and count it against the waitpoint's caps.
 local function record_signal(K, A, now, effect)
+  redis.call("HINCRBY", K.waitpoint, "ffc_signals", 1)
+  redis.call("HINCRBY", K.waitpoint, "ffc_signal_bytes", #A.payload)
   local fields = {
     "signal_id", A.signal_id,
     "target_execution_id", A.execution_id,
@@ -136,7 +147,7 @@ redis.register_function('ff_deliver_signal', function(keys, args)
   local condition = read_hash(K.condition)
   if not condition then return fail("waitpoint_not_found") end
   if condition.closed == "1" then return fail("waitpoint_closed") end
-  local refused = admit_signal(K, A)
+  local refused = admit_signal(K, A, waitpoint)
   if refused then return refused end
   record_signal(K, A, now)
 
@@ -153,6 +164,11 @@ redis.register_function('ff_deliver_signal', function(keys, args)
   end
   local matched = effect ~= "no_op" and effect ~= "signal_ignored_not_in_condition"
     and effect ~= "signal_ignored_matcher_failed"
+  if not matched and A.payload ~= "" then
+    -- ff_celery deviation: a signal the wait cannot use keeps no payload
+    redis.call("DEL", K.signal_payload)
+    redis.call("HINCRBY", K.waitpoint, "ffc_signal_bytes", -#A.payload)
+  end
 
   if satisfied then
     if phase == "suspended" then
@@ -212,7 +228,7 @@ redis.register_function('ff_buffer_signal_for_pending_waitpoint', function(keys,
   local denied = waitpoint_hmac.authenticate(K.core, K.keystore, A.token, A.waitpoint_id, waitpoint, now)
   if denied then return denied end
   if waitpoint.state == "closed" or waitpoint.state == "expired" then return fail("waitpoint_closed") end
-  local refused = admit_signal(K, A)
+  local refused = admit_signal(K, A, waitpoint)
   if refused then return refused end
   record_signal(K, A, now, "buffered_for_pending_waitpoint")
   return ok(A.signal_id, "buffered_for_pending_waitpoint")

@@ -477,7 +477,7 @@ def test_read_waitpoint_of_a_missing_waitpoint_is_none(ff_engine):
 
 def test_read_signals_keeps_the_order_given_and_skips_missing_ones(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
-    suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("never",)))
+    suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("one", "two", "never"), match="all"))
     token = suspension.waitpoint.token
     one = waitpoints.deliver_signal(
         ff_engine, task.execution_id, "wp-1", token, "one", b"p1", source_identity="svc", correlation_id="c"

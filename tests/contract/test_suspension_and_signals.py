@@ -2079,6 +2079,34 @@ def test_buffer_past_the_signal_cap_answers_signal_limit_exceeded(ff_engine):
     expect_error(ff_engine, buffer(c.eid, ticket, max_signals_per_execution=1), "signal_limit_exceeded", [])
 
 
+def test_a_signal_the_wait_cannot_use_keeps_no_payload(ff_engine, ff_redis):
+    # deliberate deviation (a token must not let its holder fill the server): FlowFabric keeps it
+    c, _, suspension = suspended(ff_engine, waitpoint_id="wp-1", condition=names("a"))
+    ignored = deliver(c.eid, suspension.waitpoint, "zzz", payload=b"x" * 1000)
+    assert ff_engine.call(ignored).effect == "no_op"
+    assert not ff_redis.exists(c.keys.signal_payload(ignored.signal_id))
+    assert hash_of(ff_redis, c.keys.signal(ignored.signal_id))["observed_effect"] == "no_op"
+    used = deliver(c.eid, suspension.waitpoint, "a", payload=b"y" * 10)
+    assert ff_engine.call(used).effect == "resume_condition_satisfied"
+    assert ff_redis.get(c.keys.signal_payload(used.signal_id)) == b"y" * 10
+
+
+def test_a_waitpoint_takes_at_most_1000_signals_and_4_mib_of_payload(ff_engine, ff_redis):
+    # deliberate deviation: FlowFabric only caps signals per execution (10 000, any size)
+    c = claimed(ff_engine)
+    by_bytes = pending(ff_engine, c)
+    for _ in range(16):
+        ff_engine.call(buffer(c.eid, by_bytes, payload=b"p" * (256 * 1024)))
+    before = keyspace(ff_redis)
+    expect_error(ff_engine, buffer(c.eid, by_bytes, payload=b"p"), "signal_limit_exceeded", [])
+    assert keyspace(ff_redis) == before
+    by_count = pending(ff_engine, c)
+    requests = [buffer(c.eid, by_count) for _ in range(1000)]
+    assert all(reply.effect == BUFFERED for reply in ff_engine.call_many(requests))
+    expect_error(ff_engine, buffer(c.eid, by_count), "signal_limit_exceeded", [])
+    assert ff_engine.call(buffer(c.eid, pending(ff_engine, c))).effect == BUFFERED  # another waitpoint
+
+
 def test_buffer_with_a_repeated_idempotency_key_answers_duplicate(ff_engine, ff_redis):
     c = claimed(ff_engine)
     ticket = pending(ff_engine, c)
