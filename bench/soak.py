@@ -1,9 +1,11 @@
 """Soak: many tasks through three prefork workers while a random worker is ``kill -9``ed and
 restarted every few seconds and the server (append-only file, fsync always) is restarted once
-mid-run. Reports lost tasks, wrong results, tasks run more than once, and Valkey memory before
-the run, after it and after the retention trimmer.
+mid-run. Reports lost tasks, wrong results, tasks run more than once, Valkey memory before the
+run, after it and once the workers' retention trimmer has removed every execution (the app's
+``result_expires`` is ``--retention`` seconds), what keys remain, and the slowest call of each
+command the engine and the trimmer use (Valkey's latency histogram, since the restart).
 
-    .venv/bin/python bench/soak.py [--count 20000] [--kill-every 3] [--task-ms 5]
+    .venv/bin/python bench/soak.py [--count 20000] [--kill-every 3] [--task-ms 5] [--retention 30]
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from pathlib import Path
 import redis
 
 from ff_celery.devserver import DevServer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,16 +38,36 @@ def used_memory(url: str) -> int:
     return redis.Redis.from_url(url).info("memory")["used_memory"]
 
 
+def key_census(client: redis.Redis) -> dict[str, int]:
+    """How many keys there are per prefix (up to the first ``{`` or third ``:``)."""
+    census: dict[str, int] = {}
+    for key in client.scan_iter(count=1000):
+        prefix = ":".join(key.decode().split("{")[0].split(":")[:3])
+        census[prefix] = census.get(prefix, 0) + 1
+    return dict(sorted(census.items()))
+
+
+def slowest_calls(client: redis.Redis) -> dict[str, int]:
+    """Per command: the upper bound (µs) of its slowest latency-histogram bucket."""
+    histograms = client.execute_command("LATENCY", "HISTOGRAM")
+    return {
+        name.decode(): max(entry[b"histogram_usec"])
+        for name, entry in sorted(histograms.items(), key=lambda item: -max(item[1][b"histogram_usec"]))
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills")
     parser.add_argument("--task-ms", type=float, default=5.0, help="how long each task runs")
+    parser.add_argument("--retention", type=float, default=30.0, help="result_expires of the app, seconds")
     args = parser.parse_args()
     rng = random.Random(7)
     with DevServer(persistent=True) as server:
         url = server.url.replace("redis://", "flowfabric://", 1)
         os.environ["SOAK_URL"] = url
+        os.environ["SOAK_RETENTION_S"] = str(args.retention)
         env = {**os.environ, "PYTHONPATH": str(HERE)}
         sys.path.insert(0, str(HERE))
         from soak_app import app, journal, work
@@ -96,12 +116,14 @@ def main() -> None:
         never_ran = args.count - len(runs)
         twice = sum(1 for count in runs.values() if count > 1)
         after_memory = used_memory(server.url)
-        engine = Engine.from_url(server.url)
-        scanners = EngineScanners(engine, settings=ScannerSettings(retention_s=0, batch_size=500))
-        while scanners.trim_retained():
-            pass
         journal.delete("soak:runs")
+        client = redis.Redis.from_url(server.url)
+        deadline = time.monotonic() + args.retention + 300
+        while any(client.scan_iter(match="ff:exec:*:core", count=1000)) and time.monotonic() < deadline:
+            time.sleep(1)  # the workers' retention trimmer, every 2 s
         trimmed_memory = used_memory(server.url)
+        remaining = key_census(client)
+        slowest = slowest_calls(client)
         for process in workers:
             process.terminate()
         for process in workers:
@@ -116,9 +138,11 @@ def main() -> None:
             f"lost: {lost}, wrong results: {wrong}, never ran: {never_ran}, ran more than once: {twice} "
             f"(only tasks running at a kill can run again: at most 2 per kill, {2 * len(kills)})"
         )
-        print(f"used_memory: {start_memory} before, {after_memory} after the run, {trimmed_memory} after the "
-              f"retention trimmer ({100 * (trimmed_memory - start_memory) / start_memory:+.1f}%; task-id "
-              f"aliases and idempotency records expire by TTL)")  # fmt: skip
+        print(f"used_memory: {start_memory} before, {after_memory} after the run, {trimmed_memory} once "
+              f"retention ({args.retention:g} s) trimmed every execution "
+              f"({100 * (trimmed_memory - start_memory) / start_memory:+.1f}%)")  # fmt: skip
+        print(f"keys left: {remaining}")
+        print("slowest call per command (µs, histogram bucket):", ", ".join(f"{n} {us}" for n, us in slowest.items()))
 
 
 if __name__ == "__main__":

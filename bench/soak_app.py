@@ -12,7 +12,15 @@ URL = os.environ["SOAK_URL"]
 app = Celery("soak_app", broker=URL, backend=URL)
 app.conf.update(
     broker_transport_options={"lease_ttl_ms": 3000, "poll_interval": 0.5},
-    flowfabric_scanner_settings={"lease_expiry_interval_s": 0.5, "promote_interval_s": 0.25, "leader_ttl_s": 3.0},
+    flowfabric_scanner_settings={
+        "lease_expiry_interval_s": 0.5,
+        "promote_interval_s": 0.25,
+        "leader_ttl_s": 3.0,
+        "retention_interval_s": 2.0,
+        "batch_size": 500,
+    },
+    # a short retention, so the run can watch the trimmer give the memory back
+    result_expires=float(os.environ.get("SOAK_RETENTION_S", "30")),
 )
 # the journal rides out the server restart (retried), so a task fails only for ff_celery's reasons
 journal = redis.Redis.from_url(
