@@ -2,7 +2,8 @@
 
 Starts an embedded server and a real ``celery worker`` (bench_app, prefork -c 2), runs
 ``--count`` no-op tasks through ``flowfabric://`` (broker and backend), then reports
-``used_memory`` and keys per retained execution, trims with retention 0, and reports again.
+``used_memory`` and keys per retained execution, trims with retention 0, and reports again;
+then the same per task queued (on a queue no worker consumes).
 
     .venv/bin/python bench/footprint.py [--count 2000]
 """
@@ -68,6 +69,11 @@ def main() -> None:
             print(f"retention trimmer (retention 0): {trimmed} executions in {elapsed:.2f} s; "
                   f"used_memory {trimmed_bytes - before_bytes:+d} bytes, keys {trimmed_keys - before_keys:+d} "
                   f"vs before the run")  # fmt: skip
+            for _ in range(args.count):  # a queue no worker consumes: queued, never run
+                noop.apply_async(queue="parked")
+            queued_bytes, queued_keys = memory(engine)
+            print(f"{args.count} queued no-op tasks: {(queued_bytes - trimmed_bytes) / args.count:.0f} bytes, "
+                  f"{(queued_keys - trimmed_keys) / args.count:.1f} keys per task")  # fmt: skip
         finally:
             worker.terminate()
             worker.wait(timeout=30)
