@@ -28,6 +28,15 @@ def test_a_duplicate_submission_leaves_no_stray_record(ff_engine):
     assert len(cores) == 1
 
 
+def test_a_submission_under_budgets_right_after_the_library_vanished_creates_its_execution(ff_engine):
+    ff_engine.redis.function_flush()  # a restarted server: the first call reloads the library
+    created = ff_engine.submit("llm", b"x", budget_ids=["tokens"], alias="task-after-restart")
+    assert not created.duplicate
+    assert ff_engine.read_core(created.execution_id, "public_state")["public_state"] == "waiting"
+    assert ff_engine.resolve("task-after-restart") == created.execution_id
+    assert len(list(ff_engine.redis.scan_iter("ff:exec:*:core"))) == 1  # no stray record of the first try
+
+
 def test_an_exhausted_budget_holds_back_claims_even_right_after_other_work(ff_engine):
     worker = claimer(ff_engine)
     try:

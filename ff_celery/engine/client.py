@@ -22,8 +22,8 @@ from ff_celery.engine.errors import EngineError, TransportError, UnavailableErro
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import (
     ADMISSION_LANES_KEY,
-    ALIAS_FIELD,
-    IDEMPOTENCY_KEY_FIELD,
+    ALIAS_TAG,
+    IDEMPOTENCY_KEY_TAG,
     LANE_REGISTRY_KEY,
     PARTITION_CONFIG_KEY,
     ExecKeys,
@@ -211,39 +211,55 @@ class Engine:
         """
         if delay_until is not None and delay_until <= self.now_ms() + DELAY_SAFETY_MS:
             delay_until = None
-        eid = execution_id or ExecutionId.mint(self.partitions.lane_partition(lane))
-        request = fn.CreateExecution(
-            execution_id=eid,
-            namespace=self.namespace,
-            lane_id=lane,
-            execution_kind=execution_kind,
-            priority=priority,
-            creator_identity=creator_identity,
-            policy_json=(policy or ExecutionPolicy()).to_json(),
-            input_payload=payload,
-            delay_until=delay_until,
-            idempotency_key=idempotency_key,
-            tags=tags or {},
-            execution_deadline_at=deadline_at,
-        )
-        # one round trip: the lane in the registry (every time: idle lanes leave it, see
-        # EngineScanners.forget_idle_lanes), the FCALL, the alias (kept if a duplicate already
-        # set it) and the size of the lane's eligible set
+        tags = dict(tags or {})  # and what retention needs to remove the keys naming it
+        if alias:
+            tags[ALIAS_TAG] = alias
+        if idempotency_key:
+            tags[IDEMPOTENCY_KEY_TAG] = idempotency_key
+        attachment = budgets.attachment_fields(budget_ids, quota_policy_id)
+        for _ in range(2):
+            eid = execution_id or ExecutionId.mint(self.partitions.lane_partition(lane))
+            request = fn.CreateExecution(
+                execution_id=eid,
+                namespace=self.namespace,
+                lane_id=lane,
+                execution_kind=execution_kind,
+                priority=priority,
+                creator_identity=creator_identity,
+                policy_json=(policy or ExecutionPolicy()).to_json(),
+                input_payload=payload,
+                delay_until=delay_until,
+                idempotency_key=idempotency_key,
+                tags=tags,
+                execution_deadline_at=deadline_at,
+            )
+            created = self._create(request, attachment, alias, alias_replaces, minted=execution_id is None)
+            if created is not None:
+                return created
+        raise TransportError("the execution could not be created: the function library kept disappearing")
+
+    def _create(
+        self,
+        request: fn.CreateExecution,
+        attachment: dict[str, str],
+        alias: str | None,
+        alias_replaces: bool,
+        *,
+        minted: bool,
+    ) -> fn.Created | None:
+        """:meth:`submit` in one round trip: the lane in the registry (every time: idle lanes
+        leave it, see EngineScanners.forget_idle_lanes), the FCALL, the budget attachment, the
+        alias (kept if a duplicate already set it) and the size of the lane's eligible set.
+        None when it must be tried again with a fresh id."""
+        eid, lane = request.execution_id, request.lane_id
         batch = self.batch()
         batch.command("sadd", LANE_REGISTRY_KEY, lane)
         batch.fcall(request)
-        attachment = budgets.attachment_fields(budget_ids, quota_policy_id)
-        own_fields = dict(attachment)  # and what retention needs to remove the keys naming it
-        if alias:
-            own_fields[ALIAS_FIELD] = alias
-        if idempotency_key:
-            own_fields[IDEMPOTENCY_KEY_FIELD] = idempotency_key
-        if own_fields:  # before any claimer can see it; undone below for a duplicate
-            batch.command("hset", ExecKeys(eid).core, mapping=own_fields)
-        if attachment:
+        if attachment:  # before any claimer can see it; undone below for a duplicate
+            batch.command("hset", ExecKeys(eid).core, mapping=attachment)
             batch.command("sadd", ADMISSION_LANES_KEY, lane)
         if alias:
-            alias_ttl_ms = ALIAS_TTL_MS + max(0, (delay_until or 0) - self.now_ms())
+            alias_ttl_ms = ALIAS_TTL_MS + max(0, (request.delay_until or 0) - self.now_ms())
             batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces, px=alias_ttl_ms)
         batch.command("zcard", PartitionKeys(eid.partition).eligible(lane))
         replies = batch.execute()
@@ -252,15 +268,19 @@ class Engine:
         # were waiting, no claimer is idle for lack of work.
         if isinstance(created, fn.Created) and created.public_state == "waiting" and replies[-1] == 1:
             self.wake(lane)
-        if alias and (isinstance(created, EngineError) or created.execution_id != eid):
+        failed = isinstance(created, EngineError)
+        # A minted id under budgets answered as a DUPLICATE of itself: the library was reloaded
+        # and the batch run twice, and the first run's HSET made the core exist. Try a new id.
+        rerun = minted and bool(attachment) and not failed and created.duplicate and created.execution_id == eid
+        not_ours = failed or rerun or created.execution_id != eid
+        if alias and not_ours:
             # the alias went out with the minted id: drop it, or point it at the duplicate's
-            existing = None if isinstance(created, EngineError) else str(created.execution_id)
-            self._replace_alias(alias, expected=str(eid), value=existing)
-        if own_fields and execution_id is None and (isinstance(created, EngineError) or created.execution_id != eid):
-            self._guard(lambda: self.redis.delete(ExecKeys(eid).core))  # a fresh id: only our HSET wrote it
-        if isinstance(created, EngineError):
+            self._replace_alias(alias, expected=str(eid), value=None if failed or rerun else str(created.execution_id))
+        if attachment and minted and not_ours:
+            self._guard(lambda: self.redis.delete(ExecKeys(eid).core))  # only our HSET wrote it
+        if failed:
             raise created
-        return created
+        return None if rerun else created
 
     def _replace_alias(self, alias: str, *, expected: str, value: str | None) -> None:
         """Set (or delete, for None) ``alias`` if it still maps to ``expected``."""

@@ -365,9 +365,9 @@ def worker_index_key(namespace: str) -> str:
 SCANNER_LEADER_KEY = "ffc:leader:scanners"
 #: Lanes with executions under budgets or quotas: claims there go through admission.
 ADMISSION_LANES_KEY = "ffc:admission:lanes"
-#: exec_core fields ff_celery adds at submit, so retention can remove the keys that name the
-#: execution from outside its own (its alias and FlowFabric's idempotency key).
-ALIAS_FIELD, IDEMPOTENCY_KEY_FIELD = "ffc_alias", "ffc_idempotency_key"
+#: Tags ff_celery adds at submit, so retention can remove the keys that name the execution
+#: from outside its own (its alias and FlowFabric's idempotency key).
+ALIAS_TAG, IDEMPOTENCY_KEY_TAG = "ffc.alias", "ffc.idempotency_key"
 
 
 def retention_due_key(partition: int) -> str:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from ff_celery.engine.client import Engine
 from ff_celery.engine.ids import valid_execution_ids
 from ff_celery.engine.keys import (
-    ALIAS_FIELD,
-    IDEMPOTENCY_KEY_FIELD,
+    ALIAS_TAG,
+    IDEMPOTENCY_KEY_TAG,
     ExecKeys,
     PartitionKeys,
     alias_key,
@@ -157,11 +157,11 @@ class RetentionTrimmer:
         ]
         if not due:
             return 0
-        fields = ("completed_at", "total_attempt_count", "lane_id", "namespace", ALIAS_FIELD, IDEMPOTENCY_KEY_FIELD)
         reads = self.engine.batch()
         for _, eid in due:
             keys = ExecKeys(eid)
-            reads.command("hmget", keys.core, fields)
+            reads.command("hmget", keys.core, ("completed_at", "total_attempt_count", "lane_id", "namespace"))
+            reads.command("hmget", keys.tags, (ALIAS_TAG, IDEMPOTENCY_KEY_TAG))
             reads.command("get", keys.policy)
             reads.command("smembers", keys.waitpoints)
             reads.command("zrange", keys.signals, 0, -1)  # a zset: signal ids by acceptance time
@@ -170,8 +170,8 @@ class RetentionTrimmer:
         expired: list[_Expired] = []
         writes = self.engine.batch()
         for position, (partition, eid) in enumerate(due):
-            (completed_at, attempts, lane, namespace, alias, idempotency_key), policy_json, *members = replies[
-                5 * position : 5 * position + 5
+            (completed_at, attempts, lane, namespace), (alias, idempotency_key), policy_json, *members = replies[
+                6 * position : 6 * position + 6
             ]
             lane = _text(lane) or "default"
             retention_ms = self.rules.retention_ms(lane, policy_json) if completed_at else None
