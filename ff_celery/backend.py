@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -97,7 +98,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     group_keyprefix = "ffc:celery-taskset-meta-"
     chord_keyprefix = "ffc:chord-unlock-"
     implements_incr = True
-    supports_native_join = False
+    supports_native_join = True
     supports_autoexpire = True
     persistent = True
 
@@ -319,28 +320,64 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         no_ack: bool = True,
         on_interval: Any = None,
     ) -> dict[str, Any]:
-        """Wait until the task is ready: woken by its completion notice, re-checking every
-        ``interval`` for outcomes recorded without one (scanners, operators)."""
+        """Wait until the task is ready (see :meth:`get_many`)."""
+        for _, meta in self.get_many([task_id], timeout=timeout, interval=interval, on_interval=on_interval):
+            return meta
+        raise TimeoutError("The operation timed out.")  # max_iterations only: not reached
+
+    def get_many(
+        self,
+        task_ids: Iterable[str | bytes],
+        timeout: float | None = None,
+        interval: float | None = 0.5,
+        no_ack: bool = True,
+        on_message: Any = None,
+        on_interval: Any = None,
+        max_iterations: int | None = None,
+        READY_STATES: frozenset[str] = states.READY_STATES,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each task's meta as soon as it is ready, in the order they become ready (Celery's
+        native join: a group's ``get()`` raises at its first failure or revoke, as on Redis).
+        Woken by the tasks' completion notices (only the notified tasks are re-read), and
+        re-reading all every ``interval`` for outcomes recorded without one (scanners,
+        operators)."""
         self._ensure_not_eager()
+        interval = 0.5 if interval is None else interval
         deadline = None if timeout is None else time.monotonic() + timeout
-        channel = done_channel(NAMESPACE, task_id)
-        listener = self._subscribe(channel, deadline)  # before the first read: no notice slips between
+        pending = {bytes_to_str(task_id): done_channel(NAMESPACE, bytes_to_str(task_id)) for task_id in task_ids}
+        channels = list(pending.values())
+        listener = self._subscribe(channels, deadline)  # before the first read: no notice slips between
+        to_read, last_full_read, iterations = set(pending), time.monotonic(), 0
         try:
-            while True:
-                meta = self.get_task_meta(task_id)
-                if meta["status"] in states.READY_STATES:
-                    return meta
+            while pending:
+                for task_id in [task_id for task_id in pending if task_id in to_read]:
+                    meta = self.get_task_meta(task_id)
+                    if meta["status"] in READY_STATES:
+                        del pending[task_id]
+                        if on_message is not None:
+                            on_message(meta)
+                        yield task_id, meta
+                if not pending:
+                    return
                 if on_interval:
                     on_interval()
+                iterations += 1
+                if max_iterations and iterations >= max_iterations:
+                    return
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError("The operation timed out.")
                 try:
-                    self._await_notice(listener, channel, interval if remaining is None else min(interval, remaining))
+                    wait = interval if remaining is None else min(interval, remaining)
+                    notified = self._await_notices(listener, pending, wait)
                 except RETRYABLE_REDIS_ERRORS:  # dropped by the server (restart, failover, CLIENT KILL)
                     self._drop_listener(listener)
-                    listener = self._subscribe(channel, deadline)
-        except TimeoutError:
+                    listener, notified = self._subscribe(list(pending.values()), deadline), set()
+                if not notified or time.monotonic() - last_full_read >= interval:
+                    to_read, last_full_read = set(pending), time.monotonic()
+                else:
+                    to_read = notified
+        except (TimeoutError, GeneratorExit):
             raise
         except BaseException:
             self._drop_listener(listener)  # its connection may be mid-reply: never reuse it
@@ -348,20 +385,20 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         finally:
             if getattr(self._local, "listener", None) is listener:
                 try:
-                    listener.unsubscribe(channel)
+                    listener.unsubscribe(*channels)
                 except RETRYABLE_REDIS_ERRORS:
                     self._drop_listener(listener)
 
-    def _subscribe(self, channel: str, deadline: float | None) -> Any:
+    def _subscribe(self, channels: list[str], deadline: float | None) -> Any:
         """This thread's Pub/Sub connection for completion notices (kept between waits),
-        subscribed to ``channel``; transient server errors are retried with backoff until
+        subscribed to ``channels``; transient server errors are retried with backoff until
         ``deadline`` (monotonic; None: no limit)."""
         pause = 0.05
         while True:
             if getattr(self._local, "pid", None) != os.getpid() or self._local.listener is None:
                 self._local.pid, self._local.listener = os.getpid(), self.engine.redis.pubsub()
             try:
-                self._local.listener.subscribe(channel)
+                self._local.listener.subscribe(*channels)
                 return self._local.listener
             except RETRYABLE_REDIS_ERRORS:
                 self._drop_listener(self._local.listener)
@@ -376,14 +413,22 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         listener.close()
 
     @staticmethod
-    def _await_notice(listener: Any, channel: str, timeout: float) -> None:
-        """Block until ``channel`` gets a message or ``timeout`` passes (confirmations of
-        (un)subscribing and notices left from earlier waits are skipped)."""
+    def _await_notices(listener: Any, pending: dict[str, str], timeout: float) -> set[str]:
+        """The pending tasks whose channel got a notice: blocks until one does or ``timeout``
+        passes (empty set), then takes whatever else has arrived. Confirmations of
+        (un)subscribing and notices left from earlier waits are skipped."""
+        tasks_by_channel = {channel: task_id for task_id, channel in pending.items()}
+        notified: set[str] = set()
         until = time.monotonic() + timeout
-        while (left := until - time.monotonic()) > 0:
-            message = listener.get_message(timeout=left)
-            if message and message["type"] == "message" and message["channel"].decode() == channel:
-                return
+        while (left := until - time.monotonic()) > 0 or notified:
+            message = listener.get_message(timeout=0 if notified else left)
+            if message is None:
+                if notified:
+                    break
+                continue
+            if message["type"] == "message" and message["channel"].decode() in tasks_by_channel:
+                notified.add(tasks_by_channel[message["channel"].decode()])
+        return notified
 
     def _forget(self, task_id: str) -> None:
         super()._forget(task_id)

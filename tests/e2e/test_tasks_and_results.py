@@ -122,6 +122,18 @@ def test_chain_group_and_chord_work(ffapp):
     assert chord(ffapp.add.s(i, 1) for i in range(4))(ffapp.xsum.s()).get(timeout=15) == 10
 
 
+def test_a_groups_get_raises_at_its_first_failure_while_earlier_members_still_run(ffapp):
+    # Celery's native join, as on Redis: results in the order they become ready
+    outcome = group([ffapp.tracked_sleep.s(30), ffapp.boom.s()])()
+    with pytest.raises(KeyError):
+        outcome.get(timeout=20)
+    sleeper = outcome.results[0]
+    assert not sleeper.ready()
+    sleeper.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        sleeper.get(timeout=15)
+
+
 def test_a_task_replaced_by_a_signature_returns_the_replacements_result_and_runs_once(ffapp):
     assert ffapp.replaced_by_add.delay(2, 5).get(timeout=15) == 7
     chained = ffapp.replaced_by_chain.delay(1)
