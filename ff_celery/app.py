@@ -8,8 +8,9 @@ import logging
 from typing import Any
 
 import celery
-from celery import signals, states
+from celery import signals
 
+from ff_celery import outcomes
 from ff_celery.budgets import inherited_budgets
 from ff_celery.messages import RETENTION_HEADER
 
@@ -27,18 +28,6 @@ DEFAULTS = {
     # errors are transient: FlowFabricBackend.exception_safe_to_retry)
     "result_backend_always_retry": True,
 }
-
-
-def _end_ignored_execution(
-    task: Any = None, task_id: str = "", state: str | None = None, retval: Any = None, **_: Any
-) -> None:
-    """``task_postrun``: a task that raised ``Ignore`` recorded no outcome; end its execution
-    (unless it suspended: it runs again when its signals arrive)."""
-    from ff_celery.backend import FlowFabricBackend
-    from ff_celery.waitpoints import Suspended
-
-    if state == states.IGNORED and not isinstance(retval, Suspended) and isinstance(task.backend, FlowFabricBackend):
-        task.backend.mark_as_ignored(task_id, task.request)
 
 
 def _task_retention(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -68,7 +57,13 @@ def integrate(app: celery.Celery) -> celery.Celery:
         return app
     app._ff_integrated = True
     app.steps["consumer"].add(STEP)
-    signals.task_postrun.connect(_end_ignored_execution, weak=False, dispatch_uid="ff_celery.ignored")
+    for signal, handler in (
+        (signals.task_postrun, outcomes.on_task_postrun),
+        (signals.task_success, outcomes.on_task_success),
+        (signals.task_failure, outcomes.on_task_failure),
+        (signals.task_retry, outcomes.on_task_retry),
+    ):
+        signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.outcomes.{handler.__name__}")
     signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
     signals.before_task_publish.connect(_task_retention, weak=False, dispatch_uid="ff_celery.retention")
     app.control_cls = CONTROL_CLS

@@ -30,20 +30,19 @@ from typing import Any
 import redis
 from celery import states
 from celery.backends.base import BaseKeyValueStoreBackend, SyncBackendMixin
-from celery.exceptions import TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError
+from celery.exceptions import TaskRevokedError, TimeoutError
 from kombu.utils.encoding import bytes_to_str
 
-from ff_celery.context import claimed_task, engine_for_url, fence_of
+from ff_celery.context import engine_for_url, fence_of
 from ff_celery.engine.client import RETRYABLE_REDIS_ERRORS, Engine
-from ff_celery.engine.errors import EngineError, StateError, TransportError
+from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import done_channel
-from ff_celery.engine.policy import FixedBackoff, RetryPolicy
 from ff_celery.engine.waitpoints import read_waitpoint
 from ff_celery.messages import NAMESPACE
+from ff_celery.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
 from ff_celery.states import BLOCKED, SUSPENDED, TERMINAL_STATES, suspended_info
-from ff_celery.task import UNLIMITED_RETRIES
 from ff_celery.waitpoints import Waitpoint
 
 log = logging.getLogger(__name__)
@@ -66,31 +65,6 @@ class ExecutionFailed(Exception):
     """The execution failed without a Celery exception recorded (e.g. it crashed too often)."""
 
 
-def failure_category(exc: Any) -> str:
-    """FlowFabric failure category of an exception (raw or encoded by Celery)."""
-    name = exc.get("exc_type") if isinstance(exc, dict) else type(exc).__name__
-    categories = {
-        TimeLimitExceeded.__name__: "timeout",
-        WorkerLostError.__name__: "infra_crash",
-        "BudgetExceeded": "budget_exceeded",
-    }
-    return categories.get(name, "transient")
-
-
-def describe(exc: Any) -> str:
-    """``Type: message`` of an exception, raw or as Celery encodes it for the backend."""
-    if isinstance(exc, dict) and "exc_type" in exc:
-        message = exc.get("exc_message")
-        if isinstance(message, list | tuple):
-            message = ", ".join(map(str, message)) if len(message) != 1 else str(message[0])
-        text = f"{exc['exc_type']}: {message}"
-    elif isinstance(exc, BaseException):
-        text = f"{type(exc).__name__}: {exc}"
-    else:
-        text = str(exc)
-    return text[:1000]
-
-
 class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     """Result backend for ``result_backend = "flowfabric://host:port/db"``."""
 
@@ -98,6 +72,8 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     group_keyprefix = "ffc:celery-taskset-meta-"
     chord_keyprefix = "ffc:chord-unlock-"
     implements_incr = True
+    #: Outcomes are recorded on executions here, not by ff_celery.outcomes' signal handlers.
+    records_outcomes = True
     supports_native_join = True
     supports_autoexpire = True
     persistent = True
@@ -155,14 +131,14 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         self, task_id: str, result: Any, request: Any = None, store_result: bool = True, state: str = states.SUCCESS
     ) -> None:
         if not store_result or (request is not None and request.ignore_result):
-            self._end(task_id, request, lambda handle: handle.complete(b""))  # no result kept
+            end_attempt(self.engine, task_id, request, lambda handle: handle.complete(b""))  # no result kept
         super().mark_as_done(task_id, result, request=request, store_result=store_result, state=state)
 
     def mark_as_ignored(self, task_id: str, request: Any) -> None:
         """End the execution of a task that raised ``Ignore`` (e.g. ``Task.replace``): its
         attempt is over, and readers keep seeing the state Celery last recorded."""
         meta = self._stored(task_id) or {"status": states.PENDING, "result": None, "task_id": task_id}
-        self._end(task_id, request, lambda handle: handle.complete(self.encode(meta)))
+        end_attempt(self.engine, task_id, request, lambda handle: handle.complete(self.encode(meta)))
 
     def _store_result(
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
@@ -175,60 +151,22 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         encoded = self.encode(meta)
         fenced = fence_of(request) is not None
         if state == states.SUCCESS and fenced:
-            self._end(task_id, request, lambda handle: handle.complete(encoded))
+            end_attempt(self.engine, task_id, request, lambda handle: handle.complete(encoded))
             return result
         # Celery meta first: once the execution shows the outcome, its details are readable.
         self.set(self.get_key_for_task(task_id), encoded)
         if state == states.RETRY:
-            policy = self._retry_policy(request)
-            outcome = self._end(
-                task_id,
-                request,
-                lambda handle: handle.fail(describe(result), failure_category(result), retry_policy=policy),
-            )
+            outcome = record_retry(self.engine, task_id, request, result)
             if isinstance(outcome, FailOutcome) and not outcome.retry_scheduled:
                 meta["status"] = states.FAILURE  # the engine refused another attempt
                 self.set(self.get_key_for_task(task_id), self.encode(meta))
         elif state == states.FAILURE:
-            self._end(
-                task_id,
-                request,
-                lambda handle: handle.fail(describe(result), failure_category(result), retry_policy=None),
-            )
+            record_failure(self.engine, task_id, request, result)
         elif state == states.REVOKED:
-            self._end(task_id, request, lambda handle: handle.cancel(describe(result)))
+            end_attempt(self.engine, task_id, request, lambda handle: handle.cancel(describe(result)))
         if state in states.READY_STATES and not fenced:
             self.engine.redis.publish(done_channel(NAMESPACE, task_id), b"1")
         return result
-
-    def _end(self, task_id: str, request: Any, operation: Any) -> Any:
-        """End the attempt through the lease holder's handle; a lost lease discards the
-        outcome (another worker owns the execution now)."""
-        handle = claimed_task(self.engine, request)
-        if handle is None:
-            return None
-        try:
-            outcome = operation(handle)
-        except (StateError, EngineError) as exc:
-            if exc.code in (
-                "stale_lease",
-                "lease_expired",
-                "lease_revoked",
-                "execution_not_active",
-                "execution_not_found",
-            ):
-                log.warning("outcome of task %s discarded: its lease is no longer held (%s)", task_id, exc.code)
-                return None
-            raise
-        return outcome
-
-    @staticmethod
-    def _retry_policy(request: Any) -> RetryPolicy:
-        planned = getattr(request, "ff_retry", None) or {}
-        return RetryPolicy(
-            max_retries=planned.get("max_retries", UNLIMITED_RETRIES),
-            backoff=FixedBackoff(delay_ms=planned.get("delay_ms", 180_000)),
-        )
 
     def revoke(self, task_id: str, reason: str = "revoked") -> str | None:
         """Cancel the task's execution durably (any phase); answers the phase it left."""

@@ -132,8 +132,8 @@ class Channel(kombu_redis.Channel):
         self._ff_claimer: Claimer | None = None
         self._ff_want_claim = False
         self._ff_last_probe = 0.0
-        #: Set by the worker bootstep: Celery tasks' outcomes are recorded by the
-        #: FlowFabric result backend, so an ack only releases the lease.
+        #: Set by the worker bootstep: Celery tasks' outcomes are recorded in the worker (by
+        #: the FlowFabric result backend or ff_celery.outcomes), so an ack only releases the lease.
         self.ff_outcomes_recorded = False
         #: Set by the worker bootstep: whether a delivery is running. Running deliveries are
         #: not handed back when the channel closes; their ack ends them.

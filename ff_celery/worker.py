@@ -93,7 +93,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         channel = getattr(c.task_consumer, "channel", None)
         if isinstance(channel, Channel):
-            channel.ff_outcomes_recorded = isinstance(c.app.backend, FlowFabricBackend)
+            channel.ff_outcomes_recorded = True  # by the backend, or by ff_celery.outcomes' signal handlers
             channel.ff_is_running = _is_running
             channel.ff_on_lease_lost = self._on_lease_lost
             if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:

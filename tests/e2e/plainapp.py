@@ -59,3 +59,8 @@ def retried_with_new_arguments(self, *args, **kwargs):
     if self.request.retries == 0:
         raise self.retry(args=("new",), kwargs={"by": "retry"})
     return [list(args), kwargs, self.request.retries]
+
+
+@app.task
+def fails(message):
+    raise ValueError(message)

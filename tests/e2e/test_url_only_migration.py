@@ -116,7 +116,20 @@ def test_a_retry_with_new_arguments_runs_them_in_the_next_attempt_of_the_same_ex
 def test_a_redis_result_backend_with_the_flowfabric_broker(ff_server, start_worker):
     env = layout(ff_server, 3, "redis://{base}/4")
     start_worker(app="plainapp", env=env)
-    assert publish(env, "print(json.dumps(add.delay(1, 2).get(timeout=30)))") == 3
+    code = """
+    import time
+    from ff_celery.context import engine_for_url
+    failed = fails.delay("bad")
+    failed.get(timeout=30, propagate=False)
+    engine = engine_for_url(app.conf.broker_url)
+    state = lambda: engine.snapshot(engine.resolve(failed.id)).public_state
+    deadline = time.monotonic() + 30  # the engine hears of it just after the redis backend
+    while state() == "active" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(json.dumps([add.delay(1, 2).get(timeout=30), retried_once.delay(5).get(timeout=30), failed.state, state()]))
+    """
+    # the engine sees each outcome too: a retry is the next attempt, a failure fails the execution
+    assert publish(env, code) == [3, [5, 1], "FAILURE", "failed"]
     assert wait_for(lambda: redis.Redis(port=ff_server.port, db=4).keys("celery-task-meta-*"))
 
 
