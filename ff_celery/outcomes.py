@@ -20,16 +20,14 @@ from ff_celery.context import claimed_task, engine_for_app, fence_of
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, StateError
 from ff_celery.engine.functions import FailOutcome
-from ff_celery.engine.policy import FixedBackoff, RetryPolicy
-from ff_celery.engine.task import ClaimedTask
+from ff_celery.engine.policy import UNLIMITED_RETRIES, FixedBackoff, RetryPolicy
+from ff_celery.engine.task import LEASE_GONE_CODES, ClaimedTask
 from ff_celery.waitpoints import Suspended
 
 log = logging.getLogger(__name__)
 
-#: Retries are unlimited unless the task says otherwise (FlowFabric's ``max_retries`` is a u32).
-UNLIMITED_RETRIES = 2**31 - 1
 #: Codes that mean the attempt's lease is no longer ours: the outcome is discarded.
-LEASE_GONE = frozenset({"stale_lease", "lease_expired", "lease_revoked", "execution_not_active", "execution_not_found"})
+OUTCOME_DISCARDED_CODES = LEASE_GONE_CODES | {"execution_not_found"}
 
 
 def failure_category(exc: Any) -> str:
@@ -75,7 +73,7 @@ def end_attempt(engine: Engine, task_id: str, request: Any, operation: Callable[
     try:
         return operation(handle)
     except (StateError, EngineError) as exc:
-        if exc.code in LEASE_GONE:
+        if exc.code in OUTCOME_DISCARDED_CODES:
             log.warning("outcome of task %s discarded: its lease is no longer held (%s)", task_id, exc.code)
             return None
         raise

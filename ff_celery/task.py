@@ -18,9 +18,8 @@ import celery
 from celery.exceptions import Retry
 from celery.utils.serialization import raise_with_context
 
-from ff_celery.engine.policy import ExecutionPolicy, ExponentialBackoff, FixedBackoff, RetryPolicy
+from ff_celery.engine.policy import UNLIMITED_RETRIES, ExecutionPolicy, ExponentialBackoff, FixedBackoff, RetryPolicy
 from ff_celery.messages import BUDGETS_HEADER, FENCE_HEADER, POLICY_HEADER, QUOTA_HEADER
-from ff_celery.outcomes import UNLIMITED_RETRIES
 
 #: Celery's "retry forever" (max_retries=None) as a FlowFabric count.
 

@@ -40,6 +40,9 @@ class CodeInfo(NamedTuple):
     meaning: str
 
 
+#: The holder's lease was superseded, lapsed or revoked: no call under it can succeed again.
+LEASE_LOST_CODES = frozenset({"stale_lease", "lease_expired", "lease_revoked"})
+
 _T, _R, _I = ErrorClass.TERMINAL, ErrorClass.RETRYABLE, ErrorClass.INFORMATIONAL
 _NF, _VAL, _CONT = Kind.NOT_FOUND, Kind.VALIDATION, Kind.CONTENTION
 _CONF, _ST = Kind.CONFLICT, Kind.STATE

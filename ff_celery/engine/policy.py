@@ -32,6 +32,10 @@ class ExponentialBackoff(_Policy):
     jitter: bool = False
 
 
+#: ``max_retries`` meaning "no limit" (FlowFabric's field is an unsigned 32-bit number).
+UNLIMITED_RETRIES = 2**31 - 1
+
+
 class RetryPolicy(_Policy):
     """Engine retries: each failure below ``max_retries`` schedules another attempt."""
 

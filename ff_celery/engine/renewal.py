@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.errors import (
+    LEASE_LOST_CODES,
     EngineError,
     ExecutionNotActiveError,
     NotFoundError,
@@ -31,14 +32,13 @@ log = logging.getLogger(__name__)
 
 #: The renewal thread looks for new leases at least this often.
 MAX_SLEEP_S = 1.0
-TERMINAL_RENEWAL_CODES = frozenset({"stale_lease", "lease_expired", "lease_revoked"})
 
 
 def is_terminal_renewal_error(error: EngineError) -> bool:
     """True when renewing can never succeed again for this lease."""
     if isinstance(error, ExecutionNotActiveError | NotFoundError):
         return True
-    return isinstance(error, StateError) and error.code in TERMINAL_RENEWAL_CODES
+    return isinstance(error, StateError) and error.code in LEASE_LOST_CODES
 
 
 class LeaseRenewer:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ff_celery.engine import budgets, waitpoints
 from ff_celery.engine import functions as fn
-from ff_celery.engine.errors import EngineError, ExecutionNotActiveError, TransportError
+from ff_celery.engine.errors import LEASE_LOST_CODES, EngineError, ExecutionNotActiveError, TransportError
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.policy import ExecutionPolicy, RetryPolicy
 
@@ -37,7 +37,7 @@ TERMINAL_RETRY_BACKOFF = (0.1, 0.4, 1.0)
 
 _USE_STORED_POLICY: Any = object()
 #: Errors after which this handle no longer holds a lease.
-LEASE_GONE_CODES = frozenset({"stale_lease", "lease_expired", "lease_revoked", "execution_not_active"})
+LEASE_GONE_CODES = LEASE_LOST_CODES | {"execution_not_active"}
 
 
 class ClaimedTask:
