@@ -33,6 +33,7 @@ from celery.backends.base import BaseKeyValueStoreBackend, SyncBackendMixin
 from celery.exceptions import TaskRevokedError, TimeoutError
 from kombu.utils.encoding import bytes_to_str
 
+from ff_celery.app import integrate
 from ff_celery.context import engine_for_url, fence_of
 from ff_celery.engine.client import RETRYABLE_REDIS_ERRORS, Engine
 from ff_celery.engine.errors import EngineError, TransportError
@@ -79,6 +80,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     persistent = True
 
     def __init__(self, app: Any, url: str | None = None, **kwargs: Any) -> None:
+        integrate(app)  # its defaults (e.g. result_backend_always_retry) before Celery reads them
         super().__init__(app, url=url, **kwargs)
         self.url = url or app.conf.result_backend
         self._local = threading.local()
