@@ -5,13 +5,14 @@ run, after it and once the workers' retention trimmer has removed every executio
 ``result_expires`` is ``--retention`` seconds), what keys remain, and the slowest call of each
 command the engine and the trimmer use (Valkey's latency histogram, since the restart).
 
-    .venv/bin/python bench/soak.py [--count 20000] [--kill-every 3] [--task-ms 5] [--retention 30]
+    .venv/bin/python bench/soak.py [--count 20000] [--kill-every 3] [--task-ms 5] [--retention 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20_000)
     parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between worker kills")
     parser.add_argument("--task-ms", type=float, default=5.0, help="how long each task runs")
-    parser.add_argument("--retention", type=float, default=30.0, help="result_expires of the app, seconds")
+    parser.add_argument("--retention", type=float, default=60.0, help="result_expires of the app, seconds")
     args = parser.parse_args()
     rng = random.Random(7)
     with DevServer(persistent=True) as server:
@@ -88,27 +89,38 @@ def main() -> None:
         started = time.monotonic()
         chaos_thread = threading.Thread(target=chaos, daemon=True)
         chaos_thread.start()
-        results = []
+        published_results: queue.Queue = queue.Queue()
+        outcome = {"wrong": 0, "lost": 0}
+
+        def collect() -> None:
+            """One get() each, in publishing order, while publishing goes on (a result is
+            trimmed a retention after it completes; riding out the restart is the backend's job)."""
+            while (item := published_results.get()) is not None:
+                number, result = item
+                try:
+                    outcome["wrong"] += result.get(timeout=300) != 2 * number
+                except Exception as exc:
+                    outcome["lost"] += 1
+                    print(f"task {number}: {exc!r}")
+
+        collector = threading.Thread(target=collect, daemon=True)
+        collector.start()
         for number in range(args.count):
             if number == args.count // 2:
                 server.restart()  # AOF: everything published and recorded so far survives
                 restarted_at = time.monotonic() - started
             for attempt in range(50):  # a publish during the restart fails visibly: try again
                 try:
-                    results.append((number, work.delay(number, args.task_ms / 1000)))
+                    published_results.put((number, work.delay(number, args.task_ms / 1000)))
                     break
                 except Exception:
                     if attempt == 49:
                         raise
                     time.sleep(0.2)
         published = time.monotonic() - started
-        wrong, lost = 0, 0
-        for number, result in results:
-            try:  # one get() each: riding out the restart is the result backend's job
-                wrong += result.get(timeout=300) != 2 * number
-            except Exception as exc:
-                lost += 1
-                print(f"task {number}: {exc!r}")
+        published_results.put(None)
+        collector.join()
+        wrong, lost = outcome["wrong"], outcome["lost"]
         stop.set()
         chaos_thread.join()
         elapsed = time.monotonic() - started

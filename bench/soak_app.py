@@ -20,7 +20,7 @@ app.conf.update(
         "batch_size": 500,
     },
     # a short retention, so the run can watch the trimmer give the memory back
-    result_expires=float(os.environ.get("SOAK_RETENTION_S", "30")),
+    result_expires=float(os.environ.get("SOAK_RETENTION_S", "60")),
 )
 # the journal rides out the server restart (retried), so a task fails only for ff_celery's reasons
 journal = redis.Redis.from_url(
