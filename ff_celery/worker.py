@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 from collections import deque
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import bootsteps, states
 from celery.exceptions import NotRegistered
 from celery.worker import state
 
 from ff_celery.backend import FlowFabricBackend
+from ff_celery.engine import metrics
 from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 from ff_celery.engine.task import ClaimedTask
@@ -37,6 +38,8 @@ class FlowFabricStep(bootsteps.StartStopStep):
     """Consumer bootstep added by ``ff_celery.install(app)``."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
+    #: Whether this process already exports metrics (a consumer restart starts the step again).
+    metrics_served: ClassVar[bool] = False
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
@@ -102,7 +105,18 @@ class FlowFabricStep(bootsteps.StartStopStep):
                 settings = ScannerSettings(**{**retention, **configured})
                 queues = [queue.name for queue in c.task_consumer.queues]
                 self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=queues).start()
+            self._serve_metrics(c, channel)
         self.timer_ref = c.timer.call_repeatedly(LOST_CHECK_INTERVAL_S, self.stop_lost, (c,), priority=1)
+
+    def _serve_metrics(self, c: Any, channel: Channel) -> None:
+        """``flowfabric_metrics_port``: this worker's counters and the engine state on
+        ``/metrics`` (from its main process; once per process)."""
+        port = c.app.conf.get("flowfabric_metrics_port")
+        if port and not FlowFabricStep.metrics_served:
+            engine, queues = channel.ff_engine.fork(), {queue.name for queue in c.task_consumer.queues}
+            address = c.app.conf.get("flowfabric_metrics_address") or "127.0.0.1"
+            metrics.serve(int(port), engine, lambda: queues | engine.lanes(), address=address)
+            FlowFabricStep.metrics_served = True
 
     def stop(self, c: Any) -> None:
         if self.timer_ref is not None:

@@ -12,7 +12,7 @@ import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
 from ff_celery.devserver import DevServer
-from ff_celery.engine import waitpoints
+from ff_celery.engine import metrics, waitpoints
 from ff_celery.engine.client import Engine
 from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
@@ -84,6 +84,23 @@ def scanners(url: str, lanes: tuple[str, ...], overrides: tuple[str, ...]) -> No
     runner.stop()
 
 
+@click.command("metrics")
+@url_option
+@click.option("--port", type=int, default=9808, show_default=True, help="Port of the /metrics endpoint.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--lane", "lanes", multiple=True, help="Lanes to report besides those in ff:idx:lanes.")
+@reports_errors
+def metrics_endpoint(url: str, port: int, address: str, lanes: tuple[str, ...]) -> None:
+    """Export executions per lane and state to Prometheus until interrupted."""
+    engine = engine_for(url)
+    try:
+        metrics.serve(port, engine, lambda: set(lanes) | engine.lanes(), address=address)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"metrics on http://{address}:{port}/metrics; Ctrl-C to stop")
+    wait_for_interrupt()
+
+
 @click.group()
 def secret() -> None:
     """The waitpoint HMAC secret (one keystore per flow partition)."""
@@ -137,4 +154,4 @@ def secret_kids(url: str, as_json: bool) -> None:
     table(rows, ["kid", "role", "valid until (UTC)"])
 
 
-COMMANDS = [library, dev_server, scanners, secret]
+COMMANDS = [library, dev_server, scanners, metrics_endpoint, secret]

@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 
-from ff_celery.engine import budgets
+from ff_celery.engine import budgets, metrics
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError
@@ -265,6 +265,7 @@ class Claimer:
 
     def _handle(self, eid: ExecutionId, lane: str, lease: fn.Lease, reads: list[Any]) -> ClaimedTask:
         core_values, payload, tags, policy = reads
+        metrics.CLAIMS.labels(lane).inc()
         return ClaimedTask(
             self.engine,
             execution_id=eid,

@@ -15,6 +15,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ff_celery.engine import functions as fn
+from ff_celery.engine import metrics
 from ff_celery.engine.errors import (
     LEASE_LOST_CODES,
     EngineError,
@@ -118,8 +119,12 @@ class LeaseRenewer:
                     continue  # finished meanwhile
                 self._due[task] = now + task.renew_interval_s
             if isinstance(outcome, EngineError):
-                if is_terminal_renewal_error(outcome):
+                terminal = is_terminal_renewal_error(outcome)
+                metrics.LEASE_RENEWALS.labels("failed").inc()
+                if terminal:
+                    metrics.LEASES_LOST.labels(outcome.code).inc()
                     self.untrack(task)
-                task._renewal_failed(outcome, terminal=is_terminal_renewal_error(outcome))
+                task._renewal_failed(outcome, terminal=terminal)
             else:
+                metrics.LEASE_RENEWALS.labels("renewed").inc()
                 task._renewed(outcome)

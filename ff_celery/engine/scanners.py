@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import redis
 from pydantic import BaseModel, Field
 
-from ff_celery.engine import budgets
+from ff_celery.engine import budgets, metrics
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
@@ -155,8 +155,10 @@ class EngineScanners:
 
     def _run_scanner(self, scanner: _Scanner) -> None:
         try:
-            changed = scanner.run()
+            with metrics.SCANNER_CYCLE.labels(scanner.name).time():
+                changed = scanner.run()
             if changed:
+                metrics.SCANNER_ITEMS.labels(scanner.name).inc(changed)
                 log.debug("scanner %s handled %d executions", scanner.name, changed)
         except (EngineError, redis.RedisError) as exc:
             log.warning("scanner %s failed: %s", scanner.name, exc)

@@ -35,6 +35,8 @@ app.conf.update(
     },
     worker_prefetch_multiplier=int(os.environ.get("FFAPP_PREFETCH", "1")),
 )
+if os.environ.get("FFAPP_METRICS_PORT"):
+    app.conf.flowfabric_metrics_port = int(os.environ["FFAPP_METRICS_PORT"])
 if os.environ.get("FFAPP_RETENTION_SCAN_S"):  # a retention trimmer pass that often; queue "brief" keeps 1 s
     app.conf.flowfabric_scanner_settings["retention_interval_s"] = float(os.environ["FFAPP_RETENTION_SCAN_S"])
     app.conf.flowfabric_queue_retention = {"brief": 1}
