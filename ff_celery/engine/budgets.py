@@ -18,7 +18,6 @@ Budgets and quotas are identified by UUIDs; any other name maps to a stable UUID
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,13 @@ from pydantic import BaseModel, Field
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import ExecutionId, valid_execution_ids
+from ff_celery.engine.ids import (  # noqa: F401 (attachment_fields: part of this module's API)
+    ExecutionId,
+    attachment_fields,
+    budget_id_for,
+    quota_id_for,
+    valid_execution_ids,
+)
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
 from ff_celery.engine.snapshot import decode_hash
 
@@ -35,20 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_NAME_NAMESPACE = uuid.UUID("0f7b7c1e-33b5-4a53-9d59-1f3c4e5a6b7c")
 #: Blocked executions looked at per lane and partition in one unblock pass.
 UNBLOCK_BATCH = 100
-
-
-def budget_id_for(name_or_id: str) -> str:
-    """A budget or quota id: the UUID itself, or the stable UUID of a name."""
-    try:
-        return str(uuid.UUID(name_or_id))
-    except ValueError:
-        return str(uuid.uuid5(_NAME_NAMESPACE, name_or_id))
-
-
-quota_id_for = budget_id_for
 
 
 def _number(value: str | None) -> int:
@@ -298,19 +291,6 @@ def release_admission(engine: Engine, quota_policy_id: str, execution_id: Execut
             execution_id=execution_id,
         )
     )
-
-
-# -- attaching ---------------------------------------------------------------------------------
-
-
-def attachment_fields(budget_ids: Sequence[str], quota_policy_id: str | None) -> dict[str, str]:
-    """The exec_core fields that put an execution under budgets and a quota."""
-    fields = {}
-    if budget_ids:
-        fields["budget_ids"] = ",".join(budget_id_for(b) for b in budget_ids)
-    if quota_policy_id:
-        fields["quota_policy_id"] = quota_id_for(quota_policy_id)
-    return fields
 
 
 # -- admission ---------------------------------------------------------------------------------

@@ -15,11 +15,10 @@ from typing import Any, TypeVar
 
 import redis
 
-from ff_celery.engine import budgets
 from ff_celery.engine import functions as fn
 from ff_celery.engine.connection import connect
 from ff_celery.engine.errors import EngineError, TransportError, UnavailableError
-from ff_celery.engine.ids import ExecutionId, new_uuid
+from ff_celery.engine.ids import ExecutionId, attachment_fields, new_uuid
 from ff_celery.engine.keys import (
     ADMISSION_LANES_KEY,
     ALIAS_TAG,
@@ -216,7 +215,7 @@ class Engine:
             tags[ALIAS_TAG] = alias
         if idempotency_key:
             tags[IDEMPOTENCY_KEY_TAG] = idempotency_key
-        attachment = budgets.attachment_fields(budget_ids, quota_policy_id)
+        attachment = attachment_fields(budget_ids, quota_policy_id)
         for _ in range(2):
             eid = execution_id or ExecutionId.mint(self.partitions.lane_partition(lane))
             request = fn.CreateExecution(

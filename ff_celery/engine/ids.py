@@ -1,10 +1,11 @@
-"""Identifiers: execution ids (``{fp:N}:<uuid>``) and bare UUIDs for everything else."""
+"""Identifiers: execution ids (``{fp:N}:<uuid>``), budget and quota ids (a name maps to a
+stable UUID) and bare UUIDs for everything else."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from pydantic import GetCoreSchemaHandler
@@ -97,3 +98,27 @@ def valid_execution_ids(members: Iterable[bytes | str], where: str) -> Iterator[
         elif (where, text) not in _reported and len(_reported) < 10_000:
             _reported.add((where, text))
             log.error("skipping %r in %s: not an execution id (%s)", text, where, problem)
+
+
+_NAME_NAMESPACE = uuid.UUID("0f7b7c1e-33b5-4a53-9d59-1f3c4e5a6b7c")
+
+
+def budget_id_for(name_or_id: str) -> str:
+    """A budget or quota id: the UUID itself, or the stable UUID of a name."""
+    try:
+        return str(uuid.UUID(name_or_id))
+    except ValueError:
+        return str(uuid.uuid5(_NAME_NAMESPACE, name_or_id))
+
+
+quota_id_for = budget_id_for
+
+
+def attachment_fields(budget_ids: Sequence[str], quota_policy_id: str | None) -> dict[str, str]:
+    """The exec_core fields that put an execution under budgets and a quota."""
+    fields = {}
+    if budget_ids:
+        fields["budget_ids"] = ",".join(budget_id_for(b) for b in budget_ids)
+    if quota_policy_id:
+        fields["quota_policy_id"] = quota_id_for(quota_policy_id)
+    return fields

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine import metrics
@@ -24,10 +24,10 @@ from ff_celery.engine.errors import (
     StateError,
     TransportError,
 )
+from ff_celery.engine.ids import ExecutionId
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
-    from ff_celery.engine.task import ClaimedTask
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +42,38 @@ def is_terminal_renewal_error(error: EngineError) -> bool:
     return isinstance(error, StateError) and error.code in LEASE_LOST_CODES
 
 
+class HeldLease(Protocol):
+    """What the renewer needs of a lease it renews (``ClaimedTask`` is one)."""
+
+    execution_id: ExecutionId
+    attempt_index: int
+    lease_ttl_ms: int
+
+    @property
+    def fence(self) -> fn.Fence: ...
+
+    @property
+    def renew_interval_s(self) -> float: ...
+
+    def on_renewed(self, expires_at: int) -> None: ...
+
+    def on_renewal_failed(self, error: EngineError, *, terminal: bool) -> None: ...
+
+
 class LeaseRenewer:
-    """Renews the leases of registered :class:`ClaimedTask` handles until told to stop."""
+    """Renews the leases of registered :class:`HeldLease` handles until told to stop."""
 
     def __init__(self, engine: Engine, *, history_grace_ms: int = 5000) -> None:
         self.engine = engine
         self.history_grace_ms = history_grace_ms
         # weak: a handle its owner dropped stops being renewed, so its lease expires
-        self._due: weakref.WeakKeyDictionary[ClaimedTask, float] = weakref.WeakKeyDictionary()
+        self._due: weakref.WeakKeyDictionary[HeldLease, float] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def track(self, task: ClaimedTask) -> None:
+    def track(self, task: HeldLease) -> None:
         with self._lock:
             self._due[task] = time.monotonic() + task.renew_interval_s
             if self._thread is None or not self._thread.is_alive():
@@ -64,7 +82,7 @@ class LeaseRenewer:
         if task.renew_interval_s < MAX_SLEEP_S:
             self._wakeup.set()  # due before the thread's next look
 
-    def untrack(self, task: ClaimedTask) -> None:
+    def untrack(self, task: HeldLease) -> None:
         with self._lock:
             self._due.pop(task, None)
 
@@ -92,7 +110,7 @@ class LeaseRenewer:
             self._wakeup.wait(timeout=max(0.0, min(upcoming - now, MAX_SLEEP_S)))
             self._wakeup.clear()
 
-    def renew(self, tasks: list[ClaimedTask]) -> None:
+    def renew(self, tasks: list[HeldLease]) -> None:
         """Renew ``tasks`` now, in one round trip."""
         requests = [
             fn.RenewLease(
@@ -124,7 +142,7 @@ class LeaseRenewer:
                 if terminal:
                     metrics.LEASES_LOST.labels(outcome.code).inc()
                     self.untrack(task)
-                task._renewal_failed(outcome, terminal=terminal)
+                task.on_renewal_failed(outcome, terminal=terminal)
             else:
                 metrics.LEASE_RENEWALS.labels("renewed").inc()
-                task._renewed(outcome)
+                task.on_renewed(outcome)

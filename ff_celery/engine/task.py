@@ -156,15 +156,17 @@ class ClaimedTask:
                 lease_ttl_ms=self.lease_ttl_ms,
             )
         )
-        self._renewed(expires_at)
+        self.on_renewed(expires_at)
         return expires_at
 
-    def _renewed(self, expires_at: int) -> None:
+    def on_renewed(self, expires_at: int) -> None:
+        """The renewer (or :meth:`renew`) extended the lease to ``expires_at``."""
         self._renewal_failures = 0
         self._last_renewed_at = time.monotonic()
         self.lease_expires_at = expires_at
 
-    def _renewal_failed(self, error: EngineError, *, terminal: bool) -> None:
+    def on_renewal_failed(self, error: EngineError, *, terminal: bool) -> None:
+        """A renewal failed; ``terminal``: the lease is lost for good."""
         self._renewal_failures += 1
         if not terminal:
             log.warning(
