@@ -136,6 +136,7 @@ def main() -> None:
         trimmed_memory = used_memory(server.url)
         remaining = key_census(client)
         slowest = slowest_calls(client)
+        fcall_percentiles = client.info("latencystats").get("latency_percentiles_usec_fcall", {})
         for process in workers:
             process.terminate()
         for process in workers:
@@ -155,6 +156,7 @@ def main() -> None:
               f"({100 * (trimmed_memory - start_memory) / start_memory:+.1f}%)")  # fmt: skip
         print(f"keys left: {remaining}")
         print("slowest call per command (µs, histogram bucket):", ", ".join(f"{n} {us}" for n, us in slowest.items()))
+        print(f"FCALL latency percentiles (µs): {fcall_percentiles}")
 
 
 if __name__ == "__main__":
