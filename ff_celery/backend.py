@@ -179,6 +179,10 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 phase = self.engine.cancel(eid, reason)
             except EngineError as exc:
                 log.info("revoke of %s: %s", task_id, exc)
+        else:
+            stored = self._stored(task_id)
+            if stored and stored["status"] not in (states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED):
+                return None  # no execution here: ended, or started by another worker, as Celery leaves it
         self.store_result(task_id, TaskRevokedError(reason), states.REVOKED)
         return phase
 
