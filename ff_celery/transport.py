@@ -354,6 +354,10 @@ class Channel(kombu_redis.Channel):
     def ff_held(self, delivery_tag: str) -> ClaimedTask | None:
         return self._ff_held.get(delivery_tag)
 
+    def ff_lease_of(self, delivery_tag: str) -> ClaimedTask | None:
+        """The lease renewed for a delivery: held, or acknowledged early and still running."""
+        return self._ff_held.get(delivery_tag) or self._ff_acked_early.get(delivery_tag)
+
     def _ff_take(self, delivery_tag: str) -> ClaimedTask | None:
         task = self._ff_held.pop(delivery_tag, None)
         self._ff_want_claim = True  # a slot is free again

@@ -142,7 +142,13 @@ class FlowFabricStep(bootsteps.StartStopStep):
             self.lost.append((tag, task))
 
     def stop_lost(self, c: Any) -> None:
-        """Terminate requests whose lease was lost (runs on the worker's timer)."""
+        """Terminate requests whose lease was lost, or may have expired for lack of renewals
+        (runs on the worker's timer), so that no other worker runs them at the same time."""
+        for request in list(state.active_requests):
+            channel = _channel_of(request.message)
+            task = channel.ff_lease_of(request.message.delivery_tag) if channel else None
+            if task is not None:
+                task.give_up_if_lapsed()  # reported through the channel's lost-lease hook
         while self.lost:
             tag, task = self.lost.popleft()
             for request in list(state.active_requests):
@@ -155,7 +161,10 @@ class FlowFabricStep(bootsteps.StartStopStep):
                     task.lease_lost.code if task.lease_lost else "unknown",
                 )
                 try:
-                    request.terminate(c.pool, signal="SIGKILL")
+                    # cancel, not terminate: nothing is recorded for the attempt (its lease may
+                    # still look valid to the server, and the execution is another worker's now)
+                    request.cancel(c.pool, signal="SIGKILL", emit_retry=False)
+                    request.acknowledge()
                 except (NotImplementedError, AttributeError) as exc:
                     log.warning("cannot stop %s in this pool (%r); its writes are fenced out", request.id, exc)
 

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ff_celery.engine import budgets, waitpoints
 from ff_celery.engine import functions as fn
-from ff_celery.engine.errors import LEASE_LOST_CODES, EngineError, ExecutionNotActiveError, TransportError
+from ff_celery.engine.errors import (
+    LEASE_LOST_CODES,
+    EngineError,
+    ExecutionNotActiveError,
+    TransportError,
+    error_for_code,
+)
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.policy import ExecutionPolicy, RetryPolicy
 
@@ -32,6 +38,8 @@ R = TypeVar("R")
 
 #: Renewal failures in a row after which the lease is considered unhealthy.
 UNHEALTHY_AFTER_FAILURES = 3
+#: Without a successful renewal for this fraction of its TTL, a lease may expire on the server.
+LAPSE_FRACTION = 0.8
 #: Backoff (seconds) before each retry of a terminal operation after a transport error.
 TERMINAL_RETRY_BACKOFF = (0.1, 0.4, 1.0)
 
@@ -143,6 +151,15 @@ class ClaimedTask:
         return self._renewer is None or time.monotonic() - self._last_renewed_at <= stale_after_s
 
     @property
+    def lease_may_have_expired(self) -> bool:
+        """True (for a lease that is renewed) once no renewal succeeded for
+        ``LAPSE_FRACTION`` of the TTL: the server, which stamped the last renewal before its
+        reply arrived here, may let the lease expire any moment and hand the execution to
+        another worker, so the task must stop now (a frozen or unreachable server)."""
+        lapse_after_s = LAPSE_FRACTION * self.lease_ttl_ms / 1000
+        return self._renewer is not None and time.monotonic() - self._last_renewed_at >= lapse_after_s
+
+    @property
     def consecutive_renewal_failures(self) -> int:
         return self._renewal_failures
 
@@ -179,6 +196,19 @@ class ClaimedTask:
         log.warning("lease of %s lost: %s", self.execution_id, error)
         if self.on_lease_lost is not None:
             self.on_lease_lost(self, error)
+
+    def give_up_if_lapsed(self) -> bool:
+        """If :attr:`lease_may_have_expired`, stop renewing and report the lease lost (code
+        ``lease_expired``) as a failed renewal would, so its holder stops the task before
+        another worker can run it. Answers whether it did."""
+        if self.lease_lost is not None or self._finished or not self.lease_may_have_expired:
+            return False
+        if self._renewer is not None:
+            self._renewer.untrack(self)
+        ttl_s = self.lease_ttl_ms / 1000
+        reason = f"no renewal reached the server for {LAPSE_FRACTION:.0%} of the {ttl_s:g} s lease"
+        self.on_renewal_failed(error_for_code("lease_expired", [reason]), terminal=True)
+        return True
 
     def release(self) -> None:
         """Stop renewing without ending the attempt (its outcome is recorded elsewhere, or

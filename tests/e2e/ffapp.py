@@ -66,6 +66,17 @@ def kept_forever(x):
 
 
 @app.task
+def beating(seconds, path):
+    """Runs ``seconds``, appending ``<pid> <time>`` to the file at ``path`` every 50 ms."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with open(path, "a") as beats:
+            beats.write(f"{os.getpid()} {time.time():.3f}\n")
+        time.sleep(0.05)
+    return seconds
+
+
+@app.task
 def xsum(numbers):
     return sum(numbers)
 
