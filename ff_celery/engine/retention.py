@@ -116,12 +116,12 @@ class RetentionTrimmer:
         replies = reads.execute()
         writes = self.engine.batch()
         for position, (partition, lane, eid) in enumerate(found):
-            completed_at, policy_json = replies[2 * position : 2 * position + 2]
-            if not completed_at:  # no longer terminal (replayed) or gone
+            completed_at, policy_json = _millis(replies[2 * position]), replies[2 * position + 1]
+            if completed_at is None:  # no longer terminal (replayed) or gone
                 continue
             retention_ms = self.rules.retention_ms(lane, policy_json)
             if retention_ms is not None:
-                writes.command("zadd", retention_due_key(partition), {eid: int(completed_at) + retention_ms})
+                writes.command("zadd", retention_due_key(partition), {eid: completed_at + retention_ms})
         for (partition, lane), page in zip(slots, pages):
             if page:
                 writes.command("hset", retention_cursor_key(partition), lane, int(page[-1][1]))
@@ -173,17 +173,17 @@ class RetentionTrimmer:
             (completed_at, attempts, lane, namespace), (alias, idempotency_key), policy_json, *members = replies[
                 6 * position : 6 * position + 6
             ]
-            lane = _text(lane) or "default"
-            retention_ms = self.rules.retention_ms(lane, policy_json) if completed_at else None
-            if retention_ms is not None and int(completed_at) + retention_ms > now_ms:  # completed again since
-                writes.command("zadd", retention_due_key(partition), {eid: int(completed_at) + retention_ms})
+            lane, completed_at = _text(lane) or "default", _millis(completed_at)
+            retention_ms = self.rules.retention_ms(lane, policy_json) if completed_at is not None else None
+            if retention_ms is not None and completed_at + retention_ms > now_ms:  # completed again since
+                writes.command("zadd", retention_due_key(partition), {eid: completed_at + retention_ms})
                 continue
             writes.command("zrem", retention_due_key(partition), eid)
             if retention_ms is None:  # not terminal any more, gone, or now kept forever
                 continue
             waitpoints, signals, edges = ([_text(m) for m in found] if isinstance(found, list | set) else []
                                           for found in members)  # fmt: skip
-            attempt_count = int(attempts) if attempts and attempts.isdigit() else 0
+            attempt_count = _millis(attempts) or 0
             index = PartitionKeys(partition)
             writes.command("delete", *ExecKeys(eid).every_key(attempt_count, waitpoints, signals, edges))
             writes.command("delete", next_attempt_payload_key(eid))
@@ -204,15 +204,13 @@ class RetentionTrimmer:
     def _forget_names(self, expired: list[_Expired]) -> None:
         """Delete the alias and idempotency keys that still name a deleted execution (a task
         that replaced itself has its alias on its successor)."""
-        names = [key for item in expired for key in (item.alias_key, item.idempotency_key) if key]
-        if not names:
+        named = [(key, item.execution_id) for item in expired for key in (item.alias_key, item.idempotency_key) if key]
+        if not named:
             return
         reads = self.engine.batch()
-        for key in names:
+        for key, _ in named:
             reads.command("get", key)
-        values = iter(reads.execute())
-        owners = {key: item.execution_id for item in expired for key in (item.alias_key, item.idempotency_key) if key}
-        stale = [key for key in names if _text(next(values)) == owners[key]]
+        stale = [key for (key, owner), value in zip(named, reads.execute()) if _text(value) == owner]
         if stale:
             self.engine.redis.delete(*stale)
 
@@ -222,6 +220,12 @@ class _Expired:
     execution_id: str
     alias_key: str | None
     idempotency_key: str | None
+
+
+def _millis(value: object) -> int | None:
+    """A stored whole number (a time in ms, a count), or None if absent or malformed."""
+    text = _text(value)
+    return int(text) if text.isdigit() else None
 
 
 def _text(value: object) -> str:
