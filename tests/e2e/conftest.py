@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ class Worker:
 
     def __init__(self, url: str, tmp: Path, *, pool: str = "prefork", concurrency: int = 2,
                  queues: str = "celery", env: dict[str, str] | None = None, events: bool = False,
-                 app: str = "ffapp", python: str = sys.executable) -> None:  # fmt: skip
+                 app: str = "ffapp", python: str = sys.executable, extra_args: Sequence[str] = ()) -> None:  # fmt: skip
         self.name = f"w{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
         self.log = tmp / f"{self.name.split('@')[0]}.log"
         command = [
@@ -31,6 +32,7 @@ class Worker:
         ]  # fmt: skip
         if events:
             command.append("-E")
+        command.extend(extra_args)
         environment = {**os.environ, "FFAPP_URL": url, "PYTHONPATH": str(HERE), **(env or {})}
         self.process = subprocess.Popen(
             command, cwd=HERE, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
@@ -126,3 +128,15 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def assert_one_run_at_a_time(beats: Path) -> None:
+    """The heartbeats ``ffapp.beating`` wrote (``<pid> <time>`` lines) show each run's
+    process between its first and last beat; no two such spans overlap."""
+    times: dict[str, list[float]] = {}
+    for line in beats.read_text().splitlines():
+        pid, moment = line.split()
+        times.setdefault(pid, []).append(float(moment))
+    spans = sorted((min(moments), max(moments)) for moments in times.values())
+    for (_, earlier_end), (later_start, _) in itertools.pairwise(spans):
+        assert later_start > earlier_end, spans

@@ -1,9 +1,11 @@
 """A Celery app migrated by its URLs alone: it never imports ff_celery and calls no setup.
 
 PLAINAPP_BROKER and PLAINAPP_BACKEND are its two URLs (broker and backend on different
-databases, as most Celery apps have them).
+databases, as most Celery apps have them). With PLAINAPP_BEAT_KEY set, ``celery beat`` runs
+``tick`` every second.
 """
 
+import json
 import os
 import time
 
@@ -64,3 +66,72 @@ def retried_with_new_arguments(self, *args, **kwargs):
 @app.task
 def fails(message):
     raise ValueError(message)
+
+
+# -- for test_celery_api_compat: callbacks, custom states, canvases, routing, worker options, beat --
+
+app.conf.task_routes = {"plainapp.routed_by_configuration": {"queue": "routed"}}
+if os.environ.get("PLAINAPP_BEAT_KEY"):  # `celery beat` runs `tick` every second
+    app.conf.beat_schedule = {
+        "tick-every-second": {"task": "plainapp.tick", "schedule": 1.0, "args": (os.environ["PLAINAPP_BEAT_KEY"],)}
+    }
+
+
+@app.task
+def noted(value, key):
+    """A callback: appends what it was given (a parent's result, or a failed task's id) to ``key``."""
+    journal().rpush(key, json.dumps(value))
+    return value
+
+
+@app.task
+def failure_noted(request, exc, traceback, key):
+    """An error callback with Celery's (request, exc, traceback) signature."""
+    journal().rpush(key, json.dumps([request.id, repr(exc)]))
+
+
+@app.task
+def gated(key):
+    """Notes its start (``started:<key>``, its pid), then runs until the test opens its gate
+    (``go:<key>``), at most a minute: as long as the test needs, however slow the machine."""
+    notes = journal()
+    notes.rpush(f"started:{key}", os.getpid())
+    deadline = time.time() + 60
+    while not notes.exists(f"go:{key}") and time.time() < deadline:
+        time.sleep(0.05)
+    return key
+
+
+@app.task(bind=True)
+def in_progress(self, key):
+    """Reports a custom PROGRESS state, then runs until the test opens its gate (``go:<key>``)."""
+    self.update_state(state="PROGRESS", meta={"done": 1, "total": 2})
+    gated.run(key)
+    return "finished"
+
+
+@app.task
+def xsum(numbers):
+    return sum(numbers)
+
+
+@app.task(bind=True)
+def whoami(self):
+    """The worker that ran it, and the queue it came from."""
+    return [self.request.hostname, self.request.delivery_info.get("routing_key")]
+
+
+@app.task(bind=True)
+def routed_by_configuration(self):
+    """Sent to the "routed" queue by ``task_routes``."""
+    return self.request.hostname
+
+
+@app.task
+def pid():
+    return os.getpid()
+
+
+@app.task
+def tick(key):
+    journal().rpush(f"tick:{key}", time.time())

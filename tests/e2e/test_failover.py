@@ -6,7 +6,6 @@ task runs on two workers at once."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import select
 import socket
 import threading
@@ -19,7 +18,7 @@ from celery import Celery
 
 from ff_celery.devserver import DevServer, free_port
 
-from .conftest import Worker, wait_for
+from .conftest import Worker, assert_one_run_at_a_time, wait_for
 
 
 class Forwarder:
@@ -101,14 +100,6 @@ def pair(tmp_path: Path) -> Iterator[tuple[DevServer, DevServer, Forwarder, Cele
         replica.stop()
 
 
-def runs(path: Path) -> list[tuple[float, float]]:
-    beats: dict[str, list[float]] = {}
-    for line in path.read_text().splitlines():
-        pid, moment = line.split()
-        beats.setdefault(pid, []).append(float(moment))
-    return sorted((min(times), max(times)) for times in beats.values())
-
-
 def test_workers_and_publishers_follow_a_promoted_replica(pair, tmp_path):
     primary, replica, forwarder, app, workers = pair
     assert app.send_task("ffapp.add", (1, 2)).get(timeout=30) == 3
@@ -127,7 +118,5 @@ def test_workers_and_publishers_follow_a_promoted_replica(pair, tmp_path):
     assert running.get(timeout=60) == 3
     assert [result.get(timeout=60) for result in waiting] == [0, 2, 4, 6]
     assert app.send_task("ffapp.add", (5, 5)).get(timeout=60) == 10
-    intervals = runs(beats)
-    for (_, earlier_end), (later_start, _) in itertools.pairwise(intervals):
-        assert later_start > earlier_end, intervals
+    assert_one_run_at_a_time(beats)
     assert all(worker.process.poll() is None for worker in workers)  # recovered without a restart

@@ -4,7 +4,6 @@ once (a worker that cannot renew stops the task before the lease can expire)."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import time
@@ -16,7 +15,7 @@ from celery import Celery
 
 from ff_celery.devserver import DevServer
 
-from .conftest import Worker, wait_for
+from .conftest import Worker, assert_one_run_at_a_time, wait_for
 
 LEASE_TTL_MS = 2000
 
@@ -38,15 +37,6 @@ def frozen_setup(tmp_path: Path) -> Iterator[tuple[DevServer, Celery, list[Worke
         app.close()
 
 
-def runs(path: Path) -> list[tuple[float, float]]:
-    """Each process's first and last heartbeat, in order of their first."""
-    beats: dict[str, list[float]] = {}
-    for line in path.read_text().splitlines():
-        pid, moment = line.split()
-        beats.setdefault(pid, []).append(float(moment))
-    return sorted((min(times), max(times)) for times in beats.values())
-
-
 def test_a_task_outlives_a_server_frozen_longer_than_its_lease_and_never_runs_twice_at_once(frozen_setup, tmp_path):
     server, app, workers = frozen_setup
     beats = tmp_path / "beats"
@@ -57,8 +47,6 @@ def test_a_task_outlives_a_server_frozen_longer_than_its_lease_and_never_runs_tw
     os.kill(server.pid, signal.SIGCONT)
 
     assert result.get(timeout=60) == 6
-    intervals = runs(beats)
-    for (_, earlier_end), (later_start, _) in itertools.pairwise(intervals):
-        assert later_start > earlier_end, intervals  # one run at a time
+    assert_one_run_at_a_time(beats)
     assert all(worker.process.poll() is None for worker in workers)
     assert app.send_task("ffapp.add", (2, 3)).get(timeout=30) == 5  # both recovered without a restart
