@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 from collections import deque
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -46,6 +49,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
         self.lost: deque[tuple[str, ClaimedTask]] = deque()
         self.scanners: EngineScanners | None = None
         self.timer_ref: Any = None
+        self.watchdog: LeaseWatchdog | None = None
         self._wrap_consumer(c)
 
     # -- hooks installed before other steps capture them ----------------------------------
@@ -107,6 +111,8 @@ class FlowFabricStep(bootsteps.StartStopStep):
                 self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=queues).start()
             self._serve_metrics(c, channel)
         self.timer_ref = c.timer.call_repeatedly(LOST_CHECK_INTERVAL_S, self.stop_lost, (c,), priority=1)
+        self.watchdog = LeaseWatchdog(c.pool)
+        self.watchdog.start()
 
     def _serve_metrics(self, c: Any, channel: Channel) -> None:
         """``flowfabric_metrics_port``: this worker's counters and the engine state on
@@ -122,6 +128,9 @@ class FlowFabricStep(bootsteps.StartStopStep):
         if self.timer_ref is not None:
             self.timer_ref.cancel()
             self.timer_ref = None
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
 
     def shutdown(self, c: Any) -> None:
         self.stop(c)
@@ -132,23 +141,15 @@ class FlowFabricStep(bootsteps.StartStopStep):
     # -- lost leases ----------------------------------------------------------------------
 
     def _on_lease_lost(self, tag: str, task: ClaimedTask) -> None:
-        """Called from the renewal thread. A lease the task's own outcome ended (completed,
-        failed or suspended by the pool child before the ack) is not a loss; neither is an
-        execution that vanished (a server restarted without persistence): nobody else can run
-        it, so the task finishes, and its outcome has nowhere to go."""
+        """Called from the renewal or watchdog thread: the event loop stops the task."""
         if isinstance(task.lease_lost, NotFoundError):
             log.error("execution %s vanished from the server while its task ran; letting it finish", task.execution_id)
-        elif not ended_by_holder(task):
+        if must_stop(task):
             self.lost.append((tag, task))
 
     def stop_lost(self, c: Any) -> None:
-        """Terminate requests whose lease was lost, or may have expired for lack of renewals
-        (runs on the worker's timer), so that no other worker runs them at the same time."""
-        for request in list(state.active_requests):
-            channel = _channel_of(request.message)
-            task = channel.ff_lease_of(request.message.delivery_tag) if channel else None
-            if task is not None:
-                task.give_up_if_lapsed()  # reported through the channel's lost-lease hook
+        """Cancel and acknowledge requests whose lease was lost (runs on the worker's timer;
+        the :class:`LeaseWatchdog` has already killed the processes running them)."""
         while self.lost:
             tag, task = self.lost.popleft()
             for request in list(state.active_requests):
@@ -167,6 +168,58 @@ class FlowFabricStep(bootsteps.StartStopStep):
                     request.acknowledge()
                 except (NotImplementedError, AttributeError) as exc:
                     log.warning("cannot stop %s in this pool (%r); its writes are fenced out", request.id, exc)
+
+
+class LeaseWatchdog(threading.Thread):
+    """Kills (SIGKILL) the pool process running a task whose lease was lost, or may have
+    expired for lack of renewals, so that no other worker runs it at the same time.
+
+    A thread of its own that never talks to the server: the worker's event loop, which then
+    cancels and acknowledges the request, can be blocked for seconds on a frozen server,
+    longer than is left of the lease."""
+
+    def __init__(self, pool: Any) -> None:
+        super().__init__(name="ff-lease-watchdog", daemon=True)
+        self.pool = pool
+        self._stopped = threading.Event()
+        self._killed: set[tuple[str, int]] = set()
+
+    def run(self) -> None:
+        while not self._stopped.wait(LOST_CHECK_INTERVAL_S):
+            try:
+                self.check()
+            except Exception:  # never dies: the next look tries again
+                log.exception("lease watchdog check failed")
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def check(self) -> None:
+        """One look at every running request's lease."""
+        try:
+            requests = list(state.active_requests)
+        except RuntimeError:  # changed by the event loop meanwhile: look again next time
+            return
+        self._killed &= {(request.id, request.worker_pid) for request in requests}
+        for request in requests:
+            channel = _channel_of(request.message)
+            task = channel.ff_lease_of(request.message.delivery_tag) if channel else None
+            if task is None:
+                continue
+            task.give_up_if_lapsed()  # reported through the channel's lost-lease hook
+            pid = request.worker_pid
+            if pid and task.lease_lost is not None and must_stop(task) and (request.id, pid) not in self._killed:
+                log.error("lease of %s[%s] lost: killing process %s", request.name, request.id, pid)
+                self._killed.add((request.id, pid))
+                with contextlib.suppress(NotImplementedError, AttributeError):  # no processes: the event loop warns
+                    self.pool.terminate_job(pid, signal.SIGKILL)
+
+
+def must_stop(task: ClaimedTask) -> bool:
+    """Whether a task whose lease is gone must be stopped. Not when the attempt's own
+    outcome ended the lease, nor when the execution vanished (a server restarted without
+    persistence): nobody else can run it, so it finishes, its outcome has nowhere to go."""
+    return not isinstance(task.lease_lost, NotFoundError) and not ended_by_holder(task)
 
 
 def ended_by_holder(task: ClaimedTask) -> bool:

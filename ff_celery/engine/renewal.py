@@ -55,7 +55,7 @@ class HeldLease(Protocol):
     @property
     def renew_interval_s(self) -> float: ...
 
-    def on_renewed(self, expires_at: int) -> None: ...
+    def on_renewed(self, expires_at: int, *, requested_at: float) -> None: ...
 
     def on_renewal_failed(self, error: EngineError, *, terminal: bool) -> None: ...
 
@@ -122,6 +122,7 @@ class LeaseRenewer:
             )
             for task in tasks
         ]
+        requested_at = time.monotonic()
         try:
             outcomes = self.engine.call_many(requests)
         except TransportError as exc:
@@ -145,4 +146,4 @@ class LeaseRenewer:
                 task.on_renewal_failed(outcome, terminal=terminal)
             else:
                 metrics.LEASE_RENEWALS.labels("renewed").inc()
-                task.on_renewed(outcome)
+                task.on_renewed(outcome, requested_at=requested_at)

@@ -165,6 +165,7 @@ class ClaimedTask:
 
     def renew_lease(self) -> int:
         """Renew now (the renewer also does this every ttl/3); answers the new expiry."""
+        requested_at = time.monotonic()
         expires_at = self.engine.call(
             fn.RenewLease(
                 execution_id=self.execution_id,
@@ -173,13 +174,15 @@ class ClaimedTask:
                 lease_ttl_ms=self.lease_ttl_ms,
             )
         )
-        self.on_renewed(expires_at)
+        self.on_renewed(expires_at, requested_at=requested_at)
         return expires_at
 
-    def on_renewed(self, expires_at: int) -> None:
-        """The renewer (or :meth:`renew`) extended the lease to ``expires_at``."""
+    def on_renewed(self, expires_at: int, *, requested_at: float) -> None:
+        """The renewer (or :meth:`renew_lease`) extended the lease to ``expires_at`` with a
+        call sent at ``requested_at`` (monotonic): the server stamped the renewal after that,
+        so counting from it never overestimates the time left."""
         self._renewal_failures = 0
-        self._last_renewed_at = time.monotonic()
+        self._last_renewed_at = requested_at
         self.lease_expires_at = expires_at
 
     def on_renewal_failed(self, error: EngineError, *, terminal: bool) -> None:
