@@ -39,7 +39,7 @@ from ff_celery.engine.client import RETRYABLE_REDIS_ERRORS, Engine
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import done_channel
+from ff_celery.engine.keys import DONE_NOTICE, done_channel
 from ff_celery.engine.waitpoints import read_waitpoint
 from ff_celery.messages import NAMESPACE
 from ff_celery.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
@@ -166,8 +166,10 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             record_failure(self.engine, task_id, request, result)
         elif state == states.REVOKED:
             end_attempt(self.engine, task_id, request, lambda handle: handle.cancel(describe(result)))
-        if state in states.READY_STATES and not fenced:
-            self.engine.redis.publish(done_channel(NAMESPACE, task_id), b"1")
+        if state not in states.READY_STATES:  # for get(on_message=...): the meta itself
+            self.engine.redis.publish(done_channel(NAMESPACE, task_id), encoded)
+        elif not fenced:
+            self.engine.redis.publish(done_channel(NAMESPACE, task_id), DONE_NOTICE)
         return result
 
     def revoke(self, task_id: str, reason: str = "revoked") -> str | None:
@@ -256,6 +258,25 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         info = suspended_info(waitpoint.model_dump(), record.signal_names, record.expires_at)
         return {"status": SUSPENDED, "result": info}
 
+    def wait_for_pending(
+        self,
+        result: Any,
+        timeout: float | None = None,
+        interval: float = 0.5,
+        no_ack: bool = True,
+        on_message: Any = None,
+        on_interval: Any = None,
+        callback: Any = None,
+        propagate: bool = True,
+    ) -> Any:
+        """``AsyncResult.get()``: as Celery's, with ``on_message`` (see :meth:`get_many`)."""
+        for _, meta in self.get_many(
+            [result.id], timeout=timeout, interval=interval, on_message=on_message, on_interval=on_interval
+        ):
+            result._maybe_set_cache(meta)
+            return result.maybe_throw(propagate=propagate, callback=callback)
+        return None
+
     def wait_for(
         self,
         task_id: str,
@@ -284,7 +305,8 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         native join: a group's ``get()`` raises at its first failure or revoke, as on Redis).
         Woken by the tasks' completion notices (only the notified tasks are re-read), and
         re-reading all every ``interval`` for outcomes recorded without one (scanners,
-        operators)."""
+        operators). ``on_message`` hears every state announced while waiting (STARTED,
+        custom states), then the ready one, as from Celery's Redis backend."""
         self._ensure_not_eager()
         interval = 0.5 if interval is None else interval
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -292,14 +314,16 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         channels = list(pending.values())
         listener = self._subscribe(channels, deadline)  # before the first read: no notice slips between
         to_read, last_full_read, iterations = set(pending), time.monotonic(), 0
+        notified: set[str] = set()
         try:
             while pending:
                 for task_id in [task_id for task_id in pending if task_id in to_read]:
                     meta = self.get_task_meta(task_id)
                     if meta["status"] in READY_STATES:
-                        del pending[task_id]
-                        if on_message is not None:
+                        if on_message is not None:  # the states announced before it was ready first
+                            notified |= self._hear(listener, pending, 0, on_message) or set()
                             on_message(meta)
+                        del pending[task_id]
                         yield task_id, meta
                 if not pending:
                     return
@@ -311,16 +335,18 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError("The operation timed out.")
+                heard: set[str] | None = None
                 try:
-                    wait = interval if remaining is None else min(interval, remaining)
-                    notified = self._await_notices(listener, pending, wait)
+                    wait = 0 if notified else interval if remaining is None else min(interval, remaining)
+                    heard = self._hear(listener, pending, wait, on_message)
                 except RETRYABLE_REDIS_ERRORS:  # dropped by the server (restart, failover, CLIENT KILL)
                     self._drop_listener(listener)
-                    listener, notified = self._subscribe(list(pending.values()), deadline), set()
-                if not notified or time.monotonic() - last_full_read >= interval:
+                    listener = self._subscribe(list(pending.values()), deadline)
+                if heard is None or time.monotonic() - last_full_read >= interval:
                     to_read, last_full_read = set(pending), time.monotonic()
                 else:
-                    to_read = notified
+                    to_read = notified | heard
+                notified = set()
         except (TimeoutError, GeneratorExit):
             raise
         except BaseException:
@@ -356,23 +382,32 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             self._local.listener = None
         listener.close()
 
-    @staticmethod
-    def _await_notices(listener: Any, pending: dict[str, str], timeout: float) -> set[str]:
-        """The pending tasks whose channel got a notice: blocks until one does or ``timeout``
-        passes (empty set), then takes whatever else has arrived. Confirmations of
-        (un)subscribing and notices left from earlier waits are skipped."""
+    def _hear(self, listener: Any, pending: dict[str, str], timeout: float, on_message: Any) -> set[str] | None:
+        """The pending tasks whose channel got a completion notice (None: nothing arrived):
+        blocks until something arrives or ``timeout`` passes, then takes whatever else has. Interim states
+        announced go to ``on_message`` (if any) in order; confirmations of (un)subscribing and
+        notices left from earlier waits are skipped."""
         tasks_by_channel = {channel: task_id for task_id, channel in pending.items()}
         notified: set[str] = set()
+        heard = False
         until = time.monotonic() + timeout
-        while (left := until - time.monotonic()) > 0 or notified:
-            message = listener.get_message(timeout=0 if notified else left)
+        while True:
+            left = until - time.monotonic()
+            message = listener.get_message(timeout=0 if heard else max(left, 0))
             if message is None:
-                if notified:
-                    break
+                if heard:
+                    return notified
+                if left <= 0:
+                    return None
                 continue
-            if message["type"] == "message" and message["channel"].decode() in tasks_by_channel:
-                notified.add(tasks_by_channel[message["channel"].decode()])
-        return notified
+            task_id = tasks_by_channel.get(message["channel"].decode()) if message["type"] == "message" else None
+            if task_id is None:
+                continue
+            heard = True
+            if message["data"] == DONE_NOTICE:
+                notified.add(task_id)
+            elif on_message is not None:
+                on_message(self.decode_result(message["data"]))
 
     def _forget(self, task_id: str) -> None:
         super()._forget(task_id)

@@ -397,6 +397,10 @@ def next_attempt_payload_key(execution_id: str) -> str:
     return f"ffc:next-payload:{execution_id}"
 
 
+#: The payload of a completion notice on a :func:`done_channel`.
+DONE_NOTICE = b"1"
+
+
 def done_channel(namespace: str, alias: str) -> str:
     """Pub/Sub channel announcing that the execution behind ``alias`` has an outcome."""
     return f"ffc:done:{namespace}:{alias}"

@@ -26,6 +26,7 @@ from ff_celery.engine.errors import (
     error_for_code,
 )
 from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.keys import DONE_NOTICE
 from ff_celery.engine.policy import ExecutionPolicy, RetryPolicy
 
 if TYPE_CHECKING:
@@ -272,7 +273,7 @@ class ClaimedTask:
             return self.engine.call(request)
         batch = self.engine.batch()
         batch.fcall(request)
-        batch.command("publish", self.notify_channel, b"1")
+        batch.command("publish", self.notify_channel, DONE_NOTICE)
         outcome = batch.execute()[0]
         if isinstance(outcome, EngineError):
             raise outcome

@@ -85,6 +85,12 @@ def noted(value, key):
 
 
 @app.task
+def failed_id_noted(task_id):
+    """An old-style error callback: sent as a task of its own, with the failed task's id."""
+    journal().rpush(f"failed:{task_id}", 1)
+
+
+@app.task
 def failure_noted(request, exc, traceback, key):
     """An error callback with Celery's (request, exc, traceback) signature."""
     journal().rpush(key, json.dumps([request.id, repr(exc)]))
@@ -107,6 +113,14 @@ def in_progress(self, key):
     """Reports a custom PROGRESS state, then runs until the test opens its gate (``go:<key>``)."""
     self.update_state(state="PROGRESS", meta={"done": 1, "total": 2})
     gated.run(key)
+    return "finished"
+
+
+@app.task(bind=True)
+def progress_after_gate(self, key):
+    """Runs until the test opens its gate (``go:<key>``), then reports a custom PROGRESS state."""
+    gated.run(key)
+    self.update_state(state="PROGRESS", meta={"done": 1, "total": 2})
     return "finished"
 
 
