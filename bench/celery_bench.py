@@ -111,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     with DevServer() as server:
         port = server.port
-        print(f"{args.count} tasks per measurement; Redis {server.binary} on {port}; prefork -c 2\n")
+        print(f"{args.count} tasks per measurement; {server.version} on {port}; prefork -c 2\n")
         print(f"{'broker':<14}" + "".join(f"{h:>14}" for h in
               ("publish/s", "e2e/s", "start p50 ms", "start p95 ms", "get p50 ms", "get p95 ms")))  # fmt: skip
         measure("flowfabric://", f"flowfabric://127.0.0.1:{port}/0", f"flowfabric://127.0.0.1:{port}/0", args.count)

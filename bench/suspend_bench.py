@@ -91,7 +91,7 @@ def main() -> None:
         sys.path.insert(0, str(HERE))
         import suspend_app
 
-        print(f"{args.count} tasks; Redis {server.binary} on {server.port}; one worker, prefork -c 2\n")
+        print(f"{args.count} tasks; {server.version} on {server.port}; one worker, prefork -c 2\n")
         worker = start_worker(url)
         try:
             run(url, WARM_UP)  # worker start, pool processes, connections: not measured

