@@ -1,6 +1,7 @@
 """Run Celery's own integration tests (``t/integration/test_tasks.py`` from the celery sdist
 matching the installed Celery) on ff_celery: unchanged, URL-only, broker on database 0 and
-backend on database 1 of an embedded server this script starts and stops.
+backend on database 1 of an embedded server this script starts and stops; then the tests
+Celery runs only with its Redis result backend, with ``flowfabric://`` broker and that backend.
 
     .venv/bin/python scripts/celery_suite.py [pytest arguments]
 """
@@ -65,22 +66,34 @@ def install_plugins(tests: Path) -> None:
     )
 
 
+#: The tests Celery runs only with a ``redis://`` result backend: run again with our broker
+#: and Celery's Redis backend (the layout of an app that keeps its result backend).
+REDIS_BACKEND_ONLY = "test_task_redis_result_backend or test_replaced_task_nesting_level_1 or nesting_chain"
+
+
+def run_suite(tests: Path, server: DevServer, backend: str, pytest_args: list[str]) -> int:
+    """Celery's suite with broker ``flowfabric://…/0`` and ``backend`` on ``server``."""
+    broker = f"flowfabric://127.0.0.1:{server.port}/0"
+    env = {
+        **os.environ,
+        "TEST_BROKER": broker,
+        "TEST_BACKEND": backend,
+        "REDIS_HOST": "127.0.0.1",
+        "REDIS_PORT": str(server.port),
+    }
+    deselected = [f"--deselect={test}" for test in sorted(EXCUSED)]
+    command = [sys.executable, "-m", "pytest", SUITE, "-p", "no:cacheprovider", "-q", *deselected, *pytest_args]
+    print(f"celery {celery.__version__}: {' '.join(command[2:])} (broker {broker}, backend {backend})", flush=True)
+    return subprocess.run(command, cwd=tests, env=env).returncode
+
+
 def main(pytest_args: list[str]) -> int:
     tests = celery_tests()
     install_plugins(tests)
     with DevServer() as server:
-        base = f"flowfabric://127.0.0.1:{server.port}"
-        env = {
-            **os.environ,
-            "TEST_BROKER": f"{base}/0",
-            "TEST_BACKEND": f"{base}/1",
-            "REDIS_HOST": "127.0.0.1",
-            "REDIS_PORT": str(server.port),
-        }
-        deselected = [f"--deselect={test}" for test in sorted(EXCUSED)]
-        command = [sys.executable, "-m", "pytest", SUITE, "-p", "no:cacheprovider", "-q", *deselected, *pytest_args]
-        print(f"celery {celery.__version__}: {' '.join(command[2:])} (broker {base}/0, backend {base}/1)")
-        return subprocess.run(command, cwd=tests, env=env).returncode
+        failed = run_suite(tests, server, f"flowfabric://127.0.0.1:{server.port}/1", pytest_args)
+        redis_backend = f"redis://127.0.0.1:{server.port}/1"
+        return failed or run_suite(tests, server, redis_backend, ["-k", REDIS_BACKEND_ONLY, *pytest_args])
 
 
 if __name__ == "__main__":
