@@ -13,11 +13,13 @@ already held the execution until it was due), and the delivery tag names the lea
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
+from kombu.serialization import loads
 from kombu.utils import json
 
 from ff_celery.engine.errors import ValidationError
@@ -232,3 +234,44 @@ def delivery_message(task: ClaimedTask) -> dict[str, Any]:
 
 def is_celery_task(task: ClaimedTask) -> bool:
     return TASK_TAG in task.tags
+
+
+def held_task_entry(payload: bytes, runnable_at_ms: int, hostname: str) -> dict[str, Any] | None:
+    """A task the engine holds until ``runnable_at_ms``, as an entry of Celery's ``inspect
+    scheduled`` reply (``eta``, ``priority``, ``request`` as ``Request.info()`` gives it);
+    None if the payload is not a Celery task message."""
+    try:
+        message = _envelope(payload)
+    except ValueError:
+        return None
+    headers, properties = message.get("headers") or {}, message.get("properties") or {}
+    if "task" not in headers:
+        return None
+    try:
+        body = loads(
+            base64.b64decode(message.get("body", ""))
+            if properties.get("body_encoding") == "base64"
+            else message["body"],
+            message.get("content-type") or "application/json",
+            message.get("content-encoding") or "utf-8",
+        )
+        args, kwargs = body[0], body[1]
+    except Exception:  # a body kombu cannot decode here: what the publisher showed of it
+        args, kwargs = headers.get("argsrepr"), headers.get("kwargsrepr")
+    info = properties.get("delivery_info") or {}
+    return {
+        "eta": datetime.fromtimestamp(runnable_at_ms / 1000, timezone.utc).isoformat(),
+        "priority": properties.get("priority") or 0,
+        "request": {
+            "id": headers.get("id"),
+            "name": headers["task"],
+            "args": args,
+            "kwargs": kwargs,
+            "type": headers["task"],
+            "hostname": hostname,
+            "time_start": None,
+            "acknowledged": False,
+            "delivery_info": {**info, "priority": properties.get("priority"), "redelivered": False},
+            "worker_pid": None,
+        },
+    }

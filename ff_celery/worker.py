@@ -23,18 +23,23 @@ from typing import Any, ClassVar
 
 from celery import bootsteps, states
 from celery.exceptions import NotRegistered
-from celery.worker import state
+from celery.worker import control, state
+from celery.worker.control import inspect_command
 
 from ff_celery.backend import FlowFabricBackend
 from ff_celery.engine import metrics
 from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
+from ff_celery.engine.inspection import held_executions
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 from ff_celery.engine.task import ClaimedTask
+from ff_celery.messages import held_task_entry
 from ff_celery.transport import Channel
 
 log = logging.getLogger(__name__)
 
 LOST_CHECK_INTERVAL_S = 0.25
+#: Celery's own ``scheduled`` inspect command (replaced below, and called by its replacement).
+CELERY_SCHEDULED = control.Panel.data["scheduled"]
 
 
 class FlowFabricStep(bootsteps.StartStopStep):
@@ -138,6 +143,19 @@ class FlowFabricStep(bootsteps.StartStopStep):
             self.scanners.stop()
             self.scanners = None
 
+    def held_tasks(self, hostname: str) -> list[dict[str, Any]]:
+        """The tasks the engine holds for their ETA, as ``inspect scheduled`` entries: listed
+        by the worker whose scanners lead (they promote them when due), so each appears once."""
+        if self.scanners is None or not self.scanners.is_leader:
+            return []
+        entries = []
+        for lane in sorted(self.scanners.lanes()):
+            for held in held_executions(self.scanners.engine, lane):
+                entry = held_task_entry(held.payload, held.runnable_at, hostname)
+                if entry is not None:
+                    entries.append(entry)
+        return sorted(entries, key=lambda entry: entry["eta"])
+
     # -- lost leases ----------------------------------------------------------------------
 
     def _on_lease_lost(self, tag: str, task: ClaimedTask) -> None:
@@ -220,6 +238,15 @@ def must_stop(task: ClaimedTask) -> bool:
     outcome ended the lease, nor when the execution vanished (a server restarted without
     persistence): nobody else can run it, so it finishes, its outcome has nowhere to go."""
     return not isinstance(task.lease_lost, NotFoundError) and not ended_by_holder(task)
+
+
+@inspect_command(alias="dump_schedule")
+def scheduled(panel: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Celery's ``inspect scheduled`` (the ETA tasks in this worker's memory), plus the tasks
+    the engine holds for theirs (see :meth:`FlowFabricStep.held_tasks`)."""
+    consumer = panel.consumer
+    step = next((step for step in consumer.steps if isinstance(step, FlowFabricStep)), None)
+    return CELERY_SCHEDULED(panel, **kwargs) + (step.held_tasks(consumer.hostname) if step else [])
 
 
 def ended_by_holder(task: ClaimedTask) -> bool:

@@ -160,3 +160,27 @@ def list_executions(
         )
     summaries.sort(key=lambda summary: summary.created_at, reverse=True)
     return summaries[:limit]
+
+
+class HeldExecution(BaseModel):
+    """An execution the engine holds until a time (delayed: a countdown, an ETA or a retry's
+    backoff): when it becomes runnable (engine ms) and its payload."""
+
+    execution_id: str
+    runnable_at: int
+    payload: bytes
+
+
+def held_executions(engine: Engine, lane: str, *, limit: int = 1000) -> list[HeldExecution]:
+    """The delayed executions of ``lane`` (on its own partition), soonest first."""
+    index = PartitionKeys(engine.partitions.lane_partition(lane)).delayed(lane)
+    members = engine.redis.zrange(index, 0, limit - 1, withscores=True)
+    reads = engine.batch()
+    for member, _ in members:
+        reads.command("get", ExecKeys(ExecutionId(member.decode())).payload)
+    payloads = reads.execute() if members else []
+    return [
+        HeldExecution(execution_id=member.decode(), runnable_at=int(score), payload=payload)
+        for (member, score), payload in zip(members, payloads)
+        if isinstance(payload, bytes)  # ended and trimmed meanwhile
+    ]

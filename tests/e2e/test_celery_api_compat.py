@@ -6,8 +6,7 @@ worker options ``-O fair``, ``--autoscale`` and ``--max-tasks-per-child``, ``cel
 ``celery purge`` and ``celery inspect``. Publishers are fresh interpreters that import only the
 app; workers and beat are real ``celery`` subprocesses.
 
-One difference from Redis is kept as a strict xfail: ``celery inspect scheduled`` (the engine,
-not the worker, holds a task until its ETA)."""
+``celery inspect scheduled`` lists the tasks the engine (not the worker) holds until their ETA."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 import redis
@@ -300,17 +300,18 @@ def test_inspect_revoked_lists_a_revoked_task_id(env, worker):
     assert task_id in inspect(env, worker, "revoked")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "by design the engine holds a task until its ETA (a delayed execution; the delivered message has its eta "
-        "cleared), so no worker has it in memory and `inspect scheduled` answers [] where Celery on Redis lists it"
-    ),
-)
-def test_inspect_scheduled_shows_a_task_waiting_for_its_eta(env, worker):
-    task_id = run(env, "print(json.dumps(add.apply_async((1, 1), countdown=60).id))")
+def test_inspect_scheduled_shows_a_task_the_engine_holds_for_its_eta(env, worker):
+    task_id = run(env, "print(json.dumps(add.apply_async((1, 2), countdown=60, priority=3).id))")
+
+    def listed() -> list[dict]:  # by the worker whose scanners lead: this one, once it leads
+        return [entry for entry in inspect(env, worker, "scheduled") if entry["request"]["id"] == task_id]
+
     try:
-        scheduled = inspect(env, worker, "scheduled")
+        assert wait_for(listed, timeout=30)
+        (entry,) = listed()
     finally:
         run(env, f"app.AsyncResult({task_id!r}).revoke(); print(1)")
-    assert task_id in {entry["request"]["id"] for entry in scheduled}
+    assert entry["request"]["name"] == "plainapp.add"
+    assert (entry["request"]["args"], entry["request"]["kwargs"], entry["priority"]) == ([1, 2], {}, 3)
+    assert entry["eta"] > datetime.now(timezone.utc).isoformat()
+    assert [e for e in inspect(env, worker, "scheduled") if e["request"]["id"] == task_id] == []  # revoked
