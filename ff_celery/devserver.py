@@ -62,11 +62,16 @@ def free_port() -> int:
 class DevServer:
     """A local Valkey/Redis for development and tests. Use as a context manager."""
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, binary: str | None = None, persistent: bool = False, cluster: bool = False
+    ) -> None:
         self.binary = binary or find_server_binary()
         self.port = port or free_port()
         #: With an append-only file (fsync every write), kept across :meth:`restart`.
         self.persistent = persistent
+        #: In cluster mode, owning all 16384 slots: one shard, where a command or script
+        #: touching keys of several slots is refused as on a real cluster (database 0 only).
+        self.cluster = cluster
         self.directory: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -93,6 +98,9 @@ class DevServer:
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="ff-celery-server-"))
         durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        if self.cluster:
+            nodes, bus_port = str(self.directory / "nodes.conf"), str(free_port())  # not port + 10000: may be > 65535
+            durability += ["--cluster-enabled", "yes", "--cluster-config-file", nodes, "--cluster-port", bus_port]
         self.process = subprocess.Popen(
             [
                 self.binary,
@@ -117,7 +125,7 @@ class DevServer:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"{self.binary} exited with {self.process.returncode}; see {self.directory}")
                 try:
-                    if client.ping():
+                    if client.ping() and (not self.cluster or self._own_all_slots(client)):
                         return self
                 except redis.RedisError:
                     if time.monotonic() > deadline:
@@ -126,6 +134,16 @@ class DevServer:
                     time.sleep(0.05)
         finally:
             client.close()
+
+    @staticmethod
+    def _own_all_slots(client: redis.Redis) -> bool:
+        """Assign every slot to this node (once); True once the cluster says it is ok."""
+        info = client.cluster("info")
+        if info.get("cluster_state") == "ok":
+            return True
+        if int(info.get("cluster_slots_assigned", 0)) == 0:
+            client.cluster("addslotsrange", 0, 16383)
+        return False
 
     def stop(self, *, keep_data: bool = False) -> None:
         """Stop the server by its pid (SIGTERM, then SIGKILL) and remove its directory

@@ -3,6 +3,7 @@ engine bound to it. Enable with ``pytest_plugins = ["ff_celery.pytest_plugin"]``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -23,10 +24,15 @@ def pytest_report_header() -> str:
 _started_here: set[str] = set()
 
 
+#: Set to 1 to run ``ff_server`` in cluster mode (one node owning every slot, database 0
+#: only): a command or library function touching keys of several slots then fails.
+CLUSTER_VARIABLE = "FF_CELERY_TEST_CLUSTER"
+
+
 @pytest.fixture(scope="session")
 def ff_server() -> Iterator[DevServer]:
     """A Valkey/Redis server on a free loopback port for the whole session."""
-    with DevServer() as server:
+    with DevServer(cluster=os.environ.get(CLUSTER_VARIABLE) == "1") as server:
         _started_here.add(server.url)
         yield server
         _started_here.discard(server.url)
