@@ -112,7 +112,12 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         return self.store.get(key)
 
     def mget(self, keys: list[bytes]) -> list[bytes | None]:
-        return self.store.mget(keys) if keys else []
+        """One GET per key in one round trip (an MGET of keys in different slots would be
+        refused by a cluster)."""
+        pipe = self.store.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return pipe.execute() if keys else []
 
     def set(self, key: bytes, value: bytes) -> None:
         self.store.set(key, value, ex=int(self.expires) or None)

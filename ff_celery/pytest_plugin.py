@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ff_celery.devserver import DevServer
+from ff_celery.devserver import CLUSTER_VARIABLE, DevServer
 from ff_celery.engine.client import Engine
 
 
@@ -22,11 +22,6 @@ def pytest_report_header() -> str:
 
 #: URLs of the servers these fixtures started: the only ones they ever empty.
 _started_here: set[str] = set()
-
-
-#: Set to 1 to run ``ff_server`` in cluster mode (one node owning every slot, database 0
-#: only): a command or library function touching keys of several slots then fails.
-CLUSTER_VARIABLE = "FF_CELERY_TEST_CLUSTER"
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,25 @@
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 
+from ff_celery.devserver import CLUSTER_VARIABLE
 from ff_celery.engine.client import Engine
 
 pytest_plugins = ["ff_celery.pytest_plugin"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a cluster-mode server, what FlowFabric's contract makes cross-slot (spec §1.5) and
+    databases other than 0 do not exist: those tests are skipped, naming why."""
+    if os.environ.get(CLUSTER_VARIABLE) != "1":
+        return
+    reason = pytest.mark.skip(reason="cross-slot by FlowFabric's contract (spec §1.5) or database > 0: standalone only")
+    for item in items:
+        if item.get_closest_marker("standalone"):
+            item.add_marker(reason)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.02) -> bool:

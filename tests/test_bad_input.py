@@ -341,8 +341,13 @@ NUMERIC_CASES = {
 }
 
 
+def standalone_if_worker_registry(name: str, value: object) -> object:
+    """FlowFabric's worker registry calls are cross-slot (spec §1.5): standalone servers only."""
+    return pytest.param(value, id=name, marks=[pytest.mark.standalone] if "_worker " in name else [])
+
+
 @pytest.mark.parametrize("bad", ["12ms", "soon", "1,000"])
-@pytest.mark.parametrize("case", NUMERIC_CASES.values(), ids=NUMERIC_CASES.keys())
+@pytest.mark.parametrize("case", [standalone_if_worker_registry(name, case) for name, case in NUMERIC_CASES.items()])
 def test_non_numeric_argument_is_rejected_as_invalid_input_and_writes_nothing(engine, ff_redis, case, bad):
     state = case.setup(engine)
     request = case.build(engine, state)
@@ -382,7 +387,7 @@ REQUIRED_NUMBERS = [
 ]
 
 
-@pytest.mark.parametrize("name", REQUIRED_NUMBERS)
+@pytest.mark.parametrize("name", [standalone_if_worker_registry(name, name) for name in REQUIRED_NUMBERS])
 def test_empty_required_number_is_rejected_as_invalid_input_and_writes_nothing(engine, ff_redis, name):
     case = NUMERIC_CASES[name]
     request = case.build(engine, case.setup(engine))

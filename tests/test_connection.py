@@ -53,6 +53,7 @@ def test_connects_with_an_acl_user_and_password(ff_server, ff_redis):
         ff_redis.acl_deluser("ffc")
 
 
+@pytest.mark.standalone  # a cluster has database 0 only
 def test_uses_the_database_named_in_the_url(ff_server, ff_redis):
     roundtrip(f"redis://127.0.0.1:{ff_server.port}/5")
     ff_redis.execute_command("SELECT", 5)

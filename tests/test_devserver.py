@@ -80,3 +80,14 @@ def test_a_persistent_server_keeps_its_data_across_a_restart_and_a_plain_one_doe
             redis.Redis(port=server.port).set("k", 1)
             server.restart()
             assert redis.Redis(port=server.port).get("k") == kept
+
+
+def test_a_cluster_mode_server_owns_every_slot_and_refuses_a_function_touching_another_slot():
+    with DevServer(cluster=True) as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.cluster("info")["cluster_slots_assigned"] == "16384"
+        read_any = "function(keys, args) return redis.call('GET', args[1]) end"
+        client.function_load(f"#!lua name=probe\nredis.register_function('probe', {read_any})")
+        assert client.fcall("probe", 1, "{a}declared", "{a}same-slot") is None
+        with pytest.raises(redis.ResponseError, match="do not hash to the same slot"):
+            client.fcall("probe", 1, "{a}declared", "{b}other-slot")

@@ -211,8 +211,11 @@ class RetentionTrimmer:
         for key, _ in named:
             reads.command("get", key)
         stale = [key for (key, owner), value in zip(named, reads.execute()) if _text(value) == owner]
+        deletes = self.engine.batch()
+        for key in stale:  # one key per command: on a cluster they live in different slots
+            deletes.command("delete", key)
         if stale:
-            self.engine.redis.delete(*stale)
+            deletes.execute()
 
 
 @dataclass(frozen=True)

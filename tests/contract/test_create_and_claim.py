@@ -1794,6 +1794,7 @@ def register_model(**fields: Any) -> fn.RegisterWorker:
     return fn.RegisterWorker(**args)
 
 
+@pytest.mark.standalone
 def test_register_worker_writes_alive_caps_and_index_and_answers_registered_then_refreshed(ff_engine, ff_redis):
     alive, caps = worker_alive_key(NS, INSTANCE), worker_caps_key(NS, INSTANCE)
     assert fcall(ff_redis, register_model()) == [1, "OK", "registered"]
@@ -1826,17 +1827,20 @@ def test_register_worker_writes_alive_caps_and_index_and_answers_registered_then
     ("position", "value", "detail"),
     [(4, "long", "ttl_ms must be a number, got: long"), (5, "now", "now_ms must be a number, got: now")],
 )
+@pytest.mark.standalone
 def test_register_worker_rejects_non_numeric_ttl_and_now(ff_engine, ff_redis, position, value, detail):
     expect_raw_error(ff_redis, register_model(), {position: value}, "invalid_input", detail)
     assert not ff_redis.exists(worker_alive_key(NS, INSTANCE), worker_caps_key(NS, INSTANCE), worker_index_key(NS))
 
 
+@pytest.mark.standalone
 def test_heartbeat_of_an_unknown_worker_is_not_registered(ff_engine, ff_redis):
     model = fn.HeartbeatWorker(namespace=NS, worker_instance_id=INSTANCE, now_ms=5)
     assert fcall(ff_redis, model) == [1, "OK", "not_registered"]
     assert not ff_redis.exists(worker_alive_key(NS, INSTANCE))
 
 
+@pytest.mark.standalone
 def test_heartbeat_refreshes_both_ttls_and_the_last_heartbeat(ff_engine, ff_redis):
     ff_engine.call(register_model(ttl_ms=5_000))
     alive, caps = worker_alive_key(NS, INSTANCE), worker_caps_key(NS, INSTANCE)
@@ -1850,6 +1854,7 @@ def test_heartbeat_refreshes_both_ttls_and_the_last_heartbeat(ff_engine, ff_redi
     assert hash_of(ff_redis, caps)["registered_at_ms"] == "1000"
 
 
+@pytest.mark.standalone
 def test_heartbeat_after_the_alive_key_lapsed_is_not_registered_and_touches_nothing(ff_engine, ff_redis):
     ff_engine.call(register_model())
     caps = worker_caps_key(NS, INSTANCE)
@@ -1861,6 +1866,7 @@ def test_heartbeat_after_the_alive_key_lapsed_is_not_registered_and_touches_noth
     assert not ff_redis.exists(worker_alive_key(NS, INSTANCE))
 
 
+@pytest.mark.standalone
 def test_heartbeat_with_a_non_numeric_stored_ttl_is_not_registered(ff_engine, ff_redis):
     ff_engine.call(register_model())
     ff_redis.hset(worker_caps_key(NS, INSTANCE), "ttl_ms", "forever")

@@ -1180,6 +1180,7 @@ def test_suspend_on_a_pending_waitpoint_without_a_timeout_clears_its_expiry(ff_e
     assert waitpoint_hash(ff_redis, c, ticket.waitpoint_id)["expires_at"] == ""
 
 
+@pytest.mark.standalone
 def test_suspend_on_a_pending_waitpoint_mints_nothing_and_needs_no_keystore_key(ff_engine, ff_redis):
     c = claimed(ff_engine)
     ticket = pending(ff_engine, c)

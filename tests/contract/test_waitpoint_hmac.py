@@ -262,6 +262,7 @@ def test_the_token_does_not_bind_the_execution(ff_engine, ff_redis):
 # -- minting errors (§3.3) ---------------------------------------------------------------------
 
 
+@pytest.mark.standalone
 def test_create_pending_without_the_keystore_key_answers_invalid_keys_missing_hmac(ff_engine, ff_redis):
     seed(ff_redis)
     c = claimed(ff_engine)
@@ -273,6 +274,7 @@ def test_create_pending_without_the_keystore_key_answers_invalid_keys_missing_hm
     assert keyspace(ff_redis) == before
 
 
+@pytest.mark.standalone
 def test_suspend_without_the_keystore_key_answers_invalid_keys_missing_hmac(ff_engine, ff_redis):
     seed(ff_redis)
     c = claimed(ff_engine)
@@ -339,6 +341,7 @@ def test_a_valid_token_is_accepted_and_stamps_nothing(ff_engine, ff_redis, kind)
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.standalone
 def test_validation_without_the_keystore_key_answers_invalid_keys_missing_hmac(ff_engine, ff_redis, kind):
     seed(ff_redis)
     t = target(ff_engine, kind)
