@@ -114,10 +114,12 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     def mget(self, keys: list[bytes]) -> list[bytes | None]:
         """One GET per key in one round trip (an MGET of keys in different slots would be
         refused by a cluster)."""
+        if not keys:
+            return []
         pipe = self.store.pipeline(transaction=False)
         for key in keys:
             pipe.get(key)
-        return pipe.execute() if keys else []
+        return pipe.execute()
 
     def set(self, key: bytes, value: bytes) -> None:
         self.store.set(key, value, ex=int(self.expires) or None)
@@ -389,9 +391,9 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
 
     def _hear(self, listener: Any, pending: dict[str, str], timeout: float, on_message: Any) -> set[str] | None:
         """The pending tasks whose channel got a completion notice (None: nothing arrived):
-        blocks until something arrives or ``timeout`` passes, then takes whatever else has. Interim states
-        announced go to ``on_message`` (if any) in order; confirmations of (un)subscribing and
-        notices left from earlier waits are skipped."""
+        blocks until something arrives or ``timeout`` passes, then takes whatever else has.
+        Interim states announced go to ``on_message`` (if any) in order; confirmations of
+        (un)subscribing and notices left from earlier waits are skipped."""
         tasks_by_channel = {channel: task_id for task_id, channel in pending.items()}
         notified: set[str] = set()
         heard = False

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from kombu.transport import redis as kombu_redis
@@ -99,6 +99,18 @@ class QoS(virtual.QoS):
         return errors
 
 
+class ConsumingWorker(Protocol):
+    """What the channel asks of the Celery worker consuming from it (its bootstep)."""
+
+    def is_running(self, delivery_tag: str) -> bool:
+        """Whether the delivery's task is running (running ones are not handed back)."""
+        ...
+
+    def on_lease_lost(self, delivery_tag: str, task: ClaimedTask) -> None:
+        """The delivery's lease was lost (called from the renewal or watchdog thread)."""
+        ...
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
 
@@ -132,14 +144,8 @@ class Channel(kombu_redis.Channel):
         self._ff_claimer: Claimer | None = None
         self._ff_want_claim = False
         self._ff_last_probe = 0.0
-        #: Set by the worker bootstep: Celery tasks' outcomes are recorded in the worker (by
-        #: the FlowFabric result backend or ff_celery.outcomes), so an ack only releases the lease.
-        self.ff_outcomes_recorded = False
-        #: Set by the worker bootstep: whether a delivery is running. Running deliveries are
-        #: not handed back when the channel closes; their ack ends them.
-        self.ff_is_running: Callable[[str], bool] | None = None
-        #: Called (from the renewal thread) when a held delivery's lease is lost.
-        self.ff_on_lease_lost: Callable[[str, ClaimedTask], None] | None = None
+        #: The Celery worker consuming from this channel (see :meth:`attach_worker`).
+        self._ff_worker: ConsumingWorker | None = None
         #: Deliveries acknowledged while their task runs (``acks_late=False``): their leases
         #: are renewed until the task is over; its recorded outcome ends the execution.
         self._ff_acked_early: dict[str, ClaimedTask] = {}
@@ -342,9 +348,15 @@ class Channel(kombu_redis.Channel):
         log.error("execution %s: %s; failing it", task.execution_id, reason)
         self._ff_end(task, lambda: task.fail(reason, "permanent", retry_policy=None))
 
+    def attach_worker(self, worker: ConsumingWorker) -> None:
+        """A Celery worker consumes from this channel: Celery tasks' outcomes are recorded in
+        the worker (by the FlowFabric result backend or ff_celery.outcomes), so an ack only
+        releases the lease; running deliveries are not handed back when the channel closes."""
+        self._ff_worker = worker
+
     def _ff_lease_lost(self, tag: str, task: ClaimedTask) -> None:
-        if self.ff_on_lease_lost is not None and (tag in self._ff_held or tag in self._ff_acked_early):
-            self.ff_on_lease_lost(tag, task)
+        if self._ff_worker is not None and (tag in self._ff_held or tag in self._ff_acked_early):
+            self._ff_worker.on_lease_lost(tag, task)
 
     # -- acknowledgement ------------------------------------------------------------------
 
@@ -378,7 +390,7 @@ class Channel(kombu_redis.Channel):
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         task = self._ff_take(delivery_tag)
         if task is not None:
-            if not (self.ff_outcomes_recorded and is_celery_task(task)):
+            if not (self._ff_worker is not None and is_celery_task(task)):
                 self._ff_end(task, task.complete)
             elif self._ff_running(delivery_tag):
                 self._ff_acked_early[delivery_tag] = task  # early ack: the task has only started
@@ -388,7 +400,7 @@ class Channel(kombu_redis.Channel):
         super().basic_ack(delivery_tag, multiple)
 
     def _ff_running(self, delivery_tag: str) -> bool:
-        return self.ff_is_running is not None and self.ff_is_running(delivery_tag)
+        return self._ff_worker is not None and self._ff_worker.is_running(delivery_tag)
 
     def _ff_release_finished(self) -> None:
         """Stop renewing the leases of early-acknowledged tasks that are over."""
@@ -412,7 +424,7 @@ class Channel(kombu_redis.Channel):
 
     def ff_restore(self, delivery_tag: str) -> None:
         """Channel closing with the delivery unacked: hand it back unless it is running."""
-        if self.ff_is_running is not None and self.ff_is_running(delivery_tag):
+        if self._ff_running(delivery_tag):
             return  # still running in the pool; its ack will end it
         task = self._ff_take(delivery_tag)
         if task is not None:

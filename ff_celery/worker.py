@@ -1,12 +1,14 @@
 """The worker bootstep: ties Celery's requests to FlowFabric leases.
 
 - A request whose lease was lost before it started is dropped instead of run; one that is
-  running is terminated (prefork), so a worker that lost its lease does not knowingly run a
-  task twice. Its late writes are fenced out by the engine either way.
+  running is killed (prefork) by the :class:`LeaseWatchdog`, also when no renewal reached the
+  server for most of the TTL, so a worker does not knowingly run a task another worker may
+  have. Its late writes are fenced out by the engine either way.
 - A closing channel (warm shutdown, reconnect) hands back only the deliveries that are not
   running; running ones finish and their ack ends them.
 - Messages Celery cannot run (undecodable, unknown task, invalid) fail their execution with a
   readable reason instead of looping.
+- ``inspect scheduled`` also lists the tasks the engine holds for their ETA.
 - The engine scanners run here, leader-elected, unless ``flowfabric_scanners = False`` (set
   that when FlowFabric's own server runs them).
 """
@@ -105,9 +107,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         channel = getattr(c.task_consumer, "channel", None)
         if isinstance(channel, Channel):
-            channel.ff_outcomes_recorded = True  # by the backend, or by ff_celery.outcomes' signal handlers
-            channel.ff_is_running = _is_running
-            channel.ff_on_lease_lost = self._on_lease_lost
+            channel.attach_worker(self)
             if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:
                 configured = c.app.conf.get("flowfabric_scanner_settings") or {}
                 retention = {"retention_s": retention_of(c.app), "lane_retention_s": queue_retention_of(c.app)}
@@ -158,12 +158,15 @@ class FlowFabricStep(bootsteps.StartStopStep):
 
     # -- lost leases ----------------------------------------------------------------------
 
-    def _on_lease_lost(self, tag: str, task: ClaimedTask) -> None:
+    def is_running(self, delivery_tag: str) -> bool:
+        return any(getattr(r.message, "delivery_tag", None) == delivery_tag for r in list(state.active_requests))
+
+    def on_lease_lost(self, delivery_tag: str, task: ClaimedTask) -> None:
         """Called from the renewal or watchdog thread: the event loop stops the task."""
         if isinstance(task.lease_lost, NotFoundError):
             log.error("execution %s vanished from the server while its task ran; letting it finish", task.execution_id)
         if must_stop(task):
-            self.lost.append((tag, task))
+            self.lost.append((delivery_tag, task))
 
     def stop_lost(self, c: Any) -> None:
         """Cancel and acknowledge requests whose lease was lost (runs on the worker's timer;
@@ -277,10 +280,6 @@ def queue_retention_of(app: Any) -> dict[str, float | None]:
         queue: expires.total_seconds() if isinstance(expires, timedelta) else expires
         for queue, expires in configured.items()
     }
-
-
-def _is_running(delivery_tag: str) -> bool:
-    return any(getattr(r.message, "delivery_tag", None) == delivery_tag for r in list(state.active_requests))
 
 
 def _channel_of(message: Any) -> Channel | None:
