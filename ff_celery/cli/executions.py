@@ -1,10 +1,11 @@
 """Operator commands on executions, found by Celery task id or execution id: show, list,
-cancel, replay, resume, and tail (frames and a live progress bar)."""
+cancel, replay, resume, tail (frames and a live progress bar), and top (a live view of the lanes)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -191,4 +192,44 @@ def tail(target: str, block_s: float, url: str, as_json: bool) -> None:
         click.echo(("\n" if live and bar else "") + f"{execution_id}: {state}")
 
 
-COMMANDS = [show, list_command, cancel, replay, resume, tail]
+@click.command("top")
+@click.option("--lane", "lanes", multiple=True, help="Lanes to show besides those in ff:idx:lanes (repeatable).")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--iterations", type=int, default=0, help="Stop after this many refreshes (0: until Ctrl-C).")
+@url_option
+@reports_errors
+def top(lanes: tuple[str, ...], interval: float, iterations: int, url: str) -> None:
+    """A live view of every lane: executions by state, the head's wait, and completions/s."""
+    engine = engine_for(url)
+    redraw = sys.stdout.isatty()
+    previous: dict[str, int] = {}  # terminal executions per lane at the last refresh
+    refresh, last_read = 0, 0.0
+    try:
+        while True:
+            states = inspection.lane_states(engine, set(lanes) | engine.lanes())
+            now, elapsed = time.monotonic(), time.monotonic() - last_read
+            last_read = now
+            rows = []
+            for lane, state in states.items():
+                counts = state.executions
+                blocked = sum(total for name, total in counts.items() if name.startswith("blocked_"))
+                ended = counts["terminal"]
+                known = lane in previous and ended >= previous[lane]  # (trimming lowers the count)
+                rate = f"{(ended - previous[lane]) / elapsed:.1f}" if known else ""
+                previous[lane] = ended
+                by_state = [counts["eligible"], counts["delayed"], counts["active"], counts["suspended"], blocked]
+                rows.append([lane, *by_state, ended, rate, f"{state.head_wait_s:.1f}s"])
+            if redraw:
+                click.echo("\x1b[H\x1b[2J", nl=False)  # clear the screen: the view replaces itself
+            click.echo(f"{when(engine.server_time_ms())}  {len(rows)} lanes  (every {interval:g} s; Ctrl-C to stop)")
+            headers = ["lane", "waiting", "delayed", "active", "suspended", "blocked", "ended", "ended/s", "head wait"]
+            table(rows, headers)
+            refresh += 1
+            if iterations and refresh >= iterations:
+                return
+            time.sleep(max(0.0, interval - (time.monotonic() - now)))
+    except KeyboardInterrupt:
+        return
+
+
+COMMANDS = [show, list_command, cancel, replay, resume, tail, top]

@@ -4,6 +4,8 @@ lane by state. Executions are found by execution id or by an alias (a Celery tas
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
@@ -11,8 +13,8 @@ from pydantic import BaseModel, Field
 from ff_celery.engine import budgets, waitpoints
 from ff_celery.engine.budgets import BudgetStatus, QuotaPolicy
 from ff_celery.engine.errors import error_for_code
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import ExecKeys, PartitionKeys
+from ff_celery.engine.ids import ExecutionId, valid_execution_ids
+from ff_celery.engine.keys import BLOCKED_SUFFIXES, ExecKeys, PartitionKeys
 from ff_celery.engine.snapshot import ExecutionSnapshot, text_of
 from ff_celery.engine.waitpoints import ReceivedSignal
 
@@ -184,3 +186,58 @@ def held_executions(engine: Engine, lane: str, *, limit: int = 1000) -> list[Hel
         for (member, score), payload in zip(members, payloads)
         if isinstance(payload, bytes)  # ended and trimmed meanwhile
     ]
+
+
+#: The lane index sets counted by :func:`lane_states`, by the name they are reported under
+#: (besides ``blocked_<reason>`` for each blocked index).
+LANE_STATES = ("eligible", "delayed", "active", "suspended", "terminal")
+
+
+@dataclass(frozen=True)
+class LaneState:
+    """A lane now: executions per state, and how long its next execution has waited."""
+
+    executions: dict[str, int]
+    head_wait_s: float
+
+
+def lane_states(engine: Engine, lanes: Iterable[str]) -> dict[str, LaneState]:
+    """Each lane's :class:`LaneState`, from the lane indexes of every partition (two round
+    trips whatever the number of lanes)."""
+    lanes = sorted(lanes)
+    partitions = [PartitionKeys(p) for p in range(engine.partitions.num_flow_partitions)]
+    names = [*LANE_STATES, *(f"blocked_{reason}" for reason in BLOCKED_SUFFIXES)]
+    reads = engine.batch()
+    for lane in lanes:
+        for index in partitions:
+            for state in LANE_STATES:
+                reads.command("zcard", index.lane(lane, state))
+            for reason in BLOCKED_SUFFIXES:
+                reads.command("zcard", index.blocked(lane, reason))
+            reads.command("zrange", index.eligible(lane), 0, 0)
+    replies = iter(reads.execute() if lanes else [])
+    totals: dict[str, dict[str, int]] = {}
+    heads: list[tuple[str, str]] = []  # (lane, next execution) per partition
+    for lane in lanes:
+        totals[lane] = dict.fromkeys(names, 0)
+        for _ in partitions:
+            for name in names:
+                reply = next(replies)
+                totals[lane][name] += reply if isinstance(reply, int) else 0
+            head = next(replies)
+            heads += [(lane, eid) for eid in valid_execution_ids(head or [], f"the eligible set of lane {lane}")]
+    waited = _head_waits(engine, lanes, heads)
+    return {lane: LaneState(executions=totals[lane], head_wait_s=waited[lane]) for lane in lanes}
+
+
+def _head_waits(engine: Engine, lanes: list[str], heads: list[tuple[str, str]]) -> dict[str, float]:
+    """Per lane: the longest a next-in-line execution (one per partition) has waited."""
+    reads = engine.batch()
+    for _, eid in heads:
+        reads.command("hget", ExecKeys(ExecutionId(eid)).core, "created_at")
+    now = engine.server_time_ms()
+    longest = dict.fromkeys(lanes, 0.0)
+    for (lane, _), created_at in zip(heads, reads.execute() if heads else []):
+        if isinstance(created_at, bytes) and created_at.isdigit():
+            longest[lane] = max(longest[lane], (now - int(created_at)) / 1000)
+    return longest

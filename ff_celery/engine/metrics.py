@@ -20,13 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ff_celery.engine.client import Engine
-from ff_celery.engine.ids import valid_execution_ids
-from ff_celery.engine.keys import BLOCKED_SUFFIXES, ExecKeys, PartitionKeys
+from ff_celery.engine.inspection import lane_states
 
 log = logging.getLogger(__name__)
-
-#: The lane index sets counted, by the state label they are exported under.
-LANE_STATES = ("eligible", "delayed", "active", "suspended", "terminal")
 
 try:
     import prometheus_client
@@ -65,56 +61,23 @@ SCANNER_CYCLE = _metric("Histogram", "ff_scanner_cycle_seconds", "Duration of on
 
 
 class EngineStateCollector:
-    """Executions per lane and state, read from the lane indexes of every partition in two
-    round trips at each scrape."""
+    """Executions per lane and state, and each lane's head wait, read at each scrape
+    (:func:`~ff_celery.engine.inspection.lane_states`)."""
 
     def __init__(self, engine: Engine, lanes: Callable[[], Iterable[str]]) -> None:
         self.engine, self.lanes = engine, lanes
 
     def collect(self) -> Iterator[Any]:
-        lanes = sorted(self.lanes())
-        partitions = [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
-        states = [*LANE_STATES, *(f"blocked_{reason}" for reason in BLOCKED_SUFFIXES)]
-        reads = self.engine.batch()
-        for lane in lanes:
-            for index in partitions:
-                for state in LANE_STATES:
-                    reads.command("zcard", index.lane(lane, state))
-                for reason in BLOCKED_SUFFIXES:
-                    reads.command("zcard", index.blocked(lane, reason))
-                reads.command("zrange", index.eligible(lane), 0, 0)
-        replies = iter(reads.execute())
         counts = GaugeMetricFamily("ff_lane_executions", "Executions per lane and state", labels=["lane", "state"])
-        heads: list[tuple[str, str]] = []
-        for lane in lanes:
-            totals = dict.fromkeys(states, 0)
-            for _ in partitions:
-                for state in states:
-                    reply = next(replies)
-                    totals[state] += reply if isinstance(reply, int) else 0
-                head = next(replies)
-                heads += [(lane, eid) for eid in valid_execution_ids(head or [], f"the eligible set of lane {lane}")]
-            for state, total in totals.items():
-                counts.add_metric([lane, state], total)
-        yield counts
-        yield self._head_waits(lanes, heads)
-
-    def _head_waits(self, lanes: list[str], heads: list[tuple[str, str]]) -> Any:
-        """Per lane: the longest a next-in-line execution (one per partition) has waited."""
         waits = GaugeMetricFamily(
             "ff_lane_head_wait_seconds", "How long the next execution of the lane has waited", labels=["lane"]
         )
-        reads = self.engine.batch()
-        for _, eid in heads:
-            reads.command("hget", ExecKeys(eid).core, "created_at")
-        now = self.engine.server_time_ms()
-        longest = dict.fromkeys(lanes, 0.0)
-        for (lane, _), created_at in zip(heads, reads.execute() if heads else []):
-            if isinstance(created_at, bytes) and created_at.isdigit():
-                longest[lane] = max(longest[lane], (now - int(created_at)) / 1000)
-        for lane, seconds in longest.items():
-            waits.add_metric([lane], seconds)
-        return waits
+        for lane, state in lane_states(self.engine, self.lanes()).items():
+            for name, total in state.executions.items():
+                counts.add_metric([lane, name], total)
+            waits.add_metric([lane], state.head_wait_s)
+        yield counts
+        yield waits
 
 
 def serve(port: int, engine: Engine, lanes: Callable[[], Iterable[str]], address: str = "127.0.0.1") -> None:

@@ -1,5 +1,5 @@
 """The operator CLI against real workers: show, list, signal, budgets, tail, cancel, replay,
-resume and the waitpoint secret, as tables and as JSON."""
+resume, top and the waitpoint secret, as tables and as JSON."""
 
 import json
 import re
@@ -114,3 +114,21 @@ def test_the_waitpoint_secret_is_listed_and_rotated(ffapp, cli):
     after = json.loads(cli("secret", "kids", "--json").output)
     assert before["current_kid"] in after["verifying"]
     assert cli("secret", "rotate", "--kid", "nothing", ok=False, stdin="").exit_code != 0  # no secret given
+
+
+def test_top_shows_each_lanes_executions_by_state_and_the_completion_rate(ffapp, cli, worker):
+    results = [ffapp.add.delay(i, i) for i in range(5)]
+    assert [result.get(timeout=30) for result in results] == [0, 2, 4, 6, 8]
+    held = ffapp.add.apply_async((1, 1), countdown=600)
+
+    output = cli("top", "--iterations", "2", "--interval", "0.5").output
+
+    lines = [line.split() for line in output.splitlines() if not re.match(r"\d{4}-", line)]
+    assert lines[0][:8] == ["LANE", "WAITING", "DELAYED", "ACTIVE", "SUSPENDED", "BLOCKED", "ENDED", "ENDED/S"]
+    celery_rows = [row for row in lines[1:] if row[0] == "celery"]
+    assert len(celery_rows) == 2  # one per refresh
+    first, second = celery_rows  # the rate is known from the second refresh on
+    assert len(first) == 8 and len(second) == 9
+    delayed, ended, rate, head_wait = second[2], second[6], second[7], second[8]
+    assert int(delayed) >= 1 and int(ended) >= 5 and float(rate) >= 0 and head_wait.endswith("s")
+    held.revoke()
