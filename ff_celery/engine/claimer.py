@@ -203,6 +203,7 @@ class Claimer:
         batch = self.engine.batch()
         for eid, lane in wave:
             keys = ExecKeys(eid)
+            batch.command("hget", keys.core, "last_transition_at")  # when it became eligible
             batch.fcall(fn.IssueClaimGrant(**self._identity(eid, lane), grant_ttl_ms=self.grant_ttl_ms,
                                            worker_capabilities=self.capabilities))  # fmt: skip
             batch.fcall(
@@ -223,7 +224,7 @@ class Claimer:
         claimed: list[tuple[ExecutionId, str, fn.Lease, list[Any]]] = []
         resumable: list[tuple[ExecutionId, str, list[Any]]] = []
         for position, (eid, lane) in enumerate(wave):
-            grant, lease, *reads = replies[6 * position : 6 * position + 6]
+            eligible_since, grant, lease, *reads = replies[7 * position : 7 * position + 7]
             if isinstance(lease, EngineError):
                 if lease.code == "use_claim_resumed_execution":
                     resumable.append((eid, lane, reads))
@@ -231,6 +232,7 @@ class Claimer:
                     log.debug("claim of %s lost: %s", eid, getattr(grant, "code", lease.code))
                     self._candidates.clear()  # someone else is claiming too: probe afresh
                 continue
+            self._observe_wait(lane, eligible_since, lease)
             claimed.append((eid, lane, lease, reads))
         if resumable:
             claimed += self._claim_resumed(resumable)
@@ -254,6 +256,14 @@ class Claimer:
             else:
                 claimed.append((eid, lane, lease, reads))
         return claimed
+
+    def _observe_wait(self, lane: str, eligible_since: object, lease: fn.Lease) -> None:
+        """``ff_claim_wait_seconds``: from the execution's last transition before the claim
+        (created, promoted, requeued) to the claim, both in server time."""
+        since = text_of(eligible_since)
+        if lease.expires_at is not None and since.isdigit():
+            claimed_at = lease.expires_at - self.lease_ttl_ms
+            metrics.CLAIM_WAIT.labels(lane).observe(max(0, claimed_at - int(since)) / 1000)
 
     def _identity(self, eid: ExecutionId, lane: str) -> dict[str, Any]:
         return {

@@ -2,9 +2,10 @@
 
 Two kinds:
 
-- **counters of this process** (``ff_claims_total``, ``ff_lease_renewals_total``,
-  ``ff_leases_lost_total``, ``ff_scanner_items_total``, ``ff_scanner_cycle_seconds``), moved
-  by the claimer, the renewer and the scanners where they run;
+- **counters of this process** (``ff_claims_total``, ``ff_claim_wait_seconds``,
+  ``ff_lease_renewals_total``, ``ff_leases_lost_total``, ``ff_scanner_items_total``,
+  ``ff_scanner_cycle_seconds``), moved by the claimer, the renewer and the scanners where
+  they run;
 - **engine state** read at each scrape by :class:`EngineStateCollector`: executions per
   lane and state (``ff_lane_executions``) and how long the next execution of each lane has
   been waiting (``ff_lane_head_wait_seconds``), whoever runs the work.
@@ -54,6 +55,9 @@ def _metric(kind: str, name: str, documentation: str, labels: Iterable[str]) -> 
 
 
 CLAIMS = _metric("Counter", "ff_claims_total", "Executions claimed by this process", ["lane"])
+CLAIM_WAIT = _metric(
+    "Histogram", "ff_claim_wait_seconds", "How long an execution was runnable before this process claimed it", ["lane"]
+)
 LEASE_RENEWALS = _metric("Counter", "ff_lease_renewals_total", "Lease renewals by outcome", ["outcome"])
 LEASES_LOST = _metric("Counter", "ff_leases_lost_total", "Leases this process lost, by error code", ["code"])
 SCANNER_ITEMS = _metric("Counter", "ff_scanner_items_total", "Executions a scanner handled", ["scanner"])

@@ -37,9 +37,12 @@ def test_a_workers_counters_and_the_engine_state_move_with_its_tasks(ffapp, star
     start_worker(concurrency=1, env={"FFAPP_METRICS_PORT": str(port)})
     assert wait_for(lambda: scrape(port) is not None, timeout=30)
     claimed = value(port, "ff_claims_total", lane="celery")
+    waits = value(port, "ff_claim_wait_seconds_count", lane="celery")
     assert [ffapp.add.delay(i, i).get(timeout=30) for i in range(3)] == [0, 2, 4]
     assert ffapp.tracked_sleep.delay(1.5).get(timeout=30) == 1.5  # outlives a renewal interval (2 s lease)
     assert wait_for(lambda: value(port, "ff_claims_total", lane="celery") >= claimed + 4)
+    assert value(port, "ff_claim_wait_seconds_count", lane="celery") >= waits + 4  # one wait per claim
+    assert value(port, "ff_claim_wait_seconds_sum", lane="celery") >= 0
     assert value(port, "ff_lease_renewals_total", outcome="renewed") >= 1
     assert value(port, "ff_lane_executions", lane="celery", state="terminal") >= 4
     assert value(port, "ff_lane_executions", lane="celery", state="active") == 0
