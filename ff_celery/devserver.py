@@ -101,9 +101,10 @@ class DevServer:
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="ff-celery-server-"))
         durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        clustering = []
         if self.cluster:
             nodes, bus_port = str(self.directory / "nodes.conf"), str(free_port())  # not port + 10000: may be > 65535
-            durability += ["--cluster-enabled", "yes", "--cluster-config-file", nodes, "--cluster-port", bus_port]
+            clustering = ["--cluster-enabled", "yes", "--cluster-config-file", nodes, "--cluster-port", bus_port]
         self.process = subprocess.Popen(
             [
                 self.binary,
@@ -111,6 +112,7 @@ class DevServer:
                 "--bind", "127.0.0.1",
                 "--save", "",
                 *durability,
+                *clustering,
                 "--dir", str(self.directory),
                 "--unixsocket", str(self.directory / "server.sock"),
                 "--unixsocketperm", "700",

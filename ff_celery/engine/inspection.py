@@ -1,6 +1,7 @@
 """What an operator reads: one execution in full (state, attempts, lease, waitpoints and the
-signals they received, budgets and quota, stream, progress, tags), and the executions of a
-lane by state. Executions are found by execution id or by an alias (a Celery task id)."""
+signals they received, budgets and quota, stream, progress, tags), the executions of a lane
+by state, the executions held until a time, and every lane's counts by state. Executions are
+found by execution id or by an alias (a Celery task id)."""
 
 from __future__ import annotations
 
@@ -176,14 +177,18 @@ class HeldExecution(BaseModel):
 def held_executions(engine: Engine, lane: str, *, limit: int = 1000) -> list[HeldExecution]:
     """The delayed executions of ``lane`` (on its own partition), soonest first."""
     index = PartitionKeys(engine.partitions.lane_partition(lane)).delayed(lane)
-    members = engine.redis.zrange(index, 0, limit - 1, withscores=True)
+    due = {
+        member.decode("utf-8", "replace"): score
+        for member, score in engine.redis.zrange(index, 0, limit - 1, withscores=True)
+    }
+    ids = list(valid_execution_ids(due, f"the delayed set of lane {lane}"))
     reads = engine.batch()
-    for member, _ in members:
-        reads.command("get", ExecKeys(ExecutionId(member.decode())).payload)
-    payloads = reads.execute() if members else []
+    for eid in ids:
+        reads.command("get", ExecKeys(eid).payload)
+    payloads = reads.execute() if ids else []
     return [
-        HeldExecution(execution_id=member.decode(), runnable_at=int(score), payload=payload)
-        for (member, score), payload in zip(members, payloads)
+        HeldExecution(execution_id=eid, runnable_at=int(due[eid]), payload=payload)
+        for eid, payload in zip(ids, payloads)
         if isinstance(payload, bytes)  # ended and trimmed meanwhile
     ]
 
@@ -204,21 +209,21 @@ class LaneState:
 def lane_states(engine: Engine, lanes: Iterable[str]) -> dict[str, LaneState]:
     """Each lane's :class:`LaneState`, from the lane indexes of every partition (two round
     trips whatever the number of lanes)."""
-    lanes = sorted(lanes)
+    ordered = sorted(lanes)
     partitions = [PartitionKeys(p) for p in range(engine.partitions.num_flow_partitions)]
     names = [*LANE_STATES, *(f"blocked_{reason}" for reason in BLOCKED_SUFFIXES)]
     reads = engine.batch()
-    for lane in lanes:
+    for lane in ordered:
         for index in partitions:
             for state in LANE_STATES:
                 reads.command("zcard", index.lane(lane, state))
             for reason in BLOCKED_SUFFIXES:
                 reads.command("zcard", index.blocked(lane, reason))
             reads.command("zrange", index.eligible(lane), 0, 0)
-    replies = iter(reads.execute() if lanes else [])
+    replies = iter(reads.execute() if ordered else [])
     totals: dict[str, dict[str, int]] = {}
     heads: list[tuple[str, str]] = []  # (lane, next execution) per partition
-    for lane in lanes:
+    for lane in ordered:
         totals[lane] = dict.fromkeys(names, 0)
         for _ in partitions:
             for name in names:
@@ -226,8 +231,8 @@ def lane_states(engine: Engine, lanes: Iterable[str]) -> dict[str, LaneState]:
                 totals[lane][name] += reply if isinstance(reply, int) else 0
             head = next(replies)
             heads += [(lane, eid) for eid in valid_execution_ids(head or [], f"the eligible set of lane {lane}")]
-    waited = _head_waits(engine, lanes, heads)
-    return {lane: LaneState(executions=totals[lane], head_wait_s=waited[lane]) for lane in lanes}
+    waited = _head_waits(engine, ordered, heads)
+    return {lane: LaneState(executions=totals[lane], head_wait_s=waited[lane]) for lane in ordered}
 
 
 def _head_waits(engine: Engine, lanes: list[str], heads: list[tuple[str, str]]) -> dict[str, float]:
