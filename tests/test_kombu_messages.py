@@ -6,10 +6,13 @@ import time
 
 import kombu
 import pytest
+import redis
 
+from ff_celery.devserver import DevServer
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import PartitionKeys
 from ff_celery.messages import NAMESPACE
+from ff_celery.transport import ClusterNotSupportedError
 
 
 @pytest.fixture
@@ -105,3 +108,11 @@ def test_message_executions_live_in_the_celery_namespace(url):
         index = PartitionKeys(engine.partitions.lane_partition("ns")).all_executions
         (member,) = engine.redis.smembers(index)
         assert engine.snapshot(ExecutionId(member.decode())).core["namespace"] == NAMESPACE
+
+
+def test_a_cluster_node_is_refused_at_connect_with_the_fix():
+    with DevServer(cluster=True) as server:
+        url = server.url.replace("redis://", "flowfabric://", 1)
+        with kombu.Connection(url) as connection, pytest.raises(ClusterNotSupportedError, match="standalone server"):
+            connection.SimpleQueue("celery").put({"never": "stored"})
+        assert redis.Redis.from_url(server.url).dbsize() == 0  # nothing written
