@@ -207,8 +207,8 @@ def top(lanes: tuple[str, ...], interval: float, iterations: int, url: str) -> N
     try:
         while True:
             states = inspection.lane_states(engine, set(lanes) | engine.lanes())
-            now, elapsed = time.monotonic(), time.monotonic() - last_read
-            last_read = now
+            now = time.monotonic()
+            elapsed, last_read = now - last_read, now
             rows = []
             for lane, state in states.items():
                 counts = state.executions
