@@ -187,6 +187,7 @@ def fence_header(task: ClaimedTask) -> dict[str, Any]:
         "attempt_index": task.attempt_index,
         "attempt_type": task.attempt_type,
         "worker_instance_id": task.worker_instance_id,
+        "runnable_since": round(task.runnable_since, 4),
     }
 
 

@@ -29,12 +29,13 @@ from celery.worker import control, state
 from celery.worker.control import inspect_command
 
 from ff_celery.backend import FlowFabricBackend
-from ff_celery.engine import metrics
+from ff_celery.engine import exporter
 from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
 from ff_celery.engine.inspection import held_executions
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 from ff_celery.engine.task import ClaimedTask
 from ff_celery.messages import held_task_entry
+from ff_celery.task_metrics import measure_tasks
 from ff_celery.transport import Channel
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class FlowFabricStep(bootsteps.StartStopStep):
         self.timer_ref: Any = None
         self.watchdog: LeaseWatchdog | None = None
         self._wrap_consumer(c)
+        if c.app.conf.get("flowfabric_metrics_port"):
+            measure_tasks()  # before the pool forks, so its processes count their tasks too
 
     # -- hooks installed before other steps capture them ----------------------------------
 
@@ -126,8 +129,14 @@ class FlowFabricStep(bootsteps.StartStopStep):
         if port and not FlowFabricStep.metrics_served:
             engine, queues = channel.ff_engine.fork(), {queue.name for queue in c.task_consumer.queues}
             address = c.app.conf.get("flowfabric_metrics_address") or "127.0.0.1"
-            metrics.serve(int(port), engine, lambda: queues | engine.lanes(), address=address)
+            exporter.serve(int(port), engine, lambda: queues | engine.lanes(), address=address)
             FlowFabricStep.metrics_served = True
+            if not exporter.multiprocess_mode() and "prefork" in type(c.pool).__module__:
+                log.warning(
+                    "metrics: tasks run in prefork pool processes, whose counters are exported only in "
+                    "prometheus_client's multiprocess mode: start the worker with %s set to an empty directory",
+                    exporter.MULTIPROCESS_DIR_VARIABLE,
+                )
 
     def stop(self, c: Any) -> None:
         if self.timer_ref is not None:

@@ -3,6 +3,8 @@ exhausted-budget and over-quota executions), freeing quota slots, unblocking, re
 
 import time
 
+from prometheus_client import REGISTRY
+
 from ff_celery.engine import budgets
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.keys import QuotaKeys
@@ -80,6 +82,7 @@ def test_a_refused_report_holds_back_claims_until_the_limit_is_raised(ff_engine)
 
 def test_a_concurrency_quota_admits_one_and_frees_the_slot_when_the_attempt_ends(ff_engine):
     quota_id = budgets.create_quota(ff_engine, "solo", max_concurrent=1)
+    hits_before = REGISTRY.get_sample_value("ff_quota_hit_total", {"reason": "concurrency"}) or 0
     first = ff_engine.submit("llm", b"1", quota_policy_id="solo")
     second = ff_engine.submit("llm", b"2", quota_policy_id="solo")
     worker = claimer(ff_engine)
@@ -90,6 +93,7 @@ def test_a_concurrency_quota_admits_one_and_frees_the_slot_when_the_attempt_ends
         held = second if tasks[0].execution_id == first.execution_id else first
         core = ff_engine.read_core(held.execution_id, "public_state", "blocking_reason")
         assert core == {"public_state": "rate_limited", "blocking_reason": "waiting_for_quota"}
+        assert REGISTRY.get_sample_value("ff_quota_hit_total", {"reason": "concurrency"}) == hits_before + 1
         assert budgets.Admission(ff_engine).unblock_cleared(["llm"]) == 0  # still running
         tasks[0].complete()
         assert budgets.quota_policies(ff_engine, [quota_id])[quota_id].running == 0

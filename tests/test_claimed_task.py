@@ -8,6 +8,7 @@ import signal
 
 import pytest
 from conftest import wait_for
+from prometheus_client import REGISTRY
 
 from ff_celery.devserver import DevServer
 from ff_celery.engine import functions as fn
@@ -77,10 +78,13 @@ def test_a_lease_that_stops_being_renewed_expires_and_is_reclaimed_with_the_next
     assert lease.lease_epoch == task.lease_epoch + 1
     assert (lease.attempt_index, lease.attempt_type) == (task.attempt_index + 1, "reclaim")
 
+    fenced = {"operation": "ff_complete_execution", "code": "stale_lease"}
+    fenced_before = REGISTRY.get_sample_value("ff_fenced_writes_total", fenced) or 0
     with pytest.raises(StateError) as stale:
         task.complete(b"late result from the stalled worker")
     assert stale.value.code == "stale_lease"
     assert ff_engine.result(task.execution_id) is None
+    assert REGISTRY.get_sample_value("ff_fenced_writes_total", fenced) == fenced_before + 1
 
 
 def test_a_stale_fence_is_refused_with_stale_lease(ff_engine, claimer):

@@ -12,7 +12,7 @@ import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
 from ff_celery.devserver import DevServer
-from ff_celery.engine import metrics, waitpoints
+from ff_celery.engine import exporter, waitpoints
 from ff_celery.engine.client import Engine
 from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
@@ -84,6 +84,15 @@ def scanners(url: str, lanes: tuple[str, ...], overrides: tuple[str, ...]) -> No
     runner.stop()
 
 
+def serve_metrics(url: str, port: int, address: str, lanes: tuple[str, ...] = ()) -> None:
+    """This process's counters and the engine state on ``http://address:port/metrics``."""
+    engine = engine_for(url)
+    try:
+        exporter.serve(port, engine, lambda: set(lanes) | engine.lanes(), address=address)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.command("metrics")
 @url_option
 @click.option("--port", type=int, default=9808, show_default=True, help="Port of the /metrics endpoint.")
@@ -92,11 +101,7 @@ def scanners(url: str, lanes: tuple[str, ...], overrides: tuple[str, ...]) -> No
 @reports_errors
 def metrics_endpoint(url: str, port: int, address: str, lanes: tuple[str, ...]) -> None:
     """Export executions per lane and state to Prometheus until interrupted."""
-    engine = engine_for(url)
-    try:
-        metrics.serve(port, engine, lambda: set(lanes) | engine.lanes(), address=address)
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
+    serve_metrics(url, port, address, lanes)
     click.echo(f"metrics on http://{address}:{port}/metrics; Ctrl-C to stop")
     wait_for_interrupt()
 

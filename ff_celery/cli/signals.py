@@ -9,7 +9,7 @@ import uuid
 import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, url_option
-from ff_celery.cli.setup import wait_for_interrupt
+from ff_celery.cli.setup import serve_metrics, wait_for_interrupt
 from ff_celery.engine import inspection, waitpoints
 from ff_celery.engine.errors import error_for_code
 from ff_celery.signal_server import DEFAULT_PORT, SignalServer
@@ -84,8 +84,12 @@ def signal(
 @url_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
-def signal_server(url: str, host: str, port: int) -> None:
+@click.option("--metrics-port", type=int, help="Also export ff_signals_total and the engine state on /metrics here.")
+@reports_errors
+def signal_server(url: str, host: str, port: int, metrics_port: int | None) -> None:
     """Serve POST /v1/signals/<execution id>/<waitpoint id>/<name> (token-authenticated)."""
+    if metrics_port:
+        serve_metrics(url, metrics_port, host)
     server = SignalServer(url, host=host, port=port).start()
     click.echo(f"signal endpoint on {server.base_url}; Ctrl-C to stop")
     wait_for_interrupt()

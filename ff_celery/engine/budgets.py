@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from ff_celery.engine import functions as fn
+from ff_celery.engine import metrics
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import (  # noqa: F401 (attachment_fields: part of this module's API)
     ExecutionId,
@@ -215,6 +216,10 @@ def report_usage(
     for budget_id, outcome in zip(budget_ids, engine.call_many(requests)):
         if isinstance(outcome, EngineError):
             raise outcome
+        if outcome.status == "HARD_BREACH":
+            metrics.BUDGET_HITS.labels(outcome.dimension or "").inc()
+        elif outcome.status == "SOFT_BREACH":
+            metrics.BUDGET_SOFT_BREACHES.labels(outcome.dimension or "").inc()
         reports[budget_id] = outcome
     return reports
 
@@ -348,6 +353,7 @@ class Admission:
             )
             if breach is not None:
                 budget_id, (dimension, used, limit) = breach
+                metrics.BUDGET_HITS.labels(dimension).inc()
                 detail = f"budget ff:budget:{budget_id}:usage: {dimension} {used}/{limit}"
                 blocks.append(_block(eid, lane, "waiting_for_budget", detail, now))
                 continue
@@ -377,8 +383,10 @@ class Admission:
                 admitted.append((eid, lane))
                 quota_of[eid] = check.quota_policy_id
             elif isinstance(outcome, fn.Admission):
+                rate_limited = outcome.status == "RATE_EXCEEDED"
+                metrics.QUOTA_HITS.labels("rate" if rate_limited else "concurrency").inc()
                 cap = f"concurrency cap {check.concurrency_cap}"
-                detail = f"quota {check.quota_policy_id}: {'rate limit' if outcome.status == 'RATE_EXCEEDED' else cap}"
+                detail = f"quota {check.quota_policy_id}: {'rate limit' if rate_limited else cap}"
                 blocks.append(_block(eid, lane, "waiting_for_quota", detail, now))
             else:
                 log.warning("admission check of %s failed: %s", eid, outcome)

@@ -219,9 +219,12 @@ class Claimer:
             batch.command("get", keys.payload)
             batch.command("hgetall", keys.tags)
             batch.command("get", keys.policy)
+        started = time.perf_counter()
         replies = batch.execute()
+        for lane in {lane for _, lane in wave}:
+            metrics.CLAIM_DURATION.labels(lane).observe(time.perf_counter() - started)
 
-        claimed: list[tuple[ExecutionId, str, fn.Lease, list[Any]]] = []
+        claimed: list[tuple[ExecutionId, str, fn.Lease, list[Any], float | None]] = []
         resumable: list[tuple[ExecutionId, str, list[Any]]] = []
         for position, (eid, lane) in enumerate(wave):
             eligible_since, grant, lease, *reads = replies[7 * position : 7 * position + 7]
@@ -232,11 +235,10 @@ class Claimer:
                     log.debug("claim of %s lost: %s", eid, getattr(grant, "code", lease.code))
                     self._candidates.clear()  # someone else is claiming too: probe afresh
                 continue
-            self._observe_wait(lane, eligible_since, lease)
-            claimed.append((eid, lane, lease, reads))
+            claimed.append((eid, lane, lease, reads, self._observe_wait(lane, eligible_since, lease)))
         if resumable:
             claimed += self._claim_resumed(resumable)
-        return [self._handle(eid, lane, lease, reads) for eid, lane, lease, reads in claimed]
+        return [self._handle(*claim) for claim in claimed]
 
     def _claim_resumed(self, resumable: list[tuple[ExecutionId, str, list[Any]]]) -> list[tuple[Any, ...]]:
         """Claim interrupted attempts through their still-held grants."""
@@ -254,16 +256,18 @@ class Claimer:
             if isinstance(lease, EngineError):
                 log.debug("resumed claim of %s lost: %s", eid, lease.code)
             else:
-                claimed.append((eid, lane, lease, reads))
+                claimed.append((eid, lane, lease, reads, None))
         return claimed
 
-    def _observe_wait(self, lane: str, eligible_since: object, lease: fn.Lease) -> None:
+    def _observe_wait(self, lane: str, eligible_since: object, lease: fn.Lease) -> float | None:
         """``ff_claim_wait_seconds``: from the execution's last transition before the claim
         (created, promoted, requeued) to the claim, both in server time."""
         since = text_of(eligible_since)
-        if lease.expires_at is not None and since.isdigit():
-            claimed_at = lease.expires_at - self.lease_ttl_ms
-            metrics.CLAIM_WAIT.labels(lane).observe(max(0, claimed_at - int(since)) / 1000)
+        if lease.expires_at is None or not since.isdigit():
+            return None
+        wait_s = max(0, lease.expires_at - self.lease_ttl_ms - int(since)) / 1000
+        metrics.CLAIM_WAIT.labels(lane).observe(wait_s)
+        return wait_s
 
     def _identity(self, eid: ExecutionId, lane: str) -> dict[str, Any]:
         return {
@@ -273,7 +277,9 @@ class Claimer:
             "lane_id": lane,
         }
 
-    def _handle(self, eid: ExecutionId, lane: str, lease: fn.Lease, reads: list[Any]) -> ClaimedTask:
+    def _handle(
+        self, eid: ExecutionId, lane: str, lease: fn.Lease, reads: list[Any], runnable_wait_s: float | None
+    ) -> ClaimedTask:
         core_values, payload, tags, policy = reads
         metrics.CLAIMS.labels(lane).inc()
         return ClaimedTask(
@@ -289,6 +295,7 @@ class Claimer:
             policy_json=policy,
             core=dict(zip(_CORE_FIELDS, map(text_of, core_values))),
             renewer=self.renewer,
+            runnable_wait_s=runnable_wait_s,
         )
 
 

@@ -139,11 +139,11 @@ class LeaseRenewer:
                 self._due[task] = now + task.renew_interval_s
             if isinstance(outcome, EngineError):
                 terminal = is_terminal_renewal_error(outcome)
-                metrics.LEASE_RENEWALS.labels("failed").inc()
+                metrics.LEASE_RENEWALS.labels("err").inc()
                 if terminal:
                     metrics.LEASES_LOST.labels(outcome.code).inc()
                     self.untrack(task)
                 task.on_renewal_failed(outcome, terminal=terminal)
             else:
-                metrics.LEASE_RENEWALS.labels("renewed").inc()
+                metrics.LEASE_RENEWALS.labels("ok").inc()
                 task.on_renewed(outcome, requested_at=requested_at)

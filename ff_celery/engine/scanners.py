@@ -155,8 +155,9 @@ class EngineScanners:
 
     def _run_scanner(self, scanner: _Scanner) -> None:
         try:
-            with metrics.SCANNER_CYCLE.labels(scanner.name).time():
+            with metrics.SCANNER_CYCLE_DURATION.labels(scanner.name).time():
                 changed = scanner.run()
+            metrics.SCANNER_CYCLES.labels(scanner.name).inc()
             if changed:
                 metrics.SCANNER_ITEMS.labels(scanner.name).inc(changed)
                 log.debug("scanner %s handled %d executions", scanner.name, changed)
@@ -306,16 +307,18 @@ class EngineScanners:
         requeued = 0
         for request, outcome in zip(requests, self._outcomes(requests)):
             if isinstance(outcome, fn.Settled) and outcome.reason in ("marked_expired", "already_expired"):
-                requeued += self.requeue(request.execution_id)
+                requeued += self.requeue(request.execution_id, newly_expired=outcome.reason == "marked_expired")
         return requeued
 
-    def requeue(self, execution_id: ExecutionId) -> int:
+    def requeue(self, execution_id: ExecutionId, *, newly_expired: bool = False) -> int:
         """Reclaim an expired lease and hand the execution back to any worker. 1 if requeued."""
         engine = self.engine
         core = engine.read_core(execution_id, "lane_id", "current_attempt_index", "ownership_state")
+        lane = core.get("lane_id", "default")
+        if newly_expired:
+            metrics.LEASES_EXPIRED.labels(lane).inc()
         if core.get("ownership_state") not in ("lease_expired_reclaimable", "lease_revoked"):
             return 0
-        lane = core.get("lane_id", "default")
         worker = {"worker_id": SCANNER_WORKER_ID, "worker_instance_id": self.instance_id, "lane_id": lane}
         try:
             engine.call(fn.IssueReclaimGrant(execution_id=execution_id, **worker))
@@ -345,6 +348,7 @@ class EngineScanners:
                 log.info("requeue of %s skipped: %s", execution_id, exc)
             return 0
         log.info("requeued %s after its lease lapsed", execution_id)
+        metrics.RECLAIMS.labels(lane).inc()
         return 1
 
     def expire_due(self, reason: fn.ExpireReason) -> int:

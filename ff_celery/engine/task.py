@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ff_celery.engine import budgets, waitpoints
+from ff_celery.engine import budgets, metrics, waitpoints
 from ff_celery.engine import functions as fn
 from ff_celery.engine.errors import (
     LEASE_LOST_CODES,
@@ -67,6 +67,7 @@ class ClaimedTask:
         policy_json: bytes | str | None = None,
         core: dict[str, str] | None = None,
         renewer: LeaseRenewer | None = None,
+        runnable_wait_s: float | None = None,
     ) -> None:
         if lease.attempt_id is None:
             raise ValueError("a claimed task needs the lease's attempt id")
@@ -81,6 +82,8 @@ class ClaimedTask:
         self.tags = tags or {}
         self._policy_json = policy_json
         self.core = core or {}
+        #: When the execution became runnable (published, due, requeued), on this host's clock.
+        self.runnable_since = time.time() - (runnable_wait_s or 0.0)
         #: Published after a terminal operation, in the same round trip (e.g. a result waiter).
         self.notify_channel: str | None = None
         self.lease_expires_at = lease.expires_at
@@ -259,10 +262,12 @@ class ClaimedTask:
                 outcome = replayed(exc)
                 self._finish()
                 if outcome is None:
+                    _count_fenced(request.function, exc)
                     raise
                 return outcome
-            except EngineError:
+            except EngineError as exc:
                 self._finish()
+                _count_fenced(request.function, exc)
                 raise
             self._finish()
             return result
@@ -407,6 +412,7 @@ class ClaimedTask:
             except EngineError as exc:
                 if exc.code in LEASE_GONE_CODES:
                     self._finish()
+                _count_fenced(request.function, exc)
                 raise
             if not suspension.already_satisfied:
                 self._finish()
@@ -486,3 +492,9 @@ class ClaimedTask:
     def __del__(self) -> None:
         if not getattr(self, "_finished", True):
             log.warning("ClaimedTask %s dropped without a terminal operation; lease will expire", self.execution_id)
+
+
+def _count_fenced(function: str, error: EngineError) -> None:
+    """``ff_fenced_writes_total``: a write of this attempt refused because its lease is gone."""
+    if error.code in LEASE_GONE_CODES:
+        metrics.FENCED_WRITES.labels(function, error.code).inc()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel
 
 from ff_celery.engine import functions as fn
+from ff_celery.engine import metrics
 from ff_celery.engine.errors import EngineError, error_for_code
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
@@ -179,7 +180,39 @@ def deliver_signal(
 ) -> fn.SignalOutcome:
     """Deliver a signal to a waitpoint, authenticated by its token. A pending waitpoint (the
     task has not suspended yet) buffers it; it counts when the task suspends. Wakes claimers
-    when the signal resumed the execution."""
+    when the signal resumed the execution. Counted in ``ff_signals_total`` by outcome."""
+    options = {
+        "signal_category": category,
+        "source_type": source_type,
+        "source_identity": source_identity,
+        "payload_encoding": payload_encoding,
+        "idempotency_key": idempotency_key,
+        "correlation_id": correlation_id,
+    }
+    try:
+        outcome = _deliver(engine, execution_id, waitpoint_id, token, name, payload, options)
+    except EngineError as exc:
+        metrics.SIGNALS.labels(exc.code).inc()
+        raise
+    metrics.SIGNALS.labels(_signal_outcome(outcome)).inc()
+    return outcome
+
+
+def _signal_outcome(outcome: fn.SignalOutcome) -> str:
+    if outcome.duplicate:
+        return "duplicate"
+    return "buffered" if outcome.effect == "buffered_for_pending_waitpoint" else "delivered"
+
+
+def _deliver(
+    engine: Engine,
+    execution_id: ExecutionId,
+    waitpoint_id: str,
+    token: str,
+    name: str,
+    payload: bytes,
+    options: dict[str, str],
+) -> fn.SignalOutcome:
     if len(payload) > MAX_SIGNAL_PAYLOAD_BYTES:
         raise error_for_code(
             "payload_too_large", [f"signal payload of {len(payload)} bytes exceeds {MAX_SIGNAL_PAYLOAD_BYTES}"]
@@ -190,14 +223,9 @@ def deliver_signal(
         "signal_id": new_uuid(),
         "waitpoint_id": waitpoint_id,
         "signal_name": name,
-        "signal_category": category,
-        "source_type": source_type,
-        "source_identity": source_identity,
         "payload": payload,
-        "payload_encoding": payload_encoding,
-        "idempotency_key": idempotency_key,
-        "correlation_id": correlation_id,
         "waitpoint_token": token,
+        **options,
     }
     try:
         outcome = engine.call(fn.DeliverSignal(**fields, lane_id=lane))

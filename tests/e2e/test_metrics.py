@@ -1,18 +1,25 @@
 """Prometheus metrics: a real worker's endpoint (``flowfabric_metrics_port``) while its tasks
-run, renew their leases and are recovered after a ``kill -9``, and the standalone
-``ff-celery metrics`` endpoint reading the engine."""
+run, renew their leases, are recovered after a ``kill -9``, fail, retry, suspend, are revoked
+and hit a budget; the signal server's endpoint while signals are delivered and refused; and
+the standalone ``ff-celery metrics`` endpoint reading the engine."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.error
 import urllib.request
+import uuid
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ff_celery import budgets
+from ff_celery.budgets import BudgetExceeded
 from ff_celery.devserver import free_port
+from ff_celery.waitpoints import suspended_waitpoint
 
-from .conftest import wait_for
+from .conftest import runs, wait_for
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset], float] | None:
@@ -43,10 +50,12 @@ def test_a_workers_counters_and_the_engine_state_move_with_its_tasks(ffapp, star
     assert wait_for(lambda: value(port, "ff_claims_total", lane="celery") >= claimed + 4)
     assert value(port, "ff_claim_wait_seconds_count", lane="celery") >= waits + 4  # one wait per claim
     assert value(port, "ff_claim_wait_seconds_sum", lane="celery") >= 0
-    assert value(port, "ff_lease_renewals_total", outcome="renewed") >= 1
+    assert value(port, "ff_lease_renewal_total", outcome="ok") >= 1
+    assert value(port, "ff_claim_from_grant_duration_seconds_count", lane="celery") >= 1
     assert value(port, "ff_lane_executions", lane="celery", state="terminal") >= 4
     assert value(port, "ff_lane_executions", lane="celery", state="active") == 0
-    assert wait_for(lambda: value(port, "ff_scanner_cycle_seconds_count", scanner="lease_expiry") > 0, timeout=30)
+    assert wait_for(lambda: value(port, "ff_scanner_cycle_total", scanner="lease_expiry") > 0, timeout=30)
+    assert value(port, "ff_scanner_cycle_duration_seconds_count", scanner="lease_expiry") > 0
 
     # a task on a worker killed with -9 is requeued by this worker's lease-expiry scanner
     doomed = start_worker(concurrency=1, queues="doomed")
@@ -55,8 +64,82 @@ def test_a_workers_counters_and_the_engine_state_move_with_its_tasks(ffapp, star
     assert wait_for(lambda: value(port, "ff_lane_executions", lane="doomed", state="active") == 1, timeout=30)
     doomed.kill()
     assert wait_for(lambda: value(port, "ff_scanner_items_total", scanner="lease_expiry") > requeued, timeout=30)
+    assert value(port, "ff_leases_expired_total", lane="doomed") == 1
+    assert value(port, "ff_reclaims_total", lane="doomed") == 1
     assert wait_for(lambda: value(port, "ff_lane_executions", lane="doomed", state="eligible") == 1, timeout=30)
     result.revoke()
+
+
+def test_a_prefork_workers_tasks_are_counted_and_timed_in_multiprocess_mode(ffapp, start_worker, tmp_path):
+    port, directory = free_port(), tmp_path / "prometheus"
+    directory.mkdir()
+    start_worker(concurrency=2, env={"FFAPP_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(directory)})
+    assert wait_for(lambda: scrape(port) is not None, timeout=30)
+
+    assert ffapp.add.delay(2, 2).get(timeout=30) == 4
+    with pytest.raises(KeyError):
+        ffapp.boom.delay().get(timeout=30)
+    assert ffapp.flaky.delay(1).get(timeout=30) == 1
+    running = ffapp.tracked_sleep.delay(60)
+    assert wait_for(lambda: runs(ffapp, running.id) != [], timeout=30)
+    running.revoke(terminate=True)
+    suspended = ffapp.await_approval.delay()
+    assert wait_for(lambda: suspended.state == "SUSPENDED", timeout=30)
+
+    name = f"tokens-{uuid.uuid4().hex[:8]}"
+    budgets.create_budget(ffapp.app, name, hard={"tokens": 100}, soft={"tokens": 50})
+    assert ffapp.spend_tokens.apply_async((2, 40), ff_budgets=[name]).get(timeout=30) == 80  # 80 > soft 50
+    with pytest.raises(BudgetExceeded):
+        ffapp.spend_tokens.apply_async((1, 30), ff_budgets=[name]).get(timeout=30)  # 110 > hard 100: refused
+
+    def tasks(task: str, state: str) -> float:
+        return value(port, "ff_celery_tasks_total", task=f"ffapp.{task}", state=state)
+
+    assert wait_for(lambda: tasks("tracked_sleep", "REVOKED") == 1, timeout=30)
+    assert tasks("add", "SUCCESS") == 1
+    assert tasks("boom", "FAILURE") == 1
+    assert (tasks("flaky", "RETRY"), tasks("flaky", "SUCCESS")) == (1, 1)
+    assert tasks("await_approval", "SUSPENDED") == 1
+    assert tasks("spend_tokens", "SUCCESS") == 1 and tasks("spend_tokens", "FAILURE") == 1
+    assert value(port, "ff_celery_task_runtime_seconds_count", task="ffapp.add") == 1
+    assert value(port, "ff_celery_task_start_latency_seconds_count", task="ffapp.add") == 1
+    assert value(port, "ff_celery_task_runtime_seconds_sum", task="ffapp.add") >= 0
+    assert value(port, "ff_budget_soft_breach_total", dimension="tokens") == 1
+    assert value(port, "ff_budget_hit_total", dimension="tokens") == 1
+    assert value(port, "ff_claims_total", lane="celery") >= 8  # the main process's counters too
+    suspended.revoke()
+
+
+def post(url: str, body: bytes = b"{}") -> int:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_the_signal_server_counts_signals_delivered_and_refused(ffapp, app_url, start_worker):
+    start_worker(concurrency=1)
+    result = ffapp.await_approval.delay()
+    assert wait_for(lambda: result.state == "SUSPENDED", timeout=30)
+    http_port, port = free_port(), free_port()
+    command = [sys.executable, "-m", "ff_celery.cli", "signal-server", "--url", app_url,
+               "--port", str(http_port), "--metrics-port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: scrape(port) is not None, timeout=30)
+        point = suspended_waitpoint(result)
+        url = point.callback_url(f"http://127.0.0.1:{http_port}", "approve")
+        forged = url.replace(point.token.split(":")[1], "0" * 40)
+        assert post(forged) == 403
+        assert post(url) == 202
+        assert result.get(timeout=30)["signals"][0][0] == "approve"
+        assert value(port, "ff_signals_total", outcome="invalid_token") == 1
+        assert value(port, "ff_signals_total", outcome="delivered") == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_the_standalone_endpoint_reports_waiting_work_and_its_age(ffapp, ff_server):
