@@ -237,6 +237,13 @@ def is_celery_task(task: ClaimedTask) -> bool:
     return TASK_TAG in task.tags
 
 
+def celery_task_of(tags: dict[str, str]) -> tuple[str, str] | None:
+    """The Celery task id and name an execution's tags record, or None (not a Celery task)."""
+    if TASK_ID_TAG in tags and TASK_TAG in tags:
+        return tags[TASK_ID_TAG], tags[TASK_TAG]
+    return None
+
+
 def held_task_entry(payload: bytes, runnable_at_ms: int, hostname: str) -> dict[str, Any] | None:
     """A task the engine holds until ``runnable_at_ms``, as an entry of Celery's ``inspect
     scheduled`` reply (``eta``, ``priority``, ``request`` as ``Request.info()`` gives it);

@@ -34,9 +34,10 @@ from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S
 from ff_celery.engine.errors import EngineError, TransportError
+from ff_celery.engine.functions import BlockExecutionForAdmission
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.task import ClaimedTask
-from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, submission_for
+from ff_celery.messages import NAMESPACE, celery_task_of, delivery_message, is_celery_task, submission_for
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,10 @@ class ConsumingWorker(Protocol):
 
     def on_lease_lost(self, delivery_tag: str, task: ClaimedTask) -> None:
         """The delivery's lease was lost (called from the renewal or watchdog thread)."""
+        ...
+
+    def on_blocked(self, task_id: str, task_name: str, reason: str, detail: str) -> None:
+        """Admission held a task back (``waiting_for_budget``, ``waiting_for_quota``)."""
         ...
 
 
@@ -283,6 +288,7 @@ class Channel(kombu_redis.Channel):
                 lease_ttl_ms=self.lease_ttl_ms,
                 renewer=renewer,
                 poll_interval_s=self.poll_interval,
+                on_blocked=self._ff_blocked,
             )
             self._ff_claimer.listen()
             self._ff_want_claim = True
@@ -368,6 +374,15 @@ class Channel(kombu_redis.Channel):
         the worker (by the FlowFabric result backend or ff_celery.outcomes), so an ack only
         releases the lease; running deliveries are not handed back when the channel closes."""
         self._ff_worker = worker
+
+    def _ff_blocked(self, blocked: list[BlockExecutionForAdmission]) -> None:
+        """Tell the worker which Celery tasks admission held back."""
+        if self._ff_worker is None:
+            return
+        for block, tags in zip(blocked, self.ff_engine.read_tags([block.execution_id for block in blocked])):
+            task = celery_task_of(tags)
+            if task is not None:
+                self._ff_worker.on_blocked(*task, block.blocking_reason, block.blocking_detail)
 
     def _ff_lease_lost(self, tag: str, task: ClaimedTask) -> None:
         if self._ff_worker is not None and (tag in self._ff_held or tag in self._ff_acked_early):

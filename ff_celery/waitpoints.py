@@ -225,6 +225,8 @@ def wait_for_signal(
     waiting = _waitpoint(task, claim, name, suspension.waitpoint)
     info = suspended_info(waiting.model_dump(), list(signal_names), timeout_at)
     task.backend.store_result(task.request.id, info, SUSPENDED, request=task.request)
+    if task.app.conf.worker_send_task_events:  # monitors (Flower, celery events) show it SUSPENDED
+        task.send_event("task-suspended", waitpoint_id=waiting.waitpoint_id, signal_names=list(signal_names))
     raise Suspended(waiting)
 
 

@@ -58,7 +58,10 @@ class FlowFabricStep(bootsteps.StartStopStep):
         self.scanners: EngineScanners | None = None
         self.timer_ref: Any = None
         self.watchdog: LeaseWatchdog | None = None
+        self.consumer = c
         self._wrap_consumer(c)
+        if kwargs.get("task_events"):  # -E: pool processes announce suspensions too (ff_celery.waitpoints)
+            c.app.conf.worker_send_task_events = True
         if c.app.conf.get("flowfabric_metrics_port"):
             measure_tasks()  # before the pool forks, so its processes count their tasks too
 
@@ -164,6 +167,14 @@ class FlowFabricStep(bootsteps.StartStopStep):
                 if entry is not None:
                     entries.append(entry)
         return sorted(entries, key=lambda entry: entry["eta"])
+
+    # -- admission -------------------------------------------------------------------------
+
+    def on_blocked(self, task_id: str, task_name: str, reason: str, detail: str) -> None:
+        """A ``task-blocked`` event (sent with ``-E``): monitors show the task as BLOCKED."""
+        dispatcher = self.consumer.event_dispatcher
+        if dispatcher is not None:
+            dispatcher.send("task-blocked", uuid=task_id, name=task_name, reason=reason, detail=detail)
 
     # -- lost leases ----------------------------------------------------------------------
 

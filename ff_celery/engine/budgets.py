@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -301,6 +301,15 @@ def release_admission(engine: Engine, quota_policy_id: str, execution_id: Execut
 # -- admission ---------------------------------------------------------------------------------
 
 
+class Admitted(NamedTuple):
+    """What admission let through: the admitted candidates, the quota id of those admitted
+    under a quota (to release if the claim then fails), and the executions it blocked."""
+
+    candidates: list[tuple[ExecutionId, str]]
+    quota_of: dict[str, str]
+    blocked: list[fn.BlockExecutionForAdmission]
+
+
 class Admission:
     """Claim-time admission for a claimer: which candidates may be granted now.
 
@@ -324,14 +333,12 @@ class Admission:
             self.note_controlled_lanes(batch.execute()[0])
         return self._lanes or set()
 
-    def admit(self, candidates: list[tuple[ExecutionId, str]]) -> tuple[list[tuple[ExecutionId, str]], dict[str, str]]:
-        """Split ``candidates`` into the admitted ones and block the rest. Answers the admitted
-        candidates and, for those admitted under a quota, their quota id (to release if the
-        claim then fails)."""
+    def admit(self, candidates: list[tuple[ExecutionId, str]]) -> Admitted:
+        """Split ``candidates`` into the admitted ones and block the rest."""
         lanes = self.controlled_lanes()
         checked = [(eid, lane) for eid, lane in candidates if lane in lanes]
         if not checked:
-            return candidates, {}
+            return Admitted(candidates, {}, [])
         reads = self.engine.batch()
         for eid, _ in checked:
             reads.command("hmget", ExecKeys(eid).core, ("budget_ids", "quota_policy_id"))
@@ -390,11 +397,11 @@ class Admission:
                 blocks.append(_block(eid, lane, "waiting_for_quota", detail, now))
             else:
                 log.warning("admission check of %s failed: %s", eid, outcome)
-        if blocks:
-            self.engine.call_many(blocks)
+        outcomes = self.engine.call_many(blocks) if blocks else []
         order = {eid: position for position, (eid, _) in enumerate(candidates)}
         admitted.sort(key=lambda candidate: order[candidate[0]])
-        return admitted, quota_of
+        blocked = [block for block, outcome in zip(blocks, outcomes) if not isinstance(outcome, EngineError)]
+        return Admitted(admitted, quota_of, blocked)
 
     def unblock_cleared(self, lanes: Iterable[str]) -> int:
         """Unblock budget- and quota-blocked executions whose budgets have room again (reset

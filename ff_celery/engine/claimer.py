@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -63,6 +63,7 @@ class Claimer:
         poll_interval_s: float = 1.0,
         flow_scan_interval_s: float = 0.5,
         attempt_timeout_ms: int | None = None,
+        on_blocked: Callable[[list[fn.BlockExecutionForAdmission]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.lanes = list(dict.fromkeys(lanes))
@@ -76,6 +77,8 @@ class Claimer:
         self.poll_interval_s = poll_interval_s
         self.flow_scan_interval_s = flow_scan_interval_s
         self.attempt_timeout_ms = attempt_timeout_ms
+        #: Told of the executions admission blocked (their budget or quota is exhausted).
+        self.on_blocked = on_blocked
         self._owns_renewer = renewer is None
         self.renewer = renewer if renewer is not None else LeaseRenewer(engine.fork())
         partitions = engine.partitions
@@ -120,11 +123,13 @@ class Claimer:
         claimed: list[ClaimedTask] = []
         while self._candidates and len(claimed) < max_tasks:
             wave = [self._candidates.popleft() for _ in range(min(max_tasks - len(claimed), len(self._candidates)))]
-            wave, quota_of = self.admission.admit(wave)
-            tasks = self._claim_wave(wave)
-            lost = set(quota_of) - {str(task.execution_id) for task in tasks}
+            admitted = self.admission.admit(wave)
+            if admitted.blocked and self.on_blocked is not None:
+                self.on_blocked(admitted.blocked)
+            tasks = self._claim_wave(admitted.candidates)
+            lost = set(admitted.quota_of) - {str(task.execution_id) for task in tasks}
             for eid in lost:  # admitted but claimed by someone else: give the slot back
-                budgets.release_admission(self.engine, quota_of[eid], ExecutionId(eid))
+                budgets.release_admission(self.engine, admitted.quota_of[eid], ExecutionId(eid))
             claimed += tasks
         return claimed
 

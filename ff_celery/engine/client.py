@@ -34,7 +34,7 @@ from ff_celery.engine.keys import (
 from ff_celery.engine.library import LibraryState, ensure_library, is_missing_function
 from ff_celery.engine.partitions import PartitionConfig
 from ff_celery.engine.policy import ExecutionPolicy
-from ff_celery.engine.snapshot import ExecutionSnapshot
+from ff_celery.engine.snapshot import ExecutionSnapshot, decode_hash
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +331,13 @@ class Engine:
             values = self._guard(lambda: self.redis.hmget(core, fields))
             return {name: value.decode() for name, value in zip(fields, values) if value is not None}
         return {k.decode(): v.decode() for k, v in self._guard(lambda: self.redis.hgetall(core)).items()}
+
+    def read_tags(self, execution_ids: Sequence[ExecutionId]) -> list[dict[str, str]]:
+        """The tags of each execution, in one round trip."""
+        batch = self.batch()
+        for execution_id in execution_ids:
+            batch.command("hgetall", ExecKeys(execution_id).tags)
+        return [decode_hash(tags) if isinstance(tags, dict) else {} for tags in batch.execute()]
 
     def snapshot(self, execution_id: ExecutionId) -> ExecutionSnapshot | None:
         """Everything about one execution, read in one round trip; None if it does not exist."""

@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 
+from ff_celery import budgets
 from ff_celery.devserver import free_port
 
 from .conftest import HERE, wait_for
@@ -61,3 +63,21 @@ def test_flower_lists_the_worker_and_the_tasks_with_their_states(ffapp, start_wo
     )
     assert "KeyError" in tasks[failed.id]["exception"]
     assert wait_for(lambda: worker.name in (api(flower, "workers?refresh=1") or {}), timeout=60)
+
+
+def test_flower_shows_suspended_and_budget_blocked_tasks(ffapp, start_worker, flower):
+    start_worker(events=True)
+    suspended = ffapp.await_approval.delay()
+    name = f"tokens-{uuid.uuid4().hex[:8]}"
+    budgets.create_budget(ffapp.app, name, hard={"tokens": 10})
+    assert ffapp.spend_tokens.apply_async((1, 10), ff_budgets=[name]).get(timeout=30) == 10  # now exactly spent
+    blocked = ffapp.spend_tokens.apply_async((1, 10), ff_budgets=[name])
+
+    def state(task_id: str) -> str | None:
+        return ((api(flower, "tasks") or {}).get(task_id) or {}).get("state")
+
+    assert wait_for(lambda: state(suspended.id) == "SUSPENDED", timeout=60)
+    assert wait_for(lambda: state(blocked.id) == "BLOCKED", timeout=60)
+    assert (api(flower, "tasks") or {})[blocked.id]["name"] == "ffapp.spend_tokens"
+    suspended.revoke()
+    blocked.revoke()
