@@ -10,7 +10,7 @@ from typing import Any
 import celery
 from celery import signals
 
-from ff_celery import outcomes
+from ff_celery import outcomes, tracing
 from ff_celery.budgets import inherited_budgets
 from ff_celery.messages import RETENTION_HEADER
 
@@ -66,6 +66,9 @@ def integrate(app: celery.Celery) -> celery.Celery:
         signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.outcomes.{handler.__name__}")
     signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
     signals.before_task_publish.connect(_task_retention, weak=False, dispatch_uid="ff_celery.retention")
+    if tracing.available():  # flowfabric_tracing, read at each publish
+        signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
+        signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

@@ -29,6 +29,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
+from ff_celery import tracing
 from ff_celery.context import plan_republished_retry
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
@@ -353,6 +354,7 @@ class Channel(kombu_redis.Channel):
         except ValueError as exc:
             self._ff_fail_undeliverable(task, f"undecodable message: {exc}")
             return
+        tracing.record_claim(message["headers"], task)
         tag = message["properties"]["delivery_tag"]
         task.on_lease_lost = lambda handle, error: self._ff_lease_lost(tag, handle)
         self._ff_held[tag] = task

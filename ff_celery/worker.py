@@ -28,6 +28,7 @@ from celery.exceptions import NotRegistered
 from celery.worker import control, state
 from celery.worker.control import inspect_command
 
+from ff_celery import tracing
 from ff_celery.backend import FlowFabricBackend
 from ff_celery.engine import exporter
 from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
@@ -64,6 +65,8 @@ class FlowFabricStep(bootsteps.StartStopStep):
             c.app.conf.worker_send_task_events = True
         if c.app.conf.get("flowfabric_metrics_port"):
             measure_tasks()  # before the pool forks, so its processes count their tasks too
+        if c.app.conf.get("flowfabric_tracing"):
+            tracing.trace_worker()
 
     # -- hooks installed before other steps capture them ----------------------------------
 

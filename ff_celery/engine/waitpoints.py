@@ -10,11 +10,12 @@ a new random one (kept in Valkey, so every process agrees on it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,6 +28,11 @@ from ff_celery.engine.snapshot import decode_hash, text_of
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
+
+try:
+    from opentelemetry import trace as otel_trace
+except ImportError:  # tracing is optional (ff-celery[tracing])
+    otel_trace = None
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +196,21 @@ def deliver_signal(
         "correlation_id": correlation_id,
     }
     try:
-        outcome = _deliver(engine, execution_id, waitpoint_id, token, name, payload, options)
+        with _signal_span(name, execution_id, waitpoint_id):
+            outcome = _deliver(engine, execution_id, waitpoint_id, token, name, payload, options)
     except EngineError as exc:
         metrics.SIGNALS.labels(exc.code).inc()
         raise
     metrics.SIGNALS.labels(_signal_outcome(outcome)).inc()
     return outcome
+
+
+def _signal_span(name: str, execution_id: str, waitpoint_id: str) -> contextlib.AbstractContextManager[Any]:
+    """An OpenTelemetry ``signal <name>`` span in the caller's trace (none without the API)."""
+    if otel_trace is None:
+        return contextlib.nullcontext()
+    attributes = {"ff.execution_id": execution_id, "ff.waitpoint_id": waitpoint_id, "ff.signal_name": name}
+    return otel_trace.get_tracer("ff_celery").start_as_current_span(f"signal {name}", attributes=attributes)
 
 
 def _signal_outcome(outcome: fn.SignalOutcome) -> str:

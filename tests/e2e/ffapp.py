@@ -35,6 +35,18 @@ app.conf.update(
     },
     worker_prefetch_multiplier=int(os.environ.get("FFAPP_PREFETCH", "1")),
 )
+if os.environ.get("FFAPP_TRACE_FILE"):  # OpenTelemetry spans of this process, one JSON object per line
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    spans = open(os.environ["FFAPP_TRACE_FILE"], "a")  # noqa: SIM115 (open for the process's life)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        SimpleSpanProcessor(ConsoleSpanExporter(out=spans, formatter=lambda span: span.to_json(indent=None) + "\n"))
+    )
+    trace.set_tracer_provider(provider)
+    app.conf.flowfabric_tracing = True
 if os.environ.get("FFAPP_METRICS_PORT"):
     app.conf.flowfabric_metrics_port = int(os.environ["FFAPP_METRICS_PORT"])
 if os.environ.get("FFAPP_RETENTION_SCAN_S"):  # a retention trimmer pass that often; queue "brief" keeps 1 s
