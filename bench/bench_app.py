@@ -11,6 +11,8 @@ if BROKER.startswith("flowfabric"):
     import ff_celery
 
     ff_celery.install(app)
+    if os.environ.get("BENCH_METRICS_PORT"):  # the worker exports Prometheus metrics (celery_bench --metrics)
+        app.conf.flowfabric_metrics_port = int(os.environ["BENCH_METRICS_PORT"])
 # The same settings for every transport (ff_celery's defaults).
 app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_acks_on_failure_or_timeout=True)
 

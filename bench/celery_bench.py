@@ -4,24 +4,35 @@ For each broker: a ``celery worker -P prefork -c 2`` subprocess with the same se
 (acks_late, prefetch multiplier 1); results in the FlowFabric backend for flowfabric:// and
 in a Redis backend for the others. Measures publish rate (no worker running), end-to-end
 no-op throughput (publish N with the worker running, until the last result), publish->start
-latency at a paced rate, and the ``delay().get()`` round trip.
+latency at a paced rate, the ``delay().get()`` round trip, and the CPU time per task of the
+publisher, the worker (all its processes) and the servers during the end-to-end run (/proc).
 
     python bench/celery_bench.py [--count 3000] [--amqp amqp://guest:guest@127.0.0.1:5672//]
+    python bench/celery_bench.py --metrics [--rounds 3]
+
+``--metrics`` measures only flowfabric://, without and with the worker exporting Prometheus
+metrics (``flowfabric_metrics_port``, prefork in multiprocess mode, scraped every second),
+alternating for ``--rounds`` rounds, and reports the medians and the overhead.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import kombu
 
-from ff_celery.devserver import DevServer
+from ff_celery.devserver import DevServer, free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,14 +42,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants, from /proc."""
+    ticks, total, pids = os.sysconf("SC_CLK_TCK"), 0.0, [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:  # exited meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        pids += map(int, children)
+    return total
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork", "-c", "2",
                "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
     return subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def measure(label: str, broker: str, backend: str, count: int) -> dict[str, float]:
+def measure(
+    label: str,
+    broker: str,
+    backend: str,
+    count: int,
+    server_pids: list[int],
+    worker_env: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """One row: publish rate, end-to-end rate, latencies and CPU per task of the publisher,
+    the worker (main and pool processes) and the servers (``server_pids``: broker, backend)."""
     env = {**os.environ, "BENCH_BROKER": broker, "BENCH_BACKEND": backend, "PYTHONPATH": str(HERE)}
+    env.update(worker_env or {})
     os.environ.update(BENCH_BROKER=broker, BENCH_BACKEND=backend)
     sys.path.insert(0, str(HERE))
     for name in [m for m in sys.modules if m == "bench_app"]:
@@ -59,12 +95,19 @@ def measure(label: str, broker: str, backend: str, count: int) -> dict[str, floa
         for result in published:
             result.get(timeout=300)
 
-        # end-to-end throughput with the worker running
+        # end-to-end throughput with the worker running, and the CPU each process spent on it
+        processes = {  # the publisher alone (its descendants include the worker and the server)
+            "publisher": time.process_time,
+            "worker": lambda: cpu_seconds(worker.pid),
+            "server": lambda: sum(map(cpu_seconds, server_pids)),
+        }
+        cpu_before = {name: spent() for name, spent in processes.items()}
         started = time.perf_counter()
         results = [bench_app.noop.delay() for _ in range(count)]
         for result in results:
             result.get(timeout=300)
         throughput = count / (time.perf_counter() - started)
+        cpu_ms = {name: (spent() - cpu_before[name]) * 1000 / count for name, spent in processes.items()}
 
         # publish -> start latency at a paced 50 tasks/s
         paced = []
@@ -90,9 +133,24 @@ def measure(label: str, broker: str, backend: str, count: int) -> dict[str, floa
         "start p95 ms": percentile(latencies, 0.95),
         "get p50 ms": statistics.median(round_trips),
         "get p95 ms": percentile(round_trips, 0.95),
+        **{f"cpu ms {name[:3]}": value for name, value in cpu_ms.items()},
     }
-    print(f"{label:<14}" + "".join(f"{value:>14.1f}" for value in row.values()), flush=True)
+    print(f"{label:<14}" + "".join(f"{value:>12.2f}" for value in row.values()), flush=True)
     return row
+
+
+COLUMNS = ("publish/s", "e2e/s", "start p50ms", "start p95ms", "get p50 ms", "get p95 ms",
+           "cpu ms pub", "cpu ms wor", "cpu ms ser")  # fmt: skip
+
+
+def rabbitmq_pids() -> list[int]:
+    """The local RabbitMQ's Erlang VM processes (for their CPU time)."""
+    pids = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        with contextlib.suppress(OSError):
+            if comm.read_text().strip() == "beam.smp":
+                pids.append(int(comm.parent.name))
+    return pids
 
 
 def rabbitmq_reachable(url: str) -> bool:
@@ -104,20 +162,61 @@ def rabbitmq_reachable(url: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def scraped_metrics() -> Iterator[dict[str, str]]:
+    """Worker settings that export metrics (multiprocess mode), scraped every second meanwhile."""
+    port, stop = free_port(), threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+
+    with tempfile.TemporaryDirectory(prefix="ff-bench-metrics-") as directory:
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
+        try:
+            yield {"BENCH_METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": directory}
+        finally:
+            stop.set()
+            scraper.join()
+
+
+def metrics_overhead(server: DevServer, count: int, rounds: int) -> None:
+    url = f"flowfabric://127.0.0.1:{server.port}/0"
+    plain: list[dict[str, float]] = []
+    metered: list[dict[str, float]] = []
+    for _ in range(rounds):
+        plain.append(measure("flowfabric://", url, url, count, [server.pid]))
+        with scraped_metrics() as worker_env:
+            metered.append(measure("  + metrics", url, url, count, [server.pid], worker_env))
+    print()
+    for name in plain[0]:
+        without, with_metrics = (statistics.median(row[name] for row in rows) for rows in (plain, metered))
+        print(f"median {name:<12}{without:>10.2f}{with_metrics:>10.2f}   {100 * (with_metrics / without - 1):+.1f}%")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
+    parser.add_argument("--metrics", action="store_true", help="flowfabric:// without and with metrics only")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --metrics")
     args = parser.parse_args()
     with DevServer() as server:
         port = server.port
         print(f"{args.count} tasks per measurement; {server.version} on {port}; prefork -c 2\n")
-        print(f"{'broker':<14}" + "".join(f"{h:>14}" for h in
-              ("publish/s", "e2e/s", "start p50 ms", "start p95 ms", "get p50 ms", "get p95 ms")))  # fmt: skip
-        measure("flowfabric://", f"flowfabric://127.0.0.1:{port}/0", f"flowfabric://127.0.0.1:{port}/0", args.count)
-        measure("redis://", f"redis://127.0.0.1:{port}/1", f"redis://127.0.0.1:{port}/2", args.count)
-        if rabbitmq_reachable(args.amqp):
-            measure("amqp://", args.amqp, f"redis://127.0.0.1:{port}/3", args.count)
+        print(f"{'broker':<14}" + "".join(f"{h:>12}" for h in COLUMNS))
+        if args.metrics:
+            metrics_overhead(server, args.count, args.rounds)
+            return
+        ours = [server.pid]
+        measure(
+            "flowfabric://", f"flowfabric://127.0.0.1:{port}/0", f"flowfabric://127.0.0.1:{port}/0", args.count, ours
+        )
+        measure("redis://", f"redis://127.0.0.1:{port}/1", f"redis://127.0.0.1:{port}/2", args.count, ours)
+        if rabbitmq_reachable(args.amqp):  # server CPU: RabbitMQ's and the result backend's
+            measure("amqp://", args.amqp, f"redis://127.0.0.1:{port}/3", args.count, ours + rabbitmq_pids())
         else:
             print(f"amqp://        not measured: RabbitMQ not reachable at {args.amqp}")
 
