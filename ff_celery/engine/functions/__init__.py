@@ -6,7 +6,12 @@ result model is available at its top level.
 
 from ff_celery.engine.functions.base import *  # noqa: F403
 from ff_celery.engine.functions.budget import *  # noqa: F403
-from ff_celery.engine.functions.core import *  # noqa: F403
+from ff_celery.engine.functions.execution import *  # noqa: F403
+from ff_celery.engine.functions.flow import *  # noqa: F403
+from ff_celery.engine.functions.lease import *  # noqa: F403
 from ff_celery.engine.functions.quota import *  # noqa: F403
+from ff_celery.engine.functions.scheduling import *  # noqa: F403
+from ff_celery.engine.functions.signal import *  # noqa: F403
 from ff_celery.engine.functions.stream import *  # noqa: F403
 from ff_celery.engine.functions.suspension import *  # noqa: F403
+from ff_celery.engine.functions.version import *  # noqa: F403

@@ -1,20 +1,17 @@
-"""Typed calls of the execution core (``lua/execution.lua``, ``lease.lua``, ``scheduling.lua``,
-``signal.lua``'s resumed claim, ``flow.lua``'s replay): create, grant, claim, renew, complete,
-fail, cancel, delay, promote, expire, revoke, reclaim, priority, tags, progress, replay, and
-the worker registry.
+"""Typed calls of ``lua/execution.lua``: create, claim, complete, fail (retry policy),
+cancel, delay, wait for children, reclaim, expire, tags.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from ff_celery.engine.functions.base import (
     DEFAULT_DEDUP_TTL_MS,
     ExecutionFcall,
-    Fcall,
     Fence,
     Reply,
     ResultT,
@@ -22,12 +19,26 @@ from ff_celery.engine.functions.base import (
     fence_argv,
     number,
     optional_number,
-    text,
 )
+from ff_celery.engine.functions.lease import ClaimRequest, Lease, lease_from_reply
 from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import worker_alive_key, worker_caps_key, worker_index_key
 
-# -- results --------------------------------------------------------------------------------
+__all__ = [
+    "CancelExecution",
+    "ClaimExecution",
+    "CompleteExecution",
+    "CreateExecution",
+    "Created",
+    "DelayExecution",
+    "ExpireExecution",
+    "ExpireReason",
+    "FailExecution",
+    "FailOutcome",
+    "HolderRequest",
+    "MoveToWaitingChildren",
+    "ReclaimExecution",
+    "SetExecutionTags",
+]
 
 
 class Created(BaseModel):
@@ -36,38 +47,9 @@ class Created(BaseModel):
     duplicate: bool = False
 
 
-class Lease(BaseModel):
-    """A lease just acquired by a claim, resumed claim or reclaim."""
-
-    lease_id: str
-    lease_epoch: int
-    expires_at: int | None  # None where the function does not report it (grant-and-claim)
-    attempt_id: str | None
-    attempt_index: int
-    attempt_type: str | None
-
-
 class FailOutcome(BaseModel):
     retry_scheduled: bool
     delay_until: float | None = None  # engine-time ms of the retry; may be fractional
-
-
-# -- execution lifecycle ----------------------------------------------------------------------
-
-
-class Version(Fcall[str]):
-    """``ff_version``: a bare string, not an envelope."""
-
-    function = "ff_version"
-
-    def keys(self) -> list[str]:
-        return []
-
-    def argv(self) -> list[str | bytes]:
-        return []
-
-    def interpret(self, raw: Any) -> str:
-        return text(raw)
 
 
 class CreateExecution(ExecutionFcall[Created]):
@@ -125,80 +107,6 @@ class CreateExecution(ExecutionFcall[Created]):
         return Created(execution_id=ExecutionId(reply.fields[0]), public_state=reply.fields[1])
 
 
-class GrantRequest(ExecutionFcall[ResultT]):
-    """Shared arguments of the claim and reclaim grant functions."""
-
-    worker_id: str
-    worker_instance_id: str
-    lane_id: str
-    capability_hash: str = ""
-    grant_ttl_ms: int = 5000
-    route_snapshot_json: str = ""
-    admission_summary: str = ""
-    worker_capabilities: tuple[str, ...] = ()
-
-    def argv(self) -> list[str | bytes]:
-        return [
-            self.execution_id,
-            self.worker_id,
-            self.worker_instance_id,
-            self.lane_id,
-            self.capability_hash,
-            str(self.grant_ttl_ms),
-            self.route_snapshot_json,
-            self.admission_summary,
-            ",".join(sorted(self.worker_capabilities)),
-        ]
-
-
-class IssueClaimGrant(GrantRequest[None]):
-    function = "ff_issue_claim_grant"
-
-    def keys(self) -> list[str]:
-        return [self.exec_keys.core, self.exec_keys.claim_grant, self.index.eligible(self.lane_id)]
-
-    def parse(self, reply: Reply) -> None:
-        return None
-
-
-class IssueReclaimGrant(GrantRequest[int]):
-    """``ff_issue_reclaim_grant``; answers the grant's expiry (ms)."""
-
-    function = "ff_issue_reclaim_grant"
-
-    def keys(self) -> list[str]:
-        return [self.exec_keys.core, self.exec_keys.claim_grant, self.index.lease_expiry]
-
-    def parse(self, reply: Reply) -> int:
-        return int(reply.fields[1])
-
-
-def _lease_from_six(reply: Reply) -> Lease:
-    lease_id, epoch, expires_at, attempt_id, attempt_index, attempt_type = reply.fields[:6]
-    return Lease(
-        lease_id=lease_id,
-        lease_epoch=int(epoch),
-        expires_at=int(float(expires_at)),
-        attempt_id=attempt_id,
-        attempt_index=int(attempt_index),
-        attempt_type=attempt_type,
-    )
-
-
-class ClaimRequest(ExecutionFcall[Lease]):
-    """Shared arguments of the claim functions."""
-
-    worker_id: str
-    worker_instance_id: str
-    lane_id: str
-    lease_id: str
-    lease_ttl_ms: int
-    capability_hash: str = ""
-
-    def lease_index_keys(self) -> tuple[str, str]:
-        return self.index.lease_expiry, self.index.worker_leases(self.worker_instance_id)
-
-
 class ClaimExecution(ClaimRequest):
     """``ff_claim_execution``: a fresh attempt under a grant issued to this worker."""
 
@@ -246,97 +154,7 @@ class ClaimExecution(ClaimRequest):
         ]
 
     def parse(self, reply: Reply) -> Lease:
-        return _lease_from_six(reply)
-
-
-class ClaimResumedExecution(ClaimRequest):
-    """``ff_claim_resumed_execution``: continue the interrupted attempt ``attempt_index``."""
-
-    function = "ff_claim_resumed_execution"
-    attempt_index: int
-    remaining_attempt_timeout_ms: int | None = None
-
-    def keys(self) -> list[str]:
-        x, idx = self.exec_keys, self.index
-        return [
-            x.core,
-            x.claim_grant,
-            idx.eligible(self.lane_id),
-            *self.lease_index_keys(),
-            x.attempt(self.attempt_index),
-            x.lease_current,
-            x.lease_history,
-            idx.active(self.lane_id),
-            idx.attempt_timeout,
-            idx.execution_deadline,
-        ]
-
-    def argv(self) -> list[str | bytes]:
-        return [
-            self.execution_id,
-            self.worker_id,
-            self.worker_instance_id,
-            self.lane_id,
-            self.capability_hash,
-            self.lease_id,
-            str(self.lease_ttl_ms),
-            optional_number(self.remaining_attempt_timeout_ms),
-        ]
-
-    def parse(self, reply: Reply) -> Lease:
-        return _lease_from_six(reply)
-
-
-class IssueGrantAndClaim(ClaimRequest):
-    """``ff_issue_grant_and_claim``: grant plus claim in one call (operator path, no
-    capability check). The reply carries no expiry or attempt id."""
-
-    function = "ff_issue_grant_and_claim"
-    attempt_id: str
-    attempt_policy_json: str = "{}"
-    attempt_timeout_ms: int | None = None
-    execution_deadline_at: int | None = None
-
-    def keys(self) -> list[str]:
-        x, idx = self.exec_keys, self.index
-        return [
-            x.core,
-            x.claim_grant,
-            idx.eligible(self.lane_id),
-            *self.lease_index_keys(),
-            x.attempts,
-            x.lease_current,
-            x.lease_history,
-            idx.active(self.lane_id),
-            idx.attempt_timeout,
-            idx.execution_deadline,
-        ]
-
-    def argv(self) -> list[str | bytes]:
-        return [
-            self.execution_id,
-            self.worker_id,
-            self.worker_instance_id,
-            self.lane_id,
-            self.capability_hash,
-            self.lease_id,
-            str(self.lease_ttl_ms),
-            self.attempt_id,
-            self.attempt_policy_json,
-            optional_number(self.attempt_timeout_ms),
-            optional_number(self.execution_deadline_at),
-        ]
-
-    def parse(self, reply: Reply) -> Lease:
-        lease_id, epoch, attempt_index = reply.fields[:3]
-        return Lease(
-            lease_id=lease_id,
-            lease_epoch=int(epoch),
-            expires_at=None,
-            attempt_id=None,
-            attempt_index=int(attempt_index),
-            attempt_type=None,
-        )
+        return lease_from_reply(reply)
 
 
 class ReclaimExecution(ClaimRequest):
@@ -381,7 +199,7 @@ class ReclaimExecution(ClaimRequest):
         ]
 
     def parse(self, reply: Reply) -> Lease:
-        return _lease_from_six(reply)
+        return lease_from_reply(reply)
 
 
 class HolderRequest(ExecutionFcall[ResultT]):
@@ -395,34 +213,6 @@ class HolderRequest(ExecutionFcall[ResultT]):
     worker_instance_id: str
     attempt_index: int
     source: str = ""
-
-
-class RenewLease(ExecutionFcall[int]):
-    """``ff_renew_lease``; answers the new expiry (ms). Note its ARGV order."""
-
-    function = "ff_renew_lease"
-    attempt_index: int
-    fence: Fence
-    lease_ttl_ms: int
-    lease_history_grace_ms: int = 5000
-
-    def keys(self) -> list[str]:
-        x = self.exec_keys
-        return [x.core, x.lease_current, x.lease_history, self.index.lease_expiry]
-
-    def argv(self) -> list[str | bytes]:
-        return [
-            self.execution_id,
-            str(self.attempt_index),
-            self.fence.attempt_id,
-            self.fence.lease_id,
-            str(self.fence.lease_epoch),
-            str(self.lease_ttl_ms),
-            str(self.lease_history_grace_ms),
-        ]
-
-    def parse(self, reply: Reply) -> int:
-        return int(float(reply.fields[0]))
 
 
 class CompleteExecution(HolderRequest[None]):
@@ -594,62 +384,6 @@ class CancelExecution(ExecutionFcall[str]):
         return reply.fields[1]
 
 
-class PromoteDelayed(ExecutionFcall[str]):
-    """``ff_promote_delayed``; answers promoted / not_yet_due / *_cleaned."""
-
-    function = "ff_promote_delayed"
-    lane_id: str
-    now_ms: int
-
-    def keys(self) -> list[str]:
-        return [self.exec_keys.core, self.index.delayed(self.lane_id), self.index.eligible(self.lane_id)]
-
-    def argv(self) -> list[str | bytes]:
-        return [self.execution_id, str(self.now_ms)]
-
-    def parse(self, reply: Reply) -> str:
-        return reply.fields[0]
-
-
-class MarkLeaseExpiredIfDue(ExecutionFcall[Settled]):
-    function = "ff_mark_lease_expired_if_due"
-
-    def keys(self) -> list[str]:
-        x = self.exec_keys
-        return [x.core, x.lease_current, self.index.lease_expiry, x.lease_history]
-
-    def argv(self) -> list[str | bytes]:
-        return [self.execution_id]
-
-    def parse(self, reply: Reply) -> Settled:
-        return Settled(status=reply.status, reason=reply.fields[0])
-
-
-class RevokeLease(ExecutionFcall[Settled]):
-    """``ff_revoke_lease``. ``worker_instance_id`` is the current holder (pre-read)."""
-
-    function = "ff_revoke_lease"
-    expected_lease_id: str = ""
-    reason: str = "operator"
-    worker_instance_id: str
-
-    def keys(self) -> list[str]:
-        x, idx = self.exec_keys, self.index
-        return [
-            x.core,
-            x.lease_current,
-            x.lease_history,
-            idx.lease_expiry,
-            idx.worker_leases(self.worker_instance_id),
-        ]
-
-    def argv(self) -> list[str | bytes]:
-        return [self.execution_id, self.expected_lease_id, self.reason]
-
-    def parse(self, reply: Reply) -> Settled:
-        return Settled(status=reply.status, reason=reply.fields[0])
-
-
 ExpireReason = Literal["attempt_timeout", "execution_deadline"]
 
 
@@ -690,23 +424,6 @@ class ExpireExecution(ExecutionFcall[Settled]):
         return Settled(status=reply.status, reason=reason)
 
 
-class ChangePriority(ExecutionFcall[tuple[float, float]]):
-    """``ff_change_priority``; answers (old, new) after clamping to 0..9000."""
-
-    function = "ff_change_priority"
-    lane_id: str
-    new_priority: float
-
-    def keys(self) -> list[str]:
-        return [self.exec_keys.core, self.index.eligible(self.lane_id)]
-
-    def argv(self) -> list[str | bytes]:
-        return [self.execution_id, number(self.new_priority)]
-
-    def parse(self, reply: Reply) -> tuple[float, float]:
-        return float(reply.fields[0]), float(reply.fields[1])
-
-
 class SetExecutionTags(ExecutionFcall[int]):
     """``ff_set_execution_tags``. Keys must match ``^[a-z][a-z0-9_]*\\.`` (e.g. ``celery.task``)."""
 
@@ -721,110 +438,3 @@ class SetExecutionTags(ExecutionFcall[int]):
 
     def parse(self, reply: Reply) -> int:
         return int(float(reply.fields[0]))
-
-
-class UpdateProgress(ExecutionFcall[None]):
-    function = "ff_update_progress"
-    lease_id: str
-    lease_epoch: int
-    progress_pct: float | None = None
-    progress_message: str = ""
-
-    def keys(self) -> list[str]:
-        return [self.exec_keys.core]
-
-    def argv(self) -> list[str | bytes]:
-        return [
-            self.execution_id,
-            self.lease_id,
-            str(self.lease_epoch),
-            optional_number(self.progress_pct),
-            self.progress_message,
-        ]
-
-    def parse(self, reply: Reply) -> None:
-        return None
-
-
-class ReplayExecution(ExecutionFcall[int]):
-    """``ff_replay_execution``; answers the unsatisfied-edge count (0 on the normal path).
-    ``edge_ids`` are the inbound edges, used only for a skipped flow member."""
-
-    function = "ff_replay_execution"
-    lane_id: str
-    edge_ids: tuple[str, ...] = ()
-
-    def keys(self) -> list[str]:
-        x, idx = self.exec_keys, self.index
-        keys = [x.core, idx.terminal(self.lane_id), idx.eligible(self.lane_id), x.lease_history]
-        if self.edge_ids:
-            keys += [
-                idx.blocked(self.lane_id, "dependencies"),
-                x.deps_meta,
-                x.deps_unresolved,
-                *(x.dep(edge) for edge in self.edge_ids),
-            ]
-        return keys
-
-    def argv(self) -> list[str | bytes]:
-        return [self.execution_id, "0", *self.edge_ids]
-
-    def parse(self, reply: Reply) -> int:
-        return int(reply.fields[0])
-
-
-# -- worker registry (untagged keys; standalone deployments) ---------------------------------
-
-
-class RegisterWorker(Fcall[str]):
-    """``ff_register_worker``; answers registered / refreshed."""
-
-    function = "ff_register_worker"
-    namespace: str
-    worker_instance_id: str
-    worker_id: str
-    lanes: tuple[str, ...] = ()
-    capabilities: tuple[str, ...] = ()
-    ttl_ms: int
-    now_ms: int
-
-    def keys(self) -> list[str]:
-        return [
-            worker_alive_key(self.namespace, self.worker_instance_id),
-            worker_caps_key(self.namespace, self.worker_instance_id),
-            worker_index_key(self.namespace),
-        ]
-
-    def argv(self) -> list[str | bytes]:
-        return [
-            self.worker_instance_id,
-            self.worker_id,
-            ",".join(sorted(self.lanes)),
-            ",".join(sorted(self.capabilities)),
-            str(self.ttl_ms),
-            str(self.now_ms),
-        ]
-
-    def parse(self, reply: Reply) -> str:
-        return reply.fields[0]
-
-
-class HeartbeatWorker(Fcall[str]):
-    """``ff_heartbeat_worker``; answers refreshed / not_registered."""
-
-    function = "ff_heartbeat_worker"
-    namespace: str
-    worker_instance_id: str
-    now_ms: int
-
-    def keys(self) -> list[str]:
-        return [
-            worker_alive_key(self.namespace, self.worker_instance_id),
-            worker_caps_key(self.namespace, self.worker_instance_id),
-        ]
-
-    def argv(self) -> list[str | bytes]:
-        return [str(self.now_ms)]
-
-    def parse(self, reply: Reply) -> str:
-        return reply.fields[0]
