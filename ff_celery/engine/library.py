@@ -29,6 +29,8 @@ MODULES = (
     "lease",
     "execution",
     "scheduling",
+    "waitpoint_token",
+    "resume_condition",
     "suspension",
     "signal",
     "stream",

@@ -15,3 +15,4 @@ from ff_celery.engine.functions.signal import *  # noqa: F403
 from ff_celery.engine.functions.stream import *  # noqa: F403
 from ff_celery.engine.functions.suspension import *  # noqa: F403
 from ff_celery.engine.functions.version import *  # noqa: F403
+from ff_celery.engine.functions.waitpoint_token import *  # noqa: F403
