@@ -40,7 +40,7 @@ from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import DONE_NOTICE, done_channel
-from ff_celery.engine.waitpoints import read_waitpoint
+from ff_celery.engine.signaling import read_waitpoint
 from ff_celery.messages import NAMESPACE
 from ff_celery.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
 from ff_celery.states import BLOCKED, SUSPENDED, TERMINAL_STATES, suspended_info

@@ -30,8 +30,8 @@ from celery import current_task
 from celery.utils.dispatch import Signal
 
 from ff_celery import context
-from ff_celery.engine import budgets
-from ff_celery.engine.budgets import BudgetStatus, QuotaPolicy
+from ff_celery.engine import limits
+from ff_celery.engine.limits import BudgetStatus, QuotaPolicy
 from ff_celery.messages import BUDGETS_HEADER
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ def report_usage(*, dedup_key: str | None = None, **usage: float) -> dict[str, A
     reports = claim.report_usage(_as_dimensions(usage), dedup_key=dedup_key)
     for budget_id, report in reports.items():
         if report.status == "HARD_BREACH":
-            status = budgets.budget_status(claim.engine, budget_id)  # for its name (the scope id)
+            status = limits.budget_status(claim.engine, budget_id)  # for its name (the scope id)
             name = status.scope_id if status else ""
             raise BudgetExceeded(budget_id, report.dimension or "", report.current or 0, report.limit or 0, name)
         if report.status == "SOFT_BREACH":
@@ -133,21 +133,21 @@ def create_budget(
 ) -> str:
     """Create a budget (kept as is if it exists): hard/soft limits per dimension, optionally
     reset every ``reset_every`` seconds. Answers its id."""
-    return budgets.create_budget(
+    return limits.create_budget(
         context.engine_for(app_or_url), name, hard=hard, soft=soft, reset_interval_s=reset_every
     )
 
 
 def budget_status(app_or_url: celery.Celery | str, name: str) -> BudgetStatus | None:
-    return budgets.budget_status(context.engine_for(app_or_url), name)
+    return limits.budget_status(context.engine_for(app_or_url), name)
 
 
 def reset_budget(app_or_url: celery.Celery | str, name: str) -> int:
     """Zero the budget's usage; executions waiting on it are unblocked at once (answers how
     many were)."""
     engine = context.engine_for(app_or_url)
-    budgets.reset_budget(engine, name)
-    return budgets.Admission(engine).unblock_cleared(engine.lanes())
+    limits.reset_budget(engine, name)
+    return limits.Admission(engine).unblock_cleared(engine.lanes())
 
 
 def raise_budget(
@@ -160,8 +160,8 @@ def raise_budget(
     """Change the budget's limits; executions it no longer blocks are unblocked at once
     (answers how many were)."""
     engine = context.engine_for(app_or_url)
-    budgets.set_budget_limits(engine, name, hard=hard, soft=soft)
-    return budgets.Admission(engine).unblock_cleared(engine.lanes())
+    limits.set_budget_limits(engine, name, hard=hard, soft=soft)
+    return limits.Admission(engine).unblock_cleared(engine.lanes())
 
 
 def create_quota(
@@ -174,7 +174,7 @@ def create_quota(
 ) -> str:
     """Create a quota (kept as is if it exists): at most ``max_requests_per_window`` claims per
     ``window_seconds`` and ``max_concurrent`` running at once (0 = no limit). Answers its id."""
-    return budgets.create_quota(
+    return limits.create_quota(
         context.engine_for(app_or_url),
         name,
         max_requests_per_window=max_requests_per_window,
@@ -184,5 +184,5 @@ def create_quota(
 
 
 def quota_status(app_or_url: celery.Celery | str, name: str) -> QuotaPolicy | None:
-    quota_policy_id = budgets.quota_id_for(name)
-    return budgets.quota_policies(context.engine_for(app_or_url), [quota_policy_id])[quota_policy_id]
+    quota_policy_id = limits.quota_id_for(name)
+    return limits.quota_policies(context.engine_for(app_or_url), [quota_policy_id])[quota_policy_id]

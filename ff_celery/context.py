@@ -14,11 +14,11 @@ from typing import Any
 import celery
 from celery import current_task
 
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.client import Engine
 from ff_celery.engine.functions import Lease
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import done_channel
-from ff_celery.engine.task import ClaimedTask
 from ff_celery.messages import FENCE_HEADER, NAMESPACE
 
 _engines: dict[tuple[int, str], Engine] = {}

@@ -22,9 +22,9 @@ from typing import Any
 from kombu.serialization import loads
 from kombu.utils import json
 
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.errors import ValidationError
 from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
-from ff_celery.engine.task import ClaimedTask
 
 #: FlowFabric namespace of the executions that carry kombu messages (task ids are aliased in it).
 NAMESPACE = "celery"

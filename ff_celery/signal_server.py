@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ff_celery.context import engine_for_url
-from ff_celery.engine import waitpoints
+from ff_celery.engine import signaling
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.ids import ExecutionId
 
@@ -104,10 +104,10 @@ class SignalHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._answer(HTTPStatus.BAD_REQUEST, {"error": "bad_request", "detail": str(exc)})
             return
-        if length > waitpoints.MAX_SIGNAL_PAYLOAD_BYTES:
+        if length > signaling.MAX_SIGNAL_PAYLOAD_BYTES:
             self._answer(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                {"error": "payload_too_large", "detail": f"{length} bytes > {waitpoints.MAX_SIGNAL_PAYLOAD_BYTES}"},
+                {"error": "payload_too_large", "detail": f"{length} bytes > {signaling.MAX_SIGNAL_PAYLOAD_BYTES}"},
             )
             self.close_connection = True
             return
@@ -115,7 +115,7 @@ class SignalHandler(BaseHTTPRequestHandler):
         token = self.headers.get("X-Waitpoint-Token") or parse_qs(parts.query).get("token", [""])[0]
         is_json = (self.headers.get("Content-Type") or "").startswith("application/json")
         try:
-            outcome = waitpoints.deliver_signal(
+            outcome = signaling.deliver_signal(
                 self.server.engine,
                 ExecutionId(execution_id),
                 waitpoint_id,

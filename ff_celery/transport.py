@@ -31,13 +31,13 @@ from kombu.transport import virtual
 
 from ff_celery import tracing
 from ff_celery.context import plan_republished_retry
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import BlockExecutionForAdmission
 from ff_celery.engine.renewal import LeaseRenewer
-from ff_celery.engine.task import ClaimedTask
 from ff_celery.messages import NAMESPACE, celery_task_of, delivery_message, is_celery_task, submission_for
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from pydantic import BaseModel
 
 from ff_celery import context
 from ff_celery.engine import functions as fn
-from ff_celery.engine import waitpoints as engine_waitpoints
+from ff_celery.engine import signaling
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.task import ClaimedTask
 from ff_celery.states import SUSPENDED, suspended_info
 
 #: How long a waitpoint created ahead of the wait stays open by default (7 days).
@@ -76,7 +76,7 @@ class Signals(list[Signal]):
         return next((signal for signal in self if signal.name == name), None)
 
 
-def _decoded(signal: engine_waitpoints.ReceivedSignal) -> Signal:
+def _decoded(signal: signaling.ReceivedSignal) -> Signal:
     payload: Any = signal.payload
     if payload is not None and signal.payload_encoding == "json":
         with contextlib.suppress(ValueError):
@@ -130,14 +130,12 @@ class Waitpoint(BaseModel):
         return wait_for_signal(*signal_names, name=self.name, match=match, timeout=timeout, on_timeout=on_timeout)
 
 
-def _record(claim: ClaimedTask, name: str) -> engine_waitpoints.WaitpointRecord | None:
-    return engine_waitpoints.read_waitpoint(
-        claim.engine, claim.execution_id, waitpoint_id_for(claim.execution_id, name)
-    )
+def _record(claim: ClaimedTask, name: str) -> signaling.WaitpointRecord | None:
+    return signaling.read_waitpoint(claim.engine, claim.execution_id, waitpoint_id_for(claim.execution_id, name))
 
 
-def _received(claim: ClaimedTask, record: engine_waitpoints.WaitpointRecord) -> Signals:
-    signals = engine_waitpoints.read_signals(claim.engine, claim.execution_id, record.matched_signal_ids)
+def _received(claim: ClaimedTask, record: signaling.WaitpointRecord) -> Signals:
+    signals = signaling.read_signals(claim.engine, claim.execution_id, record.matched_signal_ids)
     return Signals([_decoded(signal) for signal in signals])
 
 
@@ -151,7 +149,7 @@ def _waitpoint(task: celery.Task, claim: ClaimedTask, name: str, ticket: fn.Wait
     )
 
 
-def _usable_pending(record: engine_waitpoints.WaitpointRecord | None, claim: ClaimedTask, now_ms: int) -> bool:
+def _usable_pending(record: signaling.WaitpointRecord | None, claim: ClaimedTask, now_ms: int) -> bool:
     return (
         record is not None
         and record.state == "pending"
@@ -160,7 +158,7 @@ def _usable_pending(record: engine_waitpoints.WaitpointRecord | None, claim: Cla
     )
 
 
-def _retire(claim: ClaimedTask, record: engine_waitpoints.WaitpointRecord | None) -> None:
+def _retire(claim: ClaimedTask, record: signaling.WaitpointRecord | None) -> None:
     """Close an open waitpoint of an earlier attempt so this attempt can use its id."""
     if record is not None and record.state in ("pending", "active"):
         claim.engine.call(
@@ -256,7 +254,7 @@ def send_signal(
     ``redis://`` or ``flowfabric://``). ``payload`` is sent as JSON unless it is bytes. A
     wrong, forged, expired or rotated-out token raises the engine's ``ValidationError``."""
     raw = payload if isinstance(payload, bytes) else b"" if payload is None else json.dumps(payload).encode()
-    return engine_waitpoints.deliver_signal(
+    return signaling.deliver_signal(
         context.engine_for_url(url),
         ExecutionId(execution_id),
         waitpoint_id,

@@ -31,10 +31,10 @@ from celery.worker.control import inspect_command
 from ff_celery import tracing
 from ff_celery.backend import FlowFabricBackend
 from ff_celery.engine import exporter
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
 from ff_celery.engine.inspection import held_executions
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
-from ff_celery.engine.task import ClaimedTask
 from ff_celery.messages import held_task_entry
 from ff_celery.task_metrics import measure_tasks
 from ff_celery.transport import Channel

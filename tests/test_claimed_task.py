@@ -185,7 +185,7 @@ def test_an_abandoned_handle_logs_a_warning_and_its_lease_expires(ff_engine, cla
     eid = ff_engine.submit("default", b"x").execution_id
     task = made.claim_one(timeout_s=10)
     assert made.renewer.tracked == 1
-    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.task"):
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.claim"):
         del task
         gc.collect()
     assert "dropped without a terminal operation" in caplog.text

@@ -5,7 +5,7 @@ kept long never holds back the rest of its lane."""
 from conftest import engine_time, wait_for
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import waitpoints
+from ff_celery.engine import signaling
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.keys import PartitionKeys, alias_key
 from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
@@ -28,7 +28,7 @@ def exists(engine, execution_id) -> bool:
 
 
 def test_expired_terminal_executions_go_with_every_key_alias_and_idempotency_key(ff_engine, ff_redis):
-    waitpoints.seed_waitpoint_secret(ff_engine, "ab" * 32)
+    signaling.seed_waitpoint_secret(ff_engine, "ab" * 32)
     baseline = set(ff_redis.keys())
     worker = Claimer(ff_engine, ["default"], worker_id="w", lease_ttl_ms=30_000)
     try:
@@ -37,7 +37,7 @@ def test_expired_terminal_executions_go_with_every_key_alias_and_idempotency_key
         signalled = ff_engine.submit("default", b"signalled").execution_id
         task = worker.claim_one(timeout_s=10)
         token = task.suspend("wp-1", fn.ResumeCondition(signal_names=("go",))).waitpoint.token
-        waitpoints.deliver_signal(ff_engine, signalled, "wp-1", token, "go", b'{"ok": 1}')
+        signaling.deliver_signal(ff_engine, signalled, "wp-1", token, "go", b'{"ok": 1}')
         worker.claim_one(timeout_s=10).complete(b"after the signal")  # a second attempt
         cutoff = ff_engine.server_time_ms()
         assert wait_for(lambda: ff_engine.server_time_ms() > cutoff)

@@ -14,6 +14,7 @@ import pytest
 from conftest import engine_time
 
 from ff_celery.engine import functions as fn
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import DELAY_SAFETY_MS, Engine
 from ff_celery.engine.errors import ExecutionNotActiveError, ValidationError
@@ -27,7 +28,6 @@ from ff_celery.engine.policy import (
     TimeoutPolicy,
 )
 from ff_celery.engine.scanners import EngineScanners
-from ff_celery.engine.task import ClaimedTask
 
 LANE = "default"
 

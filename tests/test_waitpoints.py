@@ -1,6 +1,6 @@
 """The Python layer over waitpoints and signals, on a real server.
 
-``ff_celery/engine/waitpoints.py``: seeding the waitpoint HMAC keystore on every flow partition
+``ff_celery/engine/signaling.py``: seeding the waitpoint HMAC keystore on every flow partition
 (argument, ``FF_WAITPOINT_HMAC_SECRET``, an already seeded secret or a generated one; torn-write
 repair; a partition keeps its own secret), rotation fanned out to every partition, signal
 delivery (falling back to buffering for a pending waitpoint, the 256 KiB payload limit,
@@ -28,13 +28,13 @@ from conftest import wait_for
 from contract.support import keyspace
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import waitpoints
+from ff_celery.engine import signaling
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import ConflictError, EngineError, NotFoundError, StateError, ValidationError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys, wake_channel
-from ff_celery.engine.task import ClaimedTask
 
 LANE = "default"
 SECRET = "5e" * 32
@@ -47,7 +47,7 @@ NUM_PARTITIONS = 256
 
 @pytest.fixture(autouse=True)
 def no_secret_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(waitpoints.SECRET_ENV, raising=False)
+    monkeypatch.delenv(signaling.SECRET_ENV, raising=False)
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def claimer(ff_engine: Engine) -> Iterator[Any]:
 
 @pytest.fixture
 def seeded(ff_engine: Engine) -> str:
-    return waitpoints.seed_waitpoint_secret(ff_engine, SECRET)
+    return signaling.seed_waitpoint_secret(ff_engine, SECRET)
 
 
 def claim(engine: Engine, claimer: Any, ttl_ms: int = 30_000) -> ClaimedTask:
@@ -122,54 +122,54 @@ def public_state(engine: Engine, eid: ExecutionId) -> str:
 
 
 def test_seeding_gives_every_flow_partition_k1_and_the_secret(ff_engine, ff_redis):
-    assert waitpoints.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
+    assert signaling.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
     assert stores(ff_redis) == [{"current_kid": "k1", "secret:k1": SECRET}] * NUM_PARTITIONS
 
 
 def test_seeding_takes_the_secret_from_ff_waitpoint_hmac_secret(ff_engine, ff_redis, monkeypatch):
     monkeypatch.setenv("FF_WAITPOINT_HMAC_SECRET", SECRET_B)
-    assert waitpoints.seed_waitpoint_secret(ff_engine) == SECRET_B
+    assert signaling.seed_waitpoint_secret(ff_engine) == SECRET_B
     assert {store["secret:k1"] for store in stores(ff_redis)} == {SECRET_B}
 
 
 def test_an_explicit_secret_wins_over_the_environment(ff_engine, ff_redis, monkeypatch):
     monkeypatch.setenv("FF_WAITPOINT_HMAC_SECRET", SECRET_B)
-    assert waitpoints.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
+    assert signaling.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
     assert {store["secret:k1"] for store in stores(ff_redis)} == {SECRET}
 
 
 def test_seeding_without_a_configured_secret_generates_one_that_every_process_reuses(ff_engine, ff_redis, caplog):
-    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.waitpoints"):
-        generated = waitpoints.seed_waitpoint_secret(ff_engine)
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.signaling"):
+        generated = signaling.seed_waitpoint_secret(ff_engine)
     assert len(generated) == 64 and bytes.fromhex(generated)
     assert "FF_WAITPOINT_HMAC_SECRET" in caplog.text
     other = Engine(ff_engine.redis)
-    assert waitpoints.seed_waitpoint_secret(other) == generated
+    assert signaling.seed_waitpoint_secret(other) == generated
     assert {store["secret:k1"] for store in stores(ff_redis)} == {generated}
 
 
 def test_seeding_reuses_a_secret_already_seeded_on_another_partition(ff_engine, ff_redis):
     ff_redis.hset(PartitionKeys(200).waitpoint_hmac, mapping={"current_kid": "k1", "secret:k1": SECRET_B})
-    assert waitpoints.seed_waitpoint_secret(ff_engine) == SECRET_B
+    assert signaling.seed_waitpoint_secret(ff_engine) == SECRET_B
     assert {store["secret:k1"] for store in stores(ff_redis)} == {SECRET_B}
 
 
 def test_seeding_with_a_custom_kid(ff_engine, ff_redis):
-    waitpoints.seed_waitpoint_secret(ff_engine, SECRET, kid="boot")
+    signaling.seed_waitpoint_secret(ff_engine, SECRET, kid="boot")
     assert stores(ff_redis)[86] == {"current_kid": "boot", "secret:boot": SECRET}
 
 
 def test_seeding_repairs_a_torn_write(ff_engine, ff_redis):
     ff_redis.hset(PartitionKeys(5).waitpoint_hmac, "current_kid", "k7")
-    waitpoints.seed_waitpoint_secret(ff_engine, SECRET)
+    signaling.seed_waitpoint_secret(ff_engine, SECRET)
     assert stores(ff_redis)[5] == {"current_kid": "k7", "secret:k7": SECRET}
 
 
 def test_a_partition_with_another_secret_keeps_its_own(ff_engine, ff_redis, caplog):
     own = {"current_kid": "k1", "secret:k1": SECRET_B, "secret:k0": "00", "expires_at:k0": "1"}
     ff_redis.hset(PartitionKeys(9).waitpoint_hmac, mapping=own)
-    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.waitpoints"):
-        assert waitpoints.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.signaling"):
+        assert signaling.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
     assert "partition 9 keeps its own waitpoint secret" in caplog.text
     everything = stores(ff_redis)
     assert everything[9] == own
@@ -177,9 +177,9 @@ def test_a_partition_with_another_secret_keeps_its_own(ff_engine, ff_redis, capl
 
 
 def test_seeding_twice_changes_nothing(ff_engine, ff_redis):
-    waitpoints.seed_waitpoint_secret(ff_engine, SECRET)
+    signaling.seed_waitpoint_secret(ff_engine, SECRET)
     before = keyspace(ff_redis)
-    waitpoints.seed_waitpoint_secret(ff_engine, SECRET)
+    signaling.seed_waitpoint_secret(ff_engine, SECRET)
     assert keyspace(ff_redis) == before
 
 
@@ -187,7 +187,7 @@ def test_seeding_twice_changes_nothing(ff_engine, ff_redis):
 def test_seeding_rejects_a_secret_that_is_not_even_length_hex(ff_engine, ff_redis, bad):
     before = keyspace(ff_redis)
     with pytest.raises(ValidationError) as raised:
-        waitpoints.seed_waitpoint_secret(ff_engine, bad)
+        signaling.seed_waitpoint_secret(ff_engine, bad)
     assert raised.value.code == "invalid_secret_hex"
     assert keyspace(ff_redis) == before
 
@@ -203,7 +203,7 @@ def test_a_seeded_keystore_mints_tokens_a_client_can_verify(ff_engine, ff_redis,
 
 
 def test_rotation_fans_out_to_every_flow_partition(ff_engine, ff_redis, seeded):
-    outcomes = waitpoints.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=1000)
+    outcomes = signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=1000)
     assert len(outcomes) == NUM_PARTITIONS
     assert (
         outcomes == [fn.Rotation(outcome="rotated", new_kid="k2", previous_kid="k1", forgotten_kids=0)] * NUM_PARTITIONS
@@ -215,36 +215,36 @@ def test_rotation_fans_out_to_every_flow_partition(ff_engine, ff_redis, seeded):
 
 def test_rotation_uses_flowfabrics_default_grace_of_a_day(ff_engine, ff_redis, seeded):
     low = ff_engine.server_time_ms()
-    waitpoints.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
+    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
     expires = int(stores(ff_redis)[0]["expires_at:k1"])
     assert low + 86_400_000 <= expires <= ff_engine.server_time_ms() + 86_400_000
 
 
 def test_repeating_a_rotation_is_a_noop_everywhere(ff_engine, seeded):
-    waitpoints.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
-    outcomes = waitpoints.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
+    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
+    outcomes = signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
     assert outcomes == [fn.Rotation(outcome="noop", new_kid="k2")] * NUM_PARTITIONS
 
 
 def test_a_conflicting_rotation_raises_rotation_conflict(ff_engine, seeded):
-    waitpoints.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
+    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
     with pytest.raises(ConflictError) as raised:
-        waitpoints.rotate_waitpoint_secret(ff_engine, "k2", SECRET)
+        signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET)
     assert (raised.value.code, raised.value.details) == ("rotation_conflict", ["k2"])
 
 
 def test_a_malformed_rotation_raises_the_engines_validation_error(ff_engine, ff_redis, seeded):
     before = keyspace(ff_redis)
     with pytest.raises(ValidationError) as raised:
-        waitpoints.rotate_waitpoint_secret(ff_engine, "k:2", SECRET_B)
+        signaling.rotate_waitpoint_secret(ff_engine, "k:2", SECRET_B)
     assert raised.value.code == "invalid_kid"
     assert keyspace(ff_redis) == before
 
 
 def test_waitpoint_kids_lists_the_current_kid_and_those_in_grace(ff_engine, ff_redis, seeded):
-    assert waitpoints.waitpoint_kids(ff_engine, 3) == fn.Keystore(current_kid="k1", verifying={})
-    waitpoints.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=60_000)
-    listed = waitpoints.waitpoint_kids(ff_engine, 3)
+    assert signaling.waitpoint_kids(ff_engine, 3) == fn.Keystore(current_kid="k1", verifying={})
+    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=60_000)
+    listed = signaling.waitpoint_kids(ff_engine, 3)
     assert listed.current_kid == "k2"
     assert listed.verifying == {"k1": int(stores(ff_redis)[3]["expires_at:k1"])}
 
@@ -252,8 +252,8 @@ def test_waitpoint_kids_lists_the_current_kid_and_those_in_grace(ff_engine, ff_r
 def test_a_token_of_the_rotated_out_key_still_delivers_inside_its_grace(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition())
-    waitpoints.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=60_000)
-    outcome = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go")
+    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=60_000)
+    outcome = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go")
     assert outcome.resumed
 
 
@@ -264,7 +264,7 @@ def test_a_signal_that_resumes_the_execution_wakes_the_lane(ff_engine, seeded, c
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("approve",)))
     with wake_listener(ff_engine) as pubsub:
-        outcome = waitpoints.deliver_signal(
+        outcome = signaling.deliver_signal(
             ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "approve", b'{"ok":1}'
         )
         assert woken(pubsub)
@@ -276,7 +276,7 @@ def test_a_signal_that_does_not_resume_wakes_nobody(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("a", "b"), match="all"))
     with wake_listener(ff_engine) as pubsub:
-        outcome = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "a")
+        outcome = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "a")
         assert not woken(pubsub, 0.15)
     assert (outcome.resumed, outcome.effect) == (False, "appended_to_waitpoint")
     assert public_state(ff_engine, task.execution_id) == "suspended"
@@ -285,7 +285,7 @@ def test_a_signal_that_does_not_resume_wakes_nobody(ff_engine, seeded, claimer):
 def test_a_signal_for_a_pending_waitpoint_is_buffered_and_counts_at_suspend(ff_engine, ff_redis, seeded, claimer):
     task = claim(ff_engine, claimer)
     ticket = task.create_pending_waitpoint("wp-p", "key-p", ff_engine.server_time_ms() + 60_000)
-    outcome = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"early")
+    outcome = signaling.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"early")
     assert (outcome.effect, outcome.resumed) == ("buffered_for_pending_waitpoint", False)
     keys = ExecKeys(task.execution_id)
     assert ff_redis.hget(keys.signal(outcome.signal_id), "observed_effect") == b"buffered_for_pending_waitpoint"
@@ -308,7 +308,7 @@ def test_deliver_signal_passes_the_signal_metadata_and_its_idempotency_key(ff_en
         "payload_encoding": "binary",
     }
     token = suspension.waitpoint.token
-    first = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "hello", b"x", **common)
+    first = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "hello", b"x", **common)
     signal = {
         k.decode(): v.decode() for k, v in ff_redis.hgetall(ExecKeys(task.execution_id).signal(first.signal_id)).items()
     }
@@ -323,7 +323,7 @@ def test_deliver_signal_passes_the_signal_metadata_and_its_idempotency_key(ff_en
         "corr",
         "binary",
     )
-    again = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "hello", b"x", **common)
+    again = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "hello", b"x", **common)
     assert (again.duplicate, again.signal_id, again.effect) == (True, first.signal_id, None)
 
 
@@ -332,7 +332,7 @@ def test_a_payload_over_256_kib_raises_payload_too_large_and_writes_nothing(ff_e
     suspension = task.suspend("wp-1", fn.ResumeCondition())
     before = keyspace(ff_redis)
     with pytest.raises(ValidationError) as raised:
-        waitpoints.deliver_signal(
+        signaling.deliver_signal(
             ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go", b"x" * (256 * 1024 + 1)
         )
     assert raised.value.code == "payload_too_large"
@@ -343,7 +343,7 @@ def test_a_payload_of_exactly_256_kib_is_delivered(ff_engine, ff_redis, seeded, 
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition())
     payload = b"y" * (256 * 1024)
-    outcome = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go", payload)
+    outcome = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go", payload)
     assert outcome.resumed
     assert ff_redis.get(ExecKeys(task.execution_id).signal_payload(outcome.signal_id)) == payload
 
@@ -352,7 +352,7 @@ def test_deliver_signal_with_a_wrong_token_raises_invalid_token(ff_engine, seede
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition())
     with pytest.raises(ValidationError) as raised:
-        waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", "k1:" + "0" * 40, "go")
+        signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", "k1:" + "0" * 40, "go")
     assert raised.value.code == "invalid_token"
     assert public_state(ff_engine, task.execution_id) == "suspended"
 
@@ -362,10 +362,10 @@ def test_a_token_of_one_execution_cannot_resume_another_on_the_same_partition(ff
     token = first.suspend("wp-a", fn.ResumeCondition()).waitpoint.token
     second.suspend("wp-b", fn.ResumeCondition())
     with pytest.raises(ValidationError) as raised:  # answered as for an unknown waitpoint
-        waitpoints.deliver_signal(ff_engine, second.execution_id, "wp-a", token, "go")
+        signaling.deliver_signal(ff_engine, second.execution_id, "wp-a", token, "go")
     assert raised.value.code == "invalid_token"
     assert public_state(ff_engine, second.execution_id) == public_state(ff_engine, first.execution_id) == "suspended"
-    assert waitpoints.read_waitpoint(ff_engine, first.execution_id, "wp-a").state == "active"
+    assert signaling.read_waitpoint(ff_engine, first.execution_id, "wp-a").state == "active"
 
 
 def test_a_pending_waitpoint_of_one_execution_buffers_nothing_for_another(ff_engine, ff_redis, seeded, claimer):
@@ -373,7 +373,7 @@ def test_a_pending_waitpoint_of_one_execution_buffers_nothing_for_another(ff_eng
     ticket = first.create_pending_waitpoint("wp-a", "approval", ff_engine.now_ms() + 60_000)
     before = keyspace(ff_redis)
     with pytest.raises(ValidationError) as raised:
-        waitpoints.deliver_signal(ff_engine, second.execution_id, "wp-a", ticket.token, "go")
+        signaling.deliver_signal(ff_engine, second.execution_id, "wp-a", ticket.token, "go")
     assert raised.value.code == "invalid_token"
     buffering = fn.BufferSignal(
         execution_id=second.execution_id, signal_id=new_uuid(), waitpoint_id="wp-a", signal_name="go",
@@ -388,7 +388,7 @@ def test_a_pending_waitpoint_of_one_execution_buffers_nothing_for_another(ff_eng
 
 def test_deliver_signal_to_a_missing_execution_raises_execution_not_found(ff_engine, seeded):
     with pytest.raises(NotFoundError) as raised:
-        waitpoints.deliver_signal(ff_engine, ExecutionId.mint(86), "wp", "k1:" + "0" * 40, "go")
+        signaling.deliver_signal(ff_engine, ExecutionId.mint(86), "wp", "k1:" + "0" * 40, "go")
     assert raised.value.code == "execution_not_found"
 
 
@@ -399,7 +399,7 @@ def test_an_operator_resume_wakes_the_lane_and_the_same_attempt_is_claimed_again
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition(signal_names=("never",)))
     with wake_listener(ff_engine) as pubsub:
-        assert waitpoints.resume(ff_engine, task.execution_id) == "waiting"
+        assert signaling.resume(ff_engine, task.execution_id) == "waiting"
         assert woken(pubsub)
     again = claimer().claim_one(timeout_s=10)
     assert again is not None and again.execution_id == task.execution_id
@@ -415,7 +415,7 @@ def test_an_operator_resume_wakes_the_lane_and_the_same_attempt_is_claimed_again
 def test_an_operator_resume_with_a_delay_answers_delayed(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition())
-    assert waitpoints.resume(ff_engine, task.execution_id, resume_delay_ms=60_000) == "delayed"
+    assert signaling.resume(ff_engine, task.execution_id, resume_delay_ms=60_000) == "delayed"
     assert public_state(ff_engine, task.execution_id) == "delayed"
 
 
@@ -423,7 +423,7 @@ def test_resuming_an_execution_that_is_not_suspended_raises_execution_not_suspen
     task = claim(ff_engine, claimer)
     for eid in (task.execution_id, ExecutionId.mint(86)):
         with pytest.raises(StateError) as raised:
-            waitpoints.resume(ff_engine, eid)
+            signaling.resume(ff_engine, eid)
         assert raised.value.code == "execution_not_suspended"
     task.complete()
 
@@ -437,10 +437,10 @@ def test_read_waitpoint_reports_the_hash_and_the_matched_signals(ff_engine, ff_r
     suspension = task.suspend(
         "wp-1", fn.ResumeCondition(signal_names=("a", "b"), match="all"), waitpoint_key="key-1", timeout_at=timeout_at
     )
-    first = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "a")
-    record = waitpoints.read_waitpoint(ff_engine, task.execution_id, "wp-1")
+    first = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "a")
+    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-1")
     assert record is not None
-    assert record == waitpoints.WaitpointRecord(
+    assert record == signaling.WaitpointRecord(
         waitpoint_id="wp-1",
         waitpoint_key="key-1",
         execution_id=task.execution_id,
@@ -455,8 +455,8 @@ def test_read_waitpoint_reports_the_hash_and_the_matched_signals(ff_engine, ff_r
     )
     assert not record.resumed
     assert record.ticket() == suspension.waitpoint
-    second = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "b")
-    record = waitpoints.read_waitpoint(ff_engine, task.execution_id, "wp-1")
+    second = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "b")
+    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-1")
     assert record is not None and record.resumed
     assert record.matched_signal_ids == [first.signal_id, second.signal_id]
 
@@ -465,25 +465,25 @@ def test_read_waitpoint_of_a_pending_waitpoint_without_an_expiry_or_condition(ff
     task = claim(ff_engine, claimer)
     task.create_pending_waitpoint("wp-p", "key-p", 4_102_444_800_000)
     ff_redis.hset(ExecKeys(task.execution_id).waitpoint("wp-p"), "expires_at", "")
-    record = waitpoints.read_waitpoint(ff_engine, task.execution_id, "wp-p")
+    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-p")
     assert record is not None
     assert (record.state, record.expires_at, record.matched_signal_ids) == ("pending", None, [])
     task.complete()
 
 
 def test_read_waitpoint_of_a_missing_waitpoint_is_none(ff_engine):
-    assert waitpoints.read_waitpoint(ff_engine, ExecutionId.mint(86), "nope") is None
+    assert signaling.read_waitpoint(ff_engine, ExecutionId.mint(86), "nope") is None
 
 
 def test_read_signals_keeps_the_order_given_and_skips_missing_ones(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("one", "two", "never"), match="all"))
     token = suspension.waitpoint.token
-    one = waitpoints.deliver_signal(
+    one = signaling.deliver_signal(
         ff_engine, task.execution_id, "wp-1", token, "one", b"p1", source_identity="svc", correlation_id="c"
     )
-    two = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "two")
-    signals = waitpoints.read_signals(ff_engine, task.execution_id, [two.signal_id, "missing", one.signal_id])
+    two = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "two")
+    signals = signaling.read_signals(ff_engine, task.execution_id, [two.signal_id, "missing", one.signal_id])
     assert [s.signal_id for s in signals] == [two.signal_id, one.signal_id]
     assert (signals[0].name, signals[0].payload) == ("two", None)
     first = signals[1]
@@ -495,7 +495,7 @@ def test_read_signals_keeps_the_order_given_and_skips_missing_ones(ff_engine, se
         "c",
     )
     assert first.payload == b"p1" and first.accepted_at > 0
-    assert waitpoints.read_signals(ff_engine, task.execution_id, []) == []
+    assert signaling.read_signals(ff_engine, task.execution_id, []) == []
 
 
 # -- resume_signals (§4.12) -------------------------------------------------------------------------
@@ -505,15 +505,15 @@ def test_resume_signals_are_the_matched_signals_in_matcher_order(ff_engine, seed
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("a", "b"), match="all"))
     token = suspension.waitpoint.token
-    waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "zzz")
-    b = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "b", b"second")
-    a = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "a", b"first")
-    signals = waitpoints.resume_signals(ff_engine, task.execution_id, task.attempt_index)
+    signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "zzz")
+    b = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "b", b"second")
+    a = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "a", b"first")
+    signals = signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index)
     assert [(s.signal_id, s.name, s.payload) for s in signals] == [
         (a.signal_id, "a", b"first"),
         (b.signal_id, "b", b"second"),
     ]
-    assert waitpoints.resume_signals(ff_engine, task.execution_id, task.attempt_index + 1) == []
+    assert signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index + 1) == []
 
 
 def test_resume_signals_of_a_composite_resume_are_all_its_satisfiers(ff_engine, seeded, claimer):
@@ -537,10 +537,10 @@ def test_resume_signals_of_a_composite_resume_are_all_its_satisfiers(ff_engine, 
         )
     )
     task.release()
-    one = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-a", suspension.waitpoint.token, "x")
-    two = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-b", suspension.extra_waitpoints[0].token, "y")
+    one = signaling.deliver_signal(ff_engine, task.execution_id, "wp-a", suspension.waitpoint.token, "x")
+    two = signaling.deliver_signal(ff_engine, task.execution_id, "wp-b", suspension.extra_waitpoints[0].token, "y")
     assert two.resumed
-    signals = waitpoints.resume_signals(ff_engine, task.execution_id, task.attempt_index)
+    signals = signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index)
     assert {s.signal_id for s in signals} == {one.signal_id, two.signal_id}  # SMEMBERS order is unspecified
 
 
@@ -555,20 +555,20 @@ def test_resume_signals_after_a_timeout_auto_resume_are_empty(ff_engine, ff_redi
         )
     )
     assert outcome == ("auto_resume", "waiting")
-    assert waitpoints.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
+    assert signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
 
 
 def test_resume_signals_with_an_empty_satisfier_list_are_empty(ff_engine, ff_redis, seeded, claimer):
     # §11.16: cjson encodes an empty Lua table as {}
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition())
-    waitpoints.resume(ff_engine, task.execution_id)
+    signaling.resume(ff_engine, task.execution_id)
     ff_redis.hset(ExecKeys(task.execution_id).suspension_current, "all_satisfier_signals", "{}")
-    assert waitpoints.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
+    assert signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
 
 
 def test_resume_signals_without_a_suspension_record_are_empty(ff_engine):
-    assert waitpoints.resume_signals(ff_engine, ExecutionId.mint(86), 0) == []
+    assert signaling.resume_signals(ff_engine, ExecutionId.mint(86), 0) == []
 
 
 # -- ClaimedTask.suspend, create_pending_waitpoint, resume_signals ---------------------------------------------
@@ -629,7 +629,7 @@ def test_a_suspend_with_a_timeout_records_it_and_the_behaviour(ff_engine, ff_red
 def test_an_already_satisfied_suspend_keeps_the_lease_renewing(ff_engine, ff_redis, seeded, claimer):
     task = claim(ff_engine, claimer, ttl_ms=1200)  # renewed every 400 ms
     ticket = task.create_pending_waitpoint("wp-p", "key-p", ff_engine.server_time_ms() + 60_000)
-    signal = waitpoints.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"ready")
+    signal = signaling.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"ready")
     first_expiry = task.lease_expires_at
     suspension = task.suspend("wp-p", fn.ResumeCondition(signal_names=("go",)), use_pending=True)
     assert suspension.already_satisfied
@@ -644,7 +644,7 @@ def test_an_already_satisfied_suspend_keeps_the_lease_renewing(ff_engine, ff_red
     assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=task.execution_id)).reason == "not_yet_expired"
     # no suspension record exists, so the task reads the condition itself (§4.12)
     assert task.resume_signals() == []
-    record = waitpoints.read_waitpoint(ff_engine, task.execution_id, "wp-p")
+    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-p")
     assert record is not None and record.matched_signal_ids == [signal.signal_id]
     task.complete(b"done")
     assert public_state(ff_engine, task.execution_id) == "completed"
@@ -678,7 +678,7 @@ def test_create_pending_waitpoint_binds_the_tasks_attempt(ff_engine, ff_redis, s
     expires_at = ff_engine.server_time_ms() + 60_000
     ticket = task.create_pending_waitpoint("wp-p", "key-p", expires_at)
     assert (ticket.waitpoint_id, ticket.waitpoint_key) == ("wp-p", "key-p")
-    record = waitpoints.read_waitpoint(ff_engine, task.execution_id, "wp-p")
+    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-p")
     assert record is not None
     assert (record.state, record.execution_id, record.attempt_index, record.expires_at) == (
         "pending",
@@ -712,7 +712,7 @@ def test_a_suspend_refused_for_another_reason_keeps_the_task_holding_its_lease(f
 def test_the_resumed_task_reads_the_signals_that_resumed_it(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("approve",)))
-    signal = waitpoints.deliver_signal(
+    signal = signaling.deliver_signal(
         ff_engine,
         task.execution_id,
         "wp-1",

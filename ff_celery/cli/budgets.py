@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ff_celery import budgets as celery_budgets
+from ff_celery import budgets
 from ff_celery.cli.common import dimensions, emit_json, engine_for, json_option, reports_errors, table, url_option, when
-from ff_celery.engine import budgets
+from ff_celery.engine import limits
 from ff_celery.engine.errors import error_for_code
 
 limit_options = [
@@ -34,14 +34,14 @@ def budget() -> None:
 @reports_errors
 def budget_create(name: str, hard: tuple[str, ...], soft: tuple[str, ...], reset_every: float, url: str) -> None:
     """Create budget NAME (kept as it is if it exists)."""
-    budget_id = budgets.create_budget(
+    budget_id = limits.create_budget(
         engine_for(url), name, hard=dimensions(hard), soft=dimensions(soft), reset_interval_s=reset_every
     )
     click.echo(f"budget {name}: {budget_id}")
 
 
-def _status(url: str, name: str) -> budgets.BudgetStatus:
-    status = budgets.budget_status(engine_for(url), name)
+def _status(url: str, name: str) -> limits.BudgetStatus:
+    status = limits.budget_status(engine_for(url), name)
     if status is None:
         raise error_for_code("budget_not_found", [name])
     return status
@@ -76,7 +76,7 @@ def budget_show(name: str, url: str, as_json: bool) -> None:
 def budget_reset(name: str, url: str) -> None:
     """Zero the usage; executions that waited on the budget run."""
     _status(url, name)
-    released = celery_budgets.reset_budget(url, name)
+    released = budgets.reset_budget(url, name)
     click.echo(f"budget {name}: reset; {released} waiting executions released")
 
 
@@ -88,7 +88,7 @@ def budget_reset(name: str, url: str) -> None:
 def budget_raise(name: str, hard: tuple[str, ...], soft: tuple[str, ...], url: str) -> None:
     """Set new limits; executions the budget no longer holds back run."""
     _status(url, name)
-    released = celery_budgets.raise_budget(url, name, hard=dimensions(hard), soft=dimensions(soft))
+    released = budgets.raise_budget(url, name, hard=dimensions(hard), soft=dimensions(soft))
     click.echo(f"budget {name}: limits set; {released} waiting executions released")
 
 
@@ -106,7 +106,7 @@ def quota() -> None:
 @reports_errors
 def quota_create(name: str, rate: int, window: int, concurrency: int, url: str) -> None:
     """Create quota NAME (kept as it is if it exists)."""
-    quota_policy_id = budgets.create_quota(
+    quota_policy_id = limits.create_quota(
         engine_for(url), name, max_requests_per_window=rate, window_seconds=window, max_concurrent=concurrency
     )
     click.echo(f"quota {name}: {quota_policy_id}")
@@ -119,8 +119,8 @@ def quota_create(name: str, rate: int, window: int, concurrency: int, url: str) 
 @reports_errors
 def quota_show(name: str, url: str, as_json: bool) -> None:
     """The quota's limits and what it admits now."""
-    quota_policy_id = budgets.quota_id_for(name)
-    policy = budgets.quota_policies(engine_for(url), [quota_policy_id])[quota_policy_id]
+    quota_policy_id = limits.quota_id_for(name)
+    policy = limits.quota_policies(engine_for(url), [quota_policy_id])[quota_policy_id]
     if policy is None:
         raise error_for_code("quota_policy_not_found", [name])
     if as_json:

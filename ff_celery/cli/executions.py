@@ -10,7 +10,7 @@ import time
 import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
-from ff_celery.engine import inspection, streams, waitpoints
+from ff_celery.engine import frames, inspection, signaling
 from ff_celery.engine.inspection import ExecutionReport
 
 target_argument = click.argument("target", metavar="TASK_ID|EXECUTION_ID")
@@ -151,7 +151,7 @@ def resume(target: str, delay_ms: int, url: str) -> None:
     """Resume a suspended execution without a signal (e.g. after an escalated timeout)."""
     engine = engine_for(url)
     execution_id = inspection.resolve_target(engine, target)
-    click.echo(f"{execution_id}: {waitpoints.resume(engine, execution_id, delay_ms)}")
+    click.echo(f"{execution_id}: {signaling.resume(engine, execution_id, delay_ms)}")
 
 
 def _bar(percent: float, message: str, width: int = 30) -> str:
@@ -171,7 +171,7 @@ def tail(target: str, block_s: float, url: str, as_json: bool) -> None:
     execution_id = inspection.resolve_target(engine, target)
     live = sys.stdout.isatty() and not as_json
     bar = ""
-    for attempt, frame in streams.follow_execution(engine, execution_id, block_ms=int(block_s * 1000)):
+    for attempt, frame in frames.follow_execution(engine, execution_id, block_ms=int(block_s * 1000)):
         if as_json:
             click.echo(json.dumps({"attempt": attempt, "id": frame.id, **frame.fields}))
             continue

@@ -12,7 +12,7 @@ import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
 from ff_celery.devserver import DevServer
-from ff_celery.engine import exporter, waitpoints
+from ff_celery.engine import exporter, signaling
 from ff_celery.engine.client import Engine
 from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
@@ -113,11 +113,11 @@ def secret() -> None:
 
 @secret.command("seed")
 @url_option
-@click.option("--secret", "secret_hex", envvar=waitpoints.SECRET_ENV, help="Hex secret (env FF_WAITPOINT_HMAC_SECRET).")
+@click.option("--secret", "secret_hex", envvar=signaling.SECRET_ENV, help="Hex secret (env FF_WAITPOINT_HMAC_SECRET).")
 @reports_errors
 def secret_seed(url: str, secret_hex: str | None) -> None:
     """Give partitions without a signing key one (a generated secret if none is given)."""
-    waitpoints.seed_waitpoint_secret(engine_for(url), secret_hex)
+    signaling.seed_waitpoint_secret(engine_for(url), secret_hex)
     click.echo("seeded (partitions that had a key keep it)")
 
 
@@ -129,7 +129,7 @@ NEW_SECRET_ENV = "FF_WAITPOINT_HMAC_NEW_SECRET"
 @secret.command("rotate")
 @url_option
 @click.option("--kid", required=True, help="The new key id (no ':').")
-@click.option("--grace-ms", type=int, default=waitpoints.DEFAULT_GRACE_MS, show_default=True,
+@click.option("--grace-ms", type=int, default=signaling.DEFAULT_GRACE_MS, show_default=True,
               help="How long tokens of the previous key stay valid.")  # fmt: skip
 @reports_errors
 def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
@@ -138,7 +138,7 @@ def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
     secret_hex = os.environ.get(NEW_SECRET_ENV) or sys.stdin.readline().strip()
     if not secret_hex:
         raise click.UsageError(f"no secret: set {NEW_SECRET_ENV} or write it to standard input")
-    outcomes = waitpoints.rotate_waitpoint_secret(engine_for(url), kid, secret_hex, grace_ms)
+    outcomes = signaling.rotate_waitpoint_secret(engine_for(url), kid, secret_hex, grace_ms)
     rotated = sum(1 for outcome in outcomes if outcome.outcome == "rotated")
     click.echo(f"{kid}: rotated on {rotated} partitions, already current on {len(outcomes) - rotated}")
 
@@ -149,7 +149,7 @@ def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
 @reports_errors
 def secret_kids(url: str, as_json: bool) -> None:
     """The current signing key and the previous keys still in their grace period."""
-    keystore = waitpoints.waitpoint_kids(engine_for(url))
+    keystore = signaling.waitpoint_kids(engine_for(url))
     if as_json:
         emit_json(keystore)
         return

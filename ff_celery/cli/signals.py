@@ -10,7 +10,7 @@ import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, url_option
 from ff_celery.cli.setup import serve_metrics, wait_for_interrupt
-from ff_celery.engine import inspection, waitpoints
+from ff_celery.engine import inspection, signaling
 from ff_celery.engine.errors import error_for_code
 from ff_celery.signal_server import DEFAULT_PORT, SignalServer
 from ff_celery.waitpoints import waitpoint_id_for
@@ -50,7 +50,7 @@ def signal(
         waitpoint_id = waitpoint_id_for(execution_id, waitpoint_id)  # a wait name
     operator = token is None
     if operator:
-        record = waitpoints.read_waitpoint(engine, execution_id, waitpoint_id)
+        record = signaling.read_waitpoint(engine, execution_id, waitpoint_id)
         if record is None:
             raise error_for_code("waitpoint_not_found", [waitpoint_id])
         token = record.token
@@ -60,7 +60,7 @@ def signal(
         encoding = "json"
     except ValueError:
         encoding = "text"
-    outcome = waitpoints.deliver_signal(
+    outcome = signaling.deliver_signal(
         engine,
         execution_id,
         waitpoint_id,

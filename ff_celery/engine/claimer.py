@@ -6,7 +6,7 @@ partitions are rotated through in chunks of 32, at most every ``flow_scan_interv
 is one pipelined round trip, and so is claiming a batch: each candidate's claim grant (which
 checks capabilities) and its claim travel in the same pipeline, with the reads the handle
 needs; an interrupted attempt takes one more round trip for its resumed claim. On lanes with
-budgets or quotas, candidates pass admission first (``budgets.Admission``). When nothing
+budgets or quotas, candidates pass admission first (``limits.Admission``). When nothing
 is eligible the claimer sleeps on the lane's wake-up channel
 (published by ff_celery's submitters and scanners) and falls back to polling every
 ``poll_interval_s`` for work that arrived by other means. Attempt timeouts are the worker's
@@ -26,15 +26,15 @@ from typing import Any
 
 import redis
 
-from ff_celery.engine import budgets, metrics
 from ff_celery.engine import functions as fn
+from ff_celery.engine import limits, metrics
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.engine.snapshot import decode_hash, text_of
-from ff_celery.engine.task import ClaimedTask
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Claimer:
         self._pubsub: redis.client.PubSub | None = None
         self._candidates: deque[tuple[ExecutionId, str]] = deque()
         self._probed_at = 0.0
-        self.admission = budgets.Admission(engine)
+        self.admission = limits.Admission(engine)
         for lane in self.lanes:
             engine.register_lane(lane)
 
@@ -129,7 +129,7 @@ class Claimer:
             tasks = self._claim_wave(admitted.candidates)
             lost = set(admitted.quota_of) - {str(task.execution_id) for task in tasks}
             for eid in lost:  # admitted but claimed by someone else: give the slot back
-                budgets.release_admission(self.engine, admitted.quota_of[eid], ExecutionId(eid))
+                limits.release_admission(self.engine, admitted.quota_of[eid], ExecutionId(eid))
             claimed += tasks
         return claimed
 

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from ff_celery.engine import budgets, waitpoints
-from ff_celery.engine.budgets import BudgetStatus, QuotaPolicy
+from ff_celery.engine import limits, signaling
 from ff_celery.engine.errors import error_for_code
 from ff_celery.engine.ids import ExecutionId, valid_execution_ids
 from ff_celery.engine.keys import BLOCKED_SUFFIXES, ExecKeys, PartitionKeys
+from ff_celery.engine.limits import BudgetStatus, QuotaPolicy
+from ff_celery.engine.signaling import ReceivedSignal
 from ff_celery.engine.snapshot import ExecutionSnapshot, text_of
-from ff_celery.engine.waitpoints import ReceivedSignal
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
@@ -83,7 +83,7 @@ def describe(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
     waitpoint_ids = sorted({m.decode() for m in members or ()} | {core.get("current_waitpoint_id") or ""} - {""})
     views = []
     for waitpoint_id in waitpoint_ids:
-        record = waitpoints.read_waitpoint(engine, execution_id, waitpoint_id)
+        record = signaling.read_waitpoint(engine, execution_id, waitpoint_id)
         if record is not None:
             views.append(
                 WaitpointView(
@@ -92,7 +92,7 @@ def describe(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
                     state=record.state,
                     close_reason=record.close_reason,
                     expires_at=record.expires_at,
-                    signals=waitpoints.read_signals(engine, execution_id, record.matched_signal_ids),
+                    signals=signaling.read_signals(engine, execution_id, record.matched_signal_ids),
                 )
             )
     budget_ids = [b for b in core.get("budget_ids", "").split(",") if b]
@@ -101,8 +101,8 @@ def describe(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
         execution_id=str(execution_id),
         snapshot=snapshot,
         waitpoints=views,
-        budgets=[s for s in budgets.budget_statuses(engine, budget_ids).values() if s is not None],
-        quota=budgets.quota_policies(engine, [quota_id])[quota_id] if quota_id else None,
+        budgets=[s for s in limits.budget_statuses(engine, budget_ids).values() if s is not None],
+        quota=limits.quota_policies(engine, [quota_id])[quota_id] if quota_id else None,
         stream_frames=int(frame_count or 0),
         stream_closed_reason=(closed_reason or b"").decode(),
     )

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import redis
 from pydantic import BaseModel, Field
 
-from ff_celery.engine import budgets, metrics
 from ff_celery.engine import functions as fn
+from ff_celery.engine import limits, metrics
+from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
@@ -44,7 +45,6 @@ from ff_celery.engine.keys import (
     retention_cursor_key,
 )
 from ff_celery.engine.retention import RetentionRules, RetentionTrimmer
-from ff_celery.engine.task import ClaimedTask
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class EngineScanners:
             _Scanner("retention_trimmer", s.retention_interval_s, self.trim_retained),
             _Scanner("lane_cleanup", s.lane_cleanup_interval_s, self.forget_idle_lanes),
         ]
-        self.admission = budgets.Admission(engine)
+        self.admission = limits.Admission(engine)
         rules = RetentionRules(s.retention_s, s.lane_retention_s)
         self.trimmer = RetentionTrimmer(engine, rules, self.lanes, s.batch_size)
         self._failures: dict[str, int] = defaultdict(int)

@@ -7,9 +7,9 @@ import uuid
 import pytest
 from celery import chain
 
-import ff_celery
 from ff_celery import budgets, streams
 from ff_celery.budgets import BudgetExceeded
+from ff_celery.engine.limits import budget_id_for
 
 from .conftest import execution, runs, wait_for
 
@@ -86,7 +86,7 @@ def test_a_canvas_and_the_tasks_it_spawns_run_under_the_scope_budgets(ffapp, sta
     assert result.get(timeout=15) == 7
     assert result.parent.get(timeout=15) == 5
     assert budgets.budget_status(ffapp.app, name).usage == {"tokens": 12}
-    budget_id = ff_celery.budgets.budgets.budget_id_for(name)
+    budget_id = budget_id_for(name)
     assert execution(ffapp, result.id).core["budget_ids"] == budget_id
 
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from ff_celery.context import engine_for_url
-from ff_celery.engine import budgets
+from ff_celery.engine import limits
 
 from .conftest import HERE, wait_for
 
@@ -64,7 +64,7 @@ def test_budget_options_work_on_celerys_own_task_class(split_databases):
     engine = app.backend.engine
     print(json.dumps(engine.read_core(engine.resolve(result.id), "budget_ids")["budget_ids"]))
     """
-    assert publish(split_databases, code) == budgets.budget_id_for("plain-tokens")
+    assert publish(split_databases, code) == limits.budget_id_for("plain-tokens")
 
 
 def test_broker_and_backend_on_different_databases(ff_server, split_databases):

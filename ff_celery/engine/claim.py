@@ -16,8 +16,8 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ff_celery.engine import budgets, metrics, waitpoints
 from ff_celery.engine import functions as fn
+from ff_celery.engine import limits, metrics, signaling
 from ff_celery.engine.errors import (
     LEASE_LOST_CODES,
     EngineError,
@@ -232,7 +232,7 @@ class ClaimedTask:
         quota_policy_id = self.core.get("quota_policy_id")
         if quota_policy_id:  # the attempt no longer runs: free its quota concurrency slot
             try:
-                budgets.release_admission(self.engine, quota_policy_id, self.execution_id)
+                limits.release_admission(self.engine, quota_policy_id, self.execution_id)
             except EngineError as exc:
                 log.warning("quota admission of %s not released: %s", self.execution_id, exc)
 
@@ -403,7 +403,7 @@ class ClaimedTask:
         )
         for backoff in (*TERMINAL_RETRY_BACKOFF, None):
             try:
-                suspension = waitpoints.call_with_keystore(self.engine, request)
+                suspension = signaling.call_with_keystore(self.engine, request)
             except TransportError as exc:
                 if not exc.retryable or backoff is None:
                     raise
@@ -429,11 +429,11 @@ class ClaimedTask:
             waitpoint_key=waitpoint_key,
             expires_at=expires_at,
         )
-        return waitpoints.call_with_keystore(self.engine, request)
+        return signaling.call_with_keystore(self.engine, request)
 
-    def resume_signals(self) -> list[waitpoints.ReceivedSignal]:
+    def resume_signals(self) -> list[signaling.ReceivedSignal]:
         """The signals that resumed this attempt (empty after a timeout or operator resume)."""
-        return waitpoints.resume_signals(self.engine, self.execution_id, self.attempt_index)
+        return signaling.resume_signals(self.engine, self.execution_id, self.attempt_index)
 
     # -- non-terminal ------------------------------------------------------------------------
 
@@ -487,7 +487,7 @@ class ClaimedTask:
         if not budget_ids:
             return {}
         dedup_id = f"{self.execution_id}:{dedup_key}" if dedup_key else None
-        return budgets.report_usage(self.engine, budget_ids, usage, dedup_id=dedup_id)
+        return limits.report_usage(self.engine, budget_ids, usage, dedup_id=dedup_id)
 
     def __del__(self) -> None:
         if not getattr(self, "_finished", True):
