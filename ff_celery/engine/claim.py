@@ -24,6 +24,7 @@ from ff_celery.engine.errors import (
     ExecutionNotActiveError,
     TransportError,
     error_for_code,
+    retry_transport,
 )
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import DONE_NOTICE
@@ -250,28 +251,23 @@ class ClaimedTask:
 
     def _terminal(self, request: fn.Fcall[R], replayed: Callable[[ExecutionNotActiveError], R | None]) -> R:
         """Run a terminal FCALL, retrying transport failures; reconcile a committed replay."""
-        for backoff in (*TERMINAL_RETRY_BACKOFF, None):
-            try:
-                result = self._call(request)
-            except TransportError as exc:
-                if not exc.retryable or backoff is None:
-                    raise  # the call may not have landed: keep renewing, the caller may retry
-                time.sleep(backoff)
-                continue
-            except ExecutionNotActiveError as exc:
-                outcome = replayed(exc)
-                self._finish()
-                if outcome is None:
-                    _count_fenced(request.function, exc)
-                    raise
-                return outcome
-            except EngineError as exc:
-                self._finish()
+        try:
+            result = retry_transport(lambda: self._call(request), TERMINAL_RETRY_BACKOFF)
+        except TransportError:
+            raise  # the call may not have landed: keep renewing, the caller may retry
+        except ExecutionNotActiveError as exc:
+            outcome = replayed(exc)
+            self._finish()
+            if outcome is None:
                 _count_fenced(request.function, exc)
                 raise
+            return outcome
+        except EngineError as exc:
             self._finish()
-            return result
-        raise AssertionError("unreachable")
+            _count_fenced(request.function, exc)
+            raise
+        self._finish()
+        return result
 
     def _call(self, request: fn.Fcall[R]) -> R:
         if self.notify_channel is None:
@@ -401,23 +397,20 @@ class ClaimedTask:
             idempotency_key=suspension_id,
             now_ms=self.engine.now_ms(),
         )
-        for backoff in (*TERMINAL_RETRY_BACKOFF, None):
-            try:
-                suspension = signaling.call_with_keystore(self.engine, request)
-            except TransportError as exc:
-                if not exc.retryable or backoff is None:
-                    raise
-                time.sleep(backoff)
-                continue
-            except EngineError as exc:
-                if exc.code in LEASE_GONE_CODES:
-                    self._finish()
-                _count_fenced(request.function, exc)
-                raise
-            if not suspension.already_satisfied:
+        try:
+            suspension = retry_transport(
+                lambda: signaling.call_with_keystore(self.engine, request), TERMINAL_RETRY_BACKOFF
+            )
+        except TransportError:
+            raise
+        except EngineError as exc:
+            if exc.code in LEASE_GONE_CODES:
                 self._finish()
-            return suspension
-        raise AssertionError("unreachable")
+            _count_fenced(request.function, exc)
+            raise
+        if not suspension.already_satisfied:
+            self._finish()
+        return suspension
 
     def create_pending_waitpoint(self, waitpoint_id: str, waitpoint_key: str, expires_at: int) -> fn.WaitpointTicket:
         """A waitpoint (and its token) that signals can target before this attempt suspends

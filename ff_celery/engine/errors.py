@@ -7,8 +7,12 @@ The Lua detail payload is kept on the exception as ``details``.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
+
+R = TypeVar("R")
 
 
 class ErrorClass(str, Enum):
@@ -263,6 +267,19 @@ class TransportError(EngineError):
     @property
     def error_class(self) -> ErrorClass:
         return ErrorClass.RETRYABLE if self.retryable else ErrorClass.TERMINAL
+
+
+def retry_transport(operation: Callable[[], R], backoff_s: Sequence[float]) -> R:
+    """``operation()``, retried after each pause of ``backoff_s`` while it fails with a
+    retryable :class:`TransportError`; the last failure is raised."""
+    for pause in (*backoff_s, None):
+        try:
+            return operation()
+        except TransportError as exc:
+            if not exc.retryable or pause is None:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 class UnavailableError(EngineError):
