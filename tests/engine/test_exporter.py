@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 import ff_celery.task_metrics  # noqa: F401  (registers the per-task series)
 from ff_celery.engine.exporter import EngineStateCollector
 
-DASHBOARD = Path(__file__).parent.parent / "examples" / "grafana-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
