@@ -30,11 +30,11 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine import limits, metrics
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.client import Engine
+from ff_celery.engine.decoding import decode_hash, text
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
 from ff_celery.engine.renewal import LeaseRenewer
-from ff_celery.engine.snapshot import decode_hash, text_of
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ class Claimer:
         """Claim interrupted attempts through their still-held grants."""
         batch = self.engine.batch()
         for eid, lane, reads in resumable:
-            attempt_index = int(text_of(reads[0][0]) or 0)
+            attempt_index = int(text(reads[0][0]) or 0)
             batch.fcall(
                 fn.ClaimResumedExecution(
                     **self._identity(eid, lane), lease_id=new_uuid(), lease_ttl_ms=self.lease_ttl_ms,
@@ -267,7 +267,7 @@ class Claimer:
     def _observe_wait(self, lane: str, eligible_since: object, lease: fn.Lease) -> float | None:
         """``ff_claim_wait_seconds``: from the execution's last transition before the claim
         (created, promoted, requeued) to the claim, both in server time."""
-        since = text_of(eligible_since)
+        since = text(eligible_since)
         if lease.expires_at is None or not since.isdigit():
             return None
         wait_s = max(0, lease.expires_at - self.lease_ttl_ms - int(since)) / 1000
@@ -298,7 +298,7 @@ class Claimer:
             payload=payload or b"",
             tags=decode_hash(tags),
             policy_json=policy,
-            core=dict(zip(_CORE_FIELDS, map(text_of, core_values))),
+            core=dict(zip(_CORE_FIELDS, map(text, core_values))),
             renewer=self.renewer,
             runnable_wait_s=runnable_wait_s,
         )

@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.connection import connect
+from ff_celery.engine.connection import compare_and_set, connect
+from ff_celery.engine.decoding import decode_hash
 from ff_celery.engine.errors import EngineError, TransportError, UnavailableError
 from ff_celery.engine.ids import ExecutionId, attachment_fields, new_uuid
 from ff_celery.engine.keys import (
@@ -34,7 +35,7 @@ from ff_celery.engine.keys import (
 from ff_celery.engine.library import LibraryState, ensure_library, is_missing_function
 from ff_celery.engine.partitions import PartitionConfig
 from ff_celery.engine.policy import ExecutionPolicy
-from ff_celery.engine.snapshot import ExecutionSnapshot, decode_hash
+from ff_celery.engine.snapshot import ExecutionSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -286,17 +287,10 @@ class Engine:
         key = alias_key(self.namespace, alias)
 
         def swap() -> None:
-            with self.redis.pipeline() as pipe:
-                pipe.watch(key)
-                if pipe.get(key) != expected.encode():
-                    pipe.unwatch()
-                    return
-                pipe.multi()
-                if value is None:
-                    pipe.delete(key)
-                else:
-                    pipe.set(key, value, keepttl=True)
-                pipe.execute()
+            def write(pipe: redis.client.Pipeline) -> object:
+                return pipe.delete(key) if value is None else pipe.set(key, value, keepttl=True)
+
+            compare_and_set(self.redis, key, expected.encode(), write)
 
         try:
             self._guard(swap)

@@ -7,6 +7,7 @@ user and password in the URL and the database number as the path or ``?db=``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -38,3 +39,21 @@ def connect(url: str, **options: Any) -> redis.Redis:
     if not address.startswith("unix://"):
         options.setdefault("socket_keepalive", True)  # TCP only
     return redis.Redis.from_url(address, decode_responses=False, **options)
+
+
+def compare_and_set(
+    client: redis.Redis, key: str, expected: bytes, write: Callable[[redis.client.Pipeline], object]
+) -> bool:
+    """Queue ``write``'s commands and run them atomically only if ``key`` still holds
+    ``expected`` (WATCH / MULTI). False if it did not, or changed meanwhile."""
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.get(key) != expected:
+                return False
+            pipe.multi()
+            write(pipe)
+            pipe.execute()
+        except redis.WatchError:
+            return False
+    return True

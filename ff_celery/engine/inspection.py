@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 from ff_celery.engine import limits, signaling
+from ff_celery.engine.decoding import text
 from ff_celery.engine.errors import error_for_code
 from ff_celery.engine.ids import ExecutionId, valid_execution_ids
 from ff_celery.engine.keys import BLOCKED_SUFFIXES, ExecKeys, PartitionKeys
 from ff_celery.engine.limits import BudgetStatus, QuotaPolicy
 from ff_celery.engine.signaling import ReceivedSignal
-from ff_celery.engine.snapshot import ExecutionSnapshot, text_of
+from ff_celery.engine.snapshot import ExecutionSnapshot
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
@@ -144,8 +145,8 @@ def list_executions(
     replies = reads.execute()
     summaries = []
     for position, eid in enumerate(ids):
-        core = dict(zip(SUMMARY_FIELDS, (text_of(v) for v in replies[2 * position])))
-        task_name, task_id = (text_of(v) for v in replies[2 * position + 1])
+        core = dict(zip(SUMMARY_FIELDS, (text(v) for v in replies[2 * position])))
+        task_name, task_id = (text(v) for v in replies[2 * position + 1])
         if core["public_state"] not in states:
             continue
         summaries.append(

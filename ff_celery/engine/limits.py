@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine import metrics
+from ff_celery.engine.decoding import decode_hash, optional_integer
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import (  # noqa: F401 (attachment_fields: part of this module's API)
     ExecutionId,
@@ -34,7 +35,6 @@ from ff_celery.engine.ids import (  # noqa: F401 (attachment_fields: part of thi
     valid_execution_ids,
 )
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
-from ff_celery.engine.snapshot import decode_hash
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
@@ -43,13 +43,6 @@ log = logging.getLogger(__name__)
 
 #: Blocked executions looked at per lane and partition in one unblock pass.
 UNBLOCK_BATCH = 100
-
-
-def _number(value: str | None) -> int:
-    try:
-        return int(float(value)) if value not in (None, "") else 0
-    except ValueError:
-        return 0
 
 
 class BudgetStatus(BaseModel):
@@ -151,14 +144,14 @@ def budget_statuses(engine: Engine, budget_ids: Iterable[str]) -> dict[str, Budg
             scope_type=definition.get("scope_type", ""),
             scope_id=definition.get("scope_id", ""),
             enforcement_mode=definition.get("enforcement_mode", ""),
-            reset_interval_ms=_number(definition.get("reset_interval_ms")),
-            next_reset_at=_number(definition.get("next_reset_at")),
-            usage={dim: _number(v) for dim, v in usage.items() if dim != "breached_at"},
-            hard_limits={k[5:]: _number(v) for k, v in limits.items() if k.startswith("hard:")},
-            soft_limits={k[5:]: _number(v) for k, v in limits.items() if k.startswith("soft:")},
-            breach_count=_number(definition.get("breach_count")),
-            soft_breach_count=_number(definition.get("soft_breach_count")),
-            last_breach_at=_number(definition.get("last_breach_at")),
+            reset_interval_ms=optional_integer(definition.get("reset_interval_ms")) or 0,
+            next_reset_at=optional_integer(definition.get("next_reset_at")) or 0,
+            usage={dim: optional_integer(v) or 0 for dim, v in usage.items() if dim != "breached_at"},
+            hard_limits={k[5:]: optional_integer(v) or 0 for k, v in limits.items() if k.startswith("hard:")},
+            soft_limits={k[5:]: optional_integer(v) or 0 for k, v in limits.items() if k.startswith("soft:")},
+            breach_count=optional_integer(definition.get("breach_count")) or 0,
+            soft_breach_count=optional_integer(definition.get("soft_breach_count")) or 0,
+            last_breach_at=optional_integer(definition.get("last_breach_at")) or 0,
             last_breach_dim=definition.get("last_breach_dim", ""),
         )
     return statuses
@@ -268,11 +261,11 @@ def quota_policies(engine: Engine, quota_policy_ids: Iterable[str]) -> dict[str,
             if not definition
             else QuotaPolicy(
                 quota_policy_id=quota_policy_id,
-                window_seconds=_number(definition.get("requests_per_window_seconds")) or 60,
-                max_requests_per_window=_number(definition.get("max_requests_per_window")),
-                max_concurrent=_number(definition.get("active_concurrency_cap")),
-                jitter_ms=_number(definition.get("jitter_ms")),
-                running=_number(running.decode() if isinstance(running, bytes) else None),
+                window_seconds=optional_integer(definition.get("requests_per_window_seconds")) or 60,
+                max_requests_per_window=optional_integer(definition.get("max_requests_per_window")) or 0,
+                max_concurrent=optional_integer(definition.get("active_concurrency_cap")) or 0,
+                jitter_ms=optional_integer(definition.get("jitter_ms")) or 0,
+                running=optional_integer(running.decode() if isinstance(running, bytes) else None) or 0,
             )
         )
     live = [policy for policy in policies.values() if policy is not None]

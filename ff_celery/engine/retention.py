@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ff_celery.engine.client import Engine
+from ff_celery.engine.decoding import text
 from ff_celery.engine.ids import valid_execution_ids
 from ff_celery.engine.keys import (
     ALIAS_TAG,
@@ -95,7 +96,7 @@ class RetentionTrimmer:
         slots = [(partition, lane) for partition in self._partitions for lane in lanes]
         reads = self.engine.batch()
         for partition, lane in slots:
-            cursor = _text(cursors[partition].get(lane.encode())) if isinstance(cursors[partition], dict) else None
+            cursor = text(cursors[partition].get(lane.encode())) if isinstance(cursors[partition], dict) else None
             terminal = PartitionKeys(partition).terminal(lane)
             start = f"({cursor}" if cursor else "-inf"
             reads.command("zrangebyscore", terminal, start, upto_ms, start=0, num=self.batch_size, withscores=True)
@@ -173,7 +174,7 @@ class RetentionTrimmer:
             (completed_at, attempts, lane, namespace), (alias, idempotency_key), policy_json, *members = replies[
                 6 * position : 6 * position + 6
             ]
-            lane, completed_at = _text(lane) or "default", _millis(completed_at)
+            lane, completed_at = text(lane) or "default", _millis(completed_at)
             retention_ms = self.rules.retention_ms(lane, policy_json) if completed_at is not None else None
             if retention_ms is not None and completed_at + retention_ms > now_ms:  # completed again since
                 writes.command("zadd", retention_due_key(partition), {eid: completed_at + retention_ms})
@@ -181,7 +182,7 @@ class RetentionTrimmer:
             writes.command("zrem", retention_due_key(partition), eid)
             if retention_ms is None:  # not terminal any more, gone, or now kept forever
                 continue
-            waitpoints, signals, edges = ([_text(m) for m in found] if isinstance(found, list | set) else []
+            waitpoints, signals, edges = ([text(m) for m in found] if isinstance(found, list | set) else []
                                           for found in members)  # fmt: skip
             attempt_count = _millis(attempts) or 0
             index = PartitionKeys(partition)
@@ -189,12 +190,12 @@ class RetentionTrimmer:
             writes.command("delete", next_attempt_payload_key(eid))
             writes.command("srem", index.all_executions, eid)
             writes.command("zrem", index.terminal(lane), eid)
-            ns = _text(namespace)
+            ns = text(namespace)
             expired.append(
                 _Expired(
                     eid,
-                    alias_key(ns, _text(alias)) if alias else None,
-                    index.idempotency(ns, _text(idempotency_key)) if idempotency_key else None,
+                    alias_key(ns, text(alias)) if alias else None,
+                    index.idempotency(ns, text(idempotency_key)) if idempotency_key else None,
                 )
             )
         writes.execute()
@@ -210,7 +211,7 @@ class RetentionTrimmer:
         reads = self.engine.batch()
         for key, _ in named:
             reads.command("get", key)
-        stale = [key for (key, owner), value in zip(named, reads.execute()) if _text(value) == owner]
+        stale = [key for (key, owner), value in zip(named, reads.execute()) if text(value) == owner]
         deletes = self.engine.batch()
         for key in stale:  # one key per command: on a cluster they live in different slots
             deletes.command("delete", key)
@@ -227,11 +228,5 @@ class _Expired:
 
 def _millis(value: object) -> int | None:
     """A stored whole number (a time in ms, a count), or None if absent or malformed."""
-    text = _text(value)
-    return int(text) if text.isdigit() else None
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
+    written = text(value)
+    return int(written) if written.isdigit() else None

@@ -17,6 +17,7 @@ through the resumed path and runs the task again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine import limits, metrics
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import compare_and_set
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import (
@@ -178,30 +180,17 @@ class EngineScanners:
         try:
             if client.set(SCANNER_LEADER_KEY, me, nx=True, px=ttl_ms):
                 return True
-            with client.pipeline() as pipe:
-                pipe.watch(SCANNER_LEADER_KEY)
-                if pipe.get(SCANNER_LEADER_KEY) != me:
-                    return False
-                pipe.multi()
-                pipe.pexpire(SCANNER_LEADER_KEY, ttl_ms)
-                pipe.execute()
-                return True
-        except redis.WatchError:
-            return False
+            return compare_and_set(
+                client, SCANNER_LEADER_KEY, me, lambda pipe: pipe.pexpire(SCANNER_LEADER_KEY, ttl_ms)
+            )
         except redis.RedisError as exc:
             log.warning("scanner leadership check failed: %s", exc)
             return False
 
     def _resign(self) -> None:
-        try:
-            with self.engine.redis.pipeline() as pipe:
-                pipe.watch(SCANNER_LEADER_KEY)
-                if pipe.get(SCANNER_LEADER_KEY) == self.instance_id.encode():
-                    pipe.multi()
-                    pipe.delete(SCANNER_LEADER_KEY)
-                    pipe.execute()
-        except redis.RedisError:
-            pass
+        with contextlib.suppress(redis.RedisError):
+            me = self.instance_id.encode()
+            compare_and_set(self.engine.redis, SCANNER_LEADER_KEY, me, lambda pipe: pipe.delete(SCANNER_LEADER_KEY))
         self.is_leader = False
 
     # -- helpers ------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from pydantic import BaseModel
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine import metrics
+from ff_celery.engine.decoding import decode_hash, optional_integer, text
 from ff_celery.engine.errors import EngineError, error_for_code
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
-from ff_celery.engine.snapshot import decode_hash, text_of
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
@@ -82,13 +82,6 @@ class WaitpointRecord(BaseModel):
 
     def ticket(self) -> fn.WaitpointTicket:
         return fn.WaitpointTicket(waitpoint_id=self.waitpoint_id, waitpoint_key=self.waitpoint_key, token=self.token)
-
-
-def _int(value: bytes | str | None) -> int | None:
-    try:
-        return int(value) if value not in (None, b"", "") else None
-    except ValueError:
-        return None
 
 
 # -- the keystore -----------------------------------------------------------------------------
@@ -280,23 +273,23 @@ def read_waitpoint(engine: Engine, execution_id: ExecutionId, waitpoint_id: str)
     raw, condition = batch.execute()
     if not raw:
         return None
-    total = _int(condition.get(b"total_matchers")) or 0
-    names = [text_of(condition.get(f"matcher:{i}:name".encode())) for i in range(total)]
+    total = optional_integer(condition.get(b"total_matchers")) or 0
+    names = [text(condition.get(f"matcher:{i}:name".encode())) for i in range(total)]
     matched = [
-        text_of(condition.get(f"matcher:{i}:signal_id".encode()))
+        text(condition.get(f"matcher:{i}:signal_id".encode()))
         for i in range(total)
         if condition.get(f"matcher:{i}:satisfied".encode()) == b"1"
     ]
     return WaitpointRecord(
         waitpoint_id=waitpoint_id,
-        waitpoint_key=text_of(raw.get(b"waitpoint_key")),
-        execution_id=text_of(raw.get(b"execution_id")),
-        attempt_index=_int(raw.get(b"attempt_index")),
-        state=text_of(raw.get(b"state")),
-        token=text_of(raw.get(b"waitpoint_token")),
-        created_at=_int(raw.get(b"created_at")) or 0,
-        expires_at=_int(raw.get(b"expires_at")),
-        close_reason=text_of(raw.get(b"close_reason")),
+        waitpoint_key=text(raw.get(b"waitpoint_key")),
+        execution_id=text(raw.get(b"execution_id")),
+        attempt_index=optional_integer(raw.get(b"attempt_index")),
+        state=text(raw.get(b"state")),
+        token=text(raw.get(b"waitpoint_token")),
+        created_at=optional_integer(raw.get(b"created_at")) or 0,
+        expires_at=optional_integer(raw.get(b"expires_at")),
+        close_reason=text(raw.get(b"close_reason")),
         matched_signal_ids=matched,
         signal_names=[name for name in names if name],
     )
@@ -315,15 +308,15 @@ def read_signals(engine: Engine, execution_id: ExecutionId, signal_ids: list[str
         if raw:
             signals.append(
                 ReceivedSignal(
-                    signal_id=text_of(raw.get(b"signal_id")),
-                    name=text_of(raw.get(b"signal_name")),
-                    category=text_of(raw.get(b"signal_category")),
-                    source_type=text_of(raw.get(b"source_type")),
-                    source_identity=text_of(raw.get(b"source_identity")),
-                    correlation_id=text_of(raw.get(b"correlation_id")),
-                    accepted_at=_int(raw.get(b"accepted_at")) or 0,
+                    signal_id=text(raw.get(b"signal_id")),
+                    name=text(raw.get(b"signal_name")),
+                    category=text(raw.get(b"signal_category")),
+                    source_type=text(raw.get(b"source_type")),
+                    source_identity=text(raw.get(b"source_identity")),
+                    correlation_id=text(raw.get(b"correlation_id")),
+                    accepted_at=optional_integer(raw.get(b"accepted_at")) or 0,
                     payload=payload,
-                    payload_encoding=text_of(raw.get(b"payload_encoding")),
+                    payload_encoding=text(raw.get(b"payload_encoding")),
                 )
             )
     return signals
@@ -336,16 +329,16 @@ def resume_signals(engine: Engine, execution_id: ExecutionId, attempt_index: int
     (raw,) = batch.execute()
     if (
         not raw
-        or _int(raw.get(b"attempt_index")) != attempt_index
+        or optional_integer(raw.get(b"attempt_index")) != attempt_index
         or raw.get(b"close_reason") != b"resumed"
         or not raw.get(b"waitpoint_id")
     ):
         return []
-    satisfiers = text_of(raw.get(b"all_satisfier_signals"))
+    satisfiers = text(raw.get(b"all_satisfier_signals"))
     if satisfiers:
         decoded = json.loads(satisfiers)
         ids = [str(signal_id) for signal_id in decoded] if isinstance(decoded, list) else []
     else:
-        record = read_waitpoint(engine, execution_id, text_of(raw.get(b"waitpoint_id")))
+        record = read_waitpoint(engine, execution_id, text(raw.get(b"waitpoint_id")))
         ids = record.matched_signal_ids if record else []
     return read_signals(engine, execution_id, ids)

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field
 
+from ff_celery.engine.decoding import decode_hash
 from ff_celery.engine.policy import ExecutionPolicy
-
-
-def decode_hash(raw: Any) -> dict[str, str]:
-    """An HGETALL reply as text (anything else, e.g. an error in a batch, as empty)."""
-    if not isinstance(raw, dict):
-        return {}
-    return {k.decode(): v.decode("utf-8", errors="replace") for k, v in raw.items()}
-
-
-def text_of(value: Any) -> str:
-    """A bulk reply as text ("" for none)."""
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else ""
 
 
 class AttemptSnapshot(BaseModel):

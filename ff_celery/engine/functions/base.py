@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ff_celery.engine.decoding import text
 from ff_celery.engine.errors import TransportError, error_for_code
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
@@ -28,12 +29,6 @@ class Reply(NamedTuple):
 
     status: str
     fields: list[str]
-
-
-def text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
 
 
 def decode_reply(raw: Any, function: str, execution_id: str | None = None) -> Reply:

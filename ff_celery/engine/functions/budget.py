@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from ff_celery.engine.decoding import lua_integer
 from ff_celery.engine.errors import ValidationError
 from ff_celery.engine.functions.base import ExecutionFcall, Fcall, Reply, ResultT, Settled
 from ff_celery.engine.ids import ExecutionId
@@ -77,18 +78,12 @@ class UsageReport(BaseModel):
         return self.status in ("OK", "SOFT_BREACH")
 
 
-def _integer(value: str) -> int:
-    """A number as Lua formats it (``%.14g``: ``100``, ``1e+15``)."""
-    try:
-        return int(value)
-    except ValueError:
-        return int(float(value))
-
-
 def _usage_report(reply: Reply) -> UsageReport:
     if reply.status in ("SOFT_BREACH", "HARD_BREACH"):
         dimension, current, limit = reply.fields[:3]
-        return UsageReport(status=reply.status, dimension=dimension, current=_integer(current), limit=_integer(limit))
+        return UsageReport(
+            status=reply.status, dimension=dimension, current=lua_integer(current), limit=lua_integer(limit)
+        )
     return UsageReport(status=reply.status)  # type: ignore[arg-type]
 
 
@@ -238,7 +233,7 @@ class ResetBudget(BudgetFcall[int | None]):
         return [self.budget_id, str(self.now_ms)]
 
     def parse(self, reply: Reply) -> int | None:
-        next_reset_at = _integer(reply.fields[0])
+        next_reset_at = lua_integer(reply.fields[0])
         return next_reset_at or None
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ff_celery.engine.functions.base import (
-    Fcall,
-    text,
-)
+from ff_celery.engine.decoding import text
+from ff_celery.engine.functions.base import Fcall
 
 __all__ = ["Version"]
 
