@@ -35,8 +35,9 @@ from kombu.utils.encoding import bytes_to_str
 
 from ff_celery.app import integrate
 from ff_celery.context import engine_for_url, fence_of
-from ff_celery.engine.client import RETRYABLE_REDIS_ERRORS, Engine
+from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
+from ff_celery.engine.executor import RETRYABLE_REDIS_ERRORS
 from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import DONE_NOTICE, done_channel
