@@ -121,7 +121,9 @@ local function write_active_waitpoint(key, waitpoint, A, now)
     "last_signal_at", "")
 end
 
-redis.register_function('ff_suspend_execution', function(keys, args)
+-- Keys and arguments of ff_suspend_execution as a request {K, A, primary,
+-- extras}; nil and the error reply when they are malformed.
+local function suspend_request(keys, args)
   local K = {core = keys[1], attempt = keys[2], lease_current = keys[3], lease_history = keys[4],
     lease_expiry = keys[5], worker_leases = keys[6], suspension_current = keys[7], waitpoint = keys[8],
     waitpoint_signals = keys[9], suspension_timeout = keys[10], pending_waitpoint_expiry = keys[11],
@@ -130,12 +132,12 @@ redis.register_function('ff_suspend_execution', function(keys, args)
   local bad = bad_optional_number(args[11], "timeout_at")
     or bad_optional_number(args[17], "lease_history_maxlen")
     or bad_optional_number(args[19], "dedup_ttl_ms")
-  if bad then return bad end
+  if bad then return nil, bad end
   local extra_count = 0
   if present(args[20]) then
     local bad_count
     extra_count, bad_count = need_integer(args[20], "num_extra_waitpoints")
-    if bad_count then return bad_count end
+    if bad_count then return nil, bad_count end
   end
   local A = {execution_id = args[1], attempt_index = args[2], attempt_id = args[3] or "",
     lease_id = args[4] or "", lease_epoch = args[5] or "", suspension_id = args[6],
@@ -144,113 +146,106 @@ redis.register_function('ff_suspend_execution', function(keys, args)
     continuation_pointer = args[14] or "", use_pending = args[15] == "1",
     timeout_behavior = args[16] or "fail", idempotency_key = args[18] or "",
     dedup_ttl_ms = tonumber(args[19] or "0") or 0}
-  local primary = {id = args[7], key = args[8], token = ""}
 
   local extras = {}
   for i = 1, extra_count do
     local id, key = args[20 + 2 * i - 1], args[20 + 2 * i]
     if not present(id) or not present(key) then
-      return fail("additional_waitpoint_binding_malformed")
+      return nil, fail("additional_waitpoint_binding_malformed")
     end
     local base = 18 + (i - 1) * 3
     extras[i] = {id = id, key = key, token = "", hash = keys[base + 1], condition = keys[base + 3]}
   end
+  return {K = K, A = A, primary = {id = args[7], key = args[8], token = ""}, extras = extras}
+end
 
-  local now = server_now_ms()
-  local deduping = A.idempotency_key ~= "" and present(K.dedup)
-  if deduping then
-    local stored = redis.call("HGET", K.dedup, "outcome")
-    local replay = stored and replay_suspend_outcome(stored)
-    if replay then return replay end
+-- An open suspension blocks a new one (the error reply); a closed one is
+-- archived to make room.
+local function make_room_for_suspension(K)
+  if redis.call("EXISTS", K.suspension_current) == 0 then
+    return nil
   end
-
-  local core = read_hash(K.core)
-  if not core then return fail("execution_not_found") end
-  local denied = authorize_holder(core, A, now, K.core, K.lease_history)
-  if denied then return denied end
-  if tostring(core.current_attempt_index) ~= A.attempt_index then
-    return fail("invalid_lease_for_suspend")
+  if not present(redis.call("HGET", K.suspension_current, "closed_at")) then
+    return fail("already_suspended")
   end
-  local bad_condition = resume_condition.problem(A.resume_condition_json)
-  if bad_condition then return bad_condition end
-
-  -- An open suspension blocks; a closed one is archived to make room.
-  if redis.call("EXISTS", K.suspension_current) == 1 then
-    if not present(redis.call("HGET", K.suspension_current, "closed_at")) then
-      return fail("already_suspended")
-    end
-    local old_waitpoint = redis.call("HGET", K.suspension_current, "waitpoint_id")
-    if present(old_waitpoint) then
-      redis.call("SADD", K.waitpoints, old_waitpoint)
-    end
-    redis.call("DEL", K.suspension_current)
+  local old_waitpoint = redis.call("HGET", K.suspension_current, "waitpoint_id")
+  if present(old_waitpoint) then
+    redis.call("SADD", K.waitpoints, old_waitpoint)
   end
+  redis.call("DEL", K.suspension_current)
+  return nil
+end
 
-  local condition = resume_condition.parse(A.resume_condition_json)
-  if A.use_pending then
-    local pending = read_hash(K.waitpoint)
-    if not pending then return fail("waitpoint_not_found") end
-    if pending.state ~= "pending" then return fail("waitpoint_not_pending") end
-    if pending.execution_id ~= A.execution_id or tostring(pending.attempt_index) ~= A.attempt_index then
-      return fail("invalid_waitpoint_for_execution")
-    end
-    if present(pending.expires_at) and tonumber(pending.expires_at) <= now then
-      return fail("pending_waitpoint_expired")
-    end
-    if not present(pending.waitpoint_token) then return fail("waitpoint_not_token_bound") end
-    primary = {id = pending.waitpoint_id, key = pending.waitpoint_key, token = pending.waitpoint_token}
-
-    redis.call("HSET", K.waitpoint,
-      "suspension_id", A.suspension_id,
-      "state", "active",
-      "activated_at", tostring(now),
-      "expires_at", present(A.timeout_at) and A.timeout_at or "")
-    redis.call("ZREM", K.pending_waitpoint_expiry, primary.id)
-
-    -- Signals buffered while the waitpoint was pending count now; if they
-    -- already satisfy the condition, the attempt keeps its lease and runs on.
-    local buffered = redis.call("XRANGE", K.waitpoint_signals, "-", "+")
-    for _, entry in ipairs(buffered) do
-      local fields = {}
-      for i = 1, #entry[2], 2 do
-        fields[entry[2][i]] = entry[2][i + 1]
-      end
-      resume_condition.match(condition, fields.signal_name, fields.signal_id)
-    end
-    if #buffered > 0 and not condition.composite and resume_condition.met(condition.match_mode,
-        condition.satisfied_count, condition.minimum_signal_count, #condition.matchers) then
-      hset(K.waitpoint, waitpoint_closed_fields(now, "resumed", true))
-      resume_condition.write(K.condition, condition, now)
-      if deduping then
-        redis.call("HSET", K.dedup, "outcome",
-          suspend_outcome_text("ALREADY_SATISFIED", A.suspension_id, primary, {}))
-        if A.dedup_ttl_ms > 0 then
-          redis.call("PEXPIRE", K.dedup, A.dedup_ttl_ms)
-        end
-      end
-      return suspension_reply("ALREADY_SATISFIED", A.suspension_id, primary, {})
-    end
-    resume_condition.write(K.condition, condition, now)
-    if #extras > 0 then
-      return fail("use_pending_with_extras_unsupported")
-    end
-  else
-    local token, code = waitpoint_hmac.mint(K.keystore, primary.id, primary.key, now)
-    if not token then return fail(code) end
-    primary.token = token
-    write_active_waitpoint(K.waitpoint, primary, A, now)
-    resume_condition.write(K.condition, condition, now)
-    for _, extra in ipairs(extras) do
-      local extra_token, extra_code = waitpoint_hmac.mint(K.keystore, extra.id, extra.key, now)
-      if not extra_token then return fail(extra_code) end
-      extra.token = extra_token
-      write_active_waitpoint(extra.hash, extra, A, now)
-      resume_condition.write(extra.condition, resume_condition.parse(A.resume_condition_json), now)
-      redis.call("SADD", K.waitpoints, extra.id)
-    end
+-- A suspend's outcome under its idempotency key, for a replay to answer.
+local function remember_suspend(K, A, status, primary, extras)
+  redis.call("HSET", K.dedup, "outcome", suspend_outcome_text(status, A.suspension_id, primary, extras))
+  if A.dedup_ttl_ms > 0 then
+    redis.call("PEXPIRE", K.dedup, A.dedup_ttl_ms)
   end
-  redis.call("SADD", K.waitpoints, primary.id)
+end
 
+-- Activate the pending waitpoint the attempt created earlier and count the
+-- signals it buffered. Answers the waitpoint and whether those signals
+-- already meet the condition (then nothing is suspended); nil and the error
+-- reply when the waitpoint cannot be used.
+local function activate_pending_waitpoint(K, A, condition, now)
+  local pending = read_hash(K.waitpoint)
+  if not pending then return nil, fail("waitpoint_not_found") end
+  if pending.state ~= "pending" then return nil, fail("waitpoint_not_pending") end
+  if pending.execution_id ~= A.execution_id or tostring(pending.attempt_index) ~= A.attempt_index then
+    return nil, fail("invalid_waitpoint_for_execution")
+  end
+  if present(pending.expires_at) and tonumber(pending.expires_at) <= now then
+    return nil, fail("pending_waitpoint_expired")
+  end
+  if not present(pending.waitpoint_token) then return nil, fail("waitpoint_not_token_bound") end
+  local primary = {id = pending.waitpoint_id, key = pending.waitpoint_key, token = pending.waitpoint_token}
+
+  redis.call("HSET", K.waitpoint,
+    "suspension_id", A.suspension_id,
+    "state", "active",
+    "activated_at", tostring(now),
+    "expires_at", present(A.timeout_at) and A.timeout_at or "")
+  redis.call("ZREM", K.pending_waitpoint_expiry, primary.id)
+
+  local buffered = redis.call("XRANGE", K.waitpoint_signals, "-", "+")
+  for _, entry in ipairs(buffered) do
+    local fields = {}
+    for i = 1, #entry[2], 2 do
+      fields[entry[2][i]] = entry[2][i + 1]
+    end
+    resume_condition.match(condition, fields.signal_name, fields.signal_id)
+  end
+  local satisfied = #buffered > 0 and not condition.composite and resume_condition.met(condition.match_mode,
+    condition.satisfied_count, condition.minimum_signal_count, #condition.matchers)
+  if satisfied then
+    hset(K.waitpoint, waitpoint_closed_fields(now, "resumed", true))
+  end
+  resume_condition.write(K.condition, condition, now)
+  return primary, nil, satisfied
+end
+
+-- Mint the tokens of fresh waitpoints (the primary and the extras) and write
+-- them with their conditions; the error reply when a token cannot be minted.
+local function open_waitpoints(K, A, primary, extras, condition, now)
+  local token, code = waitpoint_hmac.mint(K.keystore, primary.id, primary.key, now)
+  if not token then return fail(code) end
+  primary.token = token
+  write_active_waitpoint(K.waitpoint, primary, A, now)
+  resume_condition.write(K.condition, condition, now)
+  for _, extra in ipairs(extras) do
+    local extra_token, extra_code = waitpoint_hmac.mint(K.keystore, extra.id, extra.key, now)
+    if not extra_token then return fail(extra_code) end
+    extra.token = extra_token
+    write_active_waitpoint(extra.hash, extra, A, now)
+    resume_condition.write(extra.condition, resume_condition.parse(A.resume_condition_json), now)
+    redis.call("SADD", K.waitpoints, extra.id)
+  end
+  return nil
+end
+
+-- The execution gives up its lease: suspended, its attempt interrupted.
+local function park_suspended(K, A, core, primary, now)
   local fields = state_fields("suspended", "unowned", "not_applicable",
     SUSPEND_BLOCKING[A.reason_code] or "waiting_for_signal",
     "suspended: waitpoint " .. primary.id .. " awaiting " .. A.reason_code,
@@ -268,7 +263,11 @@ redis.register_function('ff_suspend_execution', function(keys, args)
     "suspension_id", A.suspension_id)
   unindex_lease(K, A.execution_id)
   add_released(K.lease_history, core, core.current_attempt_id or "", "suspend", now)
+end
 
+-- The suspension record, a composite condition's member map, and the
+-- suspended / timeout indexes.
+local function write_suspension(K, A, primary, extras, condition, now)
   local extra_pairs = {}
   for i, extra in ipairs(extras) do
     extra_pairs[i] = {waitpoint_id = extra.id, waitpoint_key = extra.key}
@@ -307,11 +306,57 @@ redis.register_function('ff_suspend_execution', function(keys, args)
   if present(A.timeout_at) then
     redis.call("ZADD", K.suspension_timeout, tonumber(A.timeout_at), A.execution_id)
   end
+end
+
+redis.register_function('ff_suspend_execution', function(keys, args)
+  local request, malformed = suspend_request(keys, args)
+  if not request then return malformed end
+  local K, A, primary, extras = request.K, request.A, request.primary, request.extras
+
+  local now = server_now_ms()
+  local deduping = A.idempotency_key ~= "" and present(K.dedup)
   if deduping then
-    redis.call("HSET", K.dedup, "outcome", suspend_outcome_text("OK", A.suspension_id, primary, extras))
-    if A.dedup_ttl_ms > 0 then
-      redis.call("PEXPIRE", K.dedup, A.dedup_ttl_ms)
+    local stored = redis.call("HGET", K.dedup, "outcome")
+    local replay = stored and replay_suspend_outcome(stored)
+    if replay then return replay end
+  end
+
+  local core = read_hash(K.core)
+  if not core then return fail("execution_not_found") end
+  local denied = authorize_holder(core, A, now, K.core, K.lease_history)
+  if denied then return denied end
+  if tostring(core.current_attempt_index) ~= A.attempt_index then
+    return fail("invalid_lease_for_suspend")
+  end
+  local bad_condition = resume_condition.problem(A.resume_condition_json)
+  if bad_condition then return bad_condition end
+  local blocked = make_room_for_suspension(K)
+  if blocked then return blocked end
+
+  local condition = resume_condition.parse(A.resume_condition_json)
+  if A.use_pending then
+    local unusable, satisfied
+    primary, unusable, satisfied = activate_pending_waitpoint(K, A, condition, now)
+    if unusable then return unusable end
+    if satisfied then  -- buffered signals met the condition: the attempt keeps its lease and runs on
+      if deduping then
+        remember_suspend(K, A, "ALREADY_SATISFIED", primary, {})
+      end
+      return suspension_reply("ALREADY_SATISFIED", A.suspension_id, primary, {})
     end
+    if #extras > 0 then
+      return fail("use_pending_with_extras_unsupported")
+    end
+  else
+    local unminted = open_waitpoints(K, A, primary, extras, condition, now)
+    if unminted then return unminted end
+  end
+  redis.call("SADD", K.waitpoints, primary.id)
+
+  park_suspended(K, A, core, primary, now)
+  write_suspension(K, A, primary, extras, condition, now)
+  if deduping then
+    remember_suspend(K, A, "OK", primary, extras)
   end
   return suspension_reply("OK", A.suspension_id, primary, extras)
 end)
