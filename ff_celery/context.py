@@ -7,8 +7,6 @@ outcomes with the same handle.
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any
 
 import celery
@@ -16,13 +14,12 @@ from celery import current_task
 
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import connect
 from ff_celery.engine.functions import Lease
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import done_channel
+from ff_celery.engine.registry import shared_engine
 from ff_celery.messages import FENCE_HEADER, NAMESPACE
-
-_engines: dict[tuple[int, str], Engine] = {}
-_engines_lock = threading.Lock()
 
 
 class NotAFlowFabricTask(RuntimeError):
@@ -30,14 +27,8 @@ class NotAFlowFabricTask(RuntimeError):
 
 
 def engine_for_url(url: str) -> Engine:
-    """This process's engine for ``url`` (a new one after fork)."""
-    key = (os.getpid(), url)
-    with _engines_lock:
-        if key not in _engines:
-            engine = Engine.from_url(url, namespace=NAMESPACE)
-            engine.bootstrap()
-            _engines[key] = engine
-        return _engines[key]
+    """This process's engine for the server at ``url`` (:mod:`ff_celery.engine.registry`)."""
+    return shared_engine(lambda: connect(url), NAMESPACE)
 
 
 def engine_for_app(app: celery.Celery) -> Engine:

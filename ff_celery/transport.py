@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -37,6 +36,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import BlockExecutionForAdmission
+from ff_celery.engine.registry import shared_engine, shared_renewer
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.messages import NAMESPACE, celery_task_of, delivery_message, is_celery_task, submission_for
 
@@ -64,28 +64,6 @@ def refuse_cluster(client: redis.Redis) -> None:
             "flowfabric:// does not support Valkey/Redis Cluster yet (queue bindings and reply "
             "queues span slots); point it at a standalone server (with replicas for failover)"
         )
-
-
-class _Shared:
-    """One engine and lease renewer per process and server, shared by every channel.
-
-    Leases outlive channels: a task running when its channel closes (reconnect, shutdown)
-    keeps its lease until it is acknowledged.
-    """
-
-    _lock = threading.Lock()
-    _engines: dict[tuple[int, str], tuple[Engine, LeaseRenewer]] = {}
-
-    @classmethod
-    def get(cls, key: str, factory: Callable[[], redis.Redis]) -> tuple[Engine, LeaseRenewer]:
-        ident = (os.getpid(), key)
-        with cls._lock:
-            if ident not in cls._engines:
-                engine = Engine(factory(), namespace=NAMESPACE)
-                refuse_cluster(engine.redis)
-                engine.bootstrap()
-                cls._engines[ident] = (engine, LeaseRenewer(engine.fork()))
-            return cls._engines[ident]
 
 
 class QoS(virtual.QoS):
@@ -179,12 +157,18 @@ class Channel(kombu_redis.Channel):
 
     @property
     def _ff_shared(self) -> tuple[Engine, LeaseRenewer]:
+        """This process's engine for the server (:mod:`ff_celery.engine.registry`) and its
+        lease renewer: leases outlive channels, a task running when its channel closes keeps
+        its lease until acknowledged."""
         cached = self.__dict__.get("_ff_shared_cache")
         if cached is None or cached[0] != os.getpid():
             params = self._connparams(asynchronous=False)
-            key = repr(sorted((k, repr(v)) for k, v in params.items() if k != "connection_class"))
-            shared = _Shared.get(key, lambda: redis.Redis(connection_pool=redis.ConnectionPool(**params)))
-            cached = self.__dict__["_ff_shared_cache"] = (os.getpid(), shared)
+
+            def client() -> redis.Redis:
+                return redis.Redis(connection_pool=redis.ConnectionPool(**params))
+
+            engine = shared_engine(client, NAMESPACE, check=refuse_cluster)
+            cached = self.__dict__["_ff_shared_cache"] = (os.getpid(), (engine, shared_renewer(engine)))
         return cached[1]
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:

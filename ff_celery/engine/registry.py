@@ -1,0 +1,64 @@
+"""One engine and one lease renewer per process and server.
+
+Every part of ff_celery in a process (the transport's channels, the result backend, task
+code, the CLI, the signal server) asks here, so a process keeps one connection pool per
+server however many parts use it; leases outlive the channel that claimed them. The first
+part to ask supplies the client. A forked child builds its own on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Hashable
+
+import redis
+
+from ff_celery.engine.client import Engine
+from ff_celery.engine.renewal import LeaseRenewer
+
+_lock = threading.Lock()
+_engines: dict[tuple[int, Hashable], Engine] = {}
+_renewers: dict[tuple[int, int], LeaseRenewer] = {}
+
+
+def server_identity(client: redis.Redis, namespace: str) -> Hashable:
+    """Which server, database and credentials ``client`` talks to (not how: timeouts differ)."""
+    pool = client.connection_pool
+    settings = pool.connection_kwargs
+    where = tuple(settings.get(name) for name in ("host", "port", "path", "db", "username", "password"))
+    return (*where, issubclass(pool.connection_class, redis.SSLConnection), namespace)
+
+
+def shared_engine(
+    client: Callable[[], redis.Redis], namespace: str, check: Callable[[redis.Redis], None] | None = None
+) -> Engine:
+    """This process's engine for the server ``client()`` reaches: bootstrapped on first use
+    (library loaded or attached), then shared; the client made to ask is closed if unused.
+    ``check`` vets the server first, before anything is written (it raises to refuse)."""
+    candidate = client()
+    if check is not None:
+        try:
+            check(candidate)
+        except BaseException:
+            candidate.close()
+            raise
+    key = (os.getpid(), server_identity(candidate, namespace))
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = Engine(candidate, namespace=namespace)
+            engine.bootstrap()
+            _engines[key] = engine
+            return engine
+    candidate.close()
+    return engine
+
+
+def shared_renewer(engine: Engine) -> LeaseRenewer:
+    """The thread renewing the leases held through ``engine`` in this process."""
+    key = (os.getpid(), id(engine))
+    with _lock:
+        if key not in _renewers:
+            _renewers[key] = LeaseRenewer(engine.fork())
+        return _renewers[key]
