@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import kombu
+import redis
 
 from ff_celery.devserver import DevServer, free_port
 
@@ -57,6 +58,13 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def command_usec(port: int) -> dict[str, float]:
+    """Microseconds the Valkey at ``port`` spent in each command so far (INFO commandstats)."""
+    with redis.Redis(port=port) as client:
+        stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): float(fields["usec"]) for name, fields in stats.items()}
+
+
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork", "-c", "2",
                "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
@@ -69,10 +77,12 @@ def measure(
     backend: str,
     count: int,
     server_pids: list[int],
+    valkey_port: int,
     worker_env: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """One row: publish rate, end-to-end rate, latencies and CPU per task of the publisher,
-    the worker (main and pool processes) and the servers (``server_pids``: broker, backend)."""
+    """One row: publish rate, end-to-end rate, latencies, CPU per task of the publisher, the
+    worker (main and pool processes) and the servers (``server_pids``: broker, backend), and
+    the Valkey's own command time per task (``INFO commandstats``: all commands, FCALLs)."""
     env = {**os.environ, "BENCH_BROKER": broker, "BENCH_BACKEND": backend, "PYTHONPATH": str(HERE)}
     env.update(worker_env or {})
     os.environ.update(BENCH_BROKER=broker, BENCH_BACKEND=backend)
@@ -82,8 +92,7 @@ def measure(
     import bench_app
 
     app = bench_app.app
-    with app.connection_for_write() as connection:
-        connection.default_channel.queue_purge("celery")
+    app.control.purge()  # declares the queue first (a fresh RabbitMQ has none)
 
     # publish rate: nothing consumes yet
     started = time.perf_counter()
@@ -102,12 +111,16 @@ def measure(
             "server": lambda: sum(map(cpu_seconds, server_pids)),
         }
         cpu_before = {name: spent() for name, spent in processes.items()}
+        commands_before = command_usec(valkey_port)
         started = time.perf_counter()
         results = [bench_app.noop.delay() for _ in range(count)]
         for result in results:
             result.get(timeout=300)
         throughput = count / (time.perf_counter() - started)
         cpu_ms = {name: (spent() - cpu_before[name]) * 1000 / count for name, spent in processes.items()}
+        commands = command_usec(valkey_port)
+        command_us = sum(commands.values()) - sum(commands_before.values())
+        fcall_us = commands.get("fcall", 0) - commands_before.get("fcall", 0)
 
         # publish -> start latency at a paced 50 tasks/s
         paced = []
@@ -134,13 +147,15 @@ def measure(
         "get p50 ms": statistics.median(round_trips),
         "get p95 ms": percentile(round_trips, 0.95),
         **{f"cpu ms {name[:3]}": value for name, value in cpu_ms.items()},
+        "valkey us": command_us / count,
+        "fcall us": fcall_us / count,
     }
     print(f"{label:<14}" + "".join(f"{value:>12.2f}" for value in row.values()), flush=True)
     return row
 
 
 COLUMNS = ("publish/s", "e2e/s", "start p50ms", "start p95ms", "get p50 ms", "get p95 ms",
-           "cpu ms pub", "cpu ms wor", "cpu ms ser")  # fmt: skip
+           "cpu ms pub", "cpu ms wor", "cpu ms ser", "valkey us", "fcall us")  # fmt: skip
 
 
 def rabbitmq_pids() -> list[int]:
@@ -187,9 +202,9 @@ def metrics_overhead(server: DevServer, count: int, rounds: int) -> None:
     plain: list[dict[str, float]] = []
     metered: list[dict[str, float]] = []
     for _ in range(rounds):
-        plain.append(measure("flowfabric://", url, url, count, [server.pid]))
+        plain.append(measure("flowfabric://", url, url, count, [server.pid], server.port))
         with scraped_metrics() as worker_env:
-            metered.append(measure("  + metrics", url, url, count, [server.pid], worker_env))
+            metered.append(measure("  + metrics", url, url, count, [server.pid], server.port, worker_env))
     print()
     for name in plain[0]:
         without, with_metrics = (statistics.median(row[name] for row in rows) for rows in (plain, metered))
@@ -210,13 +225,11 @@ def main() -> None:
         if args.metrics:
             metrics_overhead(server, args.count, args.rounds)
             return
-        ours = [server.pid]
-        measure(
-            "flowfabric://", f"flowfabric://127.0.0.1:{port}/0", f"flowfabric://127.0.0.1:{port}/0", args.count, ours
-        )
-        measure("redis://", f"redis://127.0.0.1:{port}/1", f"redis://127.0.0.1:{port}/2", args.count, ours)
+        ours, flowfabric = [server.pid], f"flowfabric://127.0.0.1:{port}/0"
+        measure("flowfabric://", flowfabric, flowfabric, args.count, ours, port)
+        measure("redis://", f"redis://127.0.0.1:{port}/1", f"redis://127.0.0.1:{port}/2", args.count, ours, port)
         if rabbitmq_reachable(args.amqp):  # server CPU: RabbitMQ's and the result backend's
-            measure("amqp://", args.amqp, f"redis://127.0.0.1:{port}/3", args.count, ours + rabbitmq_pids())
+            measure("amqp://", args.amqp, f"redis://127.0.0.1:{port}/3", args.count, ours + rabbitmq_pids(), port)
         else:
             print(f"amqp://        not measured: RabbitMQ not reachable at {args.amqp}")
 
