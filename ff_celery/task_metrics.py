@@ -15,7 +15,7 @@ multiprocess mode (see :mod:`ff_celery.engine.exporter`).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
@@ -23,6 +23,10 @@ from ff_celery.context import fence_of
 from ff_celery.engine.metrics import metric
 from ff_celery.states import SUSPENDED
 from ff_celery.waitpoints import Suspended
+
+if TYPE_CHECKING:
+    from celery import Task
+
 
 TASKS = metric("Counter", "ff_celery_tasks_total", "Celery task attempts ended, by state", ["task", "state"])
 RUNTIME = metric("Histogram", "ff_celery_task_runtime_seconds", "How long each task attempt ran", ["task"])
@@ -37,7 +41,7 @@ START_LATENCY = metric(
 _started: dict[str, float] = {}
 
 
-def _on_prerun(task_id: str, task: Any, **_: Any) -> None:
+def _on_prerun(task_id: str, task: Task, **_: Any) -> None:
     now = time.time()
     _started[task_id] = now
     since = (fence_of(task.request) or {}).get("runnable_since")
@@ -45,14 +49,14 @@ def _on_prerun(task_id: str, task: Any, **_: Any) -> None:
         START_LATENCY.labels(task.name).observe(max(0.0, now - since))
 
 
-def _on_postrun(task_id: str, task: Any, retval: Any = None, state: str | None = None, **_: Any) -> None:
+def _on_postrun(task_id: str, task: Task, retval: Any = None, state: str | None = None, **_: Any) -> None:
     started = _started.pop(task_id, None)
     if started is not None:
         RUNTIME.labels(task.name).observe(time.time() - started)
     TASKS.labels(task.name, SUSPENDED if isinstance(retval, Suspended) else state or "UNKNOWN").inc()
 
 
-def _on_revoked(sender: Any, **_: Any) -> None:
+def _on_revoked(sender: Task, **_: Any) -> None:
     TASKS.labels(sender.name, "REVOKED").inc()
 
 

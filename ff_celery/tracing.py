@@ -19,13 +19,17 @@ your choice); without one, or without ``opentelemetry-api``, nothing is recorded
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import celery
 from celery import signals, states
 
 from ff_celery.context import fence_of
 from ff_celery.engine.claim import ClaimedTask
+
+if TYPE_CHECKING:
+    from celery import Task
+
 
 try:
     from opentelemetry import context as otel_context
@@ -88,7 +92,7 @@ def on_after_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
         span.end()
 
 
-def _on_prerun(task_id: str, task: Any, **_: Any) -> None:
+def _on_prerun(task_id: str, task: Task, **_: Any) -> None:
     request = task.request
     fence = fence_of(request) or {}
     carrier = {key: getattr(request, key, None) for key in TRACE_HEADERS}

@@ -21,7 +21,7 @@ import signal
 import threading
 from collections import deque
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import bootsteps, states
 from celery.exceptions import NotRegistered
@@ -39,6 +39,13 @@ from ff_celery.messages import held_task_entry
 from ff_celery.task_metrics import measure_tasks
 from ff_celery.transport import Channel
 
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.worker.consumer import Consumer
+    from celery.worker.request import Request
+    from kombu.message import Message
+
+
 log = logging.getLogger(__name__)
 
 LOST_CHECK_INTERVAL_S = 0.25
@@ -53,7 +60,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
     #: Whether this process already exports metrics (a consumer restart starts the step again).
     metrics_served: ClassVar[bool] = False
 
-    def __init__(self, c: Any, **kwargs: Any) -> None:
+    def __init__(self, c: Consumer, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.lost: deque[tuple[str, ClaimedTask]] = deque()
         self.scanners: EngineScanners | None = None
@@ -70,10 +77,10 @@ class FlowFabricStep(bootsteps.StartStopStep):
 
     # -- hooks installed before other steps capture them ----------------------------------
 
-    def _wrap_consumer(self, c: Any) -> None:
+    def _wrap_consumer(self, c: Consumer) -> None:
         run_request = c.on_task_request
 
-        def on_task_request(request: Any) -> None:
+        def on_task_request(request: Request) -> None:
             channel, tag = _channel_of(request.message), request.message.delivery_tag
             task = channel.ff_held(tag) if channel else None
             if task is not None and task.lease_lost is not None:
@@ -93,7 +100,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
         self._fail_before(c, "on_invalid_task", lambda body, message, exc: (f"invalid task message: {exc!r}", exc))
 
     @staticmethod
-    def _fail_before(c: Any, hook: str, explain: Any) -> None:
+    def _fail_before(c: Consumer, hook: str, explain: Any) -> None:
         """Fail the delivery's execution with a readable reason (its Celery result first, so
         a waiter woken by the failure reads the exception), then let Celery handle it."""
         original = getattr(c, hook)
@@ -113,7 +120,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, c: Any) -> None:
+    def start(self, c: Consumer) -> None:
         channel = getattr(c.task_consumer, "channel", None)
         if isinstance(channel, Channel):
             channel.attach_worker(self)
@@ -128,7 +135,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
         self.watchdog = LeaseWatchdog(c.pool)
         self.watchdog.start()
 
-    def _serve_metrics(self, c: Any, channel: Channel) -> None:
+    def _serve_metrics(self, c: Consumer, channel: Channel) -> None:
         """``flowfabric_metrics_port``: this worker's counters and the engine state on
         ``/metrics`` (from its main process; once per process)."""
         port = c.app.conf.get("flowfabric_metrics_port")
@@ -144,7 +151,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
                     exporter.MULTIPROCESS_DIR_VARIABLE,
                 )
 
-    def stop(self, c: Any) -> None:
+    def stop(self, c: Consumer) -> None:
         if self.timer_ref is not None:
             self.timer_ref.cancel()
             self.timer_ref = None
@@ -152,7 +159,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
             self.watchdog.stop()
             self.watchdog = None
 
-    def shutdown(self, c: Any) -> None:
+    def shutdown(self, c: Consumer) -> None:
         self.stop(c)
         if self.scanners is not None:
             self.scanners.stop()
@@ -191,7 +198,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
         if must_stop(task):
             self.lost.append((delivery_tag, task))
 
-    def stop_lost(self, c: Any) -> None:
+    def stop_lost(self, c: Consumer) -> None:
         """Cancel and acknowledge requests whose lease was lost (runs on the worker's timer;
         the :class:`LeaseWatchdog` has already killed the processes running them)."""
         while self.lost:
@@ -287,7 +294,7 @@ def ended_by_holder(task: ClaimedTask) -> bool:
     return own_epoch and error.lifecycle_phase in ("suspended", "runnable")
 
 
-def retention_of(app: Any) -> float | None:
+def retention_of(app: Celery) -> float | None:
     """How long terminal executions are kept: Celery's ``result_expires`` (None or 0: forever)."""
     expires = app.conf.result_expires
     if not expires:
@@ -295,7 +302,7 @@ def retention_of(app: Any) -> float | None:
     return expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
 
 
-def queue_retention_of(app: Any) -> dict[str, float | None]:
+def queue_retention_of(app: Celery) -> dict[str, float | None]:
     """Queues with a retention of their own: ``flowfabric_queue_retention`` (seconds, or a
     timedelta; None: forever)."""
     configured = app.conf.get("flowfabric_queue_retention") or {}
@@ -305,6 +312,6 @@ def queue_retention_of(app: Any) -> dict[str, float | None]:
     }
 
 
-def _channel_of(message: Any) -> Channel | None:
+def _channel_of(message: Message) -> Channel | None:
     channel = getattr(message, "channel", None)
     return channel if isinstance(channel, Channel) else None
