@@ -162,7 +162,9 @@ class Channel(kombu_redis.Channel):
         its lease until acknowledged."""
         cached = self.__dict__.get("_ff_shared_cache")
         if cached is None or cached[0] != os.getpid():
-            params = self._connparams(asynchronous=False)
+            # kombu caps each channel's pool (``max_connections``); the engine's pool serves the
+            # whole process (results, task code, claims, publishes), so it is not capped
+            params = {k: v for k, v in self._connparams(asynchronous=False).items() if k != "max_connections"}
 
             def client() -> redis.Redis:
                 return redis.Redis(connection_pool=redis.ConnectionPool(**params))
