@@ -28,7 +28,7 @@ class NotAFlowFabricTask(RuntimeError):
 
 def engine_for_url(url: str) -> Engine:
     """This process's engine for the server at ``url`` (:mod:`ff_celery.engine.registry`)."""
-    return shared_engine(lambda: connect(url), NAMESPACE)
+    return shared_engine(url, lambda: connect(url), NAMESPACE)
 
 
 def engine_for_app(app: celery.Celery) -> Engine:

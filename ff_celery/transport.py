@@ -38,7 +38,7 @@ from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import BlockExecutionForAdmission
 from ff_celery.engine.registry import shared_engine, shared_renewer
 from ff_celery.engine.renewal import LeaseRenewer
-from ff_celery.messages import NAMESPACE, celery_task_of, delivery_message, is_celery_task, submission_for
+from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, submission_for
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class ConsumingWorker(Protocol):
         """The delivery's lease was lost (called from the renewal or watchdog thread)."""
         ...
 
-    def on_blocked(self, task_id: str, task_name: str, reason: str, detail: str) -> None:
-        """Admission held a task back (``waiting_for_budget``, ``waiting_for_quota``)."""
+    def on_blocked(self, blocked: list[BlockExecutionForAdmission], engine: Engine) -> None:
+        """Admission held executions back (``waiting_for_budget``, ``waiting_for_quota``)."""
         ...
 
 
@@ -165,11 +165,12 @@ class Channel(kombu_redis.Channel):
             # kombu caps each channel's pool (``max_connections``); the engine's pool serves the
             # whole process (results, task code, claims, publishes), so it is not capped
             params = {k: v for k, v in self._connparams(asynchronous=False).items() if k != "max_connections"}
+            way = repr(sorted((k, repr(v)) for k, v in params.items() if k != "connection_class"))
 
             def client() -> redis.Redis:
                 return redis.Redis(connection_pool=redis.ConnectionPool(**params))
 
-            engine = shared_engine(client, NAMESPACE, check=refuse_cluster)
+            engine = shared_engine(way, client, NAMESPACE, check=refuse_cluster)
             cached = self.__dict__["_ff_shared_cache"] = (os.getpid(), (engine, shared_renewer(engine)))
         return cached[1]
 
@@ -364,13 +365,8 @@ class Channel(kombu_redis.Channel):
         self._ff_worker = worker
 
     def _ff_blocked(self, blocked: list[BlockExecutionForAdmission]) -> None:
-        """Tell the worker which Celery tasks admission held back."""
-        if self._ff_worker is None:
-            return
-        for block, tags in zip(blocked, self.ff_engine.read_tags([block.execution_id for block in blocked])):
-            task = celery_task_of(tags)
-            if task is not None:
-                self._ff_worker.on_blocked(*task, block.blocking_reason, block.blocking_detail)
+        if self._ff_worker is not None:
+            self._ff_worker.on_blocked(blocked, self.ff_engine)
 
     def _ff_lease_lost(self, tag: str, task: ClaimedTask) -> None:
         if self._ff_worker is not None and (tag in self._ff_held or tag in self._ff_acked_early):

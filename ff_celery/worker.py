@@ -35,7 +35,7 @@ from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
 from ff_celery.engine.inspection import held_executions
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
-from ff_celery.messages import held_task_entry
+from ff_celery.messages import celery_task_of, held_task_entry
 from ff_celery.task_metrics import measure_tasks
 from ff_celery.transport import Channel
 
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from celery.worker.consumer import Consumer
     from celery.worker.request import Request
     from kombu.message import Message
+
+    from ff_celery.engine.client import Engine
+    from ff_celery.engine.functions import BlockExecutionForAdmission
 
 
 log = logging.getLogger(__name__)
@@ -180,11 +183,22 @@ class FlowFabricStep(bootsteps.StartStopStep):
 
     # -- admission -------------------------------------------------------------------------
 
-    def on_blocked(self, task_id: str, task_name: str, reason: str, detail: str) -> None:
-        """A ``task-blocked`` event (sent with ``-E``): monitors show the task as BLOCKED."""
+    def on_blocked(self, blocked: list[BlockExecutionForAdmission], engine: Engine) -> None:
+        """``task-blocked`` events (sent with ``-E``): monitors show the tasks as BLOCKED."""
         dispatcher = self.consumer.event_dispatcher
-        if dispatcher is not None:
-            dispatcher.send("task-blocked", uuid=task_id, name=task_name, reason=reason, detail=detail)
+        if dispatcher is None or not dispatcher.enabled or (dispatcher.groups and "task" not in dispatcher.groups):
+            return  # no task events (-E): no need to read which tasks they are
+        for block, tags in zip(blocked, engine.read_tags([block.execution_id for block in blocked])):
+            task = celery_task_of(tags)
+            if task is not None:
+                task_id, task_name = task
+                dispatcher.send(
+                    "task-blocked",
+                    uuid=task_id,
+                    name=task_name,
+                    reason=block.blocking_reason,
+                    detail=block.blocking_detail,
+                )
 
     # -- lost leases ----------------------------------------------------------------------
 

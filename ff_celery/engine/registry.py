@@ -18,6 +18,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.renewal import LeaseRenewer
 
 _lock = threading.Lock()
+#: By (pid, server identity) and by (pid, the way a caller reaches it).
 _engines: dict[tuple[int, Hashable], Engine] = {}
 _renewers: dict[tuple[int, int], LeaseRenewer] = {}
 
@@ -31,11 +32,19 @@ def server_identity(client: redis.Redis, namespace: str) -> Hashable:
 
 
 def shared_engine(
-    client: Callable[[], redis.Redis], namespace: str, check: Callable[[redis.Redis], None] | None = None
+    way: Hashable,
+    client: Callable[[], redis.Redis],
+    namespace: str,
+    check: Callable[[redis.Redis], None] | None = None,
 ) -> Engine:
     """This process's engine for the server ``client()`` reaches: bootstrapped on first use
     (library loaded or attached), then shared; the client made to ask is closed if unused.
-    ``check`` vets the server first, before anything is written (it raises to refuse)."""
+    ``way`` is how the caller reaches the server (a URL, connection settings): asking again
+    the same way is a lookup, with no client made. ``check`` vets the server the first time,
+    before anything is written (it raises to refuse)."""
+    known = _engines.get((os.getpid(), way))
+    if known is not None:
+        return known
     candidate = client()
     if check is not None:
         try:
@@ -50,8 +59,10 @@ def shared_engine(
             engine = Engine(candidate, namespace=namespace)
             engine.bootstrap()
             _engines[key] = engine
-            return engine
-    candidate.close()
+            candidate = None
+        _engines[(os.getpid(), way)] = engine
+    if candidate is not None:
+        candidate.close()
     return engine
 
 
