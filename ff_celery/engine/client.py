@@ -13,7 +13,7 @@ import redis
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.connection import compare_and_set
-from ff_celery.engine.decoding import decode_hash
+from ff_celery.engine.decoding import decode_fields, decode_hash
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.executor import Executor
 from ff_celery.engine.ids import ExecutionId, attachment_fields
@@ -185,16 +185,15 @@ class Engine(Executor):
         """exec_core, whole or the named fields (absent fields omitted)."""
         core = ExecKeys(execution_id).core
         if fields:
-            values = self._guard(lambda: self.redis.hmget(core, fields))
-            return {name: value.decode() for name, value in zip(fields, values) if value is not None}
-        return {k.decode(): v.decode() for k, v in self._guard(lambda: self.redis.hgetall(core)).items()}
+            return decode_fields(fields, self._guard(lambda: self.redis.hmget(core, fields)))
+        return decode_hash(self._guard(lambda: self.redis.hgetall(core)))
 
     def read_tags(self, execution_ids: Sequence[ExecutionId]) -> list[dict[str, str]]:
         """The tags of each execution, in one round trip."""
         batch = self.batch()
         for execution_id in execution_ids:
             batch.command("hgetall", ExecKeys(execution_id).tags)
-        return [decode_hash(tags) if isinstance(tags, dict) else {} for tags in batch.execute()]
+        return [decode_hash(tags) for tags in batch.execute()]
 
     def snapshot(self, execution_id: ExecutionId) -> ExecutionSnapshot | None:
         """Everything about one execution, read in one round trip; None if it does not exist."""
@@ -239,7 +238,7 @@ class Engine(Executor):
             return pipe.execute()
 
         values, result = self._guard(read)
-        return {name: value.decode() for name, value in zip(fields, values) if value is not None}, result
+        return decode_fields(fields, values), result
 
     def cancel(
         self,

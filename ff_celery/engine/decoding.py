@@ -3,6 +3,7 @@ of the engine that reads raw replies decodes them here."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -19,6 +20,11 @@ def decode_hash(raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict):
         return {}
     return {text(key): text(value) for key, value in raw.items()}
+
+
+def decode_fields(names: Sequence[str], values: Sequence[Any]) -> dict[str, str]:
+    """An HMGET reply as text by field name; absent fields omitted."""
+    return {name: text(value) for name, value in zip(names, values) if value is not None}
 
 
 def lua_integer(value: Any) -> int:

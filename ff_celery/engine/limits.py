@@ -265,7 +265,7 @@ def quota_policies(engine: Engine, quota_policy_ids: Iterable[str]) -> dict[str,
                 max_requests_per_window=optional_integer(definition.get("max_requests_per_window")) or 0,
                 max_concurrent=optional_integer(definition.get("active_concurrency_cap")) or 0,
                 jitter_ms=optional_integer(definition.get("jitter_ms")) or 0,
-                running=optional_integer(running.decode() if isinstance(running, bytes) else None) or 0,
+                running=optional_integer(running) or 0,
             )
         )
     live = [policy for policy in policies.values() if policy is not None]
