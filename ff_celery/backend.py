@@ -203,13 +203,16 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         return self.decode_result(raw) if raw else None
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
-        eid = self.engine.resolve(task_id)
-        core, result = self.engine.read_with_result(eid, *CORE_FIELDS) if eid is not None else ({}, None)
+        engine, meta_key = self.engine, self.get_key_for_task(task_id)
+        same_store = self.store is engine.redis  # then the Celery meta comes in the same round trip
+        read = engine.read_aliased(task_id, CORE_FIELDS, also_get=[meta_key] if same_store else [])
+        eid, core, result = read.execution_id, read.core, read.result
         if core.get("public_state") == "completed":
             # completed without a result: ignore_result, so PENDING as Celery answers
             meta = self.decode_result(result) if result else {"status": states.PENDING, "result": None}
         else:
-            stored = self._stored(task_id)
+            raw = read.extras[0] if same_store else self.get(meta_key)
+            stored = self.decode_result(raw) if raw else None
             if not core:
                 return stored or {"status": states.PENDING, "result": None}
             meta = self._meta_from_execution(eid, core, stored, task_id)

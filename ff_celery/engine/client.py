@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -15,7 +16,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine.connection import compare_and_set
 from ff_celery.engine.decoding import decode_fields, decode_hash
 from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.executor import Executor
+from ff_celery.engine.executor import Executor, transport_error
 from ff_celery.engine.ids import ExecutionId, attachment_fields
 from ff_celery.engine.keys import (
     ADMISSION_LANES_KEY,
@@ -37,10 +38,29 @@ log = logging.getLogger(__name__)
 DELAY_SAFETY_MS = 1000
 #: How long an alias (a Celery task id) resolves after its execution becomes due.
 ALIAS_TTL_MS = 7 * 86_400_000
+#: Aliases remembered per process (as hints for :meth:`Engine.read_aliased`) before starting over.
+SEEN_ALIASES_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class AliasedRead:
+    """What :meth:`Engine.read_aliased` read: no execution (and an empty ``core``) when the
+    alias maps to none."""
+
+    execution_id: ExecutionId | None
+    core: dict[str, str]
+    result: bytes | None
+    #: The values of the plain keys asked for, in order.
+    extras: list[bytes | None]
 
 
 class Engine(Executor):
     """FlowFabric operations on one Valkey/Redis deployment (see :class:`Executor`)."""
+
+    def __init__(self, client: redis.Redis, *, namespace: str = "default") -> None:
+        super().__init__(client, namespace=namespace)
+        #: alias -> execution id, as submitted or resolved here: a hint, checked when used
+        self._seen_aliases: dict[str, ExecutionId] = {}
 
     # -- composite operations -----------------------------------------------------------------
 
@@ -128,7 +148,8 @@ class Engine(Executor):
         replies = batch.execute()
         created = replies[1]
         # Wake idle claimers only when this is the lane's only eligible execution: if others
-        # were waiting, no claimer is idle for lack of work.
+        # were waiting, no claimer is idle for lack of work (and a busy worker is not
+        # interrupted by a wake-up per submit).
         if isinstance(created, fn.Created) and created.public_state == "waiting" and replies[-1] == 1:
             self.wake(lane)
         failed = isinstance(created, EngineError)
@@ -143,6 +164,8 @@ class Engine(Executor):
             self._guard(lambda: self.redis.delete(ExecKeys(eid).core))  # only our HSET wrote it
         if failed:
             raise created
+        if alias and not rerun:
+            self._remember_alias(alias, created.execution_id)
         return None if rerun else created
 
     def _replace_alias(self, alias: str, *, expected: str, value: str | None) -> None:
@@ -227,18 +250,41 @@ class Engine(Executor):
     def result(self, execution_id: ExecutionId) -> bytes | None:
         return self._guard(lambda: self.redis.get(ExecKeys(execution_id).result))
 
-    def read_with_result(self, execution_id: ExecutionId, *fields: str) -> tuple[dict[str, str], bytes | None]:
-        """The named exec_core fields and the result, in one round trip."""
-        keys = ExecKeys(execution_id)
+    def read_aliased(self, alias: str, fields: Sequence[str], *, also_get: Sequence[str] = ()) -> AliasedRead:
+        """The execution ``alias`` maps to, its named exec_core fields and its result, plus
+        the plain keys ``also_get``: one round trip when the alias was seen before in this
+        process (submitted or read here; the mapping is checked in the same round trip, so a
+        repointed alias is read again), two otherwise."""
+        key = alias_key(self.namespace, alias)
+        guess = self._seen_aliases.get(alias)
+        for _ in range(3):
+            batch = self.batch()
+            batch.command("get", key)
+            for extra in also_get:
+                batch.command("get", extra)
+            if guess is not None:
+                keys = ExecKeys(guess)
+                batch.command("hmget", keys.core, fields)
+                batch.command("get", keys.result)
+            replies = batch.execute()
+            failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if failed is not None:
+                raise transport_error(failed)
+            value, extras = replies[0], replies[1 : 1 + len(also_get)]
+            if value is None:
+                return AliasedRead(None, {}, None, extras)
+            eid = ExecutionId(value.decode())
+            if eid == guess:
+                core_values, result = replies[-2:]
+                return AliasedRead(eid, decode_fields(fields, core_values), result, extras)
+            guess = self._remember_alias(alias, eid)
+        raise TransportError(f"alias {alias} kept changing while it was read", retryable=True)
 
-        def read() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hmget(keys.core, fields)
-            pipe.get(keys.result)
-            return pipe.execute()
-
-        values, result = self._guard(read)
-        return decode_fields(fields, values), result
+    def _remember_alias(self, alias: str, execution_id: ExecutionId) -> ExecutionId:
+        if len(self._seen_aliases) >= SEEN_ALIASES_MAX:
+            self._seen_aliases.clear()
+        self._seen_aliases[alias] = execution_id
+        return execution_id
 
     def cancel(
         self,

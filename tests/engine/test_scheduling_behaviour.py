@@ -387,6 +387,26 @@ def test_alias_of_a_duplicate_submit_resolves_to_the_execution_the_submit_return
     assert ff_engine.resolve("celery-task-b") == again.execution_id == first.execution_id
 
 
+def test_reading_by_alias_follows_an_alias_repointed_by_another_process(ff_engine):
+    first = ff_engine.submit(LANE, b"a", alias="celery-task-r")  # this process remembers first
+    other = ff_engine.fork()  # another process's engine replaces the task
+    replacement = other.submit(LANE, b"b", alias="celery-task-r", alias_replaces=True)
+
+    read = ff_engine.read_aliased("celery-task-r", ("public_state",))
+
+    assert replacement.execution_id != first.execution_id
+    assert read.execution_id == replacement.execution_id
+    assert read.core == {"public_state": "waiting"}
+
+
+def test_reading_an_unknown_alias_finds_no_execution_and_still_reads_the_extra_keys(ff_engine):
+    ff_engine.redis.set("app:meta:unknown", b"stored")
+
+    read = ff_engine.read_aliased("never-submitted", ("public_state",), also_get=["app:meta:unknown"])
+
+    assert (read.execution_id, read.core, read.result, read.extras) == (None, {}, None, [b"stored"])
+
+
 # -- tags ---------------------------------------------------------------------------------------
 
 
