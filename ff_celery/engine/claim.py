@@ -65,7 +65,6 @@ class ClaimedTask:
         lease_ttl_ms: int,
         payload: bytes = b"",
         tags: dict[str, str] | None = None,
-        policy_json: bytes | str | None = None,
         core: dict[str, str] | None = None,
         renewer: LeaseRenewer | None = None,
         runnable_wait_s: float | None = None,
@@ -81,7 +80,6 @@ class ClaimedTask:
         self.lease_ttl_ms = lease_ttl_ms
         self.payload = payload
         self.tags = tags or {}
-        self._policy_json = policy_json
         self.core = core or {}
         #: When the execution became runnable (published, due, requeued), on this host's clock.
         self.runnable_since = time.time() - (runnable_wait_s or 0.0)
@@ -122,9 +120,11 @@ class ClaimedTask:
 
     @cached_property
     def policy(self) -> ExecutionPolicy:
-        """The execution's stored policy (defaults if absent or unreadable)."""
+        """The execution's stored policy (defaults if absent or unreadable), read from the
+        server on first use: only a failure without an explicit retry policy needs it."""
+        policy_json = self.engine.stored_policy(self.execution_id)
         try:
-            return ExecutionPolicy.from_json(self._policy_json)
+            return ExecutionPolicy.from_json(policy_json)
         except ValueError as exc:
             log.warning("execution %s has an unreadable policy (%s); using defaults", self.execution_id, exc)
             return ExecutionPolicy()

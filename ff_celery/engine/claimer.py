@@ -208,7 +208,7 @@ class Claimer:
         batch = self.engine.batch()
         for eid, lane in wave:
             keys = ExecKeys(eid)
-            batch.command("hget", keys.core, "last_transition_at")  # when it became eligible
+            batch.command("hmget", keys.core, _CORE_FIELDS)  # as the claim finds them
             batch.fcall(fn.IssueClaimGrant(**self._identity(eid, lane), grant_ttl_ms=self.grant_ttl_ms,
                                            worker_capabilities=self.capabilities))  # fmt: skip
             batch.fcall(
@@ -220,10 +220,8 @@ class Claimer:
                     attempt_timeout_ms=self.attempt_timeout_ms,
                 )
             )
-            batch.command("hmget", keys.core, _CORE_FIELDS)
             batch.command("get", keys.payload)
             batch.command("hgetall", keys.tags)
-            batch.command("get", keys.policy)
         started = time.perf_counter()
         replies = batch.execute()
         for lane in {lane for _, lane in wave}:
@@ -232,7 +230,8 @@ class Claimer:
         claimed: list[tuple[ExecutionId, str, fn.Lease, list[Any], float | None]] = []
         resumable: list[tuple[ExecutionId, str, list[Any]]] = []
         for position, (eid, lane) in enumerate(wave):
-            eligible_since, grant, lease, *reads = replies[7 * position : 7 * position + 7]
+            core_values, grant, lease, payload, tags = replies[5 * position : 5 * position + 5]
+            reads = [core_values, payload, tags]
             if isinstance(lease, EngineError):
                 if lease.code == "use_claim_resumed_execution":
                     resumable.append((eid, lane, reads))
@@ -240,7 +239,7 @@ class Claimer:
                     log.debug("claim of %s lost: %s", eid, getattr(grant, "code", lease.code))
                     self._candidates.clear()  # someone else is claiming too: probe afresh
                 continue
-            claimed.append((eid, lane, lease, reads, self._observe_wait(lane, eligible_since, lease)))
+            claimed.append((eid, lane, lease, reads, self._observe_wait(lane, core_values, lease)))
         if resumable:
             claimed += self._claim_resumed(resumable)
         return [self._handle(*claim) for claim in claimed]
@@ -264,10 +263,10 @@ class Claimer:
                 claimed.append((eid, lane, lease, reads, None))
         return claimed
 
-    def _observe_wait(self, lane: str, eligible_since: object, lease: fn.Lease) -> float | None:
+    def _observe_wait(self, lane: str, core_values: list[Any], lease: fn.Lease) -> float | None:
         """``ff_claim_wait_seconds``: from the execution's last transition before the claim
         (created, promoted, requeued) to the claim, both in server time."""
-        since = text(eligible_since)
+        since = text(core_values[_CORE_FIELDS.index("last_transition_at")])
         if lease.expires_at is None or not since.isdigit():
             return None
         wait_s = max(0, lease.expires_at - self.lease_ttl_ms - int(since)) / 1000
@@ -285,7 +284,7 @@ class Claimer:
     def _handle(
         self, eid: ExecutionId, lane: str, lease: fn.Lease, reads: list[Any], runnable_wait_s: float | None
     ) -> ClaimedTask:
-        core_values, payload, tags, policy = reads
+        core_values, payload, tags = reads
         metrics.CLAIMS.labels(lane).inc()
         return ClaimedTask(
             self.engine,
@@ -297,14 +296,21 @@ class Claimer:
             lease_ttl_ms=self.lease_ttl_ms,
             payload=payload or b"",
             tags=decode_hash(tags),
-            policy_json=policy,
             core=dict(zip(_CORE_FIELDS, map(text, core_values))),
             renewer=self.renewer,
             runnable_wait_s=runnable_wait_s,
         )
 
 
-#: exec_core fields read with a claim (before the resumed claim, after the fresh one).
-_CORE_FIELDS = ("current_attempt_index", "retry_count", "priority", "created_at", "quota_policy_id")
+#: exec_core fields read in the claim's round trip, just before it (none of them is changed by
+#: a claim; ``last_transition_at`` is when the execution became eligible).
+_CORE_FIELDS = (
+    "current_attempt_index",
+    "retry_count",
+    "priority",
+    "created_at",
+    "quota_policy_id",
+    "last_transition_at",
+)
 #: Probed candidates are reused for this long before probing again.
 CANDIDATE_TTL_S = 0.25

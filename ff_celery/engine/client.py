@@ -247,6 +247,10 @@ class Engine(Executor):
     def payload(self, execution_id: ExecutionId) -> bytes | None:
         return self._guard(lambda: self.redis.get(ExecKeys(execution_id).payload))
 
+    def stored_policy(self, execution_id: ExecutionId) -> bytes | None:
+        """The execution's policy JSON as submitted."""
+        return self._guard(lambda: self.redis.get(ExecKeys(execution_id).policy))
+
     def result(self, execution_id: ExecutionId) -> bytes | None:
         return self._guard(lambda: self.redis.get(ExecKeys(execution_id).result))
 
