@@ -13,8 +13,10 @@ if BROKER.startswith("flowfabric"):
     ff_celery.install(app)
     if os.environ.get("BENCH_METRICS_PORT"):  # the worker exports Prometheus metrics (celery_bench --metrics)
         app.conf.flowfabric_metrics_port = int(os.environ["BENCH_METRICS_PORT"])
-# The same settings for every transport (ff_celery's defaults).
-app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_acks_on_failure_or_timeout=True)
+# The same settings for every transport (ff_celery's defaults), unless BENCH_SETTINGS=defaults
+# asks for Celery's own (early acks, prefetch multiplier 4) on a peer broker.
+if os.environ.get("BENCH_SETTINGS") != "defaults":
+    app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_acks_on_failure_or_timeout=True)
 
 
 @app.task

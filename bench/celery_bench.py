@@ -1,13 +1,16 @@
 """Celery on flowfabric:// vs redis:// vs amqp:// (RabbitMQ), one harness, one run.
 
-For each broker: a ``celery worker -P prefork -c 2`` subprocess with the same settings
-(acks_late, prefetch multiplier 1); results in the FlowFabric backend for flowfabric:// and
-in a Redis backend for the others. Measures publish rate (no worker running), end-to-end
-no-op throughput (publish N with the worker running, until the last result), publish->start
-latency at a paced rate, the ``delay().get()`` round trip, and the CPU time per task of the
-publisher, the worker (all its processes) and the servers during the end-to-end run (/proc).
+For each broker: a ``celery worker -P prefork -c 2`` subprocess with the same "safe"
+settings (acks_late, prefetch multiplier 1: what ``ff_celery.install`` sets), and for the
+peers also with Celery's defaults (early acks, prefetch multiplier 4); results in the
+FlowFabric backend for flowfabric:// and in a Redis backend for the others. Measures
+publish rate (no worker running), end-to-end no-op throughput (publish N with the worker
+running, until the last result), publish->start latency at a paced rate, the
+``delay().get()`` round trip, and the CPU time per task of the publisher, the worker (all
+its processes) and the servers during the end-to-end run (/proc). Every configuration runs
+once per round, in turn, for ``--rounds`` rounds; the medians are reported.
 
-    python bench/celery_bench.py [--count 3000] [--amqp amqp://guest:guest@127.0.0.1:5672//]
+    python bench/celery_bench.py [--count 3000] [--rounds 3] [--amqp amqp://guest:guest@127.0.0.1:5672//]
     python bench/celery_bench.py --metrics [--rounds 3]
 
 ``--metrics`` measures only flowfabric://, without and with the worker exporting Prometheus
@@ -79,13 +82,13 @@ def measure(
     server_pids: list[int],
     valkey_port: int,
     worker_env: dict[str, str] | None = None,
+    settings: str = "safe",
 ) -> dict[str, float]:
     """One row: publish rate, end-to-end rate, latencies, CPU per task of the publisher, the
     worker (main and pool processes) and the servers (``server_pids``: broker, backend), and
     the Valkey's own command time per task (``INFO commandstats``: all commands, FCALLs)."""
-    env = {**os.environ, "BENCH_BROKER": broker, "BENCH_BACKEND": backend, "PYTHONPATH": str(HERE)}
-    env.update(worker_env or {})
-    os.environ.update(BENCH_BROKER=broker, BENCH_BACKEND=backend)
+    os.environ.update(BENCH_BROKER=broker, BENCH_BACKEND=backend, BENCH_SETTINGS=settings)
+    env = {**os.environ, "PYTHONPATH": str(HERE), **(worker_env or {})}
     sys.path.insert(0, str(HERE))
     for name in [m for m in sys.modules if m == "bench_app"]:
         del sys.modules[name]
@@ -150,7 +153,7 @@ def measure(
         "valkey us": command_us / count,
         "fcall us": fcall_us / count,
     }
-    print(f"{label:<14}" + "".join(f"{value:>12.2f}" for value in row.values()), flush=True)
+    print(f"{label:<18}" + "".join(f"{value:>12.2f}" for value in row.values()), flush=True)
     return row
 
 
@@ -216,22 +219,41 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--metrics", action="store_true", help="flowfabric:// without and with metrics only")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of --metrics")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (each configuration once per round)")
     args = parser.parse_args()
     with DevServer() as server:
         port = server.port
         print(f"{args.count} tasks per measurement; {server.version} on {port}; prefork -c 2\n")
-        print(f"{'broker':<14}" + "".join(f"{h:>12}" for h in COLUMNS))
+        print(f"{'broker':<18}" + "".join(f"{h:>12}" for h in COLUMNS))
         if args.metrics:
             metrics_overhead(server, args.count, args.rounds)
             return
-        ours, flowfabric = [server.pid], f"flowfabric://127.0.0.1:{port}/0"
-        measure("flowfabric://", flowfabric, flowfabric, args.count, ours, port)
-        measure("redis://", f"redis://127.0.0.1:{port}/1", f"redis://127.0.0.1:{port}/2", args.count, ours, port)
-        if rabbitmq_reachable(args.amqp):  # server CPU: RabbitMQ's and the result backend's
-            measure("amqp://", args.amqp, f"redis://127.0.0.1:{port}/3", args.count, ours + rabbitmq_pids(), port)
-        else:
-            print(f"amqp://        not measured: RabbitMQ not reachable at {args.amqp}")
+        comparison(server, args.count, args.rounds, args.amqp)
+
+
+def comparison(server: DevServer, count: int, rounds: int, amqp: str) -> None:
+    """Every broker and setting once per round, in turn; then the medians."""
+    port, ours = server.port, [server.pid]
+    flowfabric = f"flowfabric://127.0.0.1:{port}/0"
+    configurations = [("flowfabric://", flowfabric, flowfabric, ours, "safe")]
+    for settings in ("safe", "defaults"):
+        configurations.append((f"redis:// {settings}", f"redis://127.0.0.1:{port}/1", f"redis://127.0.0.1:{port}/2",
+                               ours, settings))  # fmt: skip
+    if rabbitmq_reachable(amqp):  # server CPU: RabbitMQ's and the result backend's
+        for settings in ("safe", "defaults"):
+            configurations.append((f"amqp:// {settings}", amqp, f"redis://127.0.0.1:{port}/3",
+                                   ours + rabbitmq_pids(), settings))  # fmt: skip
+    else:
+        print(f"amqp://        not measured: RabbitMQ not reachable at {amqp}")
+    rows: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in configurations}
+    for _ in range(rounds):
+        for label, broker, backend, server_pids, settings in configurations:
+            rows[label].append(measure(label, broker, backend, count, server_pids, port, settings=settings))
+    print(f"\nmedians of {rounds} rounds")
+    print(f"{'broker':<18}" + "".join(f"{h:>12}" for h in COLUMNS))
+    for label, measured in rows.items():
+        medians = [statistics.median(row[name] for row in measured) for name in measured[0]]
+        print(f"{label:<18}" + "".join(f"{value:>12.2f}" for value in medians))
 
 
 if __name__ == "__main__":
