@@ -292,10 +292,9 @@ class Channel(kombu_redis.Channel):
     def ff_on_wake(self) -> None:
         """The wake-up socket is readable: drain it and claim if there is room."""
         pubsub = self.ff_wake_pubsub
-        if pubsub is not None:
+        if pubsub is not None and self._ff_claimer is not None:
             try:
-                while pubsub.get_message(timeout=0) is not None:
-                    pass
+                self._ff_claimer.drain_wakes(pubsub.get_message(timeout=0))
             except (redis.RedisError, OSError) as exc:
                 log.warning("wake-up channel failed: %s; re-subscribing", exc)
                 self._ff_reset_claimer()

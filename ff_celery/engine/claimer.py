@@ -42,6 +42,14 @@ FLOW_SCAN_CHUNK = 32
 PROBE_DEPTH = 16
 
 
+def valid_hint(data: object) -> ExecutionId | None:
+    """The execution id a wake-up names, if it names one."""
+    try:
+        return ExecutionId(text(data))
+    except EngineError:
+        return None
+
+
 def default_worker_instance_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{new_uuid()[:8]}"
 
@@ -87,6 +95,8 @@ class Claimer:
         self._last_flow_scan = 0.0
         self._pubsub: redis.client.PubSub | None = None
         self._candidates: deque[tuple[ExecutionId, str]] = deque()
+        self._hinted: list[tuple[ExecutionId, str]] = []
+        self._lanes_by_channel = {wake_channel(lane): lane for lane in self.lanes}
         self._probed_at = 0.0
         self.admission = limits.Admission(engine)
         for lane in self.lanes:
@@ -117,7 +127,10 @@ class Claimer:
         the lanes are busy.
         """
         now = time.monotonic()
-        if not self._candidates or now - self._probed_at > CANDIDATE_TTL_S:
+        hinted, self._hinted = self._hinted, []
+        if not self._candidates and hinted and now - self._probed_at <= CANDIDATE_TTL_S:
+            self._candidates = deque(hinted)  # just made eligible (note_wake): no probe needed
+        elif not self._candidates or now - self._probed_at > CANDIDATE_TTL_S:
             self._candidates = deque(self.probe(depth=max(max_tasks + 2, PROBE_DEPTH)))
             self._probed_at = now
         claimed: list[ClaimedTask] = []
@@ -144,15 +157,34 @@ class Claimer:
         self.listen()
         assert self._pubsub is not None
         try:
-            woken = self._pubsub.get_message(timeout=timeout_s) is not None
-            while self._pubsub.get_message(timeout=0) is not None:
-                woken = True
+            woken = self.drain_wakes(self._pubsub.get_message(timeout=timeout_s))
         except redis.RedisError as exc:
             log.warning("wake-up channel failed (%s); falling back to polling", exc)
             self._pubsub = None
             time.sleep(timeout_s)
             return False
         return woken
+
+    def drain_wakes(self, first: dict[str, Any] | None = None) -> bool:
+        """Take ``first`` and every wake-up already received (:meth:`note_wake`); True if any."""
+        assert self._pubsub is not None
+        woken, message = False, first
+        while message is not None:
+            woken = True
+            self.note_wake(message)
+            message = self._pubsub.get_message(timeout=0)
+        return woken
+
+    def note_wake(self, message: dict[str, Any]) -> None:
+        """A wake-up naming the execution a publisher just made eligible (its lane's only
+        one then) is a claim candidate: if this claimer probed less than
+        ``CANDIDATE_TTL_S`` ago and has no candidates left, the next claim tries it without
+        probing, as it would a probed head (the claim grant checks it is still eligible).
+        Plain wake-ups carry no execution id."""
+        lane = self._lanes_by_channel.get(text(message.get("channel")))
+        hinted = valid_hint(message.get("data"))
+        if lane is not None and hinted is not None and len(self._hinted) < PROBE_DEPTH:
+            self._hinted.append((hinted, lane))
 
     def close(self) -> None:
         if self._pubsub is not None:

@@ -61,6 +61,8 @@ class Engine(Executor):
         super().__init__(client, namespace=namespace)
         #: alias -> execution id, as submitted or resolved here: a hint, checked when used
         self._seen_aliases: dict[str, ExecutionId] = {}
+        #: lane -> whether this process's last submit found it with nothing else eligible
+        self._idle_lanes: dict[str, bool] = {}
 
     # -- composite operations -----------------------------------------------------------------
 
@@ -144,14 +146,20 @@ class Engine(Executor):
         if alias:
             alias_ttl_ms = ALIAS_TTL_MS + max(0, (request.delay_until or 0) - self.now_ms())
             batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces, px=alias_ttl_ms)
+        woken = request.delay_until is None and self._idle_lanes.get(lane, False)
+        if woken:
+            batch.command("publish", wake_channel(lane), str(eid))
         batch.command("zcard", PartitionKeys(eid.partition).eligible(lane))
         replies = batch.execute()
         created = replies[1]
         # Wake idle claimers only when this is the lane's only eligible execution: if others
         # were waiting, no claimer is idle for lack of work (and a busy worker is not
-        # interrupted by a wake-up per submit).
-        if isinstance(created, fn.Created) and created.public_state == "waiting" and replies[-1] == 1:
-            self.wake(lane)
+        # interrupted by a wake-up per submit). A lane found idle last time is woken in the
+        # same round trip, with the execution id (the claimer need not probe for it).
+        only_eligible = isinstance(created, fn.Created) and created.public_state == "waiting" and replies[-1] == 1
+        self._idle_lanes[lane] = only_eligible
+        if only_eligible and not woken:
+            self.wake(lane, created.execution_id)
         failed = isinstance(created, EngineError)
         # A minted id under budgets answered as a DUPLICATE of itself: the library was reloaded
         # and the batch run twice, and the first run's HSET made the core exist. Try a new id.
@@ -183,9 +191,10 @@ class Engine(Executor):
         except TransportError as exc:
             log.warning("could not repair alias %s: %s", alias, exc)
 
-    def wake(self, lane: str) -> None:
-        """Tell idle claimers of ``lane`` that work is eligible (ff_celery's notification)."""
-        self._guard(lambda: self.redis.publish(wake_channel(lane), b"1"))
+    def wake(self, lane: str, execution_id: ExecutionId | None = None) -> None:
+        """Tell idle claimers of ``lane`` that work is eligible (ff_celery's notification);
+        with ``execution_id``, which one (a hint, see :meth:`Claimer.note_wake`)."""
+        self._guard(lambda: self.redis.publish(wake_channel(lane), str(execution_id or "1")))
 
     def resolve(self, alias: str) -> ExecutionId | None:
         """The execution submitted under ``alias``, if any."""

@@ -86,6 +86,46 @@ def test_a_waiting_claimer_wakes_when_work_is_submitted_instead_of_polling(ff_en
     tasks[0].complete()
 
 
+def probes_sent(engine) -> int:
+    return engine.redis.info("commandstats").get("cmdstat_zrangebyscore", {}).get("calls", 0)
+
+
+def test_a_wake_up_naming_the_submitted_execution_is_claimed_without_probing(ff_engine, make_claimer, monkeypatch):
+    monkeypatch.setattr("ff_celery.engine.claimer.CANDIDATE_TTL_S", 600.0)  # the last probe stays recent
+    claimer = make_claimer()
+    claimer.listen()
+    assert wait_for(lambda: ff_engine.redis.pubsub_numsub(wake_channel("default"))[0][1] >= 1)
+    assert claimer.try_claim() == []  # probed: nothing yet
+    submitted = ff_engine.submit("default", b"named").execution_id
+
+    assert wait_for(lambda: claimer.wait(1))
+    before = probes_sent(ff_engine)
+    tasks = claimer.try_claim()
+
+    assert [task.execution_id for task in tasks] == [submitted]
+    assert probes_sent(ff_engine) == before
+    tasks[0].complete()
+
+
+def test_a_wake_up_naming_an_execution_that_is_not_eligible_costs_one_claim_attempt(
+    ff_engine, make_claimer, monkeypatch
+):
+    monkeypatch.setattr("ff_celery.engine.claimer.CANDIDATE_TTL_S", 600.0)
+    claimer = make_claimer()
+    claimer.listen()
+    assert wait_for(lambda: ff_engine.redis.pubsub_numsub(wake_channel("default"))[0][1] >= 1)
+    assert claimer.try_claim() == []
+    ff_engine.redis.publish(wake_channel("default"), ExecutionId.mint(0))  # names nothing on the lane
+    submitted = ff_engine.submit("default", b"real").execution_id
+
+    assert wait_for(lambda: claimer.wait(1))
+    assert claimer.try_claim() == []  # the forged hint fails its claim grant ...
+    tasks = claimer.try_claim()  # ... and the next claim probes
+
+    assert [task.execution_id for task in tasks] == [submitted]
+    tasks[0].complete()
+
+
 def test_an_interrupted_attempt_is_claimed_through_the_resumed_path(ff_engine, make_claimer):
     claimer = make_claimer()
     ff_engine.submit("default", b"x")
