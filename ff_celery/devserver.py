@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -21,6 +22,7 @@ import redis
 SERVER_VARIABLE = "FF_CELERY_SERVER"
 #: Set to 1 to run the pytest plugin's ``ff_server`` in cluster mode (one node owning every
 #: slot, database 0 only): a command or library function touching keys of several slots fails.
+#: Set to 3 for a real cluster: three primaries with a replica each (:class:`DevCluster`).
 CLUSTER_VARIABLE = "FF_CELERY_TEST_CLUSTER"
 
 INSTALL_HINT = (
@@ -66,7 +68,13 @@ class DevServer:
     """A local Valkey/Redis for development and tests. Use as a context manager."""
 
     def __init__(
-        self, port: int | None = None, *, binary: str | None = None, persistent: bool = False, cluster: bool = False
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        persistent: bool = False,
+        cluster: bool = False,
+        cluster_member: bool = False,
     ) -> None:
         self.binary = binary or find_server_binary()
         self.port = port or free_port()
@@ -74,7 +82,11 @@ class DevServer:
         self.persistent = persistent
         #: In cluster mode, owning all 16384 slots: one shard, where a command or script
         #: touching keys of several slots is refused as on a real cluster (database 0 only).
-        self.cluster = cluster
+        self.cluster = cluster or cluster_member
+        #: In cluster mode without slots of its own: a node for :class:`DevCluster` to join.
+        self.cluster_member = cluster_member
+        #: The cluster bus port (cluster mode only; not port + 10000, which may be > 65535).
+        self.bus_port = free_port() if self.cluster else None
         self.directory: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -103,7 +115,7 @@ class DevServer:
         durability = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         clustering = []
         if self.cluster:
-            nodes, bus_port = str(self.directory / "nodes.conf"), str(free_port())  # not port + 10000: may be > 65535
+            nodes, bus_port = str(self.directory / "nodes.conf"), str(self.bus_port)
             clustering = ["--cluster-enabled", "yes", "--cluster-config-file", nodes, "--cluster-port", bus_port]
         self.process = subprocess.Popen(
             [
@@ -130,7 +142,7 @@ class DevServer:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"{self.binary} exited with {self.process.returncode}; see {self.directory}")
                 try:
-                    if client.ping() and (not self.cluster or self._own_all_slots(client)):
+                    if client.ping() and (not self.cluster or self.cluster_member or self._own_all_slots(client)):
                         return self
                 except redis.RedisError:
                     if time.monotonic() > deadline:
@@ -175,3 +187,94 @@ class DevServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class DevCluster:
+    """A local Valkey/Redis Cluster for development and tests: ``primaries`` shards (the 16384
+    slots split evenly), each with ``replicas`` replicas, every node a :class:`DevServer` on
+    a free loopback port, stopped by its pid. Use as a context manager."""
+
+    def __init__(self, primaries: int = 3, replicas: int = 1, *, binary: str | None = None) -> None:
+        if primaries < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one primary and no negative replica count")
+        self.primaries = [DevServer(binary=binary, cluster_member=True) for _ in range(primaries)]
+        self.replicas = [DevServer(binary=binary, cluster_member=True) for _ in range(primaries * replicas)]
+
+    @property
+    def nodes(self) -> list[DevServer]:
+        return [*self.primaries, *self.replicas]
+
+    @property
+    def url(self) -> str:
+        """A seed node's URL, marked as a cluster (``?cluster=true``)."""
+        return f"redis://127.0.0.1:{self.primaries[0].port}/0?cluster=true"
+
+    @property
+    def version(self) -> str:
+        return self.primaries[0].version
+
+    def start(self, timeout_s: float = 60.0) -> DevCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            self._form(time.monotonic() + timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _form(self, deadline: float) -> None:
+        """Introduce the nodes, give each primary its slots, attach the replicas, and wait
+        until every node reports the cluster ok."""
+        clients = [redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) for node in self.nodes]
+        try:
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port, node.bus_port)
+            per_primary = 16384 // len(self.primaries)
+            for index, client in enumerate(clients[: len(self.primaries)]):
+                last = 16383 if index == len(self.primaries) - 1 else (index + 1) * per_primary - 1
+                client.execute_command("CLUSTER ADDSLOTSRANGE", index * per_primary, last)
+            primary_ids = [client.execute_command("CLUSTER MYID") for client in clients[: len(self.primaries)]]
+            _wait(deadline, "the nodes to meet", lambda: all(_known_nodes(c) == len(self.nodes) for c in clients))
+            for index, client in enumerate(clients[len(self.primaries) :]):
+                client.execute_command("CLUSTER REPLICATE", primary_ids[index % len(self.primaries)])
+            replicas = len(self.replicas)
+            _wait(deadline, "the cluster to be ok", lambda: all(_cluster_ok(c, replicas) for c in clients))
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> DevCluster:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _known_nodes(client: redis.Redis) -> int:
+    return len(client.execute_command("CLUSTER NODES"))  # parsed by redis-py: one entry per node
+
+
+def _cluster_ok(client: redis.Redis, replicas: int) -> bool:
+    """The node says the cluster is ok, sees every replica as one, and (a replica) is in sync."""
+    if client.execute_command("CLUSTER INFO").get("cluster_state") != "ok":  # parsed by redis-py
+        return False
+    nodes = client.execute_command("CLUSTER NODES").values()
+    if sum("slave" in node["flags"] for node in nodes) != replicas:
+        return False
+    role = client.execute_command("ROLE")
+    if role[0] != "master":
+        return role[3] == "connected"
+    # what clients read the topology from: a replica is listed once its offset is known
+    return sum(len(served_by) - 3 for served_by in client.execute_command("CLUSTER SLOTS")) == replicas
+
+
+def _wait(deadline: float, what: str, condition: Callable[[], bool]) -> None:
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)

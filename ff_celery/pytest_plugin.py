@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ff_celery.devserver import CLUSTER_VARIABLE, DevServer
+from ff_celery.devserver import CLUSTER_VARIABLE, DevCluster, DevServer
 from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import connect
 
 
 def pytest_report_header() -> str:
@@ -25,9 +26,12 @@ _started_here: set[str] = set()
 
 
 @pytest.fixture(scope="session")
-def ff_server() -> Iterator[DevServer]:
-    """A Valkey/Redis server on a free loopback port for the whole session."""
-    with DevServer(cluster=os.environ.get(CLUSTER_VARIABLE) == "1") as server:
+def ff_server() -> Iterator[DevServer | DevCluster]:
+    """A Valkey/Redis server on a free loopback port for the whole session: with
+    ``$FF_CELERY_TEST_CLUSTER`` 1, one cluster-mode node owning every slot; with 3, a cluster
+    of three primaries with a replica each (its URL says ``?cluster=true``)."""
+    mode = os.environ.get(CLUSTER_VARIABLE)
+    with DevCluster(primaries=3, replicas=1) if mode == "3" else DevServer(cluster=mode == "1") as server:
         _started_here.add(server.url)
         yield server
         _started_here.discard(server.url)
@@ -42,7 +46,7 @@ def ff_url(ff_server: DevServer) -> str:
 def ff_redis(ff_url: str) -> Iterator[redis.Redis]:
     """A client on the embedded server, emptied before the test (a server given by overriding
     ``ff_url`` is never emptied: these fixtures flush only servers they started)."""
-    client = redis.Redis.from_url(ff_url)
+    client = connect(ff_url)
     if ff_url in _started_here:
         client.flushall()
     yield client

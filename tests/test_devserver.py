@@ -8,7 +8,8 @@ import sys
 import pytest
 import redis
 
-from ff_celery.devserver import SERVER_VARIABLE, DevServer, find_server_binary, packaged_valkey_server
+from ff_celery.devserver import SERVER_VARIABLE, DevCluster, DevServer, find_server_binary, packaged_valkey_server
+from ff_celery.engine.connection import connect
 from ff_celery.engine.library import library_version, loaded_version
 
 
@@ -91,3 +92,18 @@ def test_a_cluster_mode_server_owns_every_slot_and_refuses_a_function_touching_a
         assert client.fcall("probe", 1, "{a}declared", "{a}same-slot") is None
         with pytest.raises(redis.ResponseError, match="do not hash to the same slot"):
             client.fcall("probe", 1, "{a}declared", "{b}other-slot")
+
+
+def test_a_dev_cluster_spreads_the_slots_over_its_primaries_each_with_a_replica_and_stops_by_pid():
+    with DevCluster(primaries=3, replicas=1) as cluster:
+        client = connect(cluster.url)
+        assert isinstance(client, redis.RedisCluster)
+        assert len(client.get_primaries()) == 3 and len(client.get_replicas()) == 3
+        owners = {client.get_node_from_key(f"{{fp:{partition}}}").name for partition in range(256)}
+        assert len(owners) == 3  # FlowFabric's partitions land on every shard
+        client.set("{fp:1}:k", b"v")
+        assert client.get("{fp:1}:k") == b"v"
+        pids = [node.pid for node in cluster.nodes]
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -29,16 +30,62 @@ def redis_url(url: str) -> str:
     return f"{SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
 
 
+def cluster_url(url: str) -> tuple[str, bool]:
+    """``url`` without its ``cluster`` parameter, and whether that asked for a cluster client."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flags = [value for name, value in query if name == "cluster"]
+    if not flags:
+        return url, False
+    wanted = flags[-1].lower() in ("1", "true", "yes", "on")
+    rest = urlencode([(name, value) for name, value in query if name != "cluster"])
+    return urlunsplit(parts._replace(query=rest)), wanted
+
+
 def connect(url: str, **options: Any) -> redis.Redis:
     """A client for ``url`` (connect and socket timeouts, TCP keepalive; ``options`` and the
-    URL's own parameters override them). Replies stay bytes: payloads are opaque."""
-    options.setdefault("health_check_interval", 30)
+    URL's own parameters override them). Replies stay bytes: payloads are opaque. With
+    ``?cluster=true`` the URL names a seed node of a Valkey/Redis Cluster and the client is a
+    :class:`redis.RedisCluster` (database 0 only), which follows the slot map, MOVED and ASK."""
     options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
     options.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
-    address = redis_url(url)
+    address, clustered = cluster_url(redis_url(url))
     if not address.startswith("unix://"):
         options.setdefault("socket_keepalive", True)  # TCP only
+    if clustered:
+        return redis.RedisCluster.from_url(address, decode_responses=False, **options)
+    options.setdefault("health_check_interval", 30)
     return redis.Redis.from_url(address, decode_responses=False, **options)
+
+
+def is_cluster_client(client: redis.Redis) -> bool:
+    return isinstance(client, redis.RedisCluster)
+
+
+def clone_client(client: redis.Redis) -> redis.Redis:
+    """A new client for the same server (or cluster) with the same settings, on connections
+    of its own (for a background thread or a forked child)."""
+    if isinstance(client, redis.RedisCluster):
+        nodes = client.nodes_manager
+        settings = {name: value for name, value in nodes.connection_kwargs.items() if name != "db"}  # always 0
+        return redis.RedisCluster(startup_nodes=list(nodes.startup_nodes.values()), **settings)
+    pool = client.connection_pool
+    return redis.Redis(
+        connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
+    )
+
+
+def server_identity(client: redis.Redis) -> tuple[object, ...]:
+    """Which server (a cluster: its seed nodes), database and credentials ``client`` talks
+    to; not how (timeouts differ)."""
+    if isinstance(client, redis.RedisCluster):
+        nodes = client.nodes_manager
+        settings, where = nodes.connection_kwargs, tuple(sorted(nodes.startup_nodes))
+        return (where, settings.get("username"), settings.get("password"), "ssl" in settings)
+    pool = client.connection_pool
+    settings = pool.connection_kwargs
+    where = tuple(settings.get(name) for name in ("host", "port", "path", "db", "username", "password"))
+    return (*where, issubclass(pool.connection_class, redis.SSLConnection))
 
 
 def compare_and_set(
@@ -46,7 +93,7 @@ def compare_and_set(
 ) -> bool:
     """Queue ``write``'s commands and run them atomically only if ``key`` still holds
     ``expected`` (WATCH / MULTI). False if it did not, or changed meanwhile."""
-    with client.pipeline() as pipe:
+    with client.pipeline(transaction=True) as pipe:  # a cluster's, too: one slot
         try:
             pipe.watch(key)
             if pipe.get(key) != expected:

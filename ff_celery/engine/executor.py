@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.connection import connect
+from ff_celery.engine.connection import clone_client, connect, is_cluster_client
 from ff_celery.engine.errors import EngineError, TransportError, UnavailableError
 from ff_celery.engine.ids import new_uuid
 from ff_celery.engine.keys import LANE_REGISTRY_KEY, PARTITION_CONFIG_KEY
@@ -52,6 +52,8 @@ class Executor:
     def __init__(self, client: redis.Redis, *, namespace: str = "default") -> None:
         self.redis = client
         self.namespace = namespace
+        #: Talking to a Valkey/Redis Cluster (``?cluster=true``) through a cluster client.
+        self.clustered = is_cluster_client(client)
         self._partitions: PartitionConfig | None = None
         self._clock_offset_ms = 0
         self._clock_read_at = 0.0
@@ -64,11 +66,7 @@ class Executor:
 
     def fork(self) -> Self:
         """A new engine on its own connection pool (for a background thread or a child process)."""
-        pool = self.redis.connection_pool
-        client = redis.Redis(
-            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
-        )
-        engine = type(self)(client, namespace=self.namespace)
+        engine = type(self)(clone_client(self.redis), namespace=self.namespace)
         engine._partitions = self._partitions
         return engine
 
@@ -192,13 +190,25 @@ class Batch:
         self._queued.append((name, (*args, kwargs), None))
 
     def _run(self) -> list[Any]:
-        pipe = self.engine.redis.pipeline(transaction=False)
-        for name, args, request in self._queued:
+        client = self.engine.redis
+        pipe = client.pipeline(transaction=False)
+        # A cluster client refuses PUBLISH in a pipeline: those go right after it, in order.
+        published: list[int] = []
+        for position, (name, args, request) in enumerate(self._queued):
             if request is not None:
                 pipe.fcall(*args)
+            elif name == "publish" and self.engine.clustered:
+                published.append(position)
             else:
                 getattr(pipe, name)(*args[:-1], **args[-1])
-        return pipe.execute(raise_on_error=False)
+        replies = pipe.execute(raise_on_error=False) if len(pipe) else []
+        for position in published:
+            _, args, _ = self._queued[position]
+            try:
+                replies.insert(position, client.publish(*args[:-1]))
+            except redis.RedisError as exc:
+                replies.insert(position, exc)
+        return replies
 
     def execute(self) -> list[Any]:
         if not self._queued:

@@ -89,7 +89,13 @@ class LibraryState:
 
 
 def loaded_version(client: redis.Redis) -> str | None:
-    """``ff_version`` of the loaded library, or None when no library answers."""
+    """``ff_version`` of the loaded library, or None when no library answers (on a cluster:
+    when any primary has none, the oldest revision otherwise)."""
+    if isinstance(client, redis.RedisCluster):
+        versions = [loaded_version(client.get_redis_connection(node)) for node in client.get_primaries()]
+        if None in versions:
+            return None
+        return min((v for v in versions if v is not None), key=lambda v: (_revision(v) or 0, v))
     try:
         value = client.fcall("ff_version", 0)
     except redis.ResponseError as exc:
@@ -104,7 +110,8 @@ def is_missing_function(exc: Exception) -> bool:
 
 
 def load_library(client: redis.Redis) -> None:
-    """FUNCTION LOAD REPLACE this checkout's library."""
+    """FUNCTION LOAD REPLACE this checkout's library (a cluster client loads it on every
+    primary; replicas copy it)."""
     try:
         client.function_load(library_source(), replace=True)
     except redis.ResponseError as exc:

@@ -15,20 +15,13 @@ from collections.abc import Callable, Hashable
 import redis
 
 from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import server_identity
 from ff_celery.engine.renewal import LeaseRenewer
 
 _lock = threading.Lock()
 #: By (pid, server identity) and by (pid, the way a caller reaches it).
 _engines: dict[tuple[int, Hashable], Engine] = {}
 _renewers: dict[tuple[int, int], LeaseRenewer] = {}
-
-
-def server_identity(client: redis.Redis, namespace: str) -> Hashable:
-    """Which server, database and credentials ``client`` talks to (not how: timeouts differ)."""
-    pool = client.connection_pool
-    settings = pool.connection_kwargs
-    where = tuple(settings.get(name) for name in ("host", "port", "path", "db", "username", "password"))
-    return (*where, issubclass(pool.connection_class, redis.SSLConnection), namespace)
 
 
 def shared_engine(
@@ -52,7 +45,7 @@ def shared_engine(
         except BaseException:
             candidate.close()
             raise
-    key = (os.getpid(), server_identity(candidate, namespace))
+    key = (os.getpid(), (*server_identity(candidate), namespace))
     with _lock:
         engine = _engines.get(key)
         if engine is None:

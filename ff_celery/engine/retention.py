@@ -186,8 +186,11 @@ class RetentionTrimmer:
                                           for found in members)  # fmt: skip
             attempt_count = _millis(attempts) or 0
             index = PartitionKeys(partition)
-            writes.command("delete", *ExecKeys(eid).every_key(attempt_count, waitpoints, signals, edges))
-            writes.command("delete", next_attempt_payload_key(eid))
+            for key in (
+                *ExecKeys(eid).every_key(attempt_count, waitpoints, signals, edges),
+                next_attempt_payload_key(eid),
+            ):
+                writes.command("delete", key)  # one key per DEL: a cluster's pipeline takes no other
             writes.command("srem", index.all_executions, eid)
             writes.command("zrem", index.terminal(lane), eid)
             ns = text(namespace)

@@ -103,7 +103,8 @@ def server_ms(r: redis.Redis) -> int:
 def keyspace(r: redis.Redis) -> dict[bytes, tuple[str, Any, bool]]:
     """Every key with its type, full value and whether it carries a TTL."""
     snapshot: dict[bytes, tuple[str, Any, bool]] = {}
-    for key in sorted(r.keys("*")):
+    every_shard = {"target_nodes": redis.RedisCluster.PRIMARIES} if isinstance(r, redis.RedisCluster) else {}
+    for key in sorted(r.keys("*", **every_shard)):
         kind = r.type(key).decode()
         value: Any
         if kind == "string":

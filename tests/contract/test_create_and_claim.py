@@ -25,7 +25,7 @@ from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys, worker_alive_key, worker_caps_key, worker_index_key
 from ff_celery.engine.library import library_version
 
-from .support import decode, hash_of, history, seven
+from .support import decode, hash_of, history, keyspace, seven
 
 LANE = "default"
 PARTITION = 86  # crc16("default") % 256
@@ -556,7 +556,7 @@ def test_create_accepts_exactly_256_tokens_and_4096_bytes(ff_engine, ff_redis):
 def test_create_rejects_a_non_numeric_priority_before_anything_else(ff_engine, ff_redis):
     model = create_model()
     expect_raw_error(ff_redis, model, {4: "high"}, "invalid_input", "priority must be a number, got: high")
-    assert ff_redis.dbsize() == 1  # only ff:config:partitions
+    assert list(keyspace(ff_redis)) == [b"ff:config:partitions"]
 
 
 @pytest.mark.parametrize(

@@ -501,6 +501,7 @@ def test_an_expired_kid_is_checked_before_the_digest(ff_engine, ff_redis):
     expect_rejected(ff_engine, ff_redis, t, t.signal(token="k1:" + "0" * 40), "token_expired")
 
 
+@pytest.mark.single_node  # one server's MULTI with a keyless TIME
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_kid_whose_expiry_is_exactly_now_still_validates(ff_engine, ff_redis, kind):
     seed(ff_redis)
@@ -632,6 +633,7 @@ def test_rotation_forgets_kids_whose_grace_ended(ff_engine, ff_redis):
     assert ff_engine.call(rotate("k3", SECRET_C)).forgotten_kids == 0
 
 
+@pytest.mark.single_node  # one server's MULTI with a keyless TIME
 def test_a_kid_whose_expiry_is_exactly_now_survives_the_gc(ff_engine, ff_redis):
     seed(ff_redis)
     counter = iter(range(1000))
@@ -764,6 +766,7 @@ def test_listing_leaves_out_expired_and_invalid_expiries(ff_engine, ff_redis):
     assert kids(ff_redis) == ("C", {"live": future})
 
 
+@pytest.mark.single_node  # one server's MULTI with a keyless TIME
 def test_listing_includes_a_kid_whose_expiry_is_exactly_now(ff_engine, ff_redis):
     seed(ff_redis, kid="C")
     set_at, reply = in_the_same_ms(ff_redis, "expires_at:edge", lambda: fn.ListWaitpointKids(partition=PARTITION))

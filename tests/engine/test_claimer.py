@@ -5,7 +5,7 @@ import threading
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import command_calls, subscribers, wait_for
 
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.ids import ExecutionId
@@ -72,7 +72,7 @@ def test_a_waiting_claimer_wakes_when_work_is_submitted_instead_of_polling(ff_en
     # on how fast a loaded machine is.
     claimer = make_claimer(poll_interval_s=120.0)
     claimer.listen()
-    assert wait_for(lambda: ff_engine.redis.pubsub_numsub(wake_channel("default"))[0][1] >= 1)  # subscribed
+    assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)  # subscribed
     results = []
     waiter = threading.Thread(target=lambda: results.append((claimer.claim(1, timeout_s=60), time.monotonic())))
     waiter.start()
@@ -86,24 +86,20 @@ def test_a_waiting_claimer_wakes_when_work_is_submitted_instead_of_polling(ff_en
     tasks[0].complete()
 
 
-def probes_sent(engine) -> int:
-    return engine.redis.info("commandstats").get("cmdstat_zrangebyscore", {}).get("calls", 0)
-
-
 def test_a_wake_up_naming_the_submitted_execution_is_claimed_without_probing(ff_engine, make_claimer, monkeypatch):
     monkeypatch.setattr("ff_celery.engine.claimer.CANDIDATE_TTL_S", 600.0)  # the last probe stays recent
     claimer = make_claimer()
     claimer.listen()
-    assert wait_for(lambda: ff_engine.redis.pubsub_numsub(wake_channel("default"))[0][1] >= 1)
+    assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)
     assert claimer.try_claim() == []  # probed: nothing yet
     submitted = ff_engine.submit("default", b"named").execution_id
 
     assert wait_for(lambda: claimer.wait(1))
-    before = probes_sent(ff_engine)
+    before = command_calls(ff_engine.redis, "zrangebyscore")
     tasks = claimer.try_claim()
 
     assert [task.execution_id for task in tasks] == [submitted]
-    assert probes_sent(ff_engine) == before
+    assert command_calls(ff_engine.redis, "zrangebyscore") == before
     tasks[0].complete()
 
 
@@ -113,7 +109,7 @@ def test_a_wake_up_naming_an_execution_that_is_not_eligible_costs_one_claim_atte
     monkeypatch.setattr("ff_celery.engine.claimer.CANDIDATE_TTL_S", 600.0)
     claimer = make_claimer()
     claimer.listen()
-    assert wait_for(lambda: ff_engine.redis.pubsub_numsub(wake_channel("default"))[0][1] >= 1)
+    assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)
     assert claimer.try_claim() == []
     ff_engine.redis.publish(wake_channel("default"), ExecutionId.mint(0))  # names nothing on the lane
     submitted = ff_engine.submit("default", b"real").execution_id

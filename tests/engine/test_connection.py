@@ -41,10 +41,12 @@ def roundtrip(url: str) -> str:
         engine.close()
 
 
+@pytest.mark.single_node
 def test_connects_over_the_servers_unix_socket(ff_server, ff_redis):
     assert roundtrip(f"unix://{ff_server.unix_socket}?db=0") == "waiting"
 
 
+@pytest.mark.single_node
 def test_connects_with_an_acl_user_and_password(ff_server, ff_redis):
     ff_redis.acl_setuser("ffc", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"], commands=["+@all"])
     try:
@@ -77,6 +79,7 @@ def test_a_frozen_server_is_a_timeout_not_a_hang():
         assert engine.resolve("anything") is None  # and it works again once the server does
 
 
+@pytest.mark.single_node
 def test_the_transport_times_out_sockets_at_a_third_of_the_lease(ff_server):
     with kombu.Connection(
         f"flowfabric://127.0.0.1:{ff_server.port}/0", transport_options={"lease_ttl_ms": 30_000}

@@ -39,8 +39,11 @@ def pairs(flat: list) -> dict:
 
 
 def loaded_library(client: redis.Redis) -> dict:
-    (library,) = client.function_list(withcode=True)
-    return pairs(library)
+    """The one library loaded (on a cluster: the same one on every primary)."""
+    listed = client.function_list(withcode=True)
+    per_primary = [pairs(library) for (library,) in (listed.values() if isinstance(listed, dict) else [listed])]
+    assert all(lib[b"library_code"] == per_primary[0][b"library_code"] for lib in per_primary)
+    return per_primary[0]
 
 
 def loaded_code(client: redis.Redis) -> str:
