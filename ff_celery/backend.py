@@ -35,6 +35,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from ff_celery.app import integrate
 from ff_celery.context import engine_for_url, fence_of
+from ff_celery.engine.claim import lease_given_up
 from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.executor import RETRYABLE_REDIS_ERRORS
@@ -159,9 +160,19 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = bytes_to_str(task_id)
         encoded = self.encode(meta)
-        fenced = fence_of(request) is not None
+        fence = fence_of(request)
+        fenced = fence is not None
         if state == states.SUCCESS and fenced:
             end_attempt(self.engine, task_id, request, lambda handle: handle.complete(encoded))
+            return result
+        if state == states.REVOKED and fenced:
+            # A task stopped because this worker gave up its lease records nothing (another
+            # worker runs it); one an operator cancelled already neither. Cancel first.
+            if lease_given_up(fence["execution_id"], fence["lease_epoch"]):
+                return result
+            if end_attempt(self.engine, task_id, request, lambda handle: handle.cancel(describe(result))) is None:
+                return result
+            self.set(self.get_key_for_task(task_id), encoded)
             return result
         # Celery meta first: once the execution shows the outcome, its details are readable.
         self.set(self.get_key_for_task(task_id), encoded)
@@ -172,8 +183,6 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 self.set(self.get_key_for_task(task_id), self.encode(meta))
         elif state == states.FAILURE:
             record_failure(self.engine, task_id, request, result)
-        elif state == states.REVOKED:
-            end_attempt(self.engine, task_id, request, lambda handle: handle.cancel(describe(result)))
         if state not in states.READY_STATES:  # for get(on_message=...): the meta itself
             self.engine.redis.publish(done_channel(NAMESPACE, task_id), encoded)
         elif not fenced:

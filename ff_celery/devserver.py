@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
 #: Environment variable naming the server binary to run (a path, or a name on PATH), e.g.
 #: ``redis-server`` to run the embedded server and the tests on Redis instead of Valkey.
@@ -75,6 +76,7 @@ class DevServer:
         persistent: bool = False,
         cluster: bool = False,
         cluster_member: bool = False,
+        cluster_node_timeout_ms: int | None = None,
     ) -> None:
         self.binary = binary or find_server_binary()
         self.port = port or free_port()
@@ -87,6 +89,8 @@ class DevServer:
         self.cluster_member = cluster_member
         #: The cluster bus port (cluster mode only; not port + 10000, which may be > 65535).
         self.bus_port = free_port() if self.cluster else None
+        #: How long a cluster node may be unreachable before it counts as failed.
+        self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self.directory: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -117,6 +121,8 @@ class DevServer:
         if self.cluster:
             nodes, bus_port = str(self.directory / "nodes.conf"), str(self.bus_port)
             clustering = ["--cluster-enabled", "yes", "--cluster-config-file", nodes, "--cluster-port", bus_port]
+            if self.cluster_node_timeout_ms is not None:
+                clustering += ["--cluster-node-timeout", str(self.cluster_node_timeout_ms)]
         self.process = subprocess.Popen(
             [
                 self.binary,
@@ -192,13 +198,20 @@ class DevServer:
 class DevCluster:
     """A local Valkey/Redis Cluster for development and tests: ``primaries`` shards (the 16384
     slots split evenly), each with ``replicas`` replicas, every node a :class:`DevServer` on
-    a free loopback port, stopped by its pid. Use as a context manager."""
+    a free loopback port, stopped by its pid. A primary unreachable for ``node_timeout_ms``
+    counts as failed and its replica takes over. Use as a context manager."""
 
-    def __init__(self, primaries: int = 3, replicas: int = 1, *, binary: str | None = None) -> None:
+    def __init__(
+        self, primaries: int = 3, replicas: int = 1, *, binary: str | None = None, node_timeout_ms: int = 5000
+    ) -> None:
         if primaries < 1 or replicas < 0:
             raise ValueError("a cluster needs at least one primary and no negative replica count")
-        self.primaries = [DevServer(binary=binary, cluster_member=True) for _ in range(primaries)]
-        self.replicas = [DevServer(binary=binary, cluster_member=True) for _ in range(primaries * replicas)]
+
+        def node() -> DevServer:
+            return DevServer(binary=binary, cluster_member=True, cluster_node_timeout_ms=node_timeout_ms)
+
+        self.primaries = [node() for _ in range(primaries)]
+        self.replicas = [node() for _ in range(primaries * replicas)]
 
     @property
     def nodes(self) -> list[DevServer]:
@@ -206,8 +219,8 @@ class DevCluster:
 
     @property
     def url(self) -> str:
-        """A seed node's URL, marked as a cluster (``?cluster=true``)."""
-        return f"redis://127.0.0.1:{self.primaries[0].port}/0?cluster=true"
+        """A seed node's URL (clients find out it is a cluster node: ``connect``)."""
+        return f"redis://127.0.0.1:{self.primaries[0].port}/0"
 
     @property
     def version(self) -> str:
@@ -243,6 +256,16 @@ class DevCluster:
         finally:
             for client in clients:
                 client.close()
+
+    def primary_of(self, key: str) -> DevServer:
+        """The node serving ``key``'s slot as primary now (asked of a running node)."""
+        slot = key_slot(key.encode())
+        running = next(node for node in self.nodes if node.process is not None and node.process.poll() is None)
+        with redis.Redis(port=running.port, decode_responses=True) as client:
+            for start, end, (_, port, *_), *_ in client.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return next(node for node in self.nodes if node.port == port)
+        raise RuntimeError(f"no node serves slot {slot}")
 
     def stop(self) -> None:
         for node in self.nodes:

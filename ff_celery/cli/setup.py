@@ -11,7 +11,7 @@ import threading
 import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
-from ff_celery.devserver import DevServer
+from ff_celery.devserver import DevCluster, DevServer
 from ff_celery.engine import exporter, signaling
 from ff_celery.engine.client import Engine
 from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
@@ -55,11 +55,18 @@ def library_status(url: str) -> None:
 
 @click.command("dev-server")
 @click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
-def dev_server(port: int | None) -> None:
-    """Run a local Valkey/Redis with the library loaded until interrupted."""
-    with DevServer(port) as server:
+@click.option("--cluster", is_flag=True, help="A local cluster instead: 3 primaries with a replica each.")
+def dev_server(port: int | None, cluster: bool) -> None:
+    """Run a local Valkey/Redis (or a cluster) with the library loaded until interrupted."""
+    if cluster and port is not None:
+        raise click.BadParameter("a dev cluster picks free ports itself", param_hint="--port")
+    with DevCluster() if cluster else DevServer(port) as server:
         Engine.from_url(server.url).bootstrap()
-        click.echo(f"{server.url}  ({server.version}, pid {server.pid}; Ctrl-C to stop)")
+        if isinstance(server, DevCluster):
+            pids = ", ".join(str(node.pid) for node in server.nodes)
+            click.echo(f"{server.url}  ({server.version}, 3 primaries + 3 replicas, pids {pids}; Ctrl-C to stop)")
+        else:
+            click.echo(f"{server.url}  ({server.version}, pid {server.pid}; Ctrl-C to stop)")
         wait_for_interrupt()
 
 

@@ -50,6 +50,18 @@ _USE_STORED_POLICY: Any = object()
 LEASE_GONE_CODES = LEASE_LOST_CODES | {"execution_not_active"}
 
 
+#: Leases this process gave up on (lost, or lapsed for lack of renewals), as (execution id,
+#: lease epoch); bounded: cleared when it reaches GIVEN_UP_MAX.
+_given_up: set[tuple[str, int]] = set()
+GIVEN_UP_MAX = 10_000
+
+
+def lease_given_up(execution_id: str, lease_epoch: int) -> bool:
+    """Whether this process gave up on that lease: whatever the attempt does afterwards (a
+    task stopped for it) is not its outcome; another worker runs the execution."""
+    return (str(execution_id), int(lease_epoch)) in _given_up
+
+
 class ClaimedTask:
     """An execution claimed under a lease. Finish it with exactly one terminal operation."""
 
@@ -199,6 +211,9 @@ class ClaimedTask:
             )
             return
         self.lease_lost = error
+        if len(_given_up) >= GIVEN_UP_MAX:
+            _given_up.clear()
+        _given_up.add((str(self.execution_id), self.lease_epoch))
         if self._finished:
             return
         log.warning("lease of %s lost: %s", self.execution_id, error)
@@ -331,8 +346,9 @@ class ClaimedTask:
 
         return self._terminal(request, replayed)
 
-    def cancel(self, reason: str) -> None:
-        """Cancel the execution from inside its attempt (fenced by this lease)."""
+    def cancel(self, reason: str) -> str:
+        """Cancel the execution from inside its attempt (fenced by this lease); answers the
+        phase it was cancelled from."""
         request = fn.CancelExecution(
             execution_id=self.execution_id,
             reason=reason,
@@ -345,7 +361,7 @@ class ClaimedTask:
             worker_instance_id=self.worker_instance_id,
         )
 
-        self._terminal(request, lambda error: "active" if self._committed(error, outcome="cancelled") else None)
+        return self._terminal(request, lambda error: "active" if self._committed(error, outcome="cancelled") else None)
 
     def delay(self, delay_until_ms: int) -> None:
         """Release the lease and park this attempt until ``delay_until_ms`` (engine time); the

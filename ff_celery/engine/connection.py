@@ -30,13 +30,13 @@ def redis_url(url: str) -> str:
     return f"{SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
 
 
-def cluster_url(url: str) -> tuple[str, bool]:
-    """``url`` without its ``cluster`` parameter, and whether that asked for a cluster client."""
+def cluster_url(url: str) -> tuple[str, bool | None]:
+    """``url`` without its ``cluster`` parameter, and what that said (None: nothing)."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     flags = [value for name, value in query if name == "cluster"]
     if not flags:
-        return url, False
+        return url, None
     wanted = flags[-1].lower() in ("1", "true", "yes", "on")
     rest = urlencode([(name, value) for name, value in query if name != "cluster"])
     return urlunsplit(parts._replace(query=rest)), wanted
@@ -44,18 +44,45 @@ def cluster_url(url: str) -> tuple[str, bool]:
 
 def connect(url: str, **options: Any) -> redis.Redis:
     """A client for ``url`` (connect and socket timeouts, TCP keepalive; ``options`` and the
-    URL's own parameters override them). Replies stay bytes: payloads are opaque. With
-    ``?cluster=true`` the URL names a seed node of a Valkey/Redis Cluster and the client is a
-    :class:`redis.RedisCluster` (database 0 only), which follows the slot map, MOVED and ASK."""
+    URL's own parameters override them). Replies stay bytes: payloads are opaque.
+
+    A Valkey/Redis Cluster gets a :class:`redis.RedisCluster` (database 0 only), which follows
+    the slot map, MOVED and ASK: with ``?cluster=true`` the URL names a seed node; without the
+    parameter the server is asked (``INFO cluster``, one round trip; an unreachable server
+    gets a plain client, whose first command reports it); ``?cluster=false`` never asks."""
     options.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
     options.setdefault("socket_timeout", SOCKET_TIMEOUT_S)
     address, clustered = cluster_url(redis_url(url))
-    if not address.startswith("unix://"):
+    if address.startswith("unix://"):
+        clustered = False  # a cluster is reached over TCP
+    else:
         options.setdefault("socket_keepalive", True)  # TCP only
     if clustered:
         return redis.RedisCluster.from_url(address, decode_responses=False, **options)
-    options.setdefault("health_check_interval", 30)
-    return redis.Redis.from_url(address, decode_responses=False, **options)
+    client = redis.Redis.from_url(address, decode_responses=False, **{"health_check_interval": 30, **options})
+    if clustered is None and serves_a_cluster(client):
+        client.close()
+        return redis.RedisCluster.from_url(address, decode_responses=False, **options)
+    return client
+
+
+def cluster_client_like(settings: dict[str, Any]) -> redis.RedisCluster:
+    """A cluster client seeded from a plain client's connection ``settings`` (host, port,
+    credentials, timeouts; TLS if its connection class is)."""
+    connection_class = settings.get("connection_class") or redis.Connection
+    dropped = ("db", "connection_class", "max_connections", "path", "health_check_interval")
+    cluster_settings = {name: value for name, value in settings.items() if name not in dropped}
+    if issubclass(connection_class, redis.SSLConnection):
+        cluster_settings["ssl"] = True
+    return redis.RedisCluster(decode_responses=False, **cluster_settings)
+
+
+def serves_a_cluster(client: redis.Redis) -> bool:
+    """Whether ``client``'s server is a cluster node (False if it cannot be asked)."""
+    try:
+        return bool(client.info("cluster").get("cluster_enabled"))
+    except redis.RedisError:
+        return False
 
 
 def is_cluster_client(client: redis.Redis) -> bool:

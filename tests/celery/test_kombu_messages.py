@@ -6,13 +6,13 @@ import time
 
 import kombu
 import pytest
-import redis
 
 from ff_celery.devserver import DevServer
+from ff_celery.engine.connection import connect
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import PartitionKeys
 from ff_celery.messages import NAMESPACE
-from ff_celery.transport import ClusterNotSupportedError
+from ff_celery.transport import KOMBU_HASH_TAG
 
 
 @pytest.fixture
@@ -110,9 +110,20 @@ def test_message_executions_live_in_the_celery_namespace(url):
         assert engine.snapshot(ExecutionId(member.decode())).core["namespace"] == NAMESPACE
 
 
-def test_a_cluster_node_is_refused_at_connect_with_the_fix():
+def test_on_a_cluster_node_lanes_hold_executions_and_kombus_own_keys_share_one_slot():
     with DevServer(cluster=True) as server:
         url = server.url.replace("redis://", "flowfabric://", 1)
-        with kombu.Connection(url) as connection, pytest.raises(ClusterNotSupportedError, match="standalone server"):
-            connection.SimpleQueue("celery").put({"never": "stored"})
-        assert redis.Redis.from_url(server.url).dbsize() == 0  # nothing written
+        with kombu.Connection(url) as connection:
+            assert connection.default_channel.ff_engine.clustered  # found out from the server
+            lane, events = connection.SimpleQueue("celery"), connection.SimpleQueue("celeryev.cluster-test")
+            lane.put({"task": 1})
+            events.put({"event": 1})
+            assert events.get(timeout=10).payload == {"event": 1}
+            message = lane.get(timeout=10)
+            assert message.payload == {"task": 1}
+            message.ack()
+            lane.close()
+            events.close()
+        keys = connect(server.url).keys("*")
+        kombu_keys = [key for key in keys if not key.startswith((b"ff:", b"ffc:"))]
+        assert kombu_keys and all(key.startswith(KOMBU_HASH_TAG.encode()) for key in kombu_keys)

@@ -14,6 +14,7 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 import ff_celery
+from ff_celery.engine.connection import connect
 
 URL = os.environ.get("FFAPP_URL", "flowfabric://127.0.0.1:6379/0")
 SCAN_S = float(os.environ.get("FFAPP_SCAN_S", "0.2"))
@@ -55,7 +56,7 @@ if os.environ.get("FFAPP_RETENTION_SCAN_S"):  # a retention trimmer pass that of
 
 
 def runs() -> redis.Redis:
-    return redis.Redis.from_url(URL.replace("flowfabric://", "redis://", 1))
+    return connect(URL)  # a cluster client on a cluster
 
 
 def record(task, event: str) -> None:

@@ -39,6 +39,8 @@ def wait_for(predicate, timeout=30.0):
     return True
 """
 
+pytestmark = pytest.mark.standalone  # plain Celery apps keep results in databases > 0
+
 
 def run(env: dict[str, str], code: str) -> object:
     """``publish`` with ``wait_for`` defined in the script."""

@@ -17,6 +17,8 @@ from ff_celery.engine import limits
 
 from .conftest import HERE, wait_for
 
+pytestmark = pytest.mark.standalone  # plain Celery apps keep results in databases > 0
+
 
 def layout(ff_server, broker_db: int, backend: str) -> dict[str, str]:
     base = f"127.0.0.1:{ff_server.port}"

@@ -1,0 +1,57 @@
+"""A cluster failover: the primary serving a queue's partition is killed mid-run, its replica
+is promoted by the cluster itself, and workers and publishers follow the new slot map
+without a restart; work published before (and replicated) completes, new work runs, and no
+task runs on two workers at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from ff_celery.devserver import DevCluster
+from ff_celery.engine.client import Engine
+from ff_celery.engine.ids import ExecutionId
+
+from .conftest import Worker, assert_one_run_at_a_time, wait_for
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[DevCluster, Celery, list[Worker]]]:
+    with DevCluster(primaries=3, replicas=1, node_timeout_ms=1000) as nodes:
+        url = nodes.url.replace("redis://", "flowfabric://", 1)
+        app = Celery("cluster-failover", broker=url, backend=url, set_as_current=False)
+        workers: list[Worker] = []
+        try:
+            workers += [Worker(url, tmp_path, concurrency=1).wait_ready() for _ in range(2)]
+            yield nodes, app, workers
+        finally:
+            for worker in workers:
+                worker.stop()
+            app.close()
+
+
+def test_workers_and_publishers_follow_the_replica_the_cluster_promotes(cluster, tmp_path):
+    nodes, app, workers = cluster
+    assert app.send_task("ffapp.add", (1, 2)).get(timeout=30) == 3
+    partition = Engine.from_url(nodes.url).partitions.lane_partition("celery")
+    primary = nodes.primary_of(ExecutionId.mint(partition))
+    beats = tmp_path / "beats"
+    running = app.send_task("ffapp.beating", (3, str(beats)))
+    waiting = [app.send_task("ffapp.add", (n, n)) for n in range(4)]
+    assert wait_for(lambda: beats.exists(), timeout=30)
+    assert redis.Redis(port=primary.port).wait(1, 5000) == 1  # everything so far is on its replica
+
+    os.kill(primary.pid, signal.SIGKILL)  # the partition's primary dies; the cluster promotes its replica
+    assert wait_for(lambda: nodes.primary_of(ExecutionId.mint(partition)) is not primary, timeout=60)
+
+    assert running.get(timeout=90) == 3
+    assert [result.get(timeout=90) for result in waiting] == [0, 2, 4, 6]
+    assert app.send_task("ffapp.add", (5, 5)).get(timeout=90) == 10
+    assert_one_run_at_a_time(beats)
+    assert all(worker.process.poll() is None for worker in workers)  # recovered without a restart
