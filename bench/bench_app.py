@@ -11,6 +11,8 @@ if BROKER.startswith("flowfabric"):
     import ff_celery
 
     ff_celery.install(app)
+    # BENCH_QUEUE_SHARDS=3: the queue spread over 3 lanes (celery_bench --cluster)
+    app.conf.broker_transport_options = {"queue_shards": {"celery": int(os.environ.get("BENCH_QUEUE_SHARDS", "1"))}}
     if os.environ.get("BENCH_METRICS_PORT"):  # the worker exports Prometheus metrics (celery_bench --metrics)
         app.conf.flowfabric_metrics_port = int(os.environ["BENCH_METRICS_PORT"])
 # The same settings for every transport (ff_celery's defaults), unless BENCH_SETTINGS=defaults

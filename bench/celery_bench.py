@@ -11,7 +11,12 @@ its processes) and the servers during the end-to-end run (/proc). Every configur
 once per round, in turn, for ``--rounds`` rounds; the medians are reported.
 
     python bench/celery_bench.py [--count 3000] [--rounds 3] [--amqp amqp://guest:guest@127.0.0.1:5672//]
+    python bench/celery_bench.py --cluster [--rounds 3]
     python bench/celery_bench.py --metrics [--rounds 3]
+
+``--cluster`` measures flowfabric:// on one node and on a local cluster of 3 primaries with a
+replica each (``DevCluster``), with the queue on one lane and spread over 3 (``queue_shards``),
+and prints each node's CPU per task.
 
 ``--metrics`` measures only flowfabric://, without and with the worker exporting Prometheus
 metrics (``flowfabric_metrics_port``, prefork in multiprocess mode, scraped every second),
@@ -31,12 +36,13 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import kombu
 import redis
 
-from ff_celery.devserver import DevServer, free_port
+from ff_celery.devserver import DevCluster, DevServer, free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,11 +67,15 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def command_usec(port: int) -> dict[str, float]:
-    """Microseconds the Valkey at ``port`` spent in each command so far (INFO commandstats)."""
-    with redis.Redis(port=port) as client:
-        stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): float(fields["usec"]) for name, fields in stats.items()}
+def command_usec(ports: list[int]) -> dict[str, float]:
+    """Microseconds the Valkeys at ``ports`` spent in each command so far (INFO commandstats)."""
+    spent: dict[str, float] = {}
+    for port in ports:
+        with redis.Redis(port=port) as client:
+            for name, fields in client.info("commandstats").items():
+                command = name.removeprefix("cmdstat_")
+                spent[command] = spent.get(command, 0.0) + float(fields["usec"])
+    return spent
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -80,14 +90,19 @@ def measure(
     backend: str,
     count: int,
     server_pids: list[int],
-    valkey_port: int,
+    valkey_ports: list[int],
     worker_env: dict[str, str] | None = None,
     settings: str = "safe",
+    nodes: dict[str, int] | None = None,
+    queue_shards: int = 1,
 ) -> dict[str, float]:
     """One row: publish rate, end-to-end rate, latencies, CPU per task of the publisher, the
     worker (main and pool processes) and the servers (``server_pids``: broker, backend), and
-    the Valkey's own command time per task (``INFO commandstats``: all commands, FCALLs)."""
-    os.environ.update(BENCH_BROKER=broker, BENCH_BACKEND=backend, BENCH_SETTINGS=settings)
+    the Valkeys' own command time per task (``INFO commandstats``: all commands, FCALLs).
+    With ``nodes`` (name -> pid: a cluster's), each node's CPU per task is printed too;
+    ``queue_shards`` spreads the queue over that many lanes (publisher and worker)."""
+    os.environ.update(BENCH_BROKER=broker, BENCH_BACKEND=backend, BENCH_SETTINGS=settings,
+                      BENCH_QUEUE_SHARDS=str(queue_shards))  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(HERE), **(worker_env or {})}
     sys.path.insert(0, str(HERE))
     for name in [m for m in sys.modules if m == "bench_app"]:
@@ -112,16 +127,17 @@ def measure(
             "publisher": time.process_time,
             "worker": lambda: cpu_seconds(worker.pid),
             "server": lambda: sum(map(cpu_seconds, server_pids)),
+            **{node: (lambda pid=pid: cpu_seconds(pid)) for node, pid in (nodes or {}).items()},
         }
         cpu_before = {name: spent() for name, spent in processes.items()}
-        commands_before = command_usec(valkey_port)
+        commands_before = command_usec(valkey_ports)
         started = time.perf_counter()
         results = [bench_app.noop.delay() for _ in range(count)]
         for result in results:
             result.get(timeout=300)
         throughput = count / (time.perf_counter() - started)
         cpu_ms = {name: (spent() - cpu_before[name]) * 1000 / count for name, spent in processes.items()}
-        commands = command_usec(valkey_port)
+        commands = command_usec(valkey_ports)
         command_us = sum(commands.values()) - sum(commands_before.values())
         fcall_us = commands.get("fcall", 0) - commands_before.get("fcall", 0)
 
@@ -149,11 +165,13 @@ def measure(
         "start p95 ms": percentile(latencies, 0.95),
         "get p50 ms": statistics.median(round_trips),
         "get p95 ms": percentile(round_trips, 0.95),
-        **{f"cpu ms {name[:3]}": value for name, value in cpu_ms.items()},
+        **{f"cpu ms {name[:3]}": cpu_ms[name] for name in ("publisher", "worker", "server")},
         "valkey us": command_us / count,
         "fcall us": fcall_us / count,
     }
     print(f"{label:<18}" + "".join(f"{value:>12.2f}" for value in row.values()), flush=True)
+    if nodes:
+        print("  CPU ms per task by node: " + ", ".join(f"{node} {cpu_ms[node]:.2f}" for node in nodes), flush=True)
     return row
 
 
@@ -205,9 +223,9 @@ def metrics_overhead(server: DevServer, count: int, rounds: int) -> None:
     plain: list[dict[str, float]] = []
     metered: list[dict[str, float]] = []
     for _ in range(rounds):
-        plain.append(measure("flowfabric://", url, url, count, [server.pid], server.port))
+        plain.append(measure("flowfabric://", url, url, count, [server.pid], [server.port]))
         with scraped_metrics() as worker_env:
-            metered.append(measure("  + metrics", url, url, count, [server.pid], server.port, worker_env))
+            metered.append(measure("  + metrics", url, url, count, [server.pid], [server.port], worker_env))
     print()
     for name in plain[0]:
         without, with_metrics = (statistics.median(row[name] for row in rows) for rows in (plain, metered))
@@ -219,6 +237,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--metrics", action="store_true", help="flowfabric:// without and with metrics only")
+    parser.add_argument("--cluster", action="store_true", help="flowfabric:// on one node and on a 3+3 cluster")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each configuration once per round)")
     args = parser.parse_args()
     with DevServer() as server:
@@ -227,28 +246,67 @@ def main() -> None:
         print(f"{'broker':<18}" + "".join(f"{h:>12}" for h in COLUMNS))
         if args.metrics:
             metrics_overhead(server, args.count, args.rounds)
-            return
-        comparison(server, args.count, args.rounds, args.amqp)
+        elif args.cluster:
+            cluster_comparison(server, args.count, args.rounds)
+        else:
+            comparison(server, args.count, args.rounds, args.amqp)
 
 
 def comparison(server: DevServer, count: int, rounds: int, amqp: str) -> None:
     """Every broker and setting once per round, in turn; then the medians."""
     port, ours = server.port, [server.pid]
     flowfabric = f"flowfabric://127.0.0.1:{port}/0"
-    configurations = [("flowfabric://", flowfabric, flowfabric, ours, "safe")]
+    configurations = [Configuration("flowfabric://", flowfabric, flowfabric, ours, [port])]
     for settings in ("safe", "defaults"):
-        configurations.append((f"redis:// {settings}", f"redis://127.0.0.1:{port}/1", f"redis://127.0.0.1:{port}/2",
-                               ours, settings))  # fmt: skip
+        configurations.append(Configuration(f"redis:// {settings}", f"redis://127.0.0.1:{port}/1",
+                                            f"redis://127.0.0.1:{port}/2", ours, [port], settings))  # fmt: skip
     if rabbitmq_reachable(amqp):  # server CPU: RabbitMQ's and the result backend's
         for settings in ("safe", "defaults"):
-            configurations.append((f"amqp:// {settings}", amqp, f"redis://127.0.0.1:{port}/3",
-                                   ours + rabbitmq_pids(), settings))  # fmt: skip
+            configurations.append(Configuration(f"amqp:// {settings}", amqp, f"redis://127.0.0.1:{port}/3",
+                                                ours + rabbitmq_pids(), [port], settings))  # fmt: skip
     else:
         print(f"amqp://        not measured: RabbitMQ not reachable at {amqp}")
-    rows: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in configurations}
+    run_rounds(configurations, count, rounds)
+
+
+def cluster_comparison(server: DevServer, count: int, rounds: int) -> None:
+    """flowfabric:// on one node and on a local cluster of 3 primaries with a replica each."""
+    with DevCluster(primaries=3, replicas=1) as cluster:
+        one, many = (f"flowfabric://127.0.0.1:{node.port}/0" for node in (server, cluster.primaries[0]))
+        roles = [("primary", cluster.primaries), ("replica", cluster.replicas)]
+        nodes = {f"{role} {n}": node.pid for role, group in roles for n, node in enumerate(group, 1) if node.pid}
+        primary_ports = [node.port for node in cluster.primaries]
+        single = Configuration("1 node", one, one, [server.pid], [server.port])
+        clustered = Configuration("3+3 cluster", many, many, list(nodes.values()), primary_ports, nodes=nodes)
+        spread = Configuration(
+            "  3 lanes", many, many, list(nodes.values()), primary_ports, nodes=nodes, queue_shards=3
+        )
+        run_rounds([single, clustered, spread], count, rounds)
+
+
+@dataclass
+class Configuration:
+    """One row of the comparison: a broker and backend, the server processes that serve
+    them (for their CPU) and the Valkey ports to read command time from."""
+
+    label: str
+    broker: str
+    backend: str
+    server_pids: list[int]
+    valkey_ports: list[int]
+    settings: str = "safe"
+    nodes: dict[str, int] | None = None
+    queue_shards: int = 1
+
+
+def run_rounds(configurations: list[Configuration], count: int, rounds: int) -> None:
+    """Every configuration once per round, in turn; then the medians."""
+    rows: dict[str, list[dict[str, float]]] = {c.label: [] for c in configurations}
     for _ in range(rounds):
-        for label, broker, backend, server_pids, settings in configurations:
-            rows[label].append(measure(label, broker, backend, count, server_pids, port, settings=settings))
+        for c in configurations:
+            row = measure(c.label, c.broker, c.backend, count, c.server_pids, c.valkey_ports, settings=c.settings,
+                          nodes=c.nodes, queue_shards=c.queue_shards)  # fmt: skip
+            rows[c.label].append(row)
     print(f"\nmedians of {rounds} rounds")
     print(f"{'broker':<18}" + "".join(f"{h:>12}" for h in COLUMNS))
     for label, measured in rows.items():

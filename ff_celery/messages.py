@@ -214,9 +214,10 @@ def _envelope(payload: bytes) -> dict[str, Any]:
     return message
 
 
-def delivery_message(task: ClaimedTask) -> dict[str, Any]:
-    """The raw kombu message to deliver for a claimed execution (ValueError if its payload
-    is not a kombu message)."""
+def delivery_message(task: ClaimedTask, queue: str | None = None) -> dict[str, Any]:
+    """The raw kombu message to deliver for a claimed execution of ``queue`` (by default its
+    lane; a queue spread over several lanes names itself); ValueError if its payload is not
+    a kombu message."""
     message = _envelope(task.payload)
     headers = message.get("headers") or {}
     message["headers"] = headers
@@ -229,7 +230,7 @@ def delivery_message(task: ClaimedTask) -> dict[str, Any]:
     properties = message["properties"] = message.get("properties") or {}
     properties["delivery_tag"] = delivery_tag(task)
     info = properties["delivery_info"] = properties.get("delivery_info") or {}
-    info.update(routing_key=task.lane_id, redelivered=task.attempt_index > 0 or task.attempt_type == "resumed")
+    info.update(routing_key=queue or task.lane_id, redelivered=task.attempt_index > 0 or task.attempt_type == "resumed")
     return message
 
 

@@ -18,6 +18,7 @@ freed slot, a full batch, or the ``poll_interval`` fallback).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import time
@@ -36,6 +37,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_client_like, serves_a_cluster
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import BlockExecutionForAdmission
+from ff_celery.engine.lane_shards import shard_lanes
 from ff_celery.engine.registry import shared_engine, shared_renewer
 from ff_celery.engine.renewal import LeaseRenewer
 from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, submission_for
@@ -115,6 +117,9 @@ class Channel(kombu_redis.Channel):
     unlimited_batch = 16
     #: Lane -> quota (name or id) for executions published without one.
     lane_quotas: dict[str, str] = {}
+    #: Queue -> how many lanes it is spread over, round-robin by each publisher; consumers
+    #: claim the best head across them (:mod:`ff_celery.engine.lane_shards`).
+    queue_shards: dict[str, int] = {}
     #: Socket settings (kombu's transport options): a frozen or black-holed server surfaces
     #: as a timeout; ``socket_timeout`` None means a third of the lease TTL (at least 2 s).
     socket_connect_timeout = CONNECT_TIMEOUT_S
@@ -126,12 +131,16 @@ class Channel(kombu_redis.Channel):
         "poll_interval",
         "max_message_size",
         "lane_quotas",
+        "queue_shards",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ff_held: dict[str, ClaimedTask] = {}
-        self._ff_lanes: list[str] = []
+        #: The lane queues consumed, and which queue each of their lanes belongs to.
+        self._ff_queues: list[str] = []
+        self._ff_queue_of_lane: dict[str, str] = {}
+        self._ff_publish_turns: dict[str, itertools.count[int]] = {}
         self._ff_claimer: Claimer | None = None
         self._ff_want_claim = False
         self._ff_last_probe = 0.0
@@ -203,7 +212,9 @@ class Channel(kombu_redis.Channel):
             return super()._put(queue, message, **kwargs)
         engine = self.ff_engine
         now_ms = engine.now_ms()
-        submission = submission_for(queue, message, now_ms=now_ms, max_size=self.max_message_size)
+        lanes = self.ff_lanes_of(queue)
+        lane = lanes[next(self._ff_publish_turns.setdefault(queue, itertools.count())) % len(lanes)]
+        submission = submission_for(lane, message, now_ms=now_ms, max_size=self.max_message_size)
         created = engine.submit(
             submission.lane,
             submission.payload,
@@ -227,17 +238,22 @@ class Channel(kombu_redis.Channel):
             engine.set_next_attempt_payload(created.execution_id, submission.payload)
         return None
 
+    def ff_lanes_of(self, queue: str) -> list[str]:
+        """The lanes a queue's executions live on: the queue's own, and more if it is
+        spread (``queue_shards``)."""
+        return shard_lanes(queue, self.queue_shards.get(queue, 1), self.ff_engine.partitions)
+
     def _purge(self, queue: str) -> int:
-        """Cancel every waiting or delayed execution of the lane; answers how many."""
+        """Cancel every waiting or delayed execution of the queue; answers how many."""
         if not is_lane(queue):
             return super()._purge(queue)
-        return self.ff_engine.purge_lane(queue)
+        return sum(self.ff_engine.purge_lane(lane) for lane in self.ff_lanes_of(queue))
 
     def _size(self, queue: str) -> int:
         if not is_lane(queue):
             return super()._size(queue)
-        counts = self.ff_engine.lane_counts(queue)
-        return counts["eligible"] + counts["delayed"]
+        counts = [self.ff_engine.lane_counts(lane) for lane in self.ff_lanes_of(queue)]
+        return sum(count["eligible"] + count["delayed"] for count in counts)
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         if not is_lane(queue):
@@ -250,7 +266,8 @@ class Channel(kombu_redis.Channel):
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         if is_lane(queue):
-            self.ff_engine.register_lane(queue)
+            for lane in self.ff_lanes_of(queue):
+                self.ff_engine.register_lane(lane)
             return None
         return super()._new_queue(queue, **kwargs)
 
@@ -263,16 +280,16 @@ class Channel(kombu_redis.Channel):
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> str:
         tag = super().basic_consume(queue, *args, **kwargs)
-        if is_lane(queue) and queue not in self._ff_lanes:
-            self._ff_lanes.append(queue)
+        if is_lane(queue) and queue not in self._ff_queues:
+            self._ff_queues.append(queue)
             self._ff_reset_claimer()
         return tag
 
     def _basic_cancel(self, consumer_tag: str) -> Any:
         queue = self._tag_to_queue.get(consumer_tag)
         result = super()._basic_cancel(consumer_tag)
-        if queue in self._ff_lanes:
-            self._ff_lanes.remove(queue)
+        if queue in self._ff_queues:
+            self._ff_queues.remove(queue)
             self._ff_reset_claimer()
         return result
 
@@ -280,11 +297,12 @@ class Channel(kombu_redis.Channel):
         if self._ff_claimer is not None:
             self._ff_claimer.close()
             self._ff_claimer = None
-        if self._ff_lanes:
+        self._ff_queue_of_lane = {lane: queue for queue in self._ff_queues for lane in self.ff_lanes_of(queue)}
+        if self._ff_queue_of_lane:
             engine, renewer = self._ff_shared
             self._ff_claimer = Claimer(
                 engine,
-                self._ff_lanes,
+                list(self._ff_queue_of_lane),
                 worker_id=f"celery@{os.uname().nodename}",
                 lease_ttl_ms=self.lease_ttl_ms,
                 renewer=renewer,
@@ -338,7 +356,7 @@ class Channel(kombu_redis.Channel):
         try:
             tasks = self._ff_claimer.try_claim(want)
         except EngineError as exc:
-            log.warning("claiming from %s failed: %s", self._ff_lanes, exc)
+            log.warning("claiming from %s failed: %s", self._ff_queues, exc)
             return 0
         self._ff_want_claim = len(tasks) == want  # a full batch: there may be more
         for task in tasks:
@@ -349,7 +367,7 @@ class Channel(kombu_redis.Channel):
         try:
             if task.attempt_index > 0:  # a retry may run other arguments than the first attempt
                 task.payload = self.ff_engine.next_attempt_payload(task.execution_id) or task.payload
-            message = delivery_message(task)
+            message = delivery_message(task, self._ff_queue_of_lane.get(task.lane_id, task.lane_id))
         except ValueError as exc:
             self._ff_fail_undeliverable(task, f"undecodable message: {exc}")
             return
@@ -358,7 +376,7 @@ class Channel(kombu_redis.Channel):
         task.on_lease_lost = lambda handle, error: self._ff_lease_lost(tag, handle)
         self._ff_held[tag] = task
         try:
-            self.connection._deliver(message, task.lane_id)
+            self.connection._deliver(message, message["properties"]["delivery_info"]["routing_key"])
         except Exception as exc:  # the consumer choked on it: fail this one, keep the worker
             self.qos.ack(tag)
             if self._ff_take(tag) is not None:
@@ -467,7 +485,7 @@ class Channel(kombu_redis.Channel):
         if not is_lane(queue):
             return super()._get(queue)
         engine, renewer = self._ff_shared
-        claimer = Claimer(engine, [queue], worker_id=f"kombu@{os.uname().nodename}", renewer=renewer)
+        claimer = Claimer(engine, self.ff_lanes_of(queue), worker_id=f"kombu@{os.uname().nodename}", renewer=renewer)
         try:
             task = claimer.claim_one()
         finally:
@@ -475,7 +493,7 @@ class Channel(kombu_redis.Channel):
         if task is None:
             raise virtual.base.Empty()
         try:
-            message = delivery_message(task)
+            message = delivery_message(task, queue)
         except ValueError as exc:
             self._ff_fail_undeliverable(task, f"undecodable message: {exc}")
             raise virtual.base.Empty() from None

@@ -129,10 +129,14 @@ class FlowFabricStep(bootsteps.StartStopStep):
             channel.attach_worker(self)
             if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:
                 configured = c.app.conf.get("flowfabric_scanner_settings") or {}
-                retention = {"retention_s": retention_of(c.app), "lane_retention_s": queue_retention_of(c.app)}
+                lane_retention = {  # a queue spread over several lanes keeps its retention on each
+                    lane: seconds for queue, seconds in queue_retention_of(c.app).items()
+                    for lane in channel.ff_lanes_of(queue)
+                }  # fmt: skip
+                retention = {"retention_s": retention_of(c.app), "lane_retention_s": lane_retention}
                 settings = ScannerSettings(**{**retention, **configured})
-                queues = [queue.name for queue in c.task_consumer.queues]
-                self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=queues).start()
+                lanes = [lane for queue in c.task_consumer.queues for lane in channel.ff_lanes_of(queue.name)]
+                self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=lanes).start()
             self._serve_metrics(c, channel)
         self.timer_ref = c.timer.call_repeatedly(LOST_CHECK_INTERVAL_S, self.stop_lost, (c,), priority=1)
         self.watchdog = LeaseWatchdog(c.pool)

@@ -196,12 +196,14 @@ class Claimer:
     # -- probing ------------------------------------------------------------------------------
 
     def probe(self, depth: int) -> list[tuple[ExecutionId, str]]:
-        """Eligible heads: ``depth`` from each lane's home partition, plus one per lane from the
-        next chunk of other partitions when a flow scan is due."""
+        """Eligible heads: ``depth`` from each lane's home partition, merged in eligibility
+        order (priority, then age) across the lanes, then one per lane from the next chunk of
+        other partitions when a flow scan is due."""
         batch = self.engine.batch()
         queries: list[str] = []
         for lane, partition in self._home.items():
-            batch.command("zrangebyscore", PartitionKeys(partition).eligible(lane), "-inf", "+inf", start=0, num=depth)
+            index = PartitionKeys(partition).eligible(lane)
+            batch.command("zrangebyscore", index, "-inf", "+inf", start=0, num=depth, withscores=True)
             queries.append(lane)
         now = time.monotonic()
         if now - self._last_flow_scan >= self.flow_scan_interval_s:
@@ -219,13 +221,22 @@ class Claimer:
         batch.command("smembers", ADMISSION_LANES_KEY)  # which lanes need admission, as of this probe
         *replies, admission_lanes = batch.execute()
         self.admission.note_controlled_lanes(admission_lanes)
+        # the home heads of every lane in eligibility order (priority, then age), as one lane
+        # spread over several (lane_shards) would give them; flow members after them
+        home_heads: list[tuple[float, bytes, str]] = []
+        members: list[tuple[list[bytes], str]] = []
+        for position, (lane, found) in enumerate(zip(queries, replies)):
+            if isinstance(found, Exception):
+                log.warning("probe of lane %s failed: %s", lane, found)
+            elif position < len(self._home):
+                home_heads += [(score, member, lane) for member, score in found]
+            else:
+                members.append((found, lane))
+        members[:0] = [([member], lane) for _, member, lane in sorted(home_heads)]
         seen: set[str] = set()
         candidates: list[tuple[ExecutionId, str]] = []
-        for lane, members in zip(queries, replies):
-            if isinstance(members, Exception):
-                log.warning("probe of lane %s failed: %s", lane, members)
-                continue
-            for eid in valid_execution_ids(members, f"the eligible set of lane {lane}"):
+        for found, lane in members:
+            for eid in valid_execution_ids(found, f"the eligible set of lane {lane}"):
                 if eid not in seen:
                     seen.add(eid)
                     candidates.append((eid, lane))

@@ -127,3 +127,43 @@ def test_on_a_cluster_node_lanes_hold_executions_and_kombus_own_keys_share_one_s
         keys = connect(server.url).keys("*")
         kombu_keys = [key for key in keys if not key.startswith((b"ff:", b"ffc:"))]
         assert kombu_keys and all(key.startswith(KOMBU_HASH_TAG.encode()) for key in kombu_keys)
+
+
+def test_a_queue_spread_over_three_lanes_is_published_round_robin_and_consumed_in_priority_order(url):
+    options = {"transport_options": {"queue_shards": {"hot": 3}}}
+    with kombu.Connection(url, **options) as connection:
+        channel = connection.default_channel
+        lanes = channel.ff_lanes_of("hot")
+        producer = connection.Producer()
+        for number in range(6):
+            producer.publish({"n": number}, routing_key="hot", priority=9 if number == 4 else 0)
+        engine = channel.ff_engine
+        assert [engine.lane_counts(lane)["eligible"] for lane in lanes] == [2, 2, 2]
+        if engine.clustered:  # one lane per primary
+            nodes = {engine.redis.get_node_from_key(ExecutionId.mint(engine.partitions.lane_partition(lane))).name
+                     for lane in lanes}  # fmt: skip
+            assert len(nodes) == 3
+        assert channel._size("hot") == 6
+        received = []
+
+        def on_message(body, message):
+            received.append(body["n"])
+            assert message.delivery_info["routing_key"] == "hot"
+            message.ack()
+
+        with connection.Consumer(kombu.Queue("hot"), callbacks=[on_message], prefetch_count=1):
+            deadline = time.monotonic() + 20
+            while len(received) < 6 and time.monotonic() < deadline:
+                connection.drain_events(timeout=1)
+    assert received[0] == 4 and sorted(received) == list(range(6))  # the priority-9 head first, across lanes
+    assert [executions(url, lane) for lane in lanes] == [["completed"] * 2] * 3
+
+
+def test_purging_a_spread_queue_empties_every_lane(url):
+    with kombu.Connection(url, transport_options={"queue_shards": {"hot": 3}}) as connection:
+        queue = connection.SimpleQueue("hot")
+        for number in range(6):
+            queue.put({"n": number})
+        assert queue.clear() == 6
+        assert queue.qsize() == 0
+        queue.close()

@@ -18,12 +18,29 @@ from ff_celery.engine.connection import connect
 
 URL = os.environ.get("FFAPP_URL", "flowfabric://127.0.0.1:6379/0")
 SCAN_S = float(os.environ.get("FFAPP_SCAN_S", "0.2"))
+#: FFAPP_QUEUE_SHARDS="queue=3,other=2": queues spread over several lanes.
+QUEUE_SHARDS = {
+    queue: int(shards)
+    for queue, _, shards in (
+        item.partition("=") for item in os.environ.get("FFAPP_QUEUE_SHARDS", "").split(",") if item
+    )
+}
 
 app = Celery("ffapp", broker=URL, backend=URL)
 ff_celery.install(app)
 app.conf.update(
     result_extended=True,
-    broker_transport_options={"lease_ttl_ms": int(os.environ.get("FFAPP_LEASE_TTL_MS", "2000")), "poll_interval": 0.5},
+    broker_transport_options={
+        "lease_ttl_ms": int(os.environ.get("FFAPP_LEASE_TTL_MS", "2000")),
+        "poll_interval": 0.5,
+        # FFAPP_QUEUE_SHARDS="queue=3,other=2": queues spread over several lanes
+        "queue_shards": {
+            queue: int(shards)
+            for queue, shards in (
+                item.split("=") for item in os.environ.get("FFAPP_QUEUE_SHARDS", "").split(",") if item
+            )
+        },
+    },
     flowfabric_scanner_settings={
         "promote_interval_s": SCAN_S,
         "lease_expiry_interval_s": SCAN_S,

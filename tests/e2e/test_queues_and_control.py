@@ -6,7 +6,11 @@ import sys
 import time
 
 import pytest
+from celery import Celery
 from celery.exceptions import TaskRevokedError
+
+from ff_celery.engine.client import Engine
+from ff_celery.engine.lane_shards import shard_lanes
 
 from .conftest import HERE, execution, runs, wait_for
 
@@ -81,3 +85,17 @@ def test_inspect_active_stats_and_control_shutdown(ffapp, app_url, start_worker)
     assert worker_stats["total"] == {"ffapp.gated": 1}
     celery_cli(app_url, "control", "shutdown", "-d", worker.name, "-t", "2")
     assert worker.process.wait(timeout=30) == 0
+
+
+def test_a_queue_spread_over_three_lanes_runs_every_task_once_from_each_lane(app_url, start_worker):
+    start_worker(queues="spread", env={"FFAPP_QUEUE_SHARDS": "spread=3"})
+    app = Celery("spread-publisher", broker=app_url, backend=app_url, set_as_current=False)
+    app.conf.broker_transport_options = {"queue_shards": {"spread": 3}}
+    try:
+        results = [app.send_task("ffapp.add", (n, n), queue="spread") for n in range(30)]
+        assert [result.get(timeout=60) for result in results] == [2 * n for n in range(30)]
+    finally:
+        app.close()
+    engine = Engine.from_url(app_url.replace("flowfabric://", "redis://", 1))
+    lanes = shard_lanes("spread", 3, engine.partitions)
+    assert [engine.lane_counts(lane)["terminal"] for lane in lanes] == [10, 10, 10]
