@@ -8,7 +8,9 @@ executions are never duplicated and a lost worker's executions are requeued by t
 
 Everything that is not a task queue - the ``*.pidbox`` remote-control and reply queues and
 the ``celeryev*`` event queues - keeps kombu's Redis behaviour (lists, Pub/Sub fanout), so
-``celery inspect``/``control``, events and Flower work unchanged.
+``celery inspect``/``control``, events and Flower work unchanged. On a Valkey/Redis Cluster
+(found out from the server) the engine uses a cluster client and kombu's own keys share one
+hash tag. A queue may be spread over several lanes (``queue_shards``).
 
 Consuming is event-driven: with Celery's event loop the lanes' wake-up channel is one more
 readable socket and claims happen when there is capacity and a reason to look (a wake-up, a
@@ -141,6 +143,7 @@ class Channel(kombu_redis.Channel):
         self._ff_queues: list[str] = []
         self._ff_queue_of_lane: dict[str, str] = {}
         self._ff_publish_turns: dict[str, itertools.count[int]] = {}
+        self._ff_lanes_by_queue: dict[str, list[str]] = {}
         self._ff_claimer: Claimer | None = None
         self._ff_want_claim = False
         self._ff_last_probe = 0.0
@@ -241,7 +244,11 @@ class Channel(kombu_redis.Channel):
     def ff_lanes_of(self, queue: str) -> list[str]:
         """The lanes a queue's executions live on: the queue's own, and more if it is
         spread (``queue_shards``)."""
-        return shard_lanes(queue, self.queue_shards.get(queue, 1), self.ff_engine.partitions)
+        lanes = self._ff_lanes_by_queue.get(queue)
+        if lanes is None:
+            shards = self.queue_shards.get(queue, 1)
+            lanes = self._ff_lanes_by_queue[queue] = shard_lanes(queue, shards, self.ff_engine.partitions)
+        return lanes
 
     def _purge(self, queue: str) -> int:
         """Cancel every waiting or delayed execution of the queue; answers how many."""

@@ -42,7 +42,7 @@ FLOW_SCAN_CHUNK = 32
 PROBE_DEPTH = 16
 
 
-def valid_hint(data: object) -> ExecutionId | None:
+def hinted_execution(data: object) -> ExecutionId | None:
     """The execution id a wake-up names, if it names one."""
     try:
         return ExecutionId(text(data))
@@ -176,13 +176,13 @@ class Claimer:
         return woken
 
     def note_wake(self, message: dict[str, Any]) -> None:
-        """A wake-up naming the execution a publisher just made eligible (its lane's only
-        one then) is a claim candidate: if this claimer probed less than
+        """A wake-up naming the execution a publisher just made eligible (the lane's only
+        one, or nearly) is a claim candidate: if this claimer probed less than
         ``CANDIDATE_TTL_S`` ago and has no candidates left, the next claim tries it without
         probing, as it would a probed head (the claim grant checks it is still eligible).
         Plain wake-ups carry no execution id."""
         lane = self._lanes_by_channel.get(text(message.get("channel")))
-        hinted = valid_hint(message.get("data"))
+        hinted = hinted_execution(message.get("data"))
         if lane is not None and hinted is not None and len(self._hinted) < PROBE_DEPTH:
             self._hinted.append((hinted, lane))
 

@@ -57,13 +57,12 @@ def connect(url: str, **options: Any) -> redis.Redis:
         clustered = False  # a cluster is reached over TCP
     else:
         options.setdefault("socket_keepalive", True)  # TCP only
-    if clustered:
-        return redis.RedisCluster.from_url(address, decode_responses=False, **options)
-    client = redis.Redis.from_url(address, decode_responses=False, **{"health_check_interval": 30, **options})
-    if clustered is None and serves_a_cluster(client):
+    if not clustered:
+        client = redis.Redis.from_url(address, decode_responses=False, **{"health_check_interval": 30, **options})
+        if clustered is False or not serves_a_cluster(client):
+            return client
         client.close()
-        return redis.RedisCluster.from_url(address, decode_responses=False, **options)
-    return client
+    return redis.RedisCluster.from_url(address, decode_responses=False, **options)
 
 
 def cluster_client_like(settings: dict[str, Any]) -> redis.RedisCluster:
@@ -83,10 +82,6 @@ def serves_a_cluster(client: redis.Redis) -> bool:
         return bool(client.info("cluster").get("cluster_enabled"))
     except redis.RedisError:
         return False
-
-
-def is_cluster_client(client: redis.Redis) -> bool:
-    return isinstance(client, redis.RedisCluster)
 
 
 def clone_client(client: redis.Redis) -> redis.Redis:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.connection import clone_client, connect, is_cluster_client
+from ff_celery.engine.connection import clone_client, connect
 from ff_celery.engine.errors import EngineError, TransportError, UnavailableError
 from ff_celery.engine.ids import new_uuid
 from ff_celery.engine.keys import LANE_REGISTRY_KEY, PARTITION_CONFIG_KEY
@@ -52,8 +52,8 @@ class Executor:
     def __init__(self, client: redis.Redis, *, namespace: str = "default") -> None:
         self.redis = client
         self.namespace = namespace
-        #: Talking to a Valkey/Redis Cluster (``?cluster=true``) through a cluster client.
-        self.clustered = is_cluster_client(client)
+        #: Talking to a Valkey/Redis Cluster through a cluster client.
+        self.clustered = isinstance(client, redis.RedisCluster)
         self._partitions: PartitionConfig | None = None
         self._clock_offset_ms = 0
         self._clock_read_at = 0.0

@@ -28,23 +28,15 @@ def shared_engine(
     way: Hashable,
     client: Callable[[], redis.Redis],
     namespace: str,
-    check: Callable[[redis.Redis], None] | None = None,
 ) -> Engine:
     """This process's engine for the server ``client()`` reaches: bootstrapped on first use
     (library loaded or attached), then shared; the client made to ask is closed if unused.
     ``way`` is how the caller reaches the server (a URL, connection settings): asking again
-    the same way is a lookup, with no client made. ``check`` vets the server the first time,
-    before anything is written (it raises to refuse)."""
+    the same way is a lookup, with no client made."""
     known = _engines.get((os.getpid(), way))
     if known is not None:
         return known
     candidate = client()
-    if check is not None:
-        try:
-            check(candidate)
-        except BaseException:
-            candidate.close()
-            raise
     key = (os.getpid(), (*server_identity(candidate), namespace))
     with _lock:
         engine = _engines.get(key)
