@@ -260,12 +260,37 @@ class DevCluster:
     def primary_of(self, key: str) -> DevServer:
         """The node serving ``key``'s slot as primary now (asked of a running node)."""
         slot = key_slot(key.encode())
-        running = next(node for node in self.nodes if node.process is not None and node.process.poll() is None)
-        with redis.Redis(port=running.port, decode_responses=True) as client:
+        with redis.Redis(port=self._running()[0].port, decode_responses=True) as client:
             for start, end, (_, port, *_), *_ in client.execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end:
                     return next(node for node in self.nodes if node.port == port)
         raise RuntimeError(f"no node serves slot {slot}")
+
+    def move_slot(self, key: str, target: DevServer, batch: int = 100) -> int:
+        """Migrate ``key``'s slot to the primary ``target`` as ``valkey-cli --cluster reshard``
+        does (IMPORTING and MIGRATING, MIGRATE of its keys, then the new owner told to every
+        node); clients meet ASK, TRYAGAIN and MOVED meanwhile. Answers how many keys moved."""
+        slot, source = key_slot(key.encode()), self.primary_of(key)
+        with (
+            redis.Redis(port=source.port, decode_responses=True) as origin,
+            redis.Redis(port=target.port, decode_responses=True) as destination,
+        ):
+            origin_id, target_id = (c.execute_command("CLUSTER MYID") for c in (origin, destination))
+            destination.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", origin_id)
+            origin.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            moved = 0
+            while keys := origin.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+                origin.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                moved += len(keys)
+        others = [node for node in self._running() if node not in (target, source)]
+        for node in (target, source, *others):  # the new owner first; replicas learn it from their primaries
+            with redis.Redis(port=node.port, decode_responses=True) as client:
+                if client.execute_command("ROLE")[0] == "master":
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        return moved
+
+    def _running(self) -> list[DevServer]:
+        return [node for node in self.nodes if node.process is not None and node.process.poll() is None]
 
     def stop(self) -> None:
         for node in self.nodes:

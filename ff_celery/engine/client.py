@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 DELAY_SAFETY_MS = 1000
 #: How long an alias (a Celery task id) resolves after its execution becomes due.
 ALIAS_TTL_MS = 7 * 86_400_000
+#: A wake-up that names no execution: look for work.
+WAKE_ANY = "1"
 #: Aliases remembered per process (as hints for :meth:`Engine.read_aliased`) before starting over.
 SEEN_ALIASES_MAX = 10_000
 
@@ -146,9 +148,12 @@ class Engine(Executor):
         if alias:
             alias_ttl_ms = ALIAS_TTL_MS + max(0, (request.delay_until or 0) - self.now_ms())
             batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces, px=alias_ttl_ms)
+        # an execution under budgets or a quota must pass admission, which a claimer only knows
+        # its lane needs after a probe: its wake-up names nothing, so the claimer probes
+        named = None if attachment else eid
         woken = request.delay_until is None and self._idle_lanes.get(lane, False)
         if woken:
-            batch.command("publish", wake_channel(lane), str(eid))
+            batch.command("publish", wake_channel(lane), str(named or WAKE_ANY))
         batch.command("zcard", PartitionKeys(eid.partition).eligible(lane))
         replies = batch.execute()
         created = replies[1]
@@ -159,7 +164,7 @@ class Engine(Executor):
         only_eligible = isinstance(created, fn.Created) and created.public_state == "waiting" and replies[-1] == 1
         self._idle_lanes[lane] = only_eligible
         if only_eligible and not woken:
-            self.wake(lane, created.execution_id)
+            self.wake(lane, None if attachment else created.execution_id)
         failed = isinstance(created, EngineError)
         # A minted id under budgets answered as a DUPLICATE of itself: the library was reloaded
         # and the batch run twice, and the first run's HSET made the core exist. Try a new id.
@@ -194,7 +199,7 @@ class Engine(Executor):
     def wake(self, lane: str, execution_id: ExecutionId | None = None) -> None:
         """Tell idle claimers of ``lane`` that work is eligible (ff_celery's notification);
         with ``execution_id``, which one (a hint, see :meth:`Claimer.note_wake`)."""
-        self._guard(lambda: self.redis.publish(wake_channel(lane), str(execution_id or "1")))
+        self._guard(lambda: self.redis.publish(wake_channel(lane), str(execution_id or WAKE_ANY)))
 
     def resolve(self, alias: str) -> ExecutionId | None:
         """The execution submitted under ``alias``, if any."""

@@ -32,8 +32,15 @@ R = TypeVar("R")
 
 _CLOCK_REFRESH_S = 60.0
 
-#: Redis errors that a later try may not meet (a restart still loading, a failover, a drop).
-RETRYABLE_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+#: Redis errors that a later try may not meet (a restart still loading, a failover, a drop;
+#: on a cluster, a slot being migrated or no primary for it yet).
+RETRYABLE_REDIS_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
 
 
 def transport_error(exc: Exception, function: str | None = None) -> TransportError:

@@ -1,7 +1,7 @@
-"""A cluster failover: the primary serving a queue's partition is killed mid-run, its replica
-is promoted by the cluster itself, and workers and publishers follow the new slot map
-without a restart; work published before (and replicated) completes, new work runs, and no
-task runs on two workers at once."""
+"""A cluster changing under a running queue, with real workers: the primary serving the
+queue's partition is killed mid-run and the cluster promotes its replica, or the partition's
+slot is migrated to another primary while tasks flow. Workers and publishers follow the new
+slot map without a restart; every task completes, and no task runs on two workers at once."""
 
 from __future__ import annotations
 
@@ -55,3 +55,23 @@ def test_workers_and_publishers_follow_the_replica_the_cluster_promotes(cluster,
     assert app.send_task("ffapp.add", (5, 5)).get(timeout=90) == 10
     assert_one_run_at_a_time(beats)
     assert all(worker.process.poll() is None for worker in workers)  # recovered without a restart
+
+
+def test_tasks_keep_completing_while_their_partitions_slot_moves_to_another_primary(cluster, tmp_path):
+    nodes, app, _ = cluster
+    partition = Engine.from_url(nodes.url).partitions.lane_partition("celery")
+    key = ExecutionId.mint(partition)
+    source = nodes.primary_of(key)
+    target = next(node for node in nodes.primaries if node is not source)
+    beats = tmp_path / "beats"
+    running = app.send_task("ffapp.beating", (2, str(beats)))
+    results = [app.send_task("ffapp.add", (n, n)) for n in range(20)]
+    assert wait_for(lambda: beats.exists(), timeout=30)
+
+    moved = nodes.move_slot(key, target)  # the queue's executions, indexes and leases move
+    results += [app.send_task("ffapp.add", (n, n)) for n in range(20, 40)]
+
+    assert moved > 0 and nodes.primary_of(key) is target
+    assert running.get(timeout=90) == 2
+    assert [result.get(timeout=90) for result in results] == [2 * n for n in range(40)]
+    assert_one_run_at_a_time(beats)
