@@ -180,3 +180,24 @@ def test_claimed_tasks_carry_payload_tags_policy_and_claim_state(ff_engine, make
     assert task.policy.max_replay_count == 3
     assert task.core["priority"] == "4" and task.core["retry_count"] == "0"
     task.complete()
+
+
+def next_wake(listener) -> bytes:
+    """The payload of the next wake-up the listener receives."""
+    received = []
+    assert wait_for(lambda: received.append(listener.get_message(timeout=1)) or received[-1] is not None)
+    return received[-1]["data"]
+
+
+def test_a_wake_up_names_only_an_execution_that_needs_no_admission(ff_engine):
+    listener = ff_engine.redis.pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(wake_channel("default"))
+    try:
+        assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)
+        plain = ff_engine.submit("default", b"plain").execution_id
+        assert next_wake(listener) == plain.encode()
+        ff_engine.purge_lane("default")  # the lane is idle again: the next submit wakes it
+        ff_engine.submit("default", b"under a budget", budget_ids=["team-budget"])
+        assert next_wake(listener) == b"1"  # the claimer probes, and learns the lane needs admission
+    finally:
+        listener.close()
