@@ -36,7 +36,7 @@ from ff_celery.context import plan_republished_retry
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_client_like, serves_a_cluster
+from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.functions import BlockExecutionForAdmission
 from ff_celery.engine.lane_shards import shard_lanes
@@ -172,11 +172,7 @@ class Channel(kombu_redis.Channel):
             way = repr(sorted((k, repr(v)) for k, v in params.items() if k != "connection_class"))
 
             def client() -> redis.Redis:
-                plain = redis.Redis(connection_pool=redis.ConnectionPool(**params))
-                if not serves_a_cluster(plain):
-                    return plain
-                plain.close()
-                return cluster_client_like(params)
+                return cluster_aware(redis.Redis(connection_pool=redis.ConnectionPool(**params)))
 
             engine = shared_engine(way, client, NAMESPACE)
             cached = self.__dict__["_ff_shared_cache"] = (os.getpid(), (engine, shared_renewer(engine)))

@@ -57,31 +57,29 @@ def connect(url: str, **options: Any) -> redis.Redis:
         clustered = False  # a cluster is reached over TCP
     else:
         options.setdefault("socket_keepalive", True)  # TCP only
-    if not clustered:
-        client = redis.Redis.from_url(address, decode_responses=False, **{"health_check_interval": 30, **options})
-        if clustered is False or not serves_a_cluster(client):
-            return client
-        client.close()
-    return redis.RedisCluster.from_url(address, decode_responses=False, **options)
+    if clustered:
+        return redis.RedisCluster.from_url(address, decode_responses=False, **options)
+    client = redis.Redis.from_url(address, decode_responses=False, **{"health_check_interval": 30, **options})
+    return client if clustered is False else cluster_aware(client)
 
 
-def cluster_client_like(settings: dict[str, Any]) -> redis.RedisCluster:
-    """A cluster client seeded from a plain client's connection ``settings`` (host, port,
-    credentials, timeouts; TLS if its connection class is)."""
-    connection_class = settings.get("connection_class") or redis.Connection
-    dropped = ("db", "connection_class", "max_connections", "path", "health_check_interval")
-    cluster_settings = {name: value for name, value in settings.items() if name not in dropped}
-    if issubclass(connection_class, redis.SSLConnection):
-        cluster_settings["ssl"] = True
-    return redis.RedisCluster(decode_responses=False, **cluster_settings)
-
-
-def serves_a_cluster(client: redis.Redis) -> bool:
-    """Whether ``client``'s server is a cluster node (False if it cannot be asked)."""
+def cluster_aware(client: redis.Redis) -> redis.Redis:
+    """``client``, or, if its server is a cluster node, a cluster client seeded from its
+    settings (host, port, credentials, timeouts; TLS if it uses it), ``client`` closed. An
+    unreachable server keeps the plain client, whose first command reports it."""
     try:
-        return bool(client.info("cluster").get("cluster_enabled"))
+        if not client.info("cluster").get("cluster_enabled"):
+            return client
     except redis.RedisError:
-        return False
+        return client
+    pool = client.connection_pool
+    dropped = ("db", "connection_class", "max_connections", "path", "health_check_interval")
+    settings = {name: value for name, value in pool.connection_kwargs.items() if name not in dropped}
+    settings["decode_responses"] = False
+    if issubclass(pool.connection_class, redis.SSLConnection):
+        settings["ssl"] = True
+    client.close()
+    return redis.RedisCluster(**settings)
 
 
 def clone_client(client: redis.Redis) -> redis.Redis:
