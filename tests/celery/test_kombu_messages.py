@@ -139,10 +139,10 @@ def test_a_queue_spread_over_three_lanes_is_published_round_robin_and_consumed_i
             producer.publish({"n": number}, routing_key="hot", priority=9 if number == 4 else 0)
         engine = channel.ff_engine
         assert [engine.lane_counts(lane)["eligible"] for lane in lanes] == [2, 2, 2]
-        if engine.clustered:  # one lane per primary
+        if engine.clustered:  # one lane per primary (of three or more)
             nodes = {engine.redis.get_node_from_key(ExecutionId.mint(engine.partitions.lane_partition(lane))).name
                      for lane in lanes}  # fmt: skip
-            assert len(nodes) == 3
+            assert len(nodes) == min(3, len(engine.redis.get_primaries()))
         assert channel._size("hot") == 6
         received = []
 
