@@ -5,5 +5,5 @@
 -- whenever any function's KEYS/ARGV contract or behaviour changes.
 
 redis.register_function('ff_version', function(keys, args)
-  return 'ff_celery-4'
+  return 'ff_celery-5'
 end)

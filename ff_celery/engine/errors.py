@@ -145,6 +145,9 @@ CODES: dict[str, CodeInfo] = {
     "flow_already_terminal": CodeInfo(_T, _ST, "flow already ended"),
     "deps_not_satisfied": CodeInfo(_I, _ST, "dependencies not yet satisfied"),
     "not_blocked_by_deps": CodeInfo(_I, _ST, "not blocked by dependencies"),
+    "already_member_of_different_flow": CodeInfo(_T, _CONF, "member of another flow (detail: its id)"),
+    "invariant_violation": CodeInfo(ErrorClass.BUG, Kind.BUG, "edge-group counters exceed its edges"),
+    "invalid_args": CodeInfo(_T, _VAL, "flow id and downstream execution id required"),
     # budgets, quotas, admission
     "budget_exceeded": CodeInfo(ErrorClass.COOPERATIVE, _ST, "hard budget limit hit; stop now"),
     "budget_soft_exceeded": CodeInfo(_I, _ST, "soft budget limit passed; warn"),
@@ -318,6 +321,9 @@ def error_for_code(
     code: str, details: list[str], *, function: str | None = None, execution_id: str | None = None
 ) -> EngineError:
     """The typed exception for a ``{0, code, details...}`` reply."""
+    code, _, embedded = code.partition(":")  # already_member_of_different_flow:<flow id>
+    if embedded:
+        details = [embedded, *details]
     if code == "execution_not_active":
         cls: type[EngineError] = ExecutionNotActiveError
     elif code in CODES:

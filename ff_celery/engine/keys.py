@@ -255,6 +255,74 @@ class PartitionKeys:
     def idempotency(self, namespace: str, idempotency_key: str) -> str:
         return f"ff:idem:{self.tag}:{namespace}:{idempotency_key}"
 
+    @property
+    def flow_index(self) -> str:
+        return self._index("flow_index")
+
+    @property
+    def cancel_backlog(self) -> str:
+        """Flows owing member cancels, scored by when the reconciler may take them."""
+        return self._index("cancel_backlog")
+
+    @property
+    def pending_cancel_groups(self) -> str:
+        """``<flow_id>|<downstream id>`` of edge groups whose siblings are owed a cancel."""
+        return self._index("pending_cancel_groups")
+
+
+@dataclass(frozen=True)
+class FlowKeys:
+    """Keys of one flow, on its ``{fp:N}`` partition (which its members share)."""
+
+    flow_id: str
+    partition: int
+
+    @property
+    def tag(self) -> str:
+        return flow_tag(self.partition)
+
+    def _flow(self, suffix: str) -> str:
+        return f"ff:flow:{self.tag}:{self.flow_id}:{suffix}"
+
+    @property
+    def core(self) -> str:
+        return self._flow("core")
+
+    @property
+    def members(self) -> str:
+        return self._flow("members")
+
+    def edge(self, edge_id: str) -> str:
+        return self._flow(f"edge:{edge_id}")
+
+    def outgoing(self, upstream_id: str) -> str:
+        """Edge ids leaving ``upstream_id``."""
+        return self._flow(f"out:{upstream_id}")
+
+    def incoming(self, downstream_id: str) -> str:
+        """Edge ids entering ``downstream_id``."""
+        return self._flow(f"in:{downstream_id}")
+
+    def edge_group(self, downstream_id: str) -> str:
+        """The join policy and counters of ``downstream_id``'s inbound edges."""
+        return self._flow(f"edgegroup:{downstream_id}")
+
+    def grant(self, edge_id: str) -> str:
+        """Passed to ``ff_stage_dependency_edge``; never read or written."""
+        return self._flow(f"grant:{edge_id}")
+
+    @property
+    def pending_cancels(self) -> str:
+        return self._flow("pending_cancels")
+
+    @property
+    def summary(self) -> str:
+        return self._flow("summary")
+
+    @property
+    def tags(self) -> str:
+        return self._flow("tags")
+
 
 @dataclass(frozen=True)
 class BudgetKeys:

@@ -133,10 +133,13 @@ LUA_ONLY = {
             "invalid_secret",
             "missing_token",
             "token_expired",
+            "already_member_of_different_flow",
+            "invalid_args",
         ],
         ErrorClass.TERMINAL,
     ),
     "corruption": ErrorClass.BUG,
+    "invariant_violation": ErrorClass.BUG,
 }
 
 
@@ -196,7 +199,13 @@ def test_execution_not_active_exposes_its_four_reconciliation_slots():
 
 
 def test_an_unknown_code_is_a_terminal_transport_error():
-    error = error_for_code("already_member_of_different_flow:x", [])
+    error = error_for_code("no_such_code", [])
     assert isinstance(error, TransportError)
     assert error.error_class is ErrorClass.TERMINAL
     assert not error.is_retryable
+
+
+def test_a_code_carrying_an_id_after_a_colon_names_the_id_as_its_first_detail():
+    error = error_for_code("already_member_of_different_flow:flow-1", [])
+    assert isinstance(error, ConflictError)
+    assert (error.code, error.details) == ("already_member_of_different_flow", ["flow-1"])
