@@ -14,8 +14,8 @@ and completion messages are compared as parsed JSON, order-insensitively within 
 and keys that are documented additions of ff_celery are left out (:data:`IGNORED_HASH_FIELDS`,
 :data:`IGNORED_KEY_PREFIXES`, :data:`IGNORED_REPLIES`).
 
-    git -C /work/.mirror/avifenesh+FlowFabric/repo show HEAD:crates/ff-script/src/flowfabric.lua \\
-        > /tmp/ff_reference.lua
+    # the reference: crates/ff-script/src/flowfabric.lua of a FlowFabric checkout
+    git -C FlowFabric show HEAD:crates/ff-script/src/flowfabric.lua > /tmp/ff_reference.lua
     .venv/bin/python scripts/differential.py --reference /tmp/ff_reference.lua [--scenario flow]
     # self-check of the checker: the reference on both sides must give 28/28
     .venv/bin/python scripts/differential.py --reference /tmp/ff_reference.lua --ours /tmp/ff_reference.lua
