@@ -17,6 +17,7 @@ from ff_celery.engine.connection import compare_and_set
 from ff_celery.engine.decoding import decode_fields, decode_hash
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.executor import Executor, transport_error
+from ff_celery.engine.flows import FlowPlacement, Flows
 from ff_celery.engine.ids import ExecutionId, attachment_fields
 from ff_celery.engine.keys import (
     ADMISSION_LANES_KEY,
@@ -86,6 +87,7 @@ class Engine(Executor):
         execution_id: ExecutionId | None = None,
         budget_ids: Sequence[str] = (),
         quota_policy_id: str | None = None,
+        flow: FlowPlacement | None = None,
     ) -> fn.Created:
         """Create a solo execution on ``lane`` (its partition is the lane's).
 
@@ -104,8 +106,9 @@ class Engine(Executor):
         if idempotency_key:
             tags[IDEMPOTENCY_KEY_TAG] = idempotency_key
         attachment = attachment_fields(budget_ids, quota_policy_id)
+        partition = flow.flow.partition if flow is not None else self.partitions.lane_partition(lane)
         for _ in range(2):
-            eid = execution_id or ExecutionId.mint(self.partitions.lane_partition(lane))
+            eid = execution_id or ExecutionId.mint(partition)
             request = fn.CreateExecution(
                 execution_id=eid,
                 namespace=self.namespace,
@@ -120,6 +123,8 @@ class Engine(Executor):
                 tags=tags,
                 execution_deadline_at=deadline_at,
             )
+            if flow is not None:
+                return self._create_member(request, attachment, alias, flow)
             created = self._create(request, attachment, alias, alias_replaces, minted=execution_id is None)
             if created is not None:
                 return created
@@ -180,6 +185,29 @@ class Engine(Executor):
         if alias and not rerun:
             self._remember_alias(alias, created.execution_id)
         return None if rerun else created
+
+    def _create_member(
+        self, request: fn.CreateExecution, attachment: dict[str, str], alias: str | None, flow: FlowPlacement
+    ) -> fn.Created:
+        """:meth:`submit` of a flow member: its transaction, then its lane, its alias and,
+        when it can run now, a wake-up."""
+        created = self.flows.create_member(request, attachment, flow)
+        batch = self.batch()
+        batch.command("sadd", LANE_REGISTRY_KEY, request.lane_id)
+        if alias and not created.duplicate:
+            alias_ttl_ms = ALIAS_TTL_MS + max(0, (request.delay_until or 0) - self.now_ms())
+            batch.command("set", alias_key(self.namespace, alias), str(created.execution_id), px=alias_ttl_ms)
+        if created.public_state == "waiting" and not flow.upstream:
+            named = WAKE_ANY if attachment else created.execution_id
+            batch.command("publish", wake_channel(request.lane_id), str(named))
+        batch.execute()
+        if alias:
+            self._remember_alias(alias, created.execution_id)
+        return created
+
+    @property
+    def flows(self) -> Flows:
+        return Flows(self)
 
     def _replace_alias(self, alias: str, *, expected: str, value: str | None) -> None:
         """Set (or delete, for None) ``alias`` if it still maps to ``expected``."""

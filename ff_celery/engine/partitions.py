@@ -65,6 +65,19 @@ class PartitionConfig(BaseModel):
         """Partition of a flow and its members: CRC over the 16 raw UUID bytes."""
         return crc16(uuid.UUID(flow_id).bytes) % self.num_flow_partitions
 
+    def new_flow_id(self, partition: int) -> str:
+        """A fresh random flow id (UUID v4) whose flow lives on ``partition``: the last two
+        (random) bytes are searched, continuing the CRC of the first fourteen."""
+        if not 0 <= partition < self.num_flow_partitions:
+            raise ValueError(f"partition {partition} is outside 0..{self.num_flow_partitions - 1}")
+        head = uuid.uuid4().bytes[:14]
+        prefix = crc16(head)
+        for tail in range(65536):
+            last = tail.to_bytes(2, "big")
+            if binascii.crc_hqx(last, prefix) % self.num_flow_partitions == partition:
+                return str(uuid.UUID(bytes=head + last))
+        raise AssertionError("every partition is reachable through two bytes")
+
     def budget_partition(self, budget_id: str) -> int:
         return crc16(uuid.UUID(budget_id).bytes) % self.num_budget_partitions
 

@@ -2,8 +2,9 @@
 FlowFabric's server: promoting due delayed executions, marking lapsed leases expired and
 requeueing them, expiring executions past their attempt timeout or deadline, applying
 suspension timeouts, closing pending waitpoints nobody suspended on, unblocking executions
-whose budget or quota has room again, resetting budgets on schedule, and recounting quota
-concurrency from live admissions.
+whose budget or quota has room again, resetting budgets on schedule, recounting quota
+concurrency from live admissions, and the flow duties (:mod:`ff_celery.engine.flow_scanners`:
+the completion cascade and the flow reconcilers).
 
 Any process may run them; a leader lock (``ffc:leader:scanners``) makes only one instance
 active at a time, so N workers do not multiply the load. Each cycle reads every partition's
@@ -34,6 +35,7 @@ from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import compare_and_set
 from ff_celery.engine.errors import EngineError, TransportError
+from ff_celery.engine.flow_scanners import FlowDuties
 from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import (
     BLOCKED_SUFFIXES,
@@ -69,6 +71,13 @@ class ScannerSettings(BaseModel):
     quota_reconcile_interval_s: float = 30.0
     retention_interval_s: float = 60.0
     lane_cleanup_interval_s: float = 300.0
+    dependency_reconcile_interval_s: float = 15.0
+    cancel_reconcile_interval_s: float = 15.0
+    edge_cancel_dispatch_interval_s: float = 1.0
+    edge_cancel_reconcile_interval_s: float = 10.0
+    flow_projector_interval_s: float = 15.0
+    #: Whether the leader listens on ``ff:dag:completions`` and runs each flow cascade.
+    flow_completions: bool = True
     #: How long a terminal execution is kept (FlowFabric: 24 h; a Celery worker passes its
     #: ``result_expires``); None keeps them forever.
     retention_s: float | None = 86_400.0
@@ -102,6 +111,7 @@ class EngineScanners:
         self.settings = settings or ScannerSettings()
         self.instance_id = instance_id or f"scanner-{new_uuid()}"
         self.configured_lanes = set(lanes)
+        self.flows = FlowDuties(engine, self.lanes)
         s = self.settings
         self.scanners = [
             _Scanner("delayed_promoter", s.promote_interval_s, self.promote_delayed),
@@ -115,6 +125,13 @@ class EngineScanners:
             _Scanner("quota_reconciler", s.quota_reconcile_interval_s, self.reconcile_quotas),
             _Scanner("retention_trimmer", s.retention_interval_s, self.trim_retained),
             _Scanner("lane_cleanup", s.lane_cleanup_interval_s, self.forget_idle_lanes),
+            _Scanner("dependency_reconciler", s.dependency_reconcile_interval_s, self.flows.reconcile_dependencies),
+            _Scanner("cancel_reconciler", s.cancel_reconcile_interval_s, self.flows.reconcile_cancels),
+            _Scanner("edge_cancel_dispatcher", s.edge_cancel_dispatch_interval_s, self.flows.dispatch_sibling_cancels),
+            _Scanner(
+                "edge_cancel_reconciler", s.edge_cancel_reconcile_interval_s, self.flows.reconcile_sibling_cancels
+            ),
+            _Scanner("flow_projector", s.flow_projector_interval_s, self.flows.project_flows),
         ]
         self.admission = limits.Admission(engine)
         rules = RetentionRules(s.retention_s, s.lane_retention_s)
@@ -139,6 +156,7 @@ class EngineScanners:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self.flows.stop_listening()
         self._resign()
 
     def _run(self) -> None:
@@ -153,7 +171,11 @@ class EngineScanners:
                     if scanner.next_run <= now:
                         scanner.next_run = now + max(scanner.interval_s, 0.1)
                         self._run_scanner(scanner)
-            self._stopped.wait(0.05)
+            if self.is_leader and self.settings.flow_completions:
+                self._listen_for_completions(0.05)
+            else:
+                self.flows.stop_listening()
+                self._stopped.wait(0.05)
 
     def _run_scanner(self, scanner: _Scanner) -> None:
         try:
@@ -167,6 +189,17 @@ class EngineScanners:
             log.warning("scanner %s failed: %s", scanner.name, exc)
         except Exception:  # a bug or odd data must not end every scanner: retried next interval
             log.exception("scanner %s failed unexpectedly", scanner.name)
+
+    def _listen_for_completions(self, timeout_s: float) -> None:
+        try:
+            resolved = self.flows.listen(timeout_s)
+        except Exception:  # never end the scanners' thread: the reconciler catches up
+            log.exception("flow completion listener failed unexpectedly")
+            self.flows.stop_listening()
+            self._stopped.wait(timeout_s)
+            return
+        if resolved:
+            metrics.SCANNER_ITEMS.labels("flow_cascade").inc(resolved)
 
     def run_all(self) -> dict[str, int]:
         """Run every scanner once, now (no leader check): what tests and the CLI use."""

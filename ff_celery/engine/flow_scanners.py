@@ -1,0 +1,220 @@
+"""The flow duties of FlowFabric's engine, for deployments without its server (run by
+:class:`ff_celery.engine.scanners.EngineScanners`, on its leader):
+
+- the completion listener: every message on ``ff:dag:completions`` (a flow member ended)
+  runs the cascade (:meth:`Flows.cascade`);
+- the dependency reconciler: dependency-blocked members whose upstream already ended (a
+  completion message nobody heard) are resolved;
+- the cancel reconciler: members a flow cancellation still owes a cancel (``cancel_backlog``
+  past its grace) are cancelled and acknowledged;
+- the edge-cancel dispatcher and reconciler: siblings of a fired any_of / quorum group are
+  cancelled, and groups whose siblings all ended are cleared;
+- the flow projector: each indexed flow's member states are sampled into its summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from ff_celery.engine import functions as fn
+from ff_celery.engine.client import Engine
+from ff_celery.engine.decoding import text
+from ff_celery.engine.errors import EngineError
+from ff_celery.engine.flows import SETTLED_CANCEL_CODES, FlowRef
+from ff_celery.engine.ids import ExecutionId, valid_execution_ids
+from ff_celery.engine.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, FlowKeys, PartitionKeys
+
+log = logging.getLogger(__name__)
+
+#: What FlowFabric's scanners take from each partition per cycle.
+BLOCKED_PER_LANE, BACKLOG_PER_PARTITION, GROUPS_PER_PARTITION = 50, 50, 50
+PENDING_CANCELS_PER_FLOW, PROJECTED_SAMPLE = 500, 50
+TERMINAL_STATES = ("completed", "skipped", "failed", "cancelled", "expired")
+SUMMARY_STATES = (*TERMINAL_STATES, "active", "suspended", "waiting", "delayed", "rate_limited", "waiting_children")
+
+
+class FlowDuties:
+    """Flow scanners over every partition of one engine."""
+
+    def __init__(self, engine: Engine, lanes: Callable[[], Iterable[str]]) -> None:
+        self.engine = engine
+        self.lanes = lanes
+        self._completions: redis.client.PubSub | None = None
+
+    def _partitions(self) -> list[PartitionKeys]:
+        return [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
+
+    def _read(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        batch = self.engine.batch()
+        for name, *args in commands:
+            batch.command(name, *args)
+        return batch.execute()
+
+    # -- the completion listener --------------------------------------------------------------
+
+    def listen(self, timeout_s: float) -> int:
+        """Handle the completion messages that arrive within ``timeout_s`` (subscribing
+        first); answers how many edges they resolved."""
+        if self._completions is None:
+            self._completions = self.engine.redis.pubsub(ignore_subscribe_messages=True)
+            self._completions.subscribe(DAG_COMPLETIONS_CHANNEL)
+        resolved = 0
+        try:
+            message = self._completions.get_message(timeout=timeout_s)
+            while message is not None:
+                resolved += self._cascade(message.get("data"))
+                message = self._completions.get_message(timeout=0)
+        except redis.RedisError as exc:  # the reconciler covers what is missed meanwhile
+            log.warning("flow completion listener failed (%s); resubscribing", exc)
+            self.stop_listening()
+        return resolved
+
+    def stop_listening(self) -> None:
+        if self._completions is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._completions.close()
+            self._completions = None
+
+    def _cascade(self, data: Any) -> int:
+        try:
+            notice = json.loads(text(data))
+            member, flow_id = ExecutionId(str(notice["execution_id"])), str(notice["flow_id"])
+        except (ValueError, TypeError, KeyError, EngineError):
+            log.warning("ignoring a malformed flow completion message: %r", data)
+            return 0
+        try:
+            return self.engine.flows.cascade(member, flow_id)
+        except EngineError as exc:
+            log.warning("cascade after %s failed (the reconciler retries): %s", member, exc)
+            return 0
+
+    # -- scanners -----------------------------------------------------------------------------
+
+    def reconcile_dependencies(self) -> int:
+        """Resolve the edges of dependency-blocked members whose upstream already ended."""
+        lanes = sorted(self.lanes())
+        slots = [index.blocked(lane, "dependencies") for index in self._partitions() for lane in lanes]
+        blocked = self._read(("zrange", key, 0, BLOCKED_PER_LANE - 1) for key in slots)
+        members = valid_execution_ids(
+            (m for found in blocked if isinstance(found, list) for m in found), "a blocked:dependencies index"
+        )
+        return sum(self.engine.flows.reconcile_blocked(eid) for eid in members)
+
+    def reconcile_cancels(self) -> int:
+        """Cancel the members flow cancellations still owe, once their grace has passed."""
+        now = self.engine.server_time_ms()
+        partitions = self._partitions()
+        due = self._read(
+            ("zrangebyscore", index.cancel_backlog, "-inf", now, 0, BACKLOG_PER_PARTITION) for index in partitions
+        )
+        cancelled = 0
+        for index, flow_ids in zip(partitions, due):
+            for flow_id in (text(f) for f in flow_ids or ()):
+                cancelled += self._settle_backlog(FlowRef(flow_id, index.partition), index)
+        return cancelled
+
+    def _settle_backlog(self, flow: FlowRef, index: PartitionKeys) -> int:
+        keys = flow.keys
+        exists, owed, reason = self._read(
+            [
+                ("exists", keys.core),
+                ("srandmember", keys.pending_cancels, PENDING_CANCELS_PER_FLOW),
+                ("hget", keys.core, "cancel_reason"),
+            ]
+        )
+        if not exists:
+            self._read([("delete", keys.pending_cancels), ("zrem", index.cancel_backlog, flow.flow_id)])
+            return 0
+        if not owed:
+            self._read([("zrem", index.cancel_backlog, flow.flow_id)])
+            return 0
+        members = [text(m) for m in owed]
+        return len(self.engine.flows.cancel_members(flow, members, text(reason) if reason else "flow_cancelled"))
+
+    def dispatch_sibling_cancels(self) -> int:
+        """Cancel the listed siblings of fired any_of / quorum groups, then drain each group."""
+        cancelled = 0
+        for index, flow_id, child in self._pending_groups():
+            group = FlowKeys(flow_id, index.partition).edge_group(child)
+            siblings, reason = self._read(
+                [("hmget", group, ("cancel_siblings_pending_members", "cancel_siblings_reason"))]
+            )[0]
+            for sibling in valid_execution_ids(text(siblings).split("|") if siblings else [], "a sibling list"):
+                try:
+                    self.engine.cancel(sibling, text(reason) if reason else "sibling_quorum_satisfied")
+                    cancelled += 1
+                except EngineError as exc:
+                    if exc.code not in SETTLED_CANCEL_CODES:
+                        log.warning("cancelling sibling %s failed: %s", sibling, exc)
+            drain = fn.DrainSiblingCancelGroup(flow_id=flow_id, partition=index.partition, downstream_id=child)
+            self.engine.call(drain)
+        return cancelled
+
+    def reconcile_sibling_cancels(self) -> int:
+        """Clear sibling-cancel groups whose siblings all ended, and stale entries."""
+        requests = [
+            fn.ReconcileSiblingCancelGroup(flow_id=flow_id, partition=index.partition, downstream_id=child)
+            for index, flow_id, child in self._pending_groups()
+        ]
+        return sum(1 for outcome in self.engine.call_many(requests) if outcome in ("completed_drain", "sremmed_stale"))
+
+    def _pending_groups(self) -> list[tuple[PartitionKeys, str, str]]:
+        partitions = self._partitions()
+        found = self._read(("srandmember", index.pending_cancel_groups, GROUPS_PER_PARTITION) for index in partitions)
+        groups = []
+        for index, entries in zip(partitions, found):
+            for entry in entries or ():
+                flow_id, _, child = text(entry).partition("|")
+                if flow_id and child:
+                    groups.append((index, flow_id, child))
+        return groups
+
+    def project_flows(self) -> int:
+        """Write each indexed flow's summary from a sample of its members; flows whose every
+        member ended leave the index. Answers how many flows were projected."""
+        partitions = self._partitions()
+        indexed = self._read(("smembers", index.flow_index) for index in partitions)
+        projected = 0
+        for index, flow_ids in zip(partitions, indexed):
+            for flow_id in sorted(text(f) for f in flow_ids or ()):
+                projected += self._project(FlowRef(flow_id, index.partition), index)
+        return projected
+
+    def _project(self, flow: FlowRef, index: PartitionKeys) -> int:
+        keys = flow.keys
+        exists, total, sample = self._read(
+            [("exists", keys.core), ("scard", keys.members), ("srandmember", keys.members, PROJECTED_SAMPLE)]
+        )
+        if not exists:
+            self._read([("srem", index.flow_index, flow.flow_id)])
+            return 0
+        members = list(valid_execution_ids(sample or (), f"flow {flow.flow_id}"))
+        if not total or not members:
+            return 0
+        states = self._read(("hget", ExecKeys(eid).core, "public_state") for eid in members)
+        counts = Counter(text(state) if state else "unknown" for state in states)
+        all_ended = sum(counts[state] for state in TERMINAL_STATES) == len(members)
+        if all_ended:
+            failed = counts["failed"] or counts["cancelled"] or counts["expired"]
+            flow_state = "failed" if failed else "completed"
+        elif counts["active"]:
+            flow_state = "running"
+        elif counts["suspended"] or counts["delayed"] or counts["rate_limited"] or counts["waiting_children"]:
+            flow_state = "blocked"
+        else:
+            flow_state = "open"
+        summary = {"total_members": total, "sampled_members": len(members)}
+        summary |= {f"members_{state}": counts[state] for state in SUMMARY_STATES}
+        summary |= {"public_flow_state": flow_state, "last_summary_update_at": self.engine.now_ms()}
+        commands: list[tuple[Any, ...]] = [("hset", keys.summary, None, None, summary)]
+        if all_ended and len(members) == total:
+            commands.append(("srem", index.flow_index, flow.flow_id))
+        self._read(commands)
+        return 1

@@ -1,0 +1,375 @@
+"""Flows on the engine: creating a member together with its inbound edges, the completion
+cascade that resolves a finished member's outgoing edges (what FlowFabric's completion
+listener does with ``ff:dag:completions``), cancelling a flow as one, and finding why a
+skipped member was skipped.
+
+A member and its inbound edges are written in one transaction (WATCH on the flow's core for
+its graph revision), so no claimer ever sees a member that should wait as eligible. An
+upstream that ended before its edge existed is resolved right after (the post-check), and
+the dependency reconciler catches anything a lost completion message left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from ff_celery.engine import functions as fn
+from ff_celery.engine.decoding import decode_fields, text
+from ff_celery.engine.errors import EngineError, TransportError
+from ff_celery.engine.executor import transport_error
+from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
+from ff_celery.engine.keys import ExecKeys, FlowKeys
+from ff_celery.engine.library import is_missing_function
+
+if TYPE_CHECKING:
+    from ff_celery.engine.client import Engine
+
+log = logging.getLogger(__name__)
+
+#: How deep a cascade follows skipped children (FlowFabric's limit).
+MAX_CASCADE_DEPTH = 50
+#: Attempts at a member's transaction when the flow's graph changed meanwhile.
+MEMBER_WRITE_ATTEMPTS = 8
+#: A cancel refused because the member already ended or is gone: nothing is owed.
+SETTLED_CANCEL_CODES = frozenset({"execution_not_found", "execution_not_active"})
+
+
+@dataclass(frozen=True)
+class FlowRef:
+    """A flow and the partition it (and every member) lives on."""
+
+    flow_id: str
+    partition: int
+
+    @property
+    def keys(self) -> FlowKeys:
+        return FlowKeys(self.flow_id, self.partition)
+
+
+@dataclass(frozen=True)
+class FlowPlacement:
+    """Where a new execution goes: into ``flow``, waiting for ``upstream`` (all of them, each
+    to succeed) before it becomes eligible."""
+
+    flow: FlowRef
+    upstream: tuple[ExecutionId, ...] = ()
+    flow_kind: str = "dag"
+
+
+class Flows:
+    """Flow operations of one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- building -----------------------------------------------------------------------------
+
+    def create_member(
+        self, request: fn.CreateExecution, attachment: dict[str, str], placement: FlowPlacement
+    ) -> fn.Created:
+        """Create the execution in ``request`` (minted on the flow's partition) as a member
+        of the flow (created if new) with an edge from each upstream, atomically."""
+        flow = placement.flow
+        if request.execution_id.partition != flow.partition:
+            raise ValueError("a flow member must be minted on its flow's partition")
+        if any(upstream.partition != flow.partition for upstream in placement.upstream):
+            raise ValueError("every upstream of a flow member must belong to the same flow")
+        for _ in range(MEMBER_WRITE_ATTEMPTS):
+            replies = self._write_member(request, attachment, placement)
+            if replies is not None:
+                break
+        else:
+            raise TransportError(f"flow {flow.flow_id} kept changing while a member was added", retryable=True)
+        created = replies[0]
+        if isinstance(created, EngineError):
+            raise created
+        if not created.duplicate:
+            for reply in replies[1:]:
+                if isinstance(reply, EngineError):
+                    raise reply
+        self._settle_ended_upstreams(flow, placement.upstream)
+        return created
+
+    def _write_member(
+        self, request: fn.CreateExecution, attachment: dict[str, str], placement: FlowPlacement
+    ) -> list[Any] | None:
+        """One try at the member's transaction: the outcome of the create and of each flow
+        call after it; None when the flow's graph changed under the WATCH."""
+        flow, eid, now = placement.flow, request.execution_id, self.engine.now_ms()
+
+        def run() -> list[Any] | None:
+            with self.engine.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(flow.keys.core)
+                    revision = int(pipe.hget(flow.keys.core, "graph_revision") or 0)
+                    requests[:] = self._member_requests(request, placement, revision, now)
+                    pipe.multi()
+                    for position, call in enumerate(requests):
+                        keys = call.keys()
+                        pipe.fcall(call.function, len(keys), *keys, *call.argv())
+                        if position == 1 and attachment:  # right after the create, unseen by claimers
+                            pipe.hset(ExecKeys(eid).core, mapping=attachment)
+                    raws = pipe.execute(raise_on_error=False)
+                except redis.WatchError:
+                    return None
+            if attachment:
+                del raws[2]
+            return raws
+
+        requests: list[fn.Fcall[Any]] = []
+        raws = self.engine._guard(run)
+        if raws is None:
+            return None
+        if any(is_missing_function(raw) for raw in raws):
+            self.engine._reload_library()
+            return None
+        results: list[Any] = []
+        for call, raw in zip(requests[1:], raws[1:]):
+            try:
+                if isinstance(raw, Exception):
+                    raise transport_error(raw, call.function)
+                results.append(call.interpret(raw))
+            except EngineError as exc:
+                results.append(exc)
+        return results
+
+    @staticmethod
+    def _member_requests(
+        request: fn.CreateExecution, placement: FlowPlacement, revision: int, now_ms: int
+    ) -> list[fn.Fcall[Any]]:
+        """Create the flow (a no-op when it exists), the execution, its membership, and
+        stage + apply each inbound edge; the revisions follow from the one read."""
+        flow, eid = placement.flow, request.execution_id
+        where = {"flow_id": flow.flow_id, "partition": flow.partition}
+        requests: list[fn.Fcall[Any]] = [
+            fn.CreateFlow(**where, flow_kind=placement.flow_kind, namespace=request.namespace),
+            request,
+            fn.AddExecutionToFlow(**where, execution_id=eid),
+        ]
+        revision += 1  # the membership
+        for upstream in placement.upstream:
+            edge_id = new_uuid()
+            requests.append(
+                fn.StageDependencyEdge(
+                    **where,
+                    edge_id=edge_id,
+                    upstream_id=upstream,
+                    downstream_id=eid,
+                    expected_graph_revision=revision,
+                    now_ms=now_ms,
+                )
+            )
+            revision += 1
+            requests.append(
+                fn.ApplyDependencyToChild(
+                    execution_id=eid,
+                    flow_id=flow.flow_id,
+                    edge_id=edge_id,
+                    upstream_id=upstream,
+                    graph_revision=revision,
+                    lane_id=request.lane_id,
+                    now_ms=now_ms,
+                )
+            )
+        return requests
+
+    def _settle_ended_upstreams(self, flow: FlowRef, upstream: Iterable[ExecutionId]) -> None:
+        """Resolve the new edges of upstreams that ended before the edges existed (their
+        completion message found no edge to resolve)."""
+        upstream = list(upstream)
+        if not upstream:
+            return
+        batch = self.engine.batch()
+        for eid in upstream:
+            batch.command("hget", ExecKeys(eid).core, "lifecycle_phase")
+        for eid, phase in zip(upstream, batch.execute()):
+            if phase == b"terminal":
+                self.cascade(eid, flow.flow_id)
+
+    # -- the completion cascade ---------------------------------------------------------------
+
+    def cascade(self, execution_id: ExecutionId, flow_id: str, depth: int = 0) -> int:
+        """Resolve the outgoing edges of an ended member: children whose last edge was
+        satisfied become eligible (their lane is woken), children that can no longer run are
+        skipped and cascaded in turn. Idempotent; answers how many edges were resolved."""
+        engine, flow = self.engine, FlowKeys(flow_id, execution_id.partition)
+        outcome = engine.read_core(execution_id, "terminal_outcome").get("terminal_outcome", "none")
+        if outcome == "none":
+            return 0
+        edge_ids = sorted(text(m) for m in engine._guard(lambda: engine.redis.smembers(flow.outgoing(execution_id))))
+        if not edge_ids:
+            return 0
+        reads = engine.batch()
+        for edge_id in edge_ids:
+            reads.command("hget", flow.edge(edge_id), "downstream_execution_id")
+        children = [(edge_id, text(child)) for edge_id, child in zip(edge_ids, reads.execute()) if child]
+        reads = engine.batch()
+        for _, child in children:
+            reads.command("hmget", ExecKeys(child).core, ("lane_id", "current_attempt_index"))
+        requests = [
+            fn.ResolveDependency(
+                execution_id=child,
+                flow_id=flow_id,
+                edge_id=edge_id,
+                upstream_id=execution_id,
+                upstream_outcome=outcome,
+                lane_id=text(lane) if lane else "default",
+                attempt_index=int(attempt) if attempt else 0,
+                now_ms=engine.now_ms(),
+            )
+            for (edge_id, child), (lane, attempt) in zip(children, reads.execute())
+        ]
+        resolved = 0
+        satisfied = []
+        for request, result in zip(requests, engine.call_many(requests)):
+            if isinstance(result, EngineError):
+                log.warning("resolving edge %s into %s failed: %s", request.edge_id, request.execution_id, result)
+                continue
+            resolved += 1
+            if result.outcome == "satisfied":
+                satisfied.append(request)
+            elif result.child_skipped and depth < MAX_CASCADE_DEPTH:
+                resolved += self.cascade(request.execution_id, flow_id, depth + 1)
+        self._wake_promoted(satisfied)
+        return resolved
+
+    def _wake_promoted(self, resolved: list[fn.ResolveDependency]) -> None:
+        """Wake the lanes of children that became eligible, naming those without admission."""
+        if not resolved:
+            return
+        reads = self.engine.batch()
+        for request in resolved:
+            fields = ("eligibility_state", "budget_ids", "quota_policy_id")
+            reads.command("hmget", ExecKeys(request.execution_id).core, fields)
+        for request, (eligibility, budgets, quota) in zip(resolved, reads.execute()):
+            if eligibility == b"eligible_now":
+                # budgets or a quota mean admission, which only a probe knows to check
+                self.engine.wake(request.lane_id, None if budgets or quota else request.execution_id)
+
+    def reconcile_blocked(self, execution_id: ExecutionId, edge_limit: int = 20) -> int:
+        """Resolve the unresolved edges of a dependency-blocked member whose upstream has
+        ended (the dependency reconciler's safety net). Answers how many were resolved."""
+        engine = self.engine
+        x = ExecKeys(execution_id)
+        edges = sorted(text(m) for m in engine._guard(lambda: engine.redis.srandmember(x.deps_unresolved, edge_limit)))
+        if not edges:
+            return 0
+        reads = engine.batch()
+        for edge_id in edges:
+            reads.command("hmget", x.dep(edge_id), ("upstream_execution_id", "flow_id"))
+        ended = 0
+        upstreams = {}
+        for upstream, flow_id in reads.execute():
+            if upstream and flow_id:
+                upstreams[text(upstream)] = text(flow_id)
+        for upstream, flow_id in upstreams.items():
+            for eid in valid_execution_ids([upstream], "a dependency's upstream"):
+                ended += self.cascade(eid, flow_id)
+        return ended
+
+    # -- cancellation -------------------------------------------------------------------------
+
+    def cancel(self, flow: FlowRef, reason: str) -> list[ExecutionId]:
+        """Cancel the flow and every member that has not ended (FlowFabric's ``cancel_all``),
+        acknowledging each; members the call could not reach are left to the cancel
+        reconciler. Answers the members cancelled here."""
+        engine = self.engine
+        try:
+            cancellation = engine.call(fn.CancelFlow(flow_id=flow.flow_id, partition=flow.partition, reason=reason))
+        except EngineError as exc:
+            if exc.code != "flow_already_terminal":
+                raise
+            members = [text(m) for m in engine._guard(lambda: engine.redis.smembers(flow.keys.pending_cancels))]
+        else:
+            members = list(cancellation.members)
+        return self.cancel_members(flow, members, reason)
+
+    def cancel_members(self, flow: FlowRef, members: Iterable[str], reason: str) -> list[ExecutionId]:
+        """Cancel each owed member and acknowledge it; answers those cancelled here."""
+        cancelled = []
+        for eid in valid_execution_ids(sorted(members), f"flow {flow.flow_id}"):
+            try:
+                self.engine.cancel(eid, reason)
+                cancelled.append(eid)
+            except EngineError as exc:
+                if exc.code not in SETTLED_CANCEL_CODES:
+                    log.warning("cancelling %s of flow %s failed: %s", eid, flow.flow_id, exc)
+                    continue
+            self.engine.call(fn.AckCancelMember(flow_id=flow.flow_id, partition=flow.partition, execution_id=eid))
+        return cancelled
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def flow_of(self, execution_id: ExecutionId) -> FlowRef | None:
+        """The flow ``execution_id`` belongs to, if any."""
+        flow_id = self.engine.read_core(execution_id, "flow_id").get("flow_id")
+        return FlowRef(flow_id, execution_id.partition) if flow_id else None
+
+    def skip_cause(self, execution_id: ExecutionId) -> ExecutionId | None:
+        """The upstream whose outcome (not success, not itself a skip) made this skipped
+        member's dependencies impossible, following skipped upstreams; None if none is found."""
+        engine, current = self.engine, execution_id
+        for _ in range(MAX_CASCADE_DEPTH):
+            x = ExecKeys(current)
+            edges = sorted(text(m) for m in engine._guard(lambda x=x: engine.redis.smembers(x.deps_all_edges)))
+            reads = engine.batch()
+            for edge_id in edges:
+                reads.command("hmget", x.dep(edge_id), ("state", "upstream_execution_id"))
+            impossible = [text(up) for state, up in reads.execute() if state == b"impossible" and up]
+            upstream = next(valid_execution_ids(impossible, f"the dependencies of {current}"), None)
+            if upstream is None:
+                return None
+            outcome = engine.read_core(upstream, "terminal_outcome").get("terminal_outcome")
+            if outcome != "skipped":
+                return upstream
+            current = upstream
+        return None
+
+    def describe(self, flow: FlowRef) -> FlowView:
+        """The flow's record, members (with their state) and edges."""
+        engine, keys = self.engine, flow.keys
+        reads = engine.batch()
+        reads.command("hgetall", keys.core)
+        reads.command("smembers", keys.members)
+        core, members = reads.execute()
+        member_ids = list(valid_execution_ids(sorted(members or ()), f"flow {flow.flow_id}"))
+        reads = engine.batch()
+        for eid in member_ids:
+            reads.command("hmget", ExecKeys(eid).core, MEMBER_FIELDS)
+            reads.command("smembers", keys.outgoing(eid))
+        replies = reads.execute()
+        states = {eid: decode_fields(MEMBER_FIELDS, replies[2 * n]) for n, eid in enumerate(member_ids)}
+        outgoing = {eid: sorted(text(e) for e in replies[2 * n + 1] or ()) for n, eid in enumerate(member_ids)}
+        reads = engine.batch()
+        ordered_edges = [(eid, edge_id) for eid in member_ids for edge_id in outgoing[eid]]
+        for _, edge_id in ordered_edges:
+            reads.command("hget", keys.edge(edge_id), "downstream_execution_id")
+        edges = [(up, text(down)) for (up, _), down in zip(ordered_edges, reads.execute()) if down]
+        return FlowView(
+            flow=flow,
+            record={text(k): text(v) for k, v in (core or {}).items()},
+            members=states,
+            edges=edges,
+        )
+
+
+#: Member fields a flow view shows.
+MEMBER_FIELDS = ("public_state", "terminal_outcome", "execution_kind", "blocking_detail", "lane_id")
+
+
+@dataclass(frozen=True)
+class FlowView:
+    """A flow as :meth:`Flows.describe` read it."""
+
+    flow: FlowRef
+    record: dict[str, str]
+    members: dict[ExecutionId, dict[str, str]]
+    edges: list[tuple[ExecutionId, str]]
+
+    def upstream_of(self, member: ExecutionId) -> list[ExecutionId]:
+        return [up for up, down in self.edges if down == member]
