@@ -189,18 +189,24 @@ class Engine(Executor):
     def _create_member(
         self, request: fn.CreateExecution, attachment: dict[str, str], alias: str | None, flow: FlowPlacement
     ) -> fn.Created:
-        """:meth:`submit` of a flow member: its transaction, then its lane, its alias and,
-        when it can run now, a wake-up."""
+        """:meth:`submit` of a flow member: its lane (and, under budgets or a quota, that the
+        lane needs admission) first, then its transaction, then its alias and, when it can
+        run now, a wake-up."""
+        lane = request.lane_id
+        before = self.batch()
+        before.command("sadd", LANE_REGISTRY_KEY, lane)
+        if attachment:
+            before.command("sadd", ADMISSION_LANES_KEY, lane)
+        before.execute()
         created = self.flows.create_member(request, attachment, flow)
-        batch = self.batch()
-        batch.command("sadd", LANE_REGISTRY_KEY, request.lane_id)
+        after = self.batch()
         if alias and not created.duplicate:
             alias_ttl_ms = ALIAS_TTL_MS + max(0, (request.delay_until or 0) - self.now_ms())
-            batch.command("set", alias_key(self.namespace, alias), str(created.execution_id), px=alias_ttl_ms)
+            after.command("set", alias_key(self.namespace, alias), str(created.execution_id), px=alias_ttl_ms)
         if created.public_state == "waiting" and not flow.upstream:
             named = WAKE_ANY if attachment else created.execution_id
-            batch.command("publish", wake_channel(request.lane_id), str(named))
-        batch.execute()
+            after.command("publish", wake_channel(lane), str(named))
+        after.execute()
         if alias:
             self._remember_alias(alias, created.execution_id)
         return created
@@ -233,6 +239,19 @@ class Engine(Executor):
         """The execution submitted under ``alias``, if any."""
         value = self._guard(lambda: self.redis.get(alias_key(self.namespace, alias)))
         return ExecutionId(value.decode()) if value else None
+
+    def resolve_many(self, aliases: Sequence[str]) -> list[ExecutionId | None]:
+        """:meth:`resolve` of each alias: those submitted here from memory, the rest in one
+        round trip."""
+        found: list[ExecutionId | None] = [self._seen_aliases.get(alias) for alias in aliases]
+        unknown = [n for n, eid in enumerate(found) if eid is None]
+        if unknown:
+            batch = self.batch()
+            for n in unknown:
+                batch.command("get", alias_key(self.namespace, aliases[n]))
+            for n, value in zip(unknown, batch.execute()):
+                found[n] = ExecutionId(value.decode()) if isinstance(value, bytes) else None
+        return found
 
     def forget_alias(self, alias: str) -> None:
         self._guard(lambda: self.redis.delete(alias_key(self.namespace, alias)))

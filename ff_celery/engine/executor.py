@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
@@ -146,6 +146,31 @@ class Executor:
     def batch(self) -> Batch:
         return Batch(self)
 
+    def transaction(self, watched: str, field: str, build: Callable[[bytes | None], Batch]) -> list[Any] | None:
+        """Read ``field`` of the hash ``watched`` and run the batch ``build`` makes from it as
+        one transaction (WATCH / MULTI / EXEC; one hash slot). Answers the batch's outcomes
+        (as :meth:`Batch.execute`), or None when ``watched`` changed meanwhile."""
+
+        def run() -> list[Any] | None:
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(watched)
+                    batch = build(pipe.hget(watched, field))
+                    pipe.multi()
+                    batch.queue_on(pipe)
+                    return [batch, pipe.execute(raise_on_error=False)]
+                except redis.WatchError:
+                    return None
+
+        ran = self._guard(run)
+        if ran is None:
+            return None
+        batch, raws = ran
+        if any(is_missing_function(raw) for raw in raws):  # nothing ran: the library is back next time
+            self._reload_library()
+            return None
+        return batch.interpret(raws)
+
     def _guard(self, operation: Any, function: str | None = None) -> Any:
         """Run a Redis operation, reloading the library once if it disappeared."""
         try:
@@ -196,6 +221,14 @@ class Batch:
         """Queue a redis-py pipeline method call, e.g. ``command("hmget", key, fields)``."""
         self._queued.append((name, (*args, kwargs), None))
 
+    def queue_on(self, pipe: redis.client.Pipeline) -> None:
+        """Queue every command on ``pipe`` (no PUBLISH: a cluster pipeline refuses it)."""
+        for name, args, request in self._queued:
+            if request is not None:
+                pipe.fcall(*args)
+            else:
+                getattr(pipe, name)(*args[:-1], **args[-1])
+
     def _run(self) -> list[Any]:
         client = self.engine.redis
         pipe = client.pipeline(transaction=False)
@@ -224,6 +257,10 @@ class Batch:
         if any(is_missing_function(raw) for raw in raws):
             self.engine._reload_library()
             raws = self.engine._guard(self._run)
+        return self.interpret(raws)
+
+    def interpret(self, raws: list[Any]) -> list[Any]:
+        """Each FCALL's outcome or EngineError, and each plain command's raw reply."""
         results: list[Any] = []
         for (_, _, request), raw in zip(self._queued, raws):
             if request is None:

@@ -12,22 +12,18 @@ the dependency reconciler catches anything a lost completion message left behind
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-import redis
+from typing import Any, Protocol, TypeVar
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.decoding import decode_fields, text
 from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.executor import transport_error
+from ff_celery.engine.executor import Batch
 from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import ExecKeys, FlowKeys
-from ff_celery.engine.library import is_missing_function
 
-if TYPE_CHECKING:
-    from ff_celery.engine.client import Engine
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +57,37 @@ class FlowPlacement:
     flow_kind: str = "dag"
 
 
+class FlowEngine(Protocol):
+    """What flow operations use of the engine (:class:`ff_celery.engine.client.Engine`)."""
+
+    def batch(self) -> Batch: ...
+
+    def call(self, request: fn.Fcall[R]) -> R: ...
+
+    def call_many(self, requests: list[fn.Fcall[Any]]) -> list[Any]: ...
+
+    def transaction(self, watched: str, field: str, build: Callable[[bytes | None], Batch]) -> list[Any] | None: ...
+
+    def now_ms(self) -> int: ...
+
+    def read_core(self, execution_id: ExecutionId, *fields: str) -> dict[str, str]: ...
+
+    def cancel(self, execution_id: ExecutionId, reason: str) -> str: ...
+
+    def wake(self, lane: str, execution_id: ExecutionId | None = None) -> None: ...
+
+
 class Flows:
     """Flow operations of one engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: FlowEngine) -> None:
         self.engine = engine
+
+    def _read(self, name: str, *args: Any) -> Any:
+        """One plain command's reply."""
+        batch = self.engine.batch()
+        batch.command(name, *args)
+        return batch.execute()[0]
 
     # -- building -----------------------------------------------------------------------------
 
@@ -79,72 +101,39 @@ class Flows:
             raise ValueError("a flow member must be minted on its flow's partition")
         if any(upstream.partition != flow.partition for upstream in placement.upstream):
             raise ValueError("every upstream of a flow member must belong to the same flow")
+
+        def build(revision: bytes | None) -> Batch:
+            batch = self.engine.batch()
+            for position, call in enumerate(self._member_requests(request, placement, int(revision or 0))):
+                batch.fcall(call)
+                if position == 1 and attachment:  # right after the create, unseen by claimers
+                    batch.command("hset", ExecKeys(request.execution_id).core, mapping=attachment)
+            return batch
+
         for _ in range(MEMBER_WRITE_ATTEMPTS):
-            replies = self._write_member(request, attachment, placement)
-            if replies is not None:
+            outcomes = self.engine.transaction(flow.keys.core, "graph_revision", build)
+            if outcomes is not None:
                 break
         else:
             raise TransportError(f"flow {flow.flow_id} kept changing while a member was added", retryable=True)
-        created = replies[0]
+        if attachment:
+            del outcomes[2]
+        created = outcomes[1]
         if isinstance(created, EngineError):
             raise created
         if not created.duplicate:
-            for reply in replies[1:]:
-                if isinstance(reply, EngineError):
-                    raise reply
+            for outcome in outcomes:
+                if isinstance(outcome, EngineError):
+                    raise outcome
         self._settle_ended_upstreams(flow, placement.upstream)
         return created
 
-    def _write_member(
-        self, request: fn.CreateExecution, attachment: dict[str, str], placement: FlowPlacement
-    ) -> list[Any] | None:
-        """One try at the member's transaction: the outcome of the create and of each flow
-        call after it; None when the flow's graph changed under the WATCH."""
-        flow, eid, now = placement.flow, request.execution_id, self.engine.now_ms()
-
-        def run() -> list[Any] | None:
-            with self.engine.redis.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(flow.keys.core)
-                    revision = int(pipe.hget(flow.keys.core, "graph_revision") or 0)
-                    requests[:] = self._member_requests(request, placement, revision, now)
-                    pipe.multi()
-                    for position, call in enumerate(requests):
-                        keys = call.keys()
-                        pipe.fcall(call.function, len(keys), *keys, *call.argv())
-                        if position == 1 and attachment:  # right after the create, unseen by claimers
-                            pipe.hset(ExecKeys(eid).core, mapping=attachment)
-                    raws = pipe.execute(raise_on_error=False)
-                except redis.WatchError:
-                    return None
-            if attachment:
-                del raws[2]
-            return raws
-
-        requests: list[fn.Fcall[Any]] = []
-        raws = self.engine._guard(run)
-        if raws is None:
-            return None
-        if any(is_missing_function(raw) for raw in raws):
-            self.engine._reload_library()
-            return None
-        results: list[Any] = []
-        for call, raw in zip(requests[1:], raws[1:]):
-            try:
-                if isinstance(raw, Exception):
-                    raise transport_error(raw, call.function)
-                results.append(call.interpret(raw))
-            except EngineError as exc:
-                results.append(exc)
-        return results
-
-    @staticmethod
     def _member_requests(
-        request: fn.CreateExecution, placement: FlowPlacement, revision: int, now_ms: int
+        self, request: fn.CreateExecution, placement: FlowPlacement, revision: int
     ) -> list[fn.Fcall[Any]]:
         """Create the flow (a no-op when it exists), the execution, its membership, and
         stage + apply each inbound edge; the revisions follow from the one read."""
-        flow, eid = placement.flow, request.execution_id
+        flow, eid, now_ms = placement.flow, request.execution_id, self.engine.now_ms()
         where = {"flow_id": flow.flow_id, "partition": flow.partition}
         requests: list[fn.Fcall[Any]] = [
             fn.CreateFlow(**where, flow_kind=placement.flow_kind, namespace=request.namespace),
@@ -201,7 +190,7 @@ class Flows:
         outcome = engine.read_core(execution_id, "terminal_outcome").get("terminal_outcome", "none")
         if outcome == "none":
             return 0
-        edge_ids = sorted(text(m) for m in engine._guard(lambda: engine.redis.smembers(flow.outgoing(execution_id))))
+        edge_ids = sorted(text(m) for m in self._read("smembers", flow.outgoing(execution_id)) or ())
         if not edge_ids:
             return 0
         reads = engine.batch()
@@ -256,7 +245,7 @@ class Flows:
         ended (the dependency reconciler's safety net). Answers how many were resolved."""
         engine = self.engine
         x = ExecKeys(execution_id)
-        edges = sorted(text(m) for m in engine._guard(lambda: engine.redis.srandmember(x.deps_unresolved, edge_limit)))
+        edges = sorted(text(m) for m in self._read("srandmember", x.deps_unresolved, edge_limit) or ())
         if not edges:
             return 0
         reads = engine.batch()
@@ -284,7 +273,7 @@ class Flows:
         except EngineError as exc:
             if exc.code != "flow_already_terminal":
                 raise
-            members = [text(m) for m in engine._guard(lambda: engine.redis.smembers(flow.keys.pending_cancels))]
+            members = [text(m) for m in self._read("smembers", flow.keys.pending_cancels) or ()]
         else:
             members = list(cancellation.members)
         return self.cancel_members(flow, members, reason)
@@ -305,6 +294,9 @@ class Flows:
 
     # -- reading ------------------------------------------------------------------------------
 
+    def exists(self, flow: FlowRef) -> bool:
+        return bool(self._read("exists", flow.keys.core))
+
     def flow_of(self, execution_id: ExecutionId) -> FlowRef | None:
         """The flow ``execution_id`` belongs to, if any."""
         flow_id = self.engine.read_core(execution_id, "flow_id").get("flow_id")
@@ -316,7 +308,7 @@ class Flows:
         engine, current = self.engine, execution_id
         for _ in range(MAX_CASCADE_DEPTH):
             x = ExecKeys(current)
-            edges = sorted(text(m) for m in engine._guard(lambda x=x: engine.redis.smembers(x.deps_all_edges)))
+            edges = sorted(text(m) for m in self._read("smembers", x.deps_all_edges) or ())
             reads = engine.batch()
             for edge_id in edges:
                 reads.command("hmget", x.dep(edge_id), ("state", "upstream_execution_id"))

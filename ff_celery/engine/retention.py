@@ -13,7 +13,9 @@ long never holds back the rest of its lane, trimming runs in two passes, each ba
    terminal any more, a re-completed one is due later).
 
 Deleting also removes ff_celery's own keys naming the execution: its alias and its
-FlowFabric idempotency key (while they still name it) and its next-attempt payload.
+FlowFabric idempotency key (while they still name it) and its next-attempt payload; and its
+place in a flow (edges in and out, its join, its membership): the flow itself goes with its
+last member.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 from ff_celery.engine.client import Engine
 from ff_celery.engine.decoding import text
+from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.ids import valid_execution_ids
 from ff_celery.engine.keys import (
     ALIAS_TAG,
@@ -38,6 +41,9 @@ from ff_celery.engine.keys import (
 from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
 
 log = logging.getLogger(__name__)
+
+#: What deleting an execution reads of its exec_core.
+CORE_FIELDS = ("completed_at", "total_attempt_count", "lane_id", "namespace", "flow_id")
 
 #: Completions this recent are left to the next pass: none can still arrive with an earlier
 #: completion time, so the cursor never passes an execution it has not seen.
@@ -161,7 +167,7 @@ class RetentionTrimmer:
         reads = self.engine.batch()
         for _, eid in due:
             keys = ExecKeys(eid)
-            reads.command("hmget", keys.core, ("completed_at", "total_attempt_count", "lane_id", "namespace"))
+            reads.command("hmget", keys.core, CORE_FIELDS)
             reads.command("hmget", keys.tags, (ALIAS_TAG, IDEMPOTENCY_KEY_TAG))
             reads.command("get", keys.policy)
             reads.command("smembers", keys.waitpoints)
@@ -169,11 +175,11 @@ class RetentionTrimmer:
             reads.command("smembers", keys.deps_all_edges)
         replies = reads.execute()
         expired: list[_Expired] = []
+        flows: set[FlowRef] = set()
         writes = self.engine.batch()
         for position, (partition, eid) in enumerate(due):
-            (completed_at, attempts, lane, namespace), (alias, idempotency_key), policy_json, *members = replies[
-                6 * position : 6 * position + 6
-            ]
+            core, (alias, idempotency_key), policy_json, *members = replies[6 * position : 6 * position + 6]
+            completed_at, attempts, lane, namespace, flow_id = core
             lane, completed_at = text(lane) or "default", _millis(completed_at)
             retention_ms = self.rules.retention_ms(lane, policy_json) if completed_at is not None else None
             if retention_ms is not None and completed_at + retention_ms > now_ms:  # completed again since
@@ -193,6 +199,14 @@ class RetentionTrimmer:
                 writes.command("delete", key)  # one key per DEL: a cluster's pipeline takes no other
             writes.command("srem", index.all_executions, eid)
             writes.command("zrem", index.terminal(lane), eid)
+            if flow_id:  # its place in the flow: its edges in and out, its join, its membership
+                flow = FlowRef(text(flow_id), partition)
+                for key in (flow.keys.outgoing(eid), flow.keys.incoming(eid), flow.keys.edge_group(eid)):
+                    writes.command("delete", key)
+                for edge_id in edges:
+                    writes.command("delete", flow.keys.edge(edge_id))
+                writes.command("srem", flow.keys.members, eid)
+                flows.add(flow)
             ns = text(namespace)
             expired.append(
                 _Expired(
@@ -203,7 +217,26 @@ class RetentionTrimmer:
             )
         writes.execute()
         self._forget_names(expired)
+        self._forget_emptied_flows(flows)
         return len(expired)
+
+    def _forget_emptied_flows(self, flows: set[FlowRef]) -> None:
+        """Delete the flows whose last member was just deleted, with their index entries."""
+        ordered = sorted(flows, key=lambda flow: flow.flow_id)
+        reads = self.engine.batch()
+        for flow in ordered:
+            reads.command("scard", flow.keys.members)
+        emptied = [flow for flow, left in zip(ordered, reads.execute()) if left == 0]
+        if not emptied:
+            return
+        writes = self.engine.batch()
+        for flow in emptied:
+            keys, index = flow.keys, PartitionKeys(flow.partition)
+            for key in (keys.core, keys.members, keys.pending_cancels, keys.summary, keys.tags):
+                writes.command("delete", key)
+            writes.command("srem", index.flow_index, flow.flow_id)
+            writes.command("zrem", index.cancel_backlog, flow.flow_id)
+        writes.execute()
 
     def _forget_names(self, expired: list[_Expired]) -> None:
         """Delete the alias and idempotency keys that still name a deleted execution (a task

@@ -12,7 +12,7 @@ from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.flows import FlowPlacement, FlowRef
 from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import PartitionKeys, wake_channel
+from ff_celery.engine.keys import ADMISSION_LANES_KEY, PartitionKeys, wake_channel
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 
 LANE = "default"
@@ -229,3 +229,9 @@ def test_the_projector_summarises_a_flow_and_drops_it_from_the_index_once_all_en
     duties.project_flows()
     assert ff_engine.redis.hget(flow.keys.summary, "public_flow_state") == b"completed"
     assert not ff_engine.redis.sismember(PartitionKeys(flow.partition).flow_index, flow.flow_id)
+
+
+def test_a_member_under_a_budget_puts_its_lane_under_admission_before_it_can_be_claimed(ff_engine, flow):
+    eid = member(ff_engine, flow, budget_ids=["flow-budget"])
+    assert ff_engine.redis.sismember(ADMISSION_LANES_KEY, LANE)
+    assert ff_engine.read_core(eid, "budget_ids")["budget_ids"]

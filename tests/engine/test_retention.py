@@ -109,3 +109,25 @@ def test_a_replaced_tasks_alias_stays_with_its_successor(ff_engine, ff_redis):
     assert not exists(ff_engine, first)
     assert ff_engine.resolve("task-r") == successor
     assert ff_redis.exists(alias_key(ff_engine.namespace, "task-r"))
+
+
+def test_a_flow_goes_with_its_last_member_and_each_member_takes_its_edges(ff_engine, ff_redis):
+    from ff_celery.engine.flows import FlowPlacement, FlowRef
+
+    baseline = set(ff_redis.keys())
+    partition = ff_engine.partitions.lane_partition("default")
+    flow = FlowRef(ff_engine.partitions.new_flow_id(partition), partition)
+    first = ff_engine.submit("default", b"1", flow=FlowPlacement(flow=flow)).execution_id
+    second = ff_engine.submit("default", b"2", flow=FlowPlacement(flow=flow, upstream=(first,))).execution_id
+    scanners = EngineScanners(ff_engine, settings=ScannerSettings(retention_s=3600))
+    complete_all(ff_engine, ["default"], 1)
+    ff_engine.flows.cascade(first, flow.flow_id)
+    complete_all(ff_engine, ["default"], 1)
+    scanners.flows.project_flows()
+    cutoff = ff_engine.server_time_ms()
+    with engine_time(ff_engine, cutoff + HOUR_MS):
+        assert scanners.trim_retained() == 2
+    left = {key.decode() for key in set(ff_redis.keys()) - baseline}
+    assert [key for key in left if flow.flow_id in key or first.uuid in key or second.uuid in key] == []
+    index = PartitionKeys(partition)
+    assert not ff_redis.sismember(index.flow_index, flow.flow_id)
