@@ -10,7 +10,7 @@ from typing import Any
 import celery
 from celery import signals
 
-from ff_celery import outcomes, tracing
+from ff_celery import canvas, outcomes, tracing
 from ff_celery.budgets import inherited_budgets
 from ff_celery.messages import RETENTION_HEADER
 
@@ -69,6 +69,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
     if tracing.available():  # flowfabric_tracing, read at each publish
         signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
         signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
+    canvas.install()
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

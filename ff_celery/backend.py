@@ -34,6 +34,7 @@ from celery.exceptions import TaskRevokedError, TimeoutError
 from kombu.utils.encoding import bytes_to_str
 
 from ff_celery.app import integrate
+from ff_celery.canvas import fail_chord_body
 from ff_celery.context import engine_for_url, fence_of
 from ff_celery.engine.claim import lease_given_up
 from ff_celery.engine.client import Engine
@@ -41,14 +42,17 @@ from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.executor import RETRYABLE_REDIS_ERRORS
 from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import DONE_NOTICE, done_channel
+from ff_celery.engine.keys import DONE_NOTICE, chord_failure_key, done_channel
 from ff_celery.engine.signaling import read_waitpoint
-from ff_celery.messages import NAMESPACE
+from ff_celery.messages import NAMESPACE, celery_task_of
 from ff_celery.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
 from ff_celery.states import BLOCKED, SUSPENDED, celery_state, suspended_info
 from ff_celery.waitpoints import Waitpoint
 
 log = logging.getLogger(__name__)
+
+#: How long a chord's "a header task failed" marker lives when results never expire.
+CHORD_FAILURE_TTL_S = 86_400
 
 #: The exec_core fields a result read needs.
 CORE_FIELDS = (
@@ -145,6 +149,26 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
             end_attempt(self.engine, task_id, request, lambda handle: handle.complete(b""))  # no result kept
         super().mark_as_done(task_id, result, request=request, store_result=store_result, state=state)
 
+    def mark_as_failure(
+        self,
+        task_id: str,
+        exc: BaseException,
+        traceback: Any = None,
+        request: Any = None,
+        store_result: bool = True,
+        call_errbacks: bool = True,
+        state: str = states.FAILURE,
+    ) -> None:
+        if request is not None and state == states.FAILURE:
+            # before the execution fails: then the engine skips the body, already marked failed
+            fail_chord_body(self, request, task_id, exc)
+        super().mark_as_failure(task_id, exc, traceback, request, store_result, call_errbacks, state)
+
+    def claim_chord_failure(self, body_id: str, task_id: str) -> bool:
+        """True for the first header task of the chord whose body is ``body_id`` to fail."""
+        key = chord_failure_key(NAMESPACE, body_id)
+        return bool(self.store.set(key, task_id, nx=True, ex=int(self.expires or CHORD_FAILURE_TTL_S)))
+
     def mark_as_ignored(self, task_id: str, request: Any) -> None:
         """End the execution of a task that raised ``Ignore`` (e.g. ``Task.replace``): its
         attempt is over, and readers keep seeing the state Celery last recorded."""
@@ -190,12 +214,17 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         return result
 
     def revoke(self, task_id: str, reason: str = "revoked") -> str | None:
-        """Cancel the task's execution durably (any phase); answers the phase it left."""
+        """Cancel the task's execution durably (any phase); answers the phase it left. A task
+        of a canvas (a flow member) cancels its whole flow: nothing after it runs."""
         eid = self.engine.resolve(task_id)
         phase = None
         if eid is not None:
             try:
-                phase = self.engine.cancel(eid, reason)
+                flow = self.engine.flows.flow_of(eid)
+                if flow is None:
+                    phase = self.engine.cancel(eid, reason)
+                else:
+                    self.engine.flows.cancel(flow, reason)
             except EngineError as exc:
                 log.info("revoke of %s: %s", task_id, exc)
         else:
@@ -234,6 +263,8 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         self, eid: ExecutionId, core: dict[str, str], stored: dict[str, Any] | None, task_id: str
     ) -> dict[str, Any]:
         """Celery meta of an execution that has not completed (its state: :func:`celery_state`)."""
+        if core.get("public_state") == "skipped":
+            return stored if stored and stored["status"] in states.READY_STATES else self._skipped_meta(eid)
         state = celery_state(core, stored["status"] if stored else None)
         if stored and stored["status"] == state and state not in (SUSPENDED, BLOCKED):
             return stored  # with what the worker recorded: the exception, a custom state's meta
@@ -251,6 +282,20 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         if state == SUSPENDED:
             return self._suspended_meta(eid, core.get("current_waitpoint_id", ""), task_id)
         return {"status": state, "result": None}
+
+    def _skipped_meta(self, eid: ExecutionId) -> dict[str, Any]:
+        """A flow member the engine skipped ends as the task that made it impossible did
+        (FAILURE with its exception, or REVOKED), as Celery marks the rest of a chain."""
+        cause = self.engine.flows.skip_cause(eid)
+        task = celery_task_of(self.engine.read_tags([cause])[0]) if cause is not None else None
+        if task is not None:
+            meta = self._get_task_meta_for(task[0])
+            if meta["status"] in states.PROPAGATE_STATES:
+                return {key: meta.get(key) for key in ("status", "result", "traceback")} | {"children": []}
+        exc = ExecutionFailed("skipped: a task it runs after did not succeed")
+        return self.meta_from_decoded(
+            {"status": states.FAILURE, "result": self.prepare_exception(exc), "traceback": None, "children": []}
+        )
 
     def _suspended_meta(self, eid: ExecutionId, waitpoint_id: str, task_id: str) -> dict[str, Any]:
         """SUSPENDED with the waitpoint read from the engine (so it is there as soon as the

@@ -24,6 +24,7 @@ from kombu.utils import json
 
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.errors import ValidationError
+from ff_celery.engine.ids import canonical_uuid
 from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
 
 #: FlowFabric namespace of the executions that carry kombu messages (task ids are aliased in it).
@@ -37,6 +38,8 @@ BUDGETS_HEADER = "ff_budgets"
 QUOTA_HEADER = "ff_quota"
 #: Header (or ``apply_async`` option) with the task's retention in seconds; None: forever.
 RETENTION_HEADER = "ff_retention"
+#: Header making the task a member of a flow (:class:`FlowStep`, set by ff_celery.canvas).
+FLOW_HEADER = "ff_flow"
 #: Tag marking executions that are Celery tasks (their name is the value).
 TASK_TAG = "celery.task"
 TASK_ID_TAG = "celery.id"
@@ -48,6 +51,62 @@ class PublishError(ValidationError):
 
     def __init__(self, reason: str) -> None:
         super().__init__("invalid_input", [reason], message="message refused")
+
+
+@dataclass(frozen=True)
+class FlowStep:
+    """A task's place in a flow, as its :data:`FLOW_HEADER` carries it: the flow, the task
+    ids it runs after, how it receives their results (``one``: the first argument, ``list``:
+    a list of them as the first argument, empty: not at all), its own ``countdown`` (seconds)
+    or ``eta`` counted from when it may run, and the chord body whose errbacks its failure
+    calls (a signature dict)."""
+
+    flow_id: str
+    after: list[str] = field(default_factory=list)
+    passes: str = ""
+    countdown: float | None = None
+    eta: str | None = None
+    chord_body: dict[str, Any] | None = None
+
+    def header(self) -> dict[str, Any]:
+        header = {"flow": self.flow_id, "after": self.after, "passes": self.passes}
+        extras = {"countdown": self.countdown, "eta": self.eta, "chord_body": self.chord_body}
+        return header | {name: value for name, value in extras.items() if value is not None}
+
+    @classmethod
+    def from_header(cls, value: Any) -> FlowStep | None:
+        """The step a header carries (None for no header); PublishError if malformed."""
+        if value is None:
+            return None
+        try:
+            after = value["after"]
+            if not isinstance(after, list) or not all(isinstance(t, str) and t for t in after):
+                raise ValueError("after must be a list of task ids")
+            countdown = value.get("countdown")
+            if countdown is not None and (isinstance(countdown, bool) or not isinstance(countdown, int | float)):
+                raise ValueError("countdown must be seconds")
+            chord_body = value.get("chord_body")
+            if chord_body is not None and not isinstance(chord_body, dict):
+                raise ValueError("chord_body must be a signature")
+            step = cls(
+                canonical_uuid(value["flow"], "flow id"),
+                after,
+                value["passes"],
+                countdown,
+                value.get("eta"),
+                chord_body,
+            )
+        except (TypeError, KeyError, ValueError, AttributeError, ValidationError) as exc:
+            raise PublishError(f"{FLOW_HEADER} header is malformed ({exc}): {value!r}") from None
+        if step.passes not in ("", "one", "list"):
+            raise PublishError(f"{FLOW_HEADER} passes must be '', 'one' or 'list', got {step.passes!r}")
+        _epoch_ms(step.eta, f"{FLOW_HEADER} eta")
+        return step
+
+    def runnable_from(self, now_ms: int) -> int | None:
+        """When a member that may run at ``now_ms`` should start, if later (its own delay)."""
+        due = max(now_ms + int((self.countdown or 0) * 1000), _epoch_ms(self.eta, "eta") or 0)
+        return due if due > now_ms else None
 
 
 @dataclass
@@ -68,6 +127,7 @@ class Submission:
     creator_identity: str = ""
     budget_ids: tuple[str, ...] = ()
     quota_policy_id: str | None = None
+    flow: FlowStep | None = None
 
 
 def _epoch_ms(value: Any, what: str) -> int | None:
@@ -144,6 +204,7 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
             submission.tags["celery.group"] = str(headers["group"])
         if headers.get(POLICY_HEADER):
             submission.policy = _policy_from_header(headers[POLICY_HEADER])
+        submission.flow = FlowStep.from_header(headers.get(FLOW_HEADER))
     for given in (headers, properties):  # an apply_async option wins over the task's own
         if RETENTION_HEADER in given:
             submission.policy = submission.policy.with_retention(_retention_ms(given[RETENTION_HEADER]))

@@ -38,11 +38,20 @@ from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware
 from ff_celery.engine.errors import EngineError, TransportError
+from ff_celery.engine.flows import FlowPlacement, FlowRef
 from ff_celery.engine.functions import BlockExecutionForAdmission
 from ff_celery.engine.lane_shards import shard_lanes
 from ff_celery.engine.registry import shared_engine, shared_renewer
 from ff_celery.engine.renewal import LeaseRenewer
-from ff_celery.messages import NAMESPACE, delivery_message, is_celery_task, submission_for
+from ff_celery.messages import (
+    FLOW_HEADER,
+    NAMESPACE,
+    FlowStep,
+    PublishError,
+    delivery_message,
+    is_celery_task,
+    submission_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +112,11 @@ class ConsumingWorker(Protocol):
 
     def on_blocked(self, blocked: list[BlockExecutionForAdmission], engine: Engine) -> None:
         """Admission held executions back (``waiting_for_budget``, ``waiting_for_quota``)."""
+        ...
+
+    def with_upstream_results(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A flow member's message with what its upstream tasks returned added to its
+        arguments; ValueError when that cannot be done."""
         ...
 
 
@@ -229,6 +243,7 @@ class Channel(kombu_redis.Channel):
             creator_identity=submission.creator_identity,
             budget_ids=submission.budget_ids,
             quota_policy_id=submission.quota_policy_id or self.lane_quotas.get(queue),
+            flow=self._ff_placement(submission.flow),
         )
         headers = message.get("headers") or {}
         if created.duplicate and headers.get("retries"):
@@ -236,6 +251,22 @@ class Channel(kombu_redis.Channel):
             plan_republished_retry(str(headers.get("id")), max(0, (submission.delay_until or now_ms) - now_ms))
             engine.set_next_attempt_payload(created.execution_id, submission.payload)
         return None
+
+    def _ff_placement(self, step: FlowStep | None) -> FlowPlacement | None:
+        """Where a flow member goes: its flow, waiting for the executions of the tasks it
+        runs after (published before it)."""
+        if step is None:
+            return None
+        engine = self.ff_engine
+        upstream = engine.resolve_many(step.after)
+        missing = [task_id for task_id, eid in zip(step.after, upstream) if eid is None]
+        if missing:
+            raise PublishError(f"flow member runs after tasks that were never published: {missing}")
+        flow = FlowRef(step.flow_id, engine.partitions.flow_partition(step.flow_id))
+        members = tuple(eid for eid in upstream if eid is not None)
+        if any(eid.partition != flow.partition for eid in members):
+            raise PublishError(f"flow member runs after tasks outside flow {step.flow_id}: {step.after}")
+        return FlowPlacement(flow=flow, upstream=members)
 
     def ff_lanes_of(self, queue: str) -> list[str]:
         """The lanes a queue's executions live on: the queue's own, and more if it is
@@ -371,7 +402,16 @@ class Channel(kombu_redis.Channel):
             if task.attempt_index > 0:  # a retry may run other arguments than the first attempt
                 task.payload = self.ff_engine.next_attempt_payload(task.execution_id) or task.payload
             message = delivery_message(task, self._ff_queue_of_lane.get(task.lane_id, task.lane_id))
-        except ValueError as exc:
+            step = FlowStep.from_header(message["headers"].get(FLOW_HEADER))
+            if step is not None:
+                # a flow member's own countdown starts now that it may run (its first claim)
+                due = step.runnable_from(self.ff_engine.now_ms()) if task.lease_epoch == 1 else None
+                if due is not None:
+                    self._ff_end(task, lambda: task.delay(due))
+                    return
+                if self._ff_worker is not None:
+                    message = self._ff_worker.with_upstream_results(message)
+        except (ValueError, PublishError) as exc:
             self._ff_fail_undeliverable(task, f"undecodable message: {exc}")
             return
         tracing.record_claim(message["headers"], task)

@@ -30,6 +30,7 @@ from celery.worker.control import inspect_command
 
 from ff_celery import tracing
 from ff_celery.backend import FlowFabricBackend
+from ff_celery.canvas import with_upstream_results
 from ff_celery.engine import exporter
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
@@ -203,6 +204,11 @@ class FlowFabricStep(bootsteps.StartStopStep):
                     reason=block.blocking_reason,
                     detail=block.blocking_detail,
                 )
+
+    # -- flows ----------------------------------------------------------------------------
+
+    def with_upstream_results(self, message: dict[str, Any]) -> dict[str, Any]:
+        return with_upstream_results(self.consumer.app, message)
 
     # -- lost leases ----------------------------------------------------------------------
 

@@ -472,3 +472,8 @@ DONE_NOTICE = b"1"
 def done_channel(namespace: str, alias: str) -> str:
     """Pub/Sub channel announcing that the execution behind ``alias`` has an outcome."""
     return f"ffc:done:{namespace}:{alias}"
+
+
+def chord_failure_key(namespace: str, body_alias: str) -> str:
+    """Set by the first header task of a chord that fails for good (the chord's errbacks run once)."""
+    return f"ffc:chord-failed:{namespace}:{body_alias}"

@@ -49,6 +49,8 @@ app.conf.update(
         "suspension_timeout_interval_s": SCAN_S,
         "pending_waitpoint_interval_s": SCAN_S,
         "unblock_interval_s": SCAN_S,
+        "dependency_reconcile_interval_s": 5 * SCAN_S,
+        "cancel_reconcile_interval_s": 5 * SCAN_S,
         "leader_ttl_s": 2.0,
     },
     worker_prefetch_multiplier=int(os.environ.get("FFAPP_PREFETCH", "1")),
@@ -109,6 +111,19 @@ def beating(seconds, path):
 @app.task
 def xsum(numbers):
     return sum(numbers)
+
+
+@app.task(bind=True)
+def collect(self, *args):
+    """Records its run and answers the arguments it was given (what a canvas passed it)."""
+    record(self, "run")
+    return list(args)
+
+
+@app.task
+def note_error(request, exc, traceback):
+    """An errback (Celery's new style): records which task failed, and how."""
+    runs().rpush("ffapp:errbacks", f"{request.id} {type(exc).__name__} {exc}")
 
 
 @app.task(bind=True)

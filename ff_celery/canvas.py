@@ -1,0 +1,322 @@
+"""Celery canvases as FlowFabric flows: chains, groups, chords and their nesting.
+
+A canvas applied through an app whose broker is ``flowfabric://`` is published at once:
+every task in it becomes a member of one flow, with a dependency edge for each "runs after"
+(a chain step after the step before it, a chord body after every header task, a step after a
+group after each of the group's tasks). The engine makes a member eligible when its
+upstream members succeeded and skips it when one failed or was cancelled; nothing in Celery
+counts chord parts or publishes the next step, so a worker that dies at any point loses no
+part of the workflow. Revoking any member cancels the whole flow.
+
+At delivery a member receives what Celery would have passed it (:func:`with_upstream_results`):
+a chain step its upstream's return value as the first argument, a chord body (or a step
+after a group) the list of the upstream results, an immutable signature nothing. (It is
+published with ``None`` standing in for that argument, so Celery's argument check passes.)
+
+Canvases applied eagerly, with options this module does not carry (``link`` on the
+canvas itself, ``chord`` / ``chain`` from Celery's own machinery, ...), or containing a
+group directly inside a group or a signature subclass with its own ``apply_async``
+(``chunks``, ``xmap``), run on Celery's own mechanism.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import celery
+from celery.backends.base import DisabledBackend
+from celery.canvas import Signature, _chain, _chord, group
+from celery.exceptions import ChordError
+from celery.result import AsyncResult, GroupResult
+from celery.utils import uuid
+from kombu.serialization import dumps, loads, prepare_accept_content, registry
+
+from ff_celery.context import engine_for_app
+from ff_celery.engine.flows import FlowRef
+from ff_celery.messages import FLOW_HEADER, FlowStep
+
+log = logging.getLogger(__name__)
+
+#: Options of ``apply_async`` on a canvas that a flow carries to its entry tasks (the ones
+#: that wait for nothing): what Celery applies to the first task of a chain, to each task of
+#: a group and to a chord's header.
+ENTRY_OPTIONS = frozenset(
+    {"queue", "routing_key", "exchange", "priority", "countdown", "eta", "expires", "ff_budgets", "ff_quota"}
+)
+Passes = Literal["", "one", "list"]
+
+
+def broker_is_flowfabric(app: celery.Celery) -> bool:
+    url = app.conf.broker_url
+    return isinstance(url, str) and url.startswith("flowfabric")
+
+
+def expressible(sig: Signature, inside_group: bool = False) -> bool:
+    """Whether :class:`CanvasFlow` can publish ``sig`` as flow members."""
+    if not isinstance(sig, Signature):
+        return False
+    if isinstance(sig, _chord):
+        return all(expressible(task, inside_group=True) for task in sig.tasks) and expressible(sig.body)
+    if isinstance(sig, _chain):
+        return bool(sig.tasks) and all(expressible(task) for task in sig.tasks)
+    if isinstance(sig, group):
+        return not inside_group and bool(sig.tasks) and all(expressible(task, inside_group=True) for task in sig.tasks)
+    return type(sig).apply_async is Signature.apply_async and isinstance(sig.task, str)
+
+
+@dataclass
+class Placed:
+    """A published part of a canvas: the task ids its successors wait for, the Celery result
+    of the part, and how its successors receive those tasks' results."""
+
+    exits: list[str]
+    result: AsyncResult | GroupResult
+    passes: Passes
+
+
+@dataclass
+class CanvasFlow:
+    """Publishes one canvas as the members of one flow."""
+
+    app: celery.Celery
+    flow: FlowRef
+    producer: Any
+    entry_options: dict[str, Any] = field(default_factory=dict)
+    root_id: str | None = None
+    #: The body of the chord whose header is being placed (its errbacks run on a failure).
+    chord_body: Signature | None = None
+
+    def place(
+        self,
+        sig: Signature,
+        after: Sequence[str] = (),
+        passes: Passes = "",
+        partial: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+        membership: dict[str, Any] | None = None,
+    ) -> Placed:
+        """Publish ``sig`` to run after the tasks ``after`` (receiving their results as
+        ``passes`` says), with ``partial`` arguments added to its entry tasks."""
+        if isinstance(sig, _chord):
+            return self._place_chord(sig, after, passes, partial, membership)
+        if isinstance(sig, _chain):
+            return self._place_chain(sig, after, passes, partial, membership)
+        if isinstance(sig, group):
+            return self._place_group(sig, after, passes, partial)
+        return self._place_task(sig, after, passes, partial, membership or {})
+
+    def _place_task(
+        self,
+        sig: Signature,
+        after: Sequence[str],
+        passes: Passes,
+        partial: tuple[tuple[Any, ...], dict[str, Any]] | None,
+        membership: dict[str, Any],
+    ) -> Placed:
+        passes = "" if sig.immutable else passes
+        args, kwargs = partial or ((), {})
+        if passes:  # a stand-in first argument, replaced at delivery (and what Celery checks)
+            args = (None, *args)
+        sig = sig.clone(args, kwargs)
+        task_id = sig.options.get("task_id") or uuid()
+        self.root_id = self.root_id or task_id
+        # a task that waits counts its own countdown / eta from when it may run
+        delay = {key: sig.options.pop(key) for key in ("countdown", "eta") if after and key in sig.options}
+        eta = delay.get("eta")
+        step = FlowStep(
+            flow_id=self.flow.flow_id,
+            after=list(after),
+            passes=passes,
+            countdown=delay.get("countdown"),
+            eta=eta.isoformat() if hasattr(eta, "isoformat") else eta,
+            chord_body=dict(self.chord_body) if self.chord_body is not None else None,
+        )
+        headers = {**(sig.options.get("headers") or {}), FLOW_HEADER: step.header()}
+        options: dict[str, Any] = {"task_id": task_id, "root_id": self.root_id, "headers": headers, **membership}
+        if after:
+            options["parent_id"] = after[-1]
+        else:
+            options.update(self.entry_options)
+        result = sig.apply_async(producer=self.producer, **options)
+        return Placed([task_id], result, "one")
+
+    def _place_chain(
+        self,
+        sig: _chain,
+        after: Sequence[str],
+        passes: Passes,
+        partial: tuple[tuple[Any, ...], dict[str, Any]] | None,
+        membership: dict[str, Any] | None,
+    ) -> Placed:
+        placed: Placed | None = None
+        last = len(sig.tasks) - 1
+        for position, step in enumerate(sig.tasks):
+            # a chain inside a chord header or group: its last task is the member counted there
+            step_membership = membership if position == last else None
+            if placed is None:
+                placed = self.place(step, after, passes, partial, step_membership)
+            else:
+                previous = placed.result
+                placed = self.place(step, placed.exits, placed.passes, None, step_membership)
+                placed.result.parent = previous
+        assert placed is not None
+        return placed
+
+    def _place_group(
+        self,
+        sig: group,
+        after: Sequence[str],
+        passes: Passes,
+        partial: tuple[tuple[Any, ...], dict[str, Any]] | None,
+        group_id: str | None = None,
+    ) -> Placed:
+        group_id = group_id or sig.options.get("task_id") or uuid()
+        exits: list[str] = []
+        results = []
+        for index, task in enumerate(sig.tasks):
+            membership = {"group_id": group_id, "group_index": index}
+            placed = self.place(task, after, passes, partial, membership)
+            exits += placed.exits
+            results.append(placed.result)
+        return Placed(exits, GroupResult(group_id, results, app=self.app), "list")
+
+    def _place_chord(
+        self,
+        sig: _chord,
+        after: Sequence[str],
+        passes: Passes,
+        partial: tuple[tuple[Any, ...], dict[str, Any]] | None,
+        membership: dict[str, Any] | None,
+    ) -> Placed:
+        header_args = partial or ((), {})
+        header_partial = (tuple(header_args[0]), {**sig.kwargs.get("kwargs", {}), **header_args[1]})
+        header = group(sig.tasks, app=self.app)
+        body_sig = sig.body.clone()
+        enclosing, self.chord_body = self.chord_body, None
+        if type(body_sig) is Signature:  # a task: a header failure calls its errbacks, as Celery does
+            body_sig.options.setdefault("task_id", uuid())
+            self.chord_body = body_sig
+        try:
+            placed_header = self._place_group(header, after, passes, header_partial, sig.options.get("task_id"))
+        finally:
+            self.chord_body = enclosing
+        header_result = placed_header.result
+        if isinstance(header_result, GroupResult) and not isinstance(self.app.backend, DisabledBackend):
+            header_result.save(backend=self.app.backend)  # GroupResult.restore, as Celery's chords
+        body = self.place(body_sig, placed_header.exits, "list", None, membership)
+        body.result.parent = header_result
+        return body
+
+
+def apply_as_flow(
+    app: celery.Celery, sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]
+) -> AsyncResult | GroupResult:
+    """Publish the canvas ``sig`` as one flow; answers its result as Celery's would."""
+    engine = engine_for_app(app)
+    entry = first_task(sig)
+    route = app.amqp.router.route(dict(entry.options, **options), entry.task, entry.args, entry.kwargs)
+    queue = route.get("queue")
+    lane = getattr(queue, "name", None) or str(queue or app.conf.task_default_queue)
+    partition = engine.partitions.lane_partition(lane)
+    flow = FlowRef(engine.partitions.new_flow_id(partition), partition)
+    partial = (tuple(args or ()), dict(kwargs or {})) if (args or kwargs) else None
+    with app.producer_or_acquire() as producer:
+        canvas = CanvasFlow(app, flow, producer, entry_options=dict(options))
+        return canvas.place(sig, partial=partial).result
+
+
+def first_task(sig: Signature) -> Signature:
+    """The task a canvas starts with (whose queue places the flow)."""
+    while isinstance(sig, _chord | _chain | group):
+        sig = sig.tasks[0] if sig.tasks else sig.body
+    return sig
+
+
+# -- applying -----------------------------------------------------------------------------------
+
+_ORIGINALS: dict[type, Callable[..., Any]] = {}
+
+
+def _flow_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    def apply_async(self: Signature, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        canvas = self
+        if isinstance(self, _chord) and kwargs and "body" in kwargs:  # chord(header)(body)
+            kwargs = dict(kwargs)
+            canvas = self.clone()
+            canvas.kwargs["body"] = kwargs.pop("body")
+        app = canvas._get_app() if isinstance(canvas, _chord) else canvas.app
+        merged = {**canvas.options, **options}
+        if (
+            broker_is_flowfabric(app)
+            and not app.conf.task_always_eager
+            and set(merged) <= ENTRY_OPTIONS
+            and expressible(canvas)
+        ):
+            return apply_as_flow(app, canvas, args, kwargs, merged)
+        return original(self, args, kwargs, **options)
+
+    apply_async.__doc__ = original.__doc__
+    apply_async.__wrapped__ = original  # type: ignore[attr-defined]
+    return apply_async
+
+
+def install() -> None:
+    """Route ``apply_async`` of chains, groups and chords through :func:`apply_as_flow`
+    (for apps on a ``flowfabric://`` broker; every other app keeps Celery's). Idempotent."""
+    for cls in (_chain, group, _chord):
+        if cls not in _ORIGINALS:
+            _ORIGINALS[cls] = cls.__dict__["apply_async"]
+            cls.apply_async = _flow_apply_async(_ORIGINALS[cls])  # type: ignore[method-assign]
+
+
+# -- failing ------------------------------------------------------------------------------------
+
+
+def fail_chord_body(backend: Any, request: Any, task_id: str, exc: BaseException) -> None:
+    """A chord header task failed for good: the chord's body fails with a ChordError and its
+    errbacks run, once per chord (the engine skips the body itself), as Celery's chords do."""
+    step = FlowStep.from_header(getattr(request, FLOW_HEADER, None))
+    if step is None or step.chord_body is None:
+        return
+    body = Signature.from_dict(step.chord_body, app=backend.app)
+    if backend.claim_chord_failure(body.id, task_id):
+        backend.chord_error_from_stack(body, ChordError(f"Dependency {task_id} raised {exc!r}"))
+
+
+# -- delivering ---------------------------------------------------------------------------------
+
+
+def with_upstream_results(app: celery.Celery, message: dict[str, Any]) -> dict[str, Any]:
+    """The kombu message of a flow member with its upstream results added to its arguments
+    as Celery passes them; ValueError if an upstream result cannot be read."""
+    headers = message.get("headers") or {}
+    step = FlowStep.from_header(headers.get(FLOW_HEADER))
+    if step is None or not step.passes:
+        return message
+    values = []
+    for task_id in step.after:
+        meta = app.backend.get_task_meta(task_id)
+        if meta.get("status") != "SUCCESS":
+            raise ValueError(f"upstream task {task_id} of this flow member is {meta.get('status')}, not SUCCESS")
+        values.append(meta.get("result"))
+    properties = message.get("properties") or {}
+    content_type = message.get("content-type") or "application/json"
+    encoding = message.get("content-encoding") or "utf-8"
+    raw = message.get("body", "")
+    based = properties.get("body_encoding") == "base64"
+    body = loads(
+        base64.b64decode(raw) if based else raw,
+        content_type,
+        encoding,
+        accept=prepare_accept_content(app.conf.accept_content),
+    )
+    args, kwargs, embed = body
+    given = values[0] if step.passes == "one" else values
+    body = ([given, *args[1:]], kwargs, embed)  # in place of the stand-in published
+    _, _, data = dumps(body, serializer=registry.type_to_name[content_type])
+    data = data if isinstance(data, bytes) else data.encode(encoding)
+    message["body"] = base64.b64encode(data).decode() if based else data.decode(encoding)
+    return message
