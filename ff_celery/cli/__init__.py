@@ -2,8 +2,8 @@
 
 Setup: the function library, the embedded server, the scanners, the waitpoint secret.
 Operators: show and list executions, cancel / replay / resume them, tail their output,
-deliver signals (or serve HTTP callbacks), and manage budgets and quotas. Tables by default,
-``--json`` for scripts.
+draw and cancel flows (canvases), deliver signals (or serve HTTP callbacks), and manage
+budgets and quotas. Tables by default, ``--json`` for scripts.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 
 import click
 
-from ff_celery.cli import budgets, executions, setup, signals
+from ff_celery.cli import budgets, executions, flows, setup, signals
 
 
 @click.group(name="flowfabric")
@@ -22,6 +22,6 @@ def main(log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for module in (setup, executions, signals, budgets):
+for module in (setup, executions, flows, signals, budgets):
     for command in module.COMMANDS:
         main.add_command(command)

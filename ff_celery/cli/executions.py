@@ -29,6 +29,7 @@ def _print_report(report: ExecutionReport) -> None:
         ("execution", report.execution_id),
         ("task", f"{tags['celery.task']} [{tags.get('celery.id', '')}]" if "celery.task" in tags else ""),
         ("lane", field("lane_id", "")),
+        ("flow", f"{field('flow_id')}  (ff-celery flow {field('flow_id')})" if field("flow_id") else ""),
         ("state", state),
         ("blocking", f"{field('blocking_reason', '')} {field('blocking_detail', '')}".strip()),
         ("outcome", outcome),

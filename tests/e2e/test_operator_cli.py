@@ -132,3 +132,27 @@ def test_top_shows_each_lanes_executions_by_state_and_the_completion_rate(ffapp,
     delayed, ended, rate, head_wait = second[2], second[6], second[7], second[8]
     assert int(delayed) >= 1 and int(ended) >= 5 and float(rate) >= 0 and head_wait.endswith("s")
     held.revoke()
+
+
+def test_a_canvas_is_drawn_as_a_flow_and_cancelled_as_one(ffapp, cli, worker):
+    from celery import chain, chord
+
+    done = chain(ffapp.add.s(1, 1), ffapp.add.s(1))()
+    assert done.get(timeout=15) == 3
+    flow_id = execution(ffapp, done.id).core["flow_id"]
+    assert f"ff-celery flow {flow_id}" in cli("show", done.id).output
+    drawn = json.loads(cli("flow", done.id, "--json").output)
+    assert [(m["task_id"], m["depth"], m["after"], m["public_state"]) for m in drawn["members"]] == [
+        (done.parent.id, 0, [], "completed"),
+        (done.id, 1, [done.parent.id], "completed"),
+    ]
+    assert done.parent.id in cli("flow", flow_id).output
+
+    # a chord on a queue no worker consumes: cancel it whole, by any member's task id
+    waiting = chord([ffapp.add.s(1, 1), ffapp.add.s(2, 2)], ffapp.xsum.s()).apply_async(queue="cli-flow")
+    header = [r.id for r in waiting.parent.results]
+    table = cli("flow", header[0]).output
+    assert "waiting_children" in table and all(task_id in table for task_id in [*header, waiting.id])
+    assert "3 member(s) stopped" in cli("cancel-flow", header[1]).output
+    assert wait_for(lambda: [ffapp.app.AsyncResult(t).state for t in [*header, waiting.id]] == ["REVOKED"] * 3)
+    assert cli("flow", "no-such-task", ok=False).exit_code == 1

@@ -1,0 +1,97 @@
+"""Operator commands on flows (a Celery canvas is one): ``flow`` draws a flow's members and
+who waits on whom; ``cancel-flow`` cancels every member that has not ended."""
+
+from __future__ import annotations
+
+import click
+
+from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option
+from ff_celery.engine import inspection
+from ff_celery.engine.client import Engine
+from ff_celery.engine.errors import error_for_code
+from ff_celery.engine.flows import FlowRef, FlowView
+from ff_celery.engine.ids import ExecutionId
+
+flow_target = click.argument("target", metavar="FLOW_ID|TASK_ID|EXECUTION_ID")
+
+
+def resolve_flow(engine: Engine, target: str) -> FlowRef:
+    """A flow id as given, or the flow of a task or execution."""
+    if len(target) == 36 and not target.startswith("{"):
+        flow = FlowRef(target, engine.partitions.flow_partition(target))
+        if engine.flows.exists(flow):
+            return flow
+    flow = engine.flows.flow_of(inspection.resolve_target(engine, target))
+    if flow is None:
+        raise error_for_code("flow_not_found", [f"{target} is not a flow nor a member of one"])
+    return flow
+
+
+def levels(view: FlowView) -> dict[ExecutionId, int]:
+    """Each member's depth: 0 for members that wait for nothing, else one more than the
+    deepest member it waits for."""
+    depth: dict[ExecutionId, int] = {}
+    remaining = set(view.members)
+    while remaining:
+        ready = {m for m in remaining if all(up in depth for up in view.upstream_of(m))}
+        if not ready:  # not a DAG (cannot happen through FlowFabric's functions): put the rest last
+            ready = remaining
+        for member in ready:
+            depth[member] = 1 + max((depth.get(up, -1) for up in view.upstream_of(member)), default=-1)
+        remaining -= ready
+    return depth
+
+
+@click.command("flow")
+@flow_target
+@url_option
+@json_option
+@reports_errors
+def flow(target: str, url: str, as_json: bool) -> None:
+    """Draw a flow: its members by depth, their state, and what each waits for."""
+    engine = engine_for(url)
+    view = engine.flows.describe(resolve_flow(engine, target))
+    members = sorted(view.members)
+    tags = dict(zip(members, engine.read_tags(members)))
+    names = {m: tags[m].get("celery.id", m) for m in members}
+    depth = levels(view)
+    ordered = sorted(members, key=lambda m: (depth[m], tags[m].get("celery.id", m)))
+    if as_json:
+        emit_json(
+            {
+                "flow": view.record,
+                "members": [
+                    {"execution_id": m, "task_id": tags[m].get("celery.id"), "task": tags[m].get("celery.task"),
+                     "depth": depth[m], "after": [names[up] for up in view.upstream_of(m)], **view.members[m]}
+                    for m in ordered
+                ],
+            }
+        )  # fmt: skip
+        return
+    record = view.record
+    click.echo(
+        f"flow {view.flow.flow_id}  {record.get('public_flow_state', '?')}  "
+        f"{record.get('node_count', 0)} members, {record.get('edge_count', 0)} edges"
+    )
+    rows = [
+        [depth[m], "  " * depth[m] + view.members[m].get("public_state", "?"), tags[m].get("celery.task", ""),
+         names[m], ", ".join(names[up] for up in view.upstream_of(m))]
+        for m in ordered
+    ]  # fmt: skip
+    table(rows, ["depth", "state", "task", "task id", "waits for"])
+
+
+@click.command("cancel-flow")
+@flow_target
+@click.option("--reason", default="cancelled by operator", show_default=True)
+@url_option
+@reports_errors
+def cancel_flow(target: str, reason: str, url: str) -> None:
+    """Cancel a flow: every member that has not ended (running ones lose their lease)."""
+    engine = engine_for(url)
+    found = resolve_flow(engine, target)
+    cancelled = engine.flows.cancel(found, reason)
+    click.echo(f"flow {found.flow_id}: cancelled, {len(cancelled)} member(s) stopped")
+
+
+COMMANDS = [flow, cancel_flow]
