@@ -30,3 +30,14 @@ def noop():
 def started_after(sent_at):
     """Seconds from publish to start (same host, same clock)."""
     return time.time() - sent_at
+
+
+@app.task
+def inc(x):
+    return x + 1
+
+
+@app.task
+def finished(_previous):
+    """The last step of a canvas: when it ran (same host, same clock)."""
+    return time.time()
