@@ -1,6 +1,7 @@
 """Celery canvases as FlowFabric flows: chains, groups, chords and their nesting.
 
-A canvas applied through an app whose broker is ``flowfabric://`` is published at once:
+A canvas applied through an app whose broker and result backend are ``flowfabric://`` is
+published at once:
 every task in it becomes a member of one flow, with a dependency edge for each "runs after"
 (a chain step after the step before it, a chord body after every header task, a step after a
 group after each of the group's tasks). The engine makes a member eligible when its
@@ -12,6 +13,9 @@ At delivery a member receives what Celery would have passed it (:func:`with_upst
 a chain step its upstream's return value as the first argument, a chord body (or a step
 after a group) the list of the upstream results, an immutable signature nothing. (It is
 published with ``None`` standing in for that argument, so Celery's argument check passes.)
+
+A flow member that replaces itself (``Task.replace``) puts its replacement in the same flow:
+what waited for it waits for the replacement's last tasks too.
 
 Canvases applied eagerly, with options this module does not carry (``link`` on the
 canvas itself, ``chord`` / ``chain`` from Celery's own machinery, ...), or containing a
@@ -30,13 +34,14 @@ from typing import Any, Literal
 import celery
 from celery.backends.base import DisabledBackend
 from celery.canvas import Signature, _chain, _chord, group
-from celery.exceptions import ChordError
+from celery.exceptions import ChordError, Ignore
 from celery.result import AsyncResult, GroupResult
 from celery.utils import uuid
 from kombu.serialization import dumps, loads, prepare_accept_content, registry
 
-from ff_celery.context import engine_for_app
+from ff_celery.context import engine_for_app, fence_of
 from ff_celery.engine.flows import FlowRef
+from ff_celery.engine.ids import ExecutionId
 from ff_celery.messages import FLOW_HEADER, FlowStep
 
 log = logging.getLogger(__name__)
@@ -50,9 +55,12 @@ ENTRY_OPTIONS = frozenset(
 Passes = Literal["", "one", "list"]
 
 
-def broker_is_flowfabric(app: celery.Celery) -> bool:
-    url = app.conf.broker_url
-    return isinstance(url, str) and url.startswith("flowfabric")
+def runs_flows(app: celery.Celery) -> bool:
+    """Whether the app's canvases become flows: its broker and its result backend are
+    ``flowfabric://`` (the backend gives skipped tasks their cause's outcome and runs chord
+    errbacks; another backend would leave them pending)."""
+    urls = (app.conf.broker_url, app.conf.result_backend)
+    return all(isinstance(url, str) and url.startswith("flowfabric") for url in urls)
 
 
 def expressible(sig: Signature, inside_group: bool = False) -> bool:
@@ -211,11 +219,25 @@ class CanvasFlow:
         return body
 
 
+def frozen_task_ids(sig: Signature) -> list[str]:
+    """The task ids already given to tasks of a canvas (by ``freeze`` or ``task_id=``)."""
+    if isinstance(sig, _chord):
+        return [*(i for task in sig.tasks for i in frozen_task_ids(task)), *frozen_task_ids(sig.body)]
+    if isinstance(sig, _chain | group):
+        return [i for task in sig.tasks for i in frozen_task_ids(task)]
+    return [sig.options["task_id"]] if sig.options.get("task_id") else []
+
+
 def apply_as_flow(
     app: celery.Celery, sig: Signature, args: Any, kwargs: Any, options: dict[str, Any]
-) -> AsyncResult | GroupResult:
-    """Publish the canvas ``sig`` as one flow; answers its result as Celery's would."""
+) -> AsyncResult | GroupResult | None:
+    """Publish the canvas ``sig`` as one flow; answers its result as Celery's would, or None
+    when a task of it was published before (a frozen signature used again: its task id
+    names an execution already, which cannot join this flow)."""
     engine = engine_for_app(app)
+    frozen = frozen_task_ids(sig)
+    if frozen and any(engine.resolve_many(frozen)):
+        return None
     entry = first_task(sig)
     route = app.amqp.router.route(dict(entry.options, **options), entry.task, entry.args, entry.kwargs)
     queue = route.get("queue")
@@ -250,12 +272,14 @@ def _flow_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
         app = canvas._get_app() if isinstance(canvas, _chord) else canvas.app
         merged = {**canvas.options, **options}
         if (
-            broker_is_flowfabric(app)
+            runs_flows(app)
             and not app.conf.task_always_eager
             and set(merged) <= ENTRY_OPTIONS
             and expressible(canvas)
         ):
-            return apply_as_flow(app, canvas, args, kwargs, merged)
+            result = apply_as_flow(app, canvas, args, kwargs, merged)
+            if result is not None:
+                return result
         return original(self, args, kwargs, **options)
 
     apply_async.__doc__ = original.__doc__
@@ -263,13 +287,47 @@ def _flow_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
     return apply_async
 
 
+def replace_in_flow(app: celery.Celery, request: Any, step: FlowStep, sig: Signature) -> None:
+    """``Task.replace(sig)`` of a flow member: ``sig`` joins the member's flow, and what waited
+    for the member waits for ``sig``'s last tasks too (which inherit the member's task id, so
+    they also receive ``sig``'s result)."""
+    engine = engine_for_app(app)
+    flow = FlowRef(step.flow_id, engine.partitions.flow_partition(step.flow_id))
+    replaced = ExecutionId(fence_of(request)["execution_id"])  # type: ignore[index]
+    children = engine.flows.children(flow, replaced)
+    membership = {"group_id": request.group, "group_index": request.group_index} if request.group else None
+    with app.producer_or_acquire() as producer:
+        placed = CanvasFlow(app, flow, producer, root_id=request.root_id).place(sig, membership=membership)
+    exits = [eid for eid in engine.resolve_many(placed.exits) if eid is not None]
+    for child in children:
+        engine.flows.add_dependencies(flow, child, exits)
+
+
+def _flow_on_replace(original: Callable[..., Any]) -> Callable[..., Any]:
+    def on_replace(self: celery.Task, sig: Signature) -> Any:
+        request = self.request
+        step = None if request.is_eager else FlowStep.from_header(getattr(request, FLOW_HEADER, None))
+        if step is None or fence_of(request) is None or not runs_flows(self.app) or not expressible(sig):
+            return original(self, sig)
+        replace_in_flow(self.app, request, step, sig)
+        raise Ignore("Replaced by new task")
+
+    on_replace.__doc__ = original.__doc__
+    on_replace.__wrapped__ = original  # type: ignore[attr-defined]
+    return on_replace
+
+
 def install() -> None:
     """Route ``apply_async`` of chains, groups and chords through :func:`apply_as_flow`
-    (for apps on a ``flowfabric://`` broker; every other app keeps Celery's). Idempotent."""
+    (for apps on a ``flowfabric://`` broker; every other app keeps Celery's), and
+    ``Task.replace`` of a flow member through :func:`replace_in_flow`. Idempotent."""
     for cls in (_chain, group, _chord):
         if cls not in _ORIGINALS:
             _ORIGINALS[cls] = cls.__dict__["apply_async"]
             cls.apply_async = _flow_apply_async(_ORIGINALS[cls])  # type: ignore[method-assign]
+    if celery.Task not in _ORIGINALS:
+        _ORIGINALS[celery.Task] = celery.Task.__dict__["on_replace"]
+        celery.Task.on_replace = _flow_on_replace(_ORIGINALS[celery.Task])  # type: ignore[method-assign]
 
 
 # -- failing ------------------------------------------------------------------------------------

@@ -131,24 +131,33 @@ class Flows:
     def _member_requests(
         self, request: fn.CreateExecution, placement: FlowPlacement, revision: int
     ) -> list[fn.Fcall[Any]]:
-        """Create the flow (a no-op when it exists), the execution, its membership, and
-        stage + apply each inbound edge; the revisions follow from the one read."""
-        flow, eid, now_ms = placement.flow, request.execution_id, self.engine.now_ms()
+        """Create the flow (a no-op when it exists), the execution and its membership, then
+        its inbound edges; the revisions follow from the one read."""
+        flow, eid = placement.flow, request.execution_id
         where = {"flow_id": flow.flow_id, "partition": flow.partition}
         requests: list[fn.Fcall[Any]] = [
             fn.CreateFlow(**where, flow_kind=placement.flow_kind, namespace=request.namespace),
             request,
             fn.AddExecutionToFlow(**where, execution_id=eid),
         ]
-        revision += 1  # the membership
-        for upstream in placement.upstream:
+        return requests + self._edge_requests(flow, eid, request.lane_id, placement.upstream, revision + 1)
+
+    def _edge_requests(
+        self, flow: FlowRef, child: ExecutionId, lane: str, upstream: Iterable[ExecutionId], revision: int
+    ) -> list[fn.Fcall[Any]]:
+        """Stage and apply an edge from each upstream into ``child``, the graph being at
+        ``revision`` before the first."""
+        now_ms = self.engine.now_ms()
+        requests: list[fn.Fcall[Any]] = []
+        for upstream_id in upstream:
             edge_id = new_uuid()
             requests.append(
                 fn.StageDependencyEdge(
-                    **where,
+                    flow_id=flow.flow_id,
+                    partition=flow.partition,
                     edge_id=edge_id,
-                    upstream_id=upstream,
-                    downstream_id=eid,
+                    upstream_id=upstream_id,
+                    downstream_id=child,
                     expected_graph_revision=revision,
                     now_ms=now_ms,
                 )
@@ -156,16 +165,48 @@ class Flows:
             revision += 1
             requests.append(
                 fn.ApplyDependencyToChild(
-                    execution_id=eid,
+                    execution_id=child,
                     flow_id=flow.flow_id,
                     edge_id=edge_id,
-                    upstream_id=upstream,
+                    upstream_id=upstream_id,
                     graph_revision=revision,
-                    lane_id=request.lane_id,
+                    lane_id=lane,
                     now_ms=now_ms,
                 )
             )
         return requests
+
+    def add_dependencies(self, flow: FlowRef, child: ExecutionId, upstream: Iterable[ExecutionId]) -> None:
+        """Make the member ``child`` also wait for ``upstream`` (members of the same flow):
+        e.g. the tasks that replaced the one it waited for. Atomic, like a member's creation."""
+        upstream = list(upstream)
+        lane = self.engine.read_core(child, "lane_id").get("lane_id", "default")
+
+        def build(revision: bytes | None) -> Batch:
+            batch = self.engine.batch()
+            for call in self._edge_requests(flow, child, lane, upstream, int(revision or 0)):
+                batch.fcall(call)
+            return batch
+
+        for _ in range(MEMBER_WRITE_ATTEMPTS):
+            outcomes = self.engine.transaction(flow.keys.core, "graph_revision", build)
+            if outcomes is not None:
+                break
+        else:
+            raise TransportError(f"flow {flow.flow_id} kept changing while edges were added", retryable=True)
+        for outcome in outcomes:
+            if isinstance(outcome, EngineError):
+                raise outcome
+        self._settle_ended_upstreams(flow, upstream)
+
+    def children(self, flow: FlowRef, execution_id: ExecutionId) -> list[ExecutionId]:
+        """The members that wait for ``execution_id``."""
+        edge_ids = sorted(text(m) for m in self._read("smembers", flow.keys.outgoing(execution_id)) or ())
+        reads = self.engine.batch()
+        for edge_id in edge_ids:
+            reads.command("hget", flow.keys.edge(edge_id), "downstream_execution_id")
+        found = [text(child) for child in reads.execute() if child]
+        return list(valid_execution_ids(found, f"the children of {execution_id}"))
 
     def _settle_ended_upstreams(self, flow: FlowRef, upstream: Iterable[ExecutionId]) -> None:
         """Resolve the new edges of upstreams that ended before the edges existed (their

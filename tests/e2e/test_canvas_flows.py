@@ -121,6 +121,19 @@ class TestWithOneWorker:
             pending.append(current.parent)
         assert len(flows) == 1 and "" not in flows
 
+    @pytest.mark.parametrize(
+        ("first", "expected"),
+        [("replaced_by_add", 13), ("replaced_by_chain", 22)],
+        ids=["by-a-task", "by-a-chain"],
+    )
+    def test_a_step_that_replaces_itself_is_waited_for_until_its_replacement_ends(self, ffapp, first, expected):
+        replacing = getattr(ffapp, first)
+        args = (1, 2) if first == "replaced_by_add" else (1,)
+        result = chain(replacing.s(*args), ffapp.add.s(10))()
+        assert result.get(timeout=30) == expected
+        assert result.parent.get(timeout=5) == expected - 10  # the replacement's result, under the step's id
+        assert flow_of(ffapp, result.id) == flow_of(ffapp, result.parent.id)  # the replacement joined the flow
+
     def test_a_failed_step_fails_the_rest_of_the_chain_with_its_exception(self, ffapp):
         result = chain(ffapp.add.s(1, 1), ffapp.boom.si(), ffapp.record_run.si("never"))()
         with pytest.raises(KeyError):
