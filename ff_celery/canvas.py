@@ -271,12 +271,7 @@ def _flow_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
             canvas.kwargs["body"] = kwargs.pop("body")
         app = canvas._get_app() if isinstance(canvas, _chord) else canvas.app
         merged = {**canvas.options, **options}
-        if (
-            runs_flows(app)
-            and not app.conf.task_always_eager
-            and set(merged) <= ENTRY_OPTIONS
-            and expressible(canvas)
-        ):
+        if runs_flows(app) and not app.conf.task_always_eager and set(merged) <= ENTRY_OPTIONS and expressible(canvas):
             result = apply_as_flow(app, canvas, args, kwargs, merged)
             if result is not None:
                 return result
