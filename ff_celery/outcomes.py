@@ -22,6 +22,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import EngineError, StateError
 from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.policy import UNLIMITED_RETRIES, FixedBackoff, RetryPolicy
+from ff_celery.messages import FLOW_HEADER
 from ff_celery.waitpoints import Suspended
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,26 @@ def end_attempt(engine: Engine, task_id: str, request: Any, operation: Callable[
     if handle is None:
         return None
     try:
-        return operation(handle)
+        outcome = operation(handle)
     except (StateError, EngineError) as exc:
         if exc.code in OUTCOME_DISCARDED_CODES:
             log.warning("outcome of task %s discarded: its lease is no longer held (%s)", task_id, exc.code)
             return None
         raise
+    _cascade(engine, handle, request)
+    return outcome
+
+
+def _cascade(engine: Engine, handle: ClaimedTask, request: Any) -> None:
+    """A flow member that ended releases (or skips) what waits for it right away, without
+    waiting for the scanners' completion listener (which also does, harmlessly)."""
+    step = getattr(request, FLOW_HEADER, None)
+    if not isinstance(step, dict) or not isinstance(step.get("flow"), str):
+        return
+    try:
+        engine.flows.cascade(handle.execution_id, step["flow"])
+    except EngineError as exc:
+        log.info("cascade after %s left to the scanners: %s", handle.execution_id, exc)
 
 
 def record_failure(engine: Engine, task_id: str, request: Any, exc: Any) -> None:

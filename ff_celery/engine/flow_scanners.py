@@ -34,7 +34,7 @@ from ff_celery.engine.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, FlowKeys, P
 log = logging.getLogger(__name__)
 
 #: What FlowFabric's scanners take from each partition per cycle.
-BLOCKED_PER_LANE, BACKLOG_PER_PARTITION, GROUPS_PER_PARTITION = 50, 50, 50
+BLOCKED_PER_LANE, EDGES_PER_MEMBER, BACKLOG_PER_PARTITION, GROUPS_PER_PARTITION = 50, 20, 50, 50
 PENDING_CANCELS_PER_FLOW, PROJECTED_SAMPLE = 500, 50
 TERMINAL_STATES = ("completed", "skipped", "failed", "cancelled", "expired")
 SUMMARY_STATES = (*TERMINAL_STATES, "active", "suspended", "waiting", "delayed", "rate_limited", "waiting_children")
@@ -60,12 +60,14 @@ class FlowDuties:
     # -- the completion listener --------------------------------------------------------------
 
     def listen(self, timeout_s: float) -> int:
-        """Handle the completion messages that arrive within ``timeout_s`` (subscribing
-        first); answers how many edges they resolved."""
+        """Handle the completion messages that arrive within ``timeout_s``; on first use
+        (a new leader, a dropped connection) subscribe, then catch up with the dependency
+        reconciler. Answers how many edges were resolved."""
+        resolved = 0
         if self._completions is None:
             self._completions = self.engine.redis.pubsub(ignore_subscribe_messages=True)
             self._completions.subscribe(DAG_COMPLETIONS_CHANNEL)
-        resolved = 0
+            resolved += self.reconcile_dependencies()  # what ended while nobody listened
         try:
             message = self._completions.get_message(timeout=timeout_s)
             while message is not None:
@@ -98,14 +100,29 @@ class FlowDuties:
     # -- scanners -----------------------------------------------------------------------------
 
     def reconcile_dependencies(self) -> int:
-        """Resolve the edges of dependency-blocked members whose upstream already ended."""
+        """Resolve the edges of dependency-blocked members whose upstream already ended (a
+        completion nobody heard): every read batched across members, a cascade per ended
+        upstream. Answers how many edges were resolved."""
         lanes = sorted(self.lanes())
         slots = [index.blocked(lane, "dependencies") for index in self._partitions() for lane in lanes]
         blocked = self._read(("zrange", key, 0, BLOCKED_PER_LANE - 1) for key in slots)
-        members = valid_execution_ids(
-            (m for found in blocked if isinstance(found, list) for m in found), "a blocked:dependencies index"
+        members = list(
+            valid_execution_ids(
+                (m for found in blocked if isinstance(found, list) for m in found), "a blocked:dependencies index"
+            )
         )
-        return sum(self.engine.flows.reconcile_blocked(eid) for eid in members)
+        unresolved = self._read(("srandmember", ExecKeys(eid).deps_unresolved, EDGES_PER_MEMBER) for eid in members)
+        deps = [(eid, text(edge)) for eid, edges in zip(members, unresolved) for edge in edges or ()]
+        fields = ("upstream_execution_id", "flow_id")
+        upstreams = {
+            text(upstream): text(flow_id)
+            for upstream, flow_id in self._read(("hmget", ExecKeys(eid).dep(edge), fields) for eid, edge in deps)
+            if upstream and flow_id
+        }
+        candidates = list(valid_execution_ids(sorted(upstreams), "a dependency's upstream"))
+        phases = self._read(("hget", ExecKeys(eid).core, "lifecycle_phase") for eid in candidates)
+        ended = [eid for eid, phase in zip(candidates, phases) if phase == b"terminal"]
+        return sum(self.engine.flows.cascade(eid, upstreams[eid]) for eid in ended)
 
     def reconcile_cancels(self) -> int:
         """Cancel the members flow cancellations still owe, once their grace has passed."""

@@ -228,11 +228,13 @@ class Flows:
         satisfied become eligible (their lane is woken), children that can no longer run are
         skipped and cascaded in turn. Idempotent; answers how many edges were resolved."""
         engine, flow = self.engine, FlowKeys(flow_id, execution_id.partition)
-        outcome = engine.read_core(execution_id, "terminal_outcome").get("terminal_outcome", "none")
-        if outcome == "none":
-            return 0
-        edge_ids = sorted(text(m) for m in self._read("smembers", flow.outgoing(execution_id)) or ())
-        if not edge_ids:
+        reads = engine.batch()
+        reads.command("hget", ExecKeys(execution_id).core, "terminal_outcome")
+        reads.command("smembers", flow.outgoing(execution_id))
+        ended, outgoing = reads.execute()
+        outcome = text(ended) if ended else "none"
+        edge_ids = sorted(text(m) for m in outgoing or ())
+        if outcome == "none" or not edge_ids:
             return 0
         reads = engine.batch()
         for edge_id in edge_ids:
@@ -280,27 +282,6 @@ class Flows:
             if eligibility == b"eligible_now":
                 # budgets or a quota mean admission, which only a probe knows to check
                 self.engine.wake(request.lane_id, None if budgets or quota else request.execution_id)
-
-    def reconcile_blocked(self, execution_id: ExecutionId, edge_limit: int = 20) -> int:
-        """Resolve the unresolved edges of a dependency-blocked member whose upstream has
-        ended (the dependency reconciler's safety net). Answers how many were resolved."""
-        engine = self.engine
-        x = ExecKeys(execution_id)
-        edges = sorted(text(m) for m in self._read("srandmember", x.deps_unresolved, edge_limit) or ())
-        if not edges:
-            return 0
-        reads = engine.batch()
-        for edge_id in edges:
-            reads.command("hmget", x.dep(edge_id), ("upstream_execution_id", "flow_id"))
-        ended = 0
-        upstreams = {}
-        for upstream, flow_id in reads.execute():
-            if upstream and flow_id:
-                upstreams[text(upstream)] = text(flow_id)
-        for upstream, flow_id in upstreams.items():
-            for eid in valid_execution_ids([upstream], "a dependency's upstream"):
-                ended += self.cascade(eid, flow_id)
-        return ended
 
     # -- cancellation -------------------------------------------------------------------------
 

@@ -140,23 +140,25 @@ class EngineScanners:
         self._skip_until_cycle: dict[str, int] = {}
         self._cycle = 0
         self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.is_leader = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> EngineScanners:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ff-engine-scanners", daemon=True)
-            self._thread.start()
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._run, name="ff-engine-scanners", daemon=True)]
+            if self.settings.flow_completions:
+                self._threads.append(threading.Thread(target=self._listen, name="ff-flow-completions", daemon=True))
+            for thread in self._threads:
+                thread.start()
         return self
 
     def stop(self) -> None:
         self._stopped.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.flows.stop_listening()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads = []
         self._resign()
 
     def _run(self) -> None:
@@ -171,11 +173,18 @@ class EngineScanners:
                     if scanner.next_run <= now:
                         scanner.next_run = now + max(scanner.interval_s, 0.1)
                         self._run_scanner(scanner)
-            if self.is_leader and self.settings.flow_completions:
-                self._listen_for_completions(0.05)
+            self._stopped.wait(0.05)
+
+    def _listen(self) -> None:
+        """The completion listener's own thread (a long scanner cycle does not hold up the
+        next step of a workflow): while this instance leads, cascade every ended member."""
+        while not self._stopped.is_set():
+            if self.is_leader:
+                self._listen_for_completions(0.25)
             else:
                 self.flows.stop_listening()
-                self._stopped.wait(0.05)
+                self._stopped.wait(0.1)
+        self.flows.stop_listening()
 
     def _run_scanner(self, scanner: _Scanner) -> None:
         try:
@@ -191,6 +200,7 @@ class EngineScanners:
             log.exception("scanner %s failed unexpectedly", scanner.name)
 
     def _listen_for_completions(self, timeout_s: float) -> None:
+        """Cascade the flow members that end within ``timeout_s``."""
         try:
             resolved = self.flows.listen(timeout_s)
         except Exception:  # never end the scanners' thread: the reconciler catches up
