@@ -234,6 +234,16 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         self.store_result(task_id, TaskRevokedError(reason), states.REVOKED)
         return phase
 
+    def upstream_values(self, task_ids: list[str]) -> list[Any]:
+        """What each task returned (tasks a flow member runs after, all completed), in two
+        round trips; ValueError naming a task that did not complete."""
+        values = []
+        for task_id, (state, result) in zip(task_ids, self.engine.read_results(task_ids)):
+            if state != "completed":
+                raise ValueError(f"upstream task {task_id} of this flow member is {state or 'unknown'}, not completed")
+            values.append(self.decode_result(result)["result"] if result else None)
+        return values
+
     # -- reading states -------------------------------------------------------------------
 
     def _stored(self, task_id: str) -> dict[str, Any] | None:

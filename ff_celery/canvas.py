@@ -1,7 +1,7 @@
 """Celery canvases as FlowFabric flows: chains, groups, chords and their nesting.
 
 A canvas applied through an app whose broker and result backend are ``flowfabric://`` is
-published at once:
+published at once, in one transaction (wholly or not at all):
 every task in it becomes a member of one flow, with a dependency edge for each "runs after"
 (a chain step after the step before it, a chord body after every header task, a step after a
 group after each of the group's tasks). The engine makes a member eligible when its
@@ -43,6 +43,7 @@ from ff_celery.context import engine_for_app, fence_of
 from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.messages import FLOW_HEADER, FlowStep
+from ff_celery.transport import FlowPublication
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def apply_as_flow(
     partition = engine.partitions.lane_partition(lane)
     flow = FlowRef(engine.partitions.new_flow_id(partition), partition)
     partial = (tuple(args or ()), dict(kwargs or {})) if (args or kwargs) else None
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire() as producer, FlowPublication(flow.flow_id):
         canvas = CanvasFlow(app, flow, producer, entry_options=dict(options))
         return canvas.place(sig, partial=partial).result
 
@@ -291,7 +292,7 @@ def replace_in_flow(app: celery.Celery, request: Any, step: FlowStep, sig: Signa
     replaced = ExecutionId(fence_of(request)["execution_id"])  # type: ignore[index]
     children = engine.flows.children(flow, replaced)
     membership = {"group_id": request.group, "group_index": request.group_index} if request.group else None
-    with app.producer_or_acquire() as producer:
+    with app.producer_or_acquire() as producer, FlowPublication(flow.flow_id):
         placed = CanvasFlow(app, flow, producer, root_id=request.root_id).place(sig, membership=membership)
     exits = [eid for eid in engine.resolve_many(placed.exits) if eid is not None]
     for child in children:
@@ -349,12 +350,7 @@ def with_upstream_results(app: celery.Celery, message: dict[str, Any]) -> dict[s
     step = FlowStep.from_header(headers.get(FLOW_HEADER))
     if step is None or not step.passes:
         return message
-    values = []
-    for task_id in step.after:
-        meta = app.backend.get_task_meta(task_id)
-        if meta.get("status") != "SUCCESS":
-            raise ValueError(f"upstream task {task_id} of this flow member is {meta.get('status')}, not SUCCESS")
-        values.append(meta.get("result"))
+    values = app.backend.upstream_values(step.after)  # the flowfabric:// backend's (runs_flows)
     properties = message.get("properties") or {}
     content_type = message.get("content-type") or "application/json"
     encoding = message.get("content-encoding") or "utf-8"

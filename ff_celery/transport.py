@@ -23,8 +23,10 @@ import contextlib
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import redis
@@ -38,8 +40,9 @@ from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware
 from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.flows import FlowPlacement, FlowRef
+from ff_celery.engine.flows import FlowRef, NewExecution
 from ff_celery.engine.functions import BlockExecutionForAdmission
+from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.lane_shards import shard_lanes
 from ff_celery.engine.registry import shared_engine, shared_renewer
 from ff_celery.engine.renewal import LeaseRenewer
@@ -97,6 +100,59 @@ class QoS(virtual.QoS):
             except Exception as exc:
                 errors.append((exc, message))
         return errors
+
+
+class FlowPublication:
+    """The members of one flow published together (a canvas): while open (``with``), the
+    channels collect them instead of creating them; closing without an error creates them
+    all in one transaction, so a canvas is either wholly published or not at all. A member
+    published outside one is created at once."""
+
+    _open = threading.local()
+
+    def __init__(self, flow_id: str) -> None:
+        self.flow_id = flow_id
+        self.engine: Engine | None = None
+        self.flow: FlowRef | None = None
+        self.members: list[tuple[NewExecution, list[str]]] = []
+
+    @classmethod
+    def current(cls, flow_id: str) -> FlowPublication | None:
+        """The open publication of ``flow_id`` in this thread, if any."""
+        publication = getattr(cls._open, "publication", None)
+        return publication if publication is not None and publication.flow_id == flow_id else None
+
+    def __enter__(self) -> FlowPublication:
+        self._open.publication = self
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self._open.publication = None
+        if kind is None and self.members:
+            self.commit()
+
+    def add(self, engine: Engine, flow: FlowRef, member: NewExecution, after: list[str]) -> None:
+        """A member that runs after the tasks ``after`` (published before it)."""
+        self.engine, self.flow = engine, flow
+        self.members.append((member, after))
+
+    def commit(self) -> list[Any]:
+        """Create the members collected: each waits for the executions of its ``after``
+        tasks, whether published with it or before."""
+        assert self.engine is not None and self.flow is not None
+        engine, flow = self.engine, self.flow
+        ours = {member.alias: member.request.execution_id for member, _ in self.members if member.alias}
+        outside = sorted({t for _, after in self.members for t in after if t not in ours})
+        found = dict(zip(outside, engine.resolve_many(outside)))
+        missing = [task_id for task_id in outside if found[task_id] is None]
+        if missing:
+            raise PublishError(f"flow member runs after tasks that were never published: {missing}")
+        known = {**ours, **found}
+        members = [replace(member, upstream=tuple(known[t] for t in after)) for member, after in self.members]
+        if any(eid.partition != flow.partition for member in members for eid in member.upstream):
+            raise PublishError(f"flow member runs after tasks outside flow {flow.flow_id}")
+        self.members = []
+        return engine.submit_flow(flow, members)
 
 
 class ConsumingWorker(Protocol):
@@ -228,45 +284,41 @@ class Channel(kombu_redis.Channel):
         lanes = self.ff_lanes_of(queue)
         lane = lanes[next(self._ff_publish_turns.setdefault(queue, itertools.count())) % len(lanes)]
         submission = submission_for(lane, message, now_ms=now_ms, max_size=self.max_message_size)
-        created = engine.submit(
-            submission.lane,
-            submission.payload,
-            execution_kind=submission.execution_kind,
-            priority=submission.priority,
-            policy=submission.policy,
-            delay_until=submission.delay_until,
-            deadline_at=submission.deadline_at,
-            idempotency_key=submission.idempotency_key,
-            tags=submission.tags,
-            alias=submission.alias,
-            alias_replaces=submission.alias_replaces,
-            creator_identity=submission.creator_identity,
-            budget_ids=submission.budget_ids,
-            quota_policy_id=submission.quota_policy_id or self.lane_quotas.get(queue),
-            flow=self._ff_placement(submission.flow),
-        )
+        fields = {
+            "execution_kind": submission.execution_kind,
+            "priority": submission.priority,
+            "policy": submission.policy,
+            "delay_until": submission.delay_until,
+            "deadline_at": submission.deadline_at,
+            "idempotency_key": submission.idempotency_key,
+            "tags": submission.tags,
+            "alias": submission.alias,
+            "creator_identity": submission.creator_identity,
+            "budget_ids": submission.budget_ids,
+            "quota_policy_id": submission.quota_policy_id or self.lane_quotas.get(queue),
+        }
+        if submission.flow is not None:
+            step = submission.flow
+            flow = FlowRef(step.flow_id, engine.partitions.flow_partition(step.flow_id))
+            eid = ExecutionId.mint(flow.partition)
+            member = engine.new_execution(submission.lane, submission.payload, eid, **fields)
+            publication = FlowPublication.current(step.flow_id)
+            if publication is not None:
+                publication.add(engine, flow, member, step.after)
+                return None  # created with the rest of its canvas
+            publication = FlowPublication(step.flow_id)
+            publication.add(engine, flow, member, step.after)
+            created = publication.commit()[0]
+        else:
+            created = engine.submit(
+                submission.lane, submission.payload, alias_replaces=submission.alias_replaces, **fields
+            )
         headers = message.get("headers") or {}
         if created.duplicate and headers.get("retries"):
             # Celery's Task.retry of a running task: its delay and its arguments are the next attempt's
             plan_republished_retry(str(headers.get("id")), max(0, (submission.delay_until or now_ms) - now_ms))
             engine.set_next_attempt_payload(created.execution_id, submission.payload)
         return None
-
-    def _ff_placement(self, step: FlowStep | None) -> FlowPlacement | None:
-        """Where a flow member goes: its flow, waiting for the executions of the tasks it
-        runs after (published before it)."""
-        if step is None:
-            return None
-        engine = self.ff_engine
-        upstream = engine.resolve_many(step.after)
-        missing = [task_id for task_id, eid in zip(step.after, upstream) if eid is None]
-        if missing:
-            raise PublishError(f"flow member runs after tasks that were never published: {missing}")
-        flow = FlowRef(step.flow_id, engine.partitions.flow_partition(step.flow_id))
-        members = tuple(eid for eid in upstream if eid is not None)
-        if any(eid.partition != flow.partition for eid in members):
-            raise PublishError(f"flow member runs after tasks outside flow {step.flow_id}: {step.after}")
-        return FlowPlacement(flow=flow, upstream=members)
 
     def ff_lanes_of(self, queue: str) -> list[str]:
         """The lanes a queue's executions live on: the queue's own, and more if it is

@@ -14,10 +14,10 @@ import redis
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.connection import compare_and_set
-from ff_celery.engine.decoding import decode_fields, decode_hash
+from ff_celery.engine.decoding import decode_fields, decode_hash, text
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.executor import Executor, transport_error
-from ff_celery.engine.flows import FlowPlacement, Flows
+from ff_celery.engine.flows import FlowRef, Flows, NewExecution
 from ff_celery.engine.ids import ExecutionId, attachment_fields
 from ff_celery.engine.keys import (
     ADMISSION_LANES_KEY,
@@ -74,20 +74,10 @@ class Engine(Executor):
         lane: str,
         payload: bytes = b"",
         *,
-        execution_kind: str = "task",
-        priority: float = 0,
-        policy: ExecutionPolicy | None = None,
-        delay_until: int | None = None,
-        deadline_at: int | None = None,
-        idempotency_key: str | None = None,
-        tags: dict[str, str] | None = None,
+        execution_id: ExecutionId | None = None,
         alias: str | None = None,
         alias_replaces: bool = False,
-        creator_identity: str = "",
-        execution_id: ExecutionId | None = None,
-        budget_ids: Sequence[str] = (),
-        quota_policy_id: str | None = None,
-        flow: FlowPlacement | None = None,
+        **fields: Any,
     ) -> fn.Created:
         """Create a solo execution on ``lane`` (its partition is the lane's).
 
@@ -96,8 +86,37 @@ class Engine(Executor):
         execution without knowing its lane; ``alias_replaces`` repoints an existing alias (a
         task that replaced itself). ``budget_ids`` / ``quota_policy_id`` (ids or names) put the
         execution under budgets and a quota, checked when it is claimed. Wakes idle claimers
-        when the lane had no eligible work.
+        when the lane had no eligible work. The other ``fields`` are :meth:`new_execution`'s.
         """
+        partition = self.partitions.lane_partition(lane)
+        for _ in range(2):
+            eid = execution_id or ExecutionId.mint(partition)
+            new = self.new_execution(lane, payload, eid, alias=alias, **fields)
+            created = self._create(new.request, new.attachment, alias, alias_replaces, minted=execution_id is None)
+            if created is not None:
+                return created
+        raise TransportError("the execution could not be created: the function library kept disappearing")
+
+    def new_execution(
+        self,
+        lane: str,
+        payload: bytes,
+        execution_id: ExecutionId,
+        *,
+        execution_kind: str = "task",
+        priority: float = 0,
+        policy: ExecutionPolicy | None = None,
+        delay_until: int | None = None,
+        deadline_at: int | None = None,
+        idempotency_key: str | None = None,
+        tags: dict[str, str] | None = None,
+        alias: str | None = None,
+        creator_identity: str = "",
+        budget_ids: Sequence[str] = (),
+        quota_policy_id: str | None = None,
+    ) -> NewExecution:
+        """What creating an execution sends: its ``ff_create_execution`` and the budget and
+        quota fields it carries from the start."""
         if delay_until is not None and delay_until <= self.now_ms() + DELAY_SAFETY_MS:
             delay_until = None
         tags = dict(tags or {})  # and what retention needs to remove the keys naming it
@@ -105,30 +124,51 @@ class Engine(Executor):
             tags[ALIAS_TAG] = alias
         if idempotency_key:
             tags[IDEMPOTENCY_KEY_TAG] = idempotency_key
-        attachment = attachment_fields(budget_ids, quota_policy_id)
-        partition = flow.flow.partition if flow is not None else self.partitions.lane_partition(lane)
-        for _ in range(2):
-            eid = execution_id or ExecutionId.mint(partition)
-            request = fn.CreateExecution(
-                execution_id=eid,
-                namespace=self.namespace,
-                lane_id=lane,
-                execution_kind=execution_kind,
-                priority=priority,
-                creator_identity=creator_identity,
-                policy_json=(policy or ExecutionPolicy()).to_json(),
-                input_payload=payload,
-                delay_until=delay_until,
-                idempotency_key=idempotency_key,
-                tags=tags,
-                execution_deadline_at=deadline_at,
-            )
-            if flow is not None:
-                return self._create_member(request, attachment, alias, flow)
-            created = self._create(request, attachment, alias, alias_replaces, minted=execution_id is None)
-            if created is not None:
-                return created
-        raise TransportError("the execution could not be created: the function library kept disappearing")
+        request = fn.CreateExecution(
+            execution_id=execution_id,
+            namespace=self.namespace,
+            lane_id=lane,
+            execution_kind=execution_kind,
+            priority=priority,
+            creator_identity=creator_identity,
+            policy_json=(policy or ExecutionPolicy()).to_json(),
+            input_payload=payload,
+            delay_until=delay_until,
+            idempotency_key=idempotency_key,
+            tags=tags,
+            execution_deadline_at=deadline_at,
+        )
+        return NewExecution(request, attachment_fields(budget_ids, quota_policy_id), alias)
+
+    def submit_flow(self, flow: FlowRef, members: Sequence[NewExecution]) -> list[fn.Created]:
+        """Create ``members`` (made with :meth:`new_execution` on the flow's partition, each
+        with the members it waits for) in the flow, all in one transaction: their lanes
+        (under admission if need be) first, then the transaction, then their aliases and a
+        wake-up for each lane with a member that can run now."""
+        before = self.batch()
+        for lane in sorted({member.request.lane_id for member in members}):
+            before.command("sadd", LANE_REGISTRY_KEY, lane)
+        for lane in sorted({member.request.lane_id for member in members if member.attachment}):
+            before.command("sadd", ADMISSION_LANES_KEY, lane)
+        before.execute()
+        created = self.flows.create_members(flow, members)
+        after = self.batch()
+        ready: dict[str, str] = {}
+        for member, outcome in zip(members, created):
+            if member.alias and not outcome.duplicate:
+                alias_ttl_ms = ALIAS_TTL_MS + max(0, (member.request.delay_until or 0) - self.now_ms())
+                key = alias_key(self.namespace, member.alias)
+                after.command("set", key, str(outcome.execution_id), px=alias_ttl_ms)
+            if outcome.public_state == "waiting" and not member.upstream:
+                named = WAKE_ANY if member.attachment or member.request.lane_id in ready else outcome.execution_id
+                ready[member.request.lane_id] = str(named)
+        for lane, named in ready.items():
+            after.command("publish", wake_channel(lane), named)
+        after.execute()
+        for member, outcome in zip(members, created):
+            if member.alias:
+                self._remember_alias(member.alias, outcome.execution_id)
+        return created
 
     def _create(
         self,
@@ -185,31 +225,6 @@ class Engine(Executor):
         if alias and not rerun:
             self._remember_alias(alias, created.execution_id)
         return None if rerun else created
-
-    def _create_member(
-        self, request: fn.CreateExecution, attachment: dict[str, str], alias: str | None, flow: FlowPlacement
-    ) -> fn.Created:
-        """:meth:`submit` of a flow member: its lane (and, under budgets or a quota, that the
-        lane needs admission) first, then its transaction, then its alias and, when it can
-        run now, a wake-up."""
-        lane = request.lane_id
-        before = self.batch()
-        before.command("sadd", LANE_REGISTRY_KEY, lane)
-        if attachment:
-            before.command("sadd", ADMISSION_LANES_KEY, lane)
-        before.execute()
-        created = self.flows.create_member(request, attachment, flow)
-        after = self.batch()
-        if alias and not created.duplicate:
-            alias_ttl_ms = ALIAS_TTL_MS + max(0, (request.delay_until or 0) - self.now_ms())
-            after.command("set", alias_key(self.namespace, alias), str(created.execution_id), px=alias_ttl_ms)
-        if created.public_state == "waiting" and not flow.upstream:
-            named = WAKE_ANY if attachment else created.execution_id
-            after.command("publish", wake_channel(lane), str(named))
-        after.execute()
-        if alias:
-            self._remember_alias(alias, created.execution_id)
-        return created
 
     @property
     def flows(self) -> Flows:
@@ -314,6 +329,18 @@ class Engine(Executor):
 
     def result(self, execution_id: ExecutionId) -> bytes | None:
         return self._guard(lambda: self.redis.get(ExecKeys(execution_id).result))
+
+    def read_results(self, aliases: Sequence[str]) -> list[tuple[str | None, bytes | None]]:
+        """The public state and result of the execution behind each alias (None, None for
+        an alias that names none), in two round trips whatever their number."""
+        found = self.resolve_many(aliases)
+        batch = self.batch()
+        for eid in found:
+            if eid is not None:
+                batch.command("hget", ExecKeys(eid).core, "public_state")
+                batch.command("get", ExecKeys(eid).result)
+        replies = iter(batch.execute())
+        return [(text(next(replies)) or None, next(replies)) if eid is not None else (None, None) for eid in found]
 
     def read_aliased(self, alias: str, fields: Sequence[str], *, also_get: Sequence[str] = ()) -> AliasedRead:
         """The execution ``alias`` maps to, its named exec_core fields and its result, plus

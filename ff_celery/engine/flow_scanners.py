@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 #: What FlowFabric's scanners take from each partition per cycle.
 BLOCKED_PER_LANE, EDGES_PER_MEMBER, BACKLOG_PER_PARTITION, GROUPS_PER_PARTITION = 50, 20, 50, 50
 PENDING_CANCELS_PER_FLOW, PROJECTED_SAMPLE = 500, 50
+#: Completion messages taken into one batched cascade.
+COMPLETIONS_PER_CASCADE = 200
 TERMINAL_STATES = ("completed", "skipped", "failed", "cancelled", "expired")
 SUMMARY_STATES = (*TERMINAL_STATES, "active", "suspended", "waiting", "delayed", "rate_limited", "waiting_children")
 
@@ -69,13 +71,20 @@ class FlowDuties:
             self._completions.subscribe(DAG_COMPLETIONS_CHANNEL)
             resolved += self.reconcile_dependencies()  # what ended while nobody listened
         try:
+            ended = []
             message = self._completions.get_message(timeout=timeout_s)
-            while message is not None:
-                resolved += self._cascade(message.get("data"))
+            while message is not None and len(ended) < COMPLETIONS_PER_CASCADE:
+                ended += self._ended(message.get("data"))
                 message = self._completions.get_message(timeout=0)
         except redis.RedisError as exc:  # the reconciler covers what is missed meanwhile
             log.warning("flow completion listener failed (%s); resubscribing", exc)
             self.stop_listening()
+            return resolved
+        if ended:
+            try:
+                resolved += self.engine.flows.cascade_many(ended)
+            except EngineError as exc:
+                log.warning("cascade after %d completion(s) failed (the reconciler retries): %s", len(ended), exc)
         return resolved
 
     def stop_listening(self) -> None:
@@ -84,18 +93,15 @@ class FlowDuties:
                 self._completions.close()
             self._completions = None
 
-    def _cascade(self, data: Any) -> int:
+    @staticmethod
+    def _ended(data: Any) -> list[tuple[ExecutionId, str]]:
+        """The member and flow a completion message names (none if it is malformed)."""
         try:
             notice = json.loads(text(data))
-            member, flow_id = ExecutionId(str(notice["execution_id"])), str(notice["flow_id"])
+            return [(ExecutionId(str(notice["execution_id"])), str(notice["flow_id"]))]
         except (ValueError, TypeError, KeyError, EngineError):
             log.warning("ignoring a malformed flow completion message: %r", data)
-            return 0
-        try:
-            return self.engine.flows.cascade(member, flow_id)
-        except EngineError as exc:
-            log.warning("cascade after %s failed (the reconciler retries): %s", member, exc)
-            return 0
+            return []
 
     # -- scanners -----------------------------------------------------------------------------
 
@@ -122,7 +128,7 @@ class FlowDuties:
         candidates = list(valid_execution_ids(sorted(upstreams), "a dependency's upstream"))
         phases = self._read(("hget", ExecKeys(eid).core, "lifecycle_phase") for eid in candidates)
         ended = [eid for eid, phase in zip(candidates, phases) if phase == b"terminal"]
-        return sum(self.engine.flows.cascade(eid, upstreams[eid]) for eid in ended)
+        return self.engine.flows.cascade_many([(eid, upstreams[eid]) for eid in ended])
 
     def reconcile_cancels(self) -> int:
         """Cancel the members flow cancellations still owe, once their grace has passed."""

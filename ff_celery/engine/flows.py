@@ -12,7 +12,7 @@ the dependency reconciler catches anything a lost completion message left behind
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -48,13 +48,15 @@ class FlowRef:
 
 
 @dataclass(frozen=True)
-class FlowPlacement:
-    """Where a new execution goes: into ``flow``, waiting for ``upstream`` (all of them, each
-    to succeed) before it becomes eligible."""
+class NewExecution:
+    """An execution to create: its ``ff_create_execution``, the budget and quota fields it
+    carries from the start, its alias, and (as a flow member) the members it waits for, all
+    to succeed, before it becomes eligible."""
 
-    flow: FlowRef
+    request: fn.CreateExecution
+    attachment: dict[str, str]
+    alias: str | None = None
     upstream: tuple[ExecutionId, ...] = ()
-    flow_kind: str = "dag"
 
 
 class FlowEngine(Protocol):
@@ -91,23 +93,43 @@ class Flows:
 
     # -- building -----------------------------------------------------------------------------
 
-    def create_member(
-        self, request: fn.CreateExecution, attachment: dict[str, str], placement: FlowPlacement
-    ) -> fn.Created:
-        """Create the execution in ``request`` (minted on the flow's partition) as a member
-        of the flow (created if new) with an edge from each upstream, atomically."""
-        flow = placement.flow
-        if request.execution_id.partition != flow.partition:
+    def create_members(
+        self, flow: FlowRef, members: Sequence[NewExecution], flow_kind: str = "dag"
+    ) -> list[fn.Created]:
+        """Create ``members`` (minted on the flow's partition) in the flow (created if new),
+        with an edge from each of their upstream members, in one transaction; an upstream
+        that is not among them and has already ended is resolved right after."""
+        members = list(members)
+        if any(m.request.execution_id.partition != flow.partition for m in members):
             raise ValueError("a flow member must be minted on its flow's partition")
-        if any(upstream.partition != flow.partition for upstream in placement.upstream):
+        if any(up.partition != flow.partition for m in members for up in m.upstream):
             raise ValueError("every upstream of a flow member must belong to the same flow")
+        where = {"flow_id": flow.flow_id, "partition": flow.partition}
+        namespace = members[0].request.namespace if members else ""
+
+        # which outcomes are each member's: its create, (attachment,) membership, inbound edges
+        owner: list[int | None] = []
 
         def build(revision: bytes | None) -> Batch:
             batch = self.engine.batch()
-            for position, call in enumerate(self._member_requests(request, placement, int(revision or 0))):
-                batch.fcall(call)
-                if position == 1 and attachment:  # right after the create, unseen by claimers
-                    batch.command("hset", ExecKeys(request.execution_id).core, mapping=attachment)
+            owner.clear()
+            batch.fcall(fn.CreateFlow(**where, flow_kind=flow_kind, namespace=namespace))
+            owner.append(None)
+            for n, member in enumerate(members):
+                eid = member.request.execution_id
+                batch.fcall(member.request)
+                if member.attachment:  # right after the create, unseen by claimers
+                    batch.command("hset", ExecKeys(eid).core, mapping=member.attachment)
+                batch.fcall(fn.AddExecutionToFlow(**where, execution_id=eid))
+                owner.extend([n] * (3 if member.attachment else 2))
+            graph_revision = int(revision or 0) + len(members)  # every membership counts
+            for n, member in enumerate(members):
+                eid, lane = member.request.execution_id, member.request.lane_id
+                edges = self._edge_requests(flow, eid, lane, member.upstream, graph_revision)
+                for call in edges:
+                    batch.fcall(call)
+                owner.extend([n] * len(edges))
+                graph_revision += len(member.upstream)
             return batch
 
         for _ in range(MEMBER_WRITE_ATTEMPTS):
@@ -115,32 +137,18 @@ class Flows:
             if outcomes is not None:
                 break
         else:
-            raise TransportError(f"flow {flow.flow_id} kept changing while a member was added", retryable=True)
-        if attachment:
-            del outcomes[2]
-        created = outcomes[1]
-        if isinstance(created, EngineError):
-            raise created
-        if not created.duplicate:
-            for outcome in outcomes:
-                if isinstance(outcome, EngineError):
-                    raise outcome
-        self._settle_ended_upstreams(flow, placement.upstream)
+            raise TransportError(f"flow {flow.flow_id} kept changing while members were added", retryable=True)
+        created: list[Any] = [outcomes[owner.index(n)] for n in range(len(members))]
+        for outcome in created:
+            if isinstance(outcome, EngineError):
+                raise outcome
+        # a member published before (the same task id) stays where it is: its calls fail
+        for n, outcome in zip(owner, outcomes):
+            if isinstance(outcome, EngineError) and (n is None or not created[n].duplicate):
+                raise outcome
+        ours = {member.request.execution_id for member in members}
+        self._settle_ended_upstreams(flow, {up for m in members for up in m.upstream if up not in ours})
         return created
-
-    def _member_requests(
-        self, request: fn.CreateExecution, placement: FlowPlacement, revision: int
-    ) -> list[fn.Fcall[Any]]:
-        """Create the flow (a no-op when it exists), the execution and its membership, then
-        its inbound edges; the revisions follow from the one read."""
-        flow, eid = placement.flow, request.execution_id
-        where = {"flow_id": flow.flow_id, "partition": flow.partition}
-        requests: list[fn.Fcall[Any]] = [
-            fn.CreateFlow(**where, flow_kind=placement.flow_kind, namespace=request.namespace),
-            request,
-            fn.AddExecutionToFlow(**where, execution_id=eid),
-        ]
-        return requests + self._edge_requests(flow, eid, request.lane_id, placement.upstream, revision + 1)
 
     def _edge_requests(
         self, flow: FlowRef, child: ExecutionId, lane: str, upstream: Iterable[ExecutionId], revision: int
@@ -211,7 +219,7 @@ class Flows:
     def _settle_ended_upstreams(self, flow: FlowRef, upstream: Iterable[ExecutionId]) -> None:
         """Resolve the new edges of upstreams that ended before the edges existed (their
         completion message found no edge to resolve)."""
-        upstream = list(upstream)
+        upstream = sorted(upstream)
         if not upstream:
             return
         batch = self.engine.batch()
@@ -223,41 +231,54 @@ class Flows:
 
     # -- the completion cascade ---------------------------------------------------------------
 
-    def cascade(self, execution_id: ExecutionId, flow_id: str, depth: int = 0) -> int:
-        """Resolve the outgoing edges of an ended member: children whose last edge was
-        satisfied become eligible (their lane is woken), children that can no longer run are
-        skipped and cascaded in turn. Idempotent; answers how many edges were resolved."""
-        engine, flow = self.engine, FlowKeys(flow_id, execution_id.partition)
+    def cascade(self, execution_id: ExecutionId, flow_id: str) -> int:
+        """Resolve the outgoing edges of an ended member (see :meth:`cascade_many`)."""
+        return self.cascade_many([(execution_id, flow_id)])
+
+    def cascade_many(self, ended: Sequence[tuple[ExecutionId, str]], depth: int = 0) -> int:
+        """Resolve the outgoing edges of ended members (execution, flow id): children whose
+        last edge was satisfied become eligible (their lane is woken), children that can no
+        longer run are skipped and cascaded in turn. Reads are batched across members, and an
+        edge already resolved (by whoever got there first) costs no call. Idempotent;
+        answers how many edges were resolved here."""
+        engine = self.engine
         reads = engine.batch()
-        reads.command("hget", ExecKeys(execution_id).core, "terminal_outcome")
-        reads.command("smembers", flow.outgoing(execution_id))
-        ended, outgoing = reads.execute()
-        outcome = text(ended) if ended else "none"
-        edge_ids = sorted(text(m) for m in outgoing or ())
-        if outcome == "none" or not edge_ids:
+        for eid, flow_id in ended:
+            reads.command("hget", ExecKeys(eid).core, "terminal_outcome")
+            reads.command("smembers", FlowKeys(flow_id, eid.partition).outgoing(eid))
+        replies = reads.execute()
+        edges = []  # (upstream, its outcome, flow id, edge id)
+        for n, (eid, flow_id) in enumerate(ended):
+            outcome, outgoing = replies[2 * n], replies[2 * n + 1]
+            if outcome and outcome != b"none":
+                edges += [(eid, text(outcome), flow_id, text(edge)) for edge in sorted(outgoing or ())]
+        if not edges:
             return 0
         reads = engine.batch()
-        for edge_id in edge_ids:
-            reads.command("hget", flow.edge(edge_id), "downstream_execution_id")
-        children = [(edge_id, text(child)) for edge_id, child in zip(edge_ids, reads.execute()) if child]
+        for eid, _, flow_id, edge_id in edges:
+            reads.command("hget", FlowKeys(flow_id, eid.partition).edge(edge_id), "downstream_execution_id")
+        children = [(edge, ExecutionId(text(child))) for edge, child in zip(edges, reads.execute()) if child]
         reads = engine.batch()
-        for _, child in children:
+        for (_, _, _, edge_id), child in children:
             reads.command("hmget", ExecKeys(child).core, ("lane_id", "current_attempt_index"))
+            reads.command("hget", ExecKeys(child).dep(edge_id), "state")
+        replies = reads.execute()
         requests = [
             fn.ResolveDependency(
                 execution_id=child,
                 flow_id=flow_id,
                 edge_id=edge_id,
-                upstream_id=execution_id,
+                upstream_id=upstream,
                 upstream_outcome=outcome,
-                lane_id=text(lane) if lane else "default",
-                attempt_index=int(attempt) if attempt else 0,
+                lane_id=text(fields[0]) if fields[0] else "default",
+                attempt_index=int(fields[1]) if fields[1] else 0,
                 now_ms=engine.now_ms(),
             )
-            for (edge_id, child), (lane, attempt) in zip(children, reads.execute())
+            for n, ((upstream, outcome, flow_id, edge_id), child) in enumerate(children)
+            for fields, dep_state in [(replies[2 * n], replies[2 * n + 1])]
+            if dep_state == b"unsatisfied"
         ]
-        resolved = 0
-        satisfied = []
+        resolved, satisfied, skipped = 0, [], []
         for request, result in zip(requests, engine.call_many(requests)):
             if isinstance(result, EngineError):
                 log.warning("resolving edge %s into %s failed: %s", request.edge_id, request.execution_id, result)
@@ -265,9 +286,11 @@ class Flows:
             resolved += 1
             if result.outcome == "satisfied":
                 satisfied.append(request)
-            elif result.child_skipped and depth < MAX_CASCADE_DEPTH:
-                resolved += self.cascade(request.execution_id, flow_id, depth + 1)
+            elif result.child_skipped:
+                skipped.append((request.execution_id, request.flow_id))
         self._wake_promoted(satisfied)
+        if skipped and depth < MAX_CASCADE_DEPTH:
+            resolved += self.cascade_many(skipped, depth + 1)
         return resolved
 
     def _wake_promoted(self, resolved: list[fn.ResolveDependency]) -> None:

@@ -4,13 +4,15 @@ propagation and its cause, flow cancellation as one, and the flow scanners."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from conftest import wait_for
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
-from ff_celery.engine.flows import FlowPlacement, FlowRef
+from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, PartitionKeys, wake_channel
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
@@ -32,9 +34,11 @@ def claimer(ff_engine):
     claimer.close()
 
 
-def member(engine: Engine, flow: FlowRef, *upstream: ExecutionId, **fields) -> ExecutionId:
-    placement = FlowPlacement(flow=flow, upstream=tuple(upstream))
-    return engine.submit(LANE, b"step", flow=placement, **fields).execution_id
+def member(engine: Engine, flow: FlowRef, *upstream: ExecutionId, lane: str = LANE, **fields) -> ExecutionId:
+    """A new member of ``flow`` waiting for ``upstream``."""
+    new = engine.new_execution(lane, b"step", ExecutionId.mint(flow.partition), **fields)
+    (created,) = engine.submit_flow(flow, [replace(new, upstream=tuple(upstream))])
+    return created.execution_id
 
 
 def state(engine: Engine, eid: ExecutionId) -> str:
@@ -57,6 +61,21 @@ def test_new_flow_ids_land_on_the_asked_partition(ff_engine):
         assert config.flow_partition(config.new_flow_id(partition)) == partition
     with pytest.raises(ValueError):
         config.new_flow_id(config.num_flow_partitions)
+
+
+def test_members_created_together_wait_for_each_other_from_the_start(ff_engine, flow):
+    partition = flow.partition
+    first = ff_engine.new_execution(LANE, b"1", ExecutionId.mint(partition), alias="task-1")
+    second = ff_engine.new_execution(LANE, b"2", ExecutionId.mint(partition), alias="task-2")
+    second = replace(second, upstream=(first.request.execution_id,))
+    created = ff_engine.submit_flow(flow, [first, second])
+    assert [c.public_state for c in created] == ["waiting", "waiting"]
+    assert (state(ff_engine, created[0].execution_id), state(ff_engine, created[1].execution_id)) == (
+        "waiting",
+        "waiting_children",
+    )
+    assert ff_engine.resolve_many(["task-1", "task-2"]) == [c.execution_id for c in created]
+    assert ff_engine.flows.describe(flow).upstream_of(created[1].execution_id) == [created[0].execution_id]
 
 
 def test_a_member_with_upstreams_is_created_waiting_and_never_eligible(ff_engine, flow):
@@ -82,7 +101,7 @@ def test_the_cascade_makes_the_child_eligible_and_names_it_in_a_wake_up(ff_engin
     assert state(ff_engine, second) == "waiting"
     assert wait_for(lambda: (m := wakes.get_message(timeout=0.5)) is not None and m["data"] == second.encode())
     wakes.close()
-    assert ff_engine.flows.cascade(first, flow.flow_id) == 1  # idempotent: already resolved
+    assert ff_engine.flows.cascade(first, flow.flow_id) == 0  # idempotent: nothing left to resolve
 
 
 def test_a_failure_skips_everything_after_it_and_names_itself_as_the_cause(ff_engine, flow, claimer):
@@ -172,7 +191,7 @@ def test_the_cancel_reconciler_cancels_what_a_flow_cancellation_still_owes(ff_en
 def test_the_edge_cancel_dispatcher_cancels_the_siblings_of_a_fired_any_of_group(ff_engine, flow, claimer):
     fast, slow = member(ff_engine, flow), member(ff_engine, flow)
     # an any_of join, built by hand (ff_celery's canvases use all_of); on a lane nobody claims
-    join = ff_engine.submit("joins", b"join", flow=FlowPlacement(flow=flow)).execution_id
+    join = member(ff_engine, flow, lane="joins")
     now = ff_engine.now_ms()
     where = {"flow_id": flow.flow_id, "partition": flow.partition}
     policy = fn.SetEdgeGroupPolicy(

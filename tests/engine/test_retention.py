@@ -112,13 +112,17 @@ def test_a_replaced_tasks_alias_stays_with_its_successor(ff_engine, ff_redis):
 
 
 def test_a_flow_goes_with_its_last_member_and_each_member_takes_its_edges(ff_engine, ff_redis):
-    from ff_celery.engine.flows import FlowPlacement, FlowRef
+    from dataclasses import replace
+
+    from ff_celery.engine.flows import FlowRef
+    from ff_celery.engine.ids import ExecutionId
 
     baseline = set(ff_redis.keys())
     partition = ff_engine.partitions.lane_partition("default")
     flow = FlowRef(ff_engine.partitions.new_flow_id(partition), partition)
-    first = ff_engine.submit("default", b"1", flow=FlowPlacement(flow=flow)).execution_id
-    second = ff_engine.submit("default", b"2", flow=FlowPlacement(flow=flow, upstream=(first,))).execution_id
+    members = [ff_engine.new_execution("default", b"step", ExecutionId.mint(partition)) for _ in range(2)]
+    members[1] = replace(members[1], upstream=(members[0].request.execution_id,))
+    first, second = (created.execution_id for created in ff_engine.submit_flow(flow, members))
     scanners = EngineScanners(ff_engine, settings=ScannerSettings(retention_s=3600))
     complete_all(ff_engine, ["default"], 1)
     ff_engine.flows.cascade(first, flow.flow_id)
