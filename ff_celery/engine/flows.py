@@ -1,12 +1,13 @@
-"""Flows on the engine: creating a member together with its inbound edges, the completion
-cascade that resolves a finished member's outgoing edges (what FlowFabric's completion
-listener does with ``ff:dag:completions``), cancelling a flow as one, and finding why a
-skipped member was skipped.
+"""Flows on the engine: creating members together with their inbound edges, the completion
+cascade that resolves ended members' outgoing edges (what FlowFabric's completion listener
+does with ``ff:dag:completions``), cancelling a flow as one, finding why a skipped member was
+skipped, and reading a flow whole.
 
-A member and its inbound edges are written in one transaction (WATCH on the flow's core for
-its graph revision), so no claimer ever sees a member that should wait as eligible. An
-upstream that ended before its edge existed is resolved right after (the post-check), and
-the dependency reconciler catches anything a lost completion message left behind.
+Members and their inbound edges are written in one transaction (WATCH on the flow's core for
+its graph revision; a whole canvas at once), so no claimer ever sees a member that should
+wait as eligible. An upstream outside the transaction that ended before its edge existed is
+resolved right after, and the dependency reconciler catches anything a lost completion
+message left behind.
 """
 
 from __future__ import annotations
@@ -132,12 +133,7 @@ class Flows:
                 graph_revision += len(member.upstream)
             return batch
 
-        for _ in range(MEMBER_WRITE_ATTEMPTS):
-            outcomes = self.engine.transaction(flow.keys.core, "graph_revision", build)
-            if outcomes is not None:
-                break
-        else:
-            raise TransportError(f"flow {flow.flow_id} kept changing while members were added", retryable=True)
+        outcomes = self._write(flow, build)
         created: list[Any] = [outcomes[owner.index(n)] for n in range(len(members))]
         for outcome in created:
             if isinstance(outcome, EngineError):
@@ -149,6 +145,15 @@ class Flows:
         ours = {member.request.execution_id for member in members}
         self._settle_ended_upstreams(flow, {up for m in members for up in m.upstream if up not in ours})
         return created
+
+    def _write(self, flow: FlowRef, build: Callable[[bytes | None], Batch]) -> list[Any]:
+        """Run the batch ``build`` makes from the flow's graph revision as one transaction,
+        again if the graph changed meanwhile."""
+        for _ in range(MEMBER_WRITE_ATTEMPTS):
+            outcomes = self.engine.transaction(flow.keys.core, "graph_revision", build)
+            if outcomes is not None:
+                return outcomes
+        raise TransportError(f"flow {flow.flow_id} kept changing while it was written", retryable=True)
 
     def _edge_requests(
         self, flow: FlowRef, child: ExecutionId, lane: str, upstream: Iterable[ExecutionId], revision: int
@@ -196,13 +201,7 @@ class Flows:
                 batch.fcall(call)
             return batch
 
-        for _ in range(MEMBER_WRITE_ATTEMPTS):
-            outcomes = self.engine.transaction(flow.keys.core, "graph_revision", build)
-            if outcomes is not None:
-                break
-        else:
-            raise TransportError(f"flow {flow.flow_id} kept changing while edges were added", retryable=True)
-        for outcome in outcomes:
+        for outcome in self._write(flow, build):
             if isinstance(outcome, EngineError):
                 raise outcome
         self._settle_ended_upstreams(flow, upstream)
