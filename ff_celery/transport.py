@@ -132,9 +132,11 @@ class FlowPublication:
             self.commit()
 
     def add(self, engine: Engine, flow: FlowRef, member: NewExecution, after: list[str]) -> None:
-        """A member that runs after the tasks ``after`` (published before it)."""
+        """A member that runs after the tasks ``after`` (published before it). A task put
+        again (kombu retrying a publish) is kept once."""
         self.engine, self.flow = engine, flow
-        self.members.append((member, after))
+        if member.alias is None or all(collected.alias != member.alias for collected, _ in self.members):
+            self.members.append((member, after))
 
     def commit(self) -> list[Any]:
         """Create the members collected: each waits for the executions of its ``after``
