@@ -23,10 +23,8 @@ import contextlib
 import itertools
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Protocol
 
 import redis
@@ -40,12 +38,13 @@ from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware
 from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.flows import FlowRef, NewExecution
+from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.functions import BlockExecutionForAdmission
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.lane_shards import shard_lanes
 from ff_celery.engine.registry import shared_engine, shared_renewer
 from ff_celery.engine.renewal import LeaseRenewer
+from ff_celery.flow_publication import FlowPublication
 from ff_celery.messages import (
     FLOW_HEADER,
     NAMESPACE,
@@ -100,61 +99,6 @@ class QoS(virtual.QoS):
             except Exception as exc:
                 errors.append((exc, message))
         return errors
-
-
-class FlowPublication:
-    """The members of one flow published together (a canvas): while open (``with``), the
-    channels collect them instead of creating them; closing without an error creates them
-    all in one transaction, so a canvas is either wholly published or not at all. A member
-    published outside one is created at once."""
-
-    _open = threading.local()
-
-    def __init__(self, flow_id: str) -> None:
-        self.flow_id = flow_id
-        self.engine: Engine | None = None
-        self.flow: FlowRef | None = None
-        self.members: list[tuple[NewExecution, list[str]]] = []
-
-    @classmethod
-    def current(cls, flow_id: str) -> FlowPublication | None:
-        """The open publication of ``flow_id`` in this thread, if any."""
-        publication = getattr(cls._open, "publication", None)
-        return publication if publication is not None and publication.flow_id == flow_id else None
-
-    def __enter__(self) -> FlowPublication:
-        self._open.publication = self
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        self._open.publication = None
-        if kind is None and self.members:
-            self.commit()
-
-    def add(self, engine: Engine, flow: FlowRef, member: NewExecution, after: list[str]) -> None:
-        """A member that runs after the tasks ``after`` (published before it). A task put
-        again (kombu retrying a publish) is kept once."""
-        self.engine, self.flow = engine, flow
-        if member.alias is None or all(collected.alias != member.alias for collected, _ in self.members):
-            self.members.append((member, after))
-
-    def commit(self) -> list[Any]:
-        """Create the members collected: each waits for the executions of its ``after``
-        tasks, whether published with it or before."""
-        assert self.engine is not None and self.flow is not None
-        engine, flow = self.engine, self.flow
-        ours = {member.alias: member.request.execution_id for member, _ in self.members if member.alias}
-        outside = sorted({t for _, after in self.members for t in after if t not in ours})
-        found = dict(zip(outside, engine.resolve_many(outside)))
-        missing = [task_id for task_id in outside if found[task_id] is None]
-        if missing:
-            raise PublishError(f"flow member runs after tasks that were never published: {missing}")
-        known = {**ours, **found}
-        members = [replace(member, upstream=tuple(known[t] for t in after)) for member, after in self.members]
-        if any(eid.partition != flow.partition for member in members for eid in member.upstream):
-            raise PublishError(f"flow member runs after tasks outside flow {flow.flow_id}")
-        self.members = []
-        return engine.submit_flow(flow, members)
 
 
 class ConsumingWorker(Protocol):
