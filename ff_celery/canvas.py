@@ -208,8 +208,10 @@ class CanvasFlow:
         if type(body_sig) is Signature:  # a task: a header failure calls its errbacks, as Celery does
             body_sig.options.setdefault("task_id", uuid())
             self.chord_body = body_sig
+        given = sig.kwargs.get("header")
+        group_id = given.options.get("task_id") if isinstance(given, group) else None
         try:
-            placed_header = self._place_group(header, after, passes, header_partial, sig.options.get("task_id"))
+            placed_header = self._place_group(header, after, passes, header_partial, group_id)
         finally:
             self.chord_body = enclosing
         header_result = placed_header.result
@@ -314,9 +316,10 @@ def _flow_on_replace(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install() -> None:
-    """Route ``apply_async`` of chains, groups and chords through :func:`apply_as_flow`
-    (for apps on a ``flowfabric://`` broker; every other app keeps Celery's), and
-    ``Task.replace`` of a flow member through :func:`replace_in_flow`. Idempotent."""
+    """Route ``apply_async`` of chains, groups and chords through :func:`apply_as_flow` (for
+    apps whose broker and result backend are ``flowfabric://``; every other app keeps
+    Celery's), and ``Task.replace`` of a flow member through :func:`replace_in_flow`.
+    Idempotent."""
     for cls in (_chain, group, _chord):
         if cls not in _ORIGINALS:
             _ORIGINALS[cls] = cls.__dict__["apply_async"]

@@ -12,7 +12,7 @@ scripts/setup.sh
 echo "Valkey Cluster: the contract, engine and Celery tests, and Celery end to end, on 3 primaries + 3 replicas"
 FF_CELERY_TEST_CLUSTER=3 .venv/bin/pytest -q tests/contract tests/engine tests/celery tests/test_*.py \
   tests/e2e/test_tasks_and_results.py tests/e2e/test_recovery.py tests/e2e/test_suspend_and_signals.py \
-  tests/e2e/test_queues_and_control.py tests/e2e/test_budgets_quotas_streams.py tests/e2e/test_canvas_flows.py
+  tests/e2e/test_queues_and_control.py tests/e2e/test_budgets_quotas_streams.py
 if command -v redis-server >/dev/null 2>&1; then
   echo "Redis >= 7.0 still works: the contract tests and Celery end to end on $(redis-server --version | cut -d' ' -f1-3)"
   FF_CELERY_SERVER=redis-server .venv/bin/pytest -q tests/contract tests/e2e/test_tasks_and_results.py
