@@ -201,29 +201,43 @@ class FlowDuties:
 
     def project_flows(self) -> int:
         """Write each indexed flow's summary from a sample of its members; flows whose every
-        member ended leave the index. Answers how many flows were projected."""
+        member ended leave the index. Three round trips a cycle, however many flows. Answers
+        how many flows were projected."""
         partitions = self._partitions()
         indexed = self._read(("smembers", index.flow_index) for index in partitions)
-        projected = 0
-        for index, flow_ids in zip(partitions, indexed):
-            for flow_id in sorted(text(f) for f in flow_ids or ()):
-                projected += self._project(FlowRef(flow_id, index.partition), index)
-        return projected
-
-    def _project(self, flow: FlowRef, index: PartitionKeys) -> int:
-        keys = flow.keys
-        exists, total, sample = self._read(
-            [("exists", keys.core), ("scard", keys.members), ("srandmember", keys.members, PROJECTED_SAMPLE)]
+        flows = [
+            FlowRef(text(f), index.partition) for index, found in zip(partitions, indexed) for f in sorted(found or ())
+        ]
+        reads: list[tuple[Any, ...]] = []
+        for flow in flows:
+            keys = flow.keys
+            reads += [("exists", keys.core), ("scard", keys.members), ("srandmember", keys.members, PROJECTED_SAMPLE)]
+        replies = self._read(reads)
+        samples = []  # (flow, total members, sampled members)
+        writes: list[tuple[Any, ...]] = []
+        for n, flow in enumerate(flows):
+            exists, total, sample = replies[3 * n : 3 * n + 3]
+            if not exists:
+                writes.append(("srem", PartitionKeys(flow.partition).flow_index, flow.flow_id))
+                continue
+            members = list(valid_execution_ids(sample or (), f"flow {flow.flow_id}"))
+            if total and members:
+                samples.append((flow, total, members))
+        states = iter(
+            self._read(("hget", ExecKeys(eid).core, "public_state") for _, _, sampled in samples for eid in sampled)
         )
-        if not exists:
-            self._read([("srem", index.flow_index, flow.flow_id)])
-            return 0
-        members = list(valid_execution_ids(sample or (), f"flow {flow.flow_id}"))
-        if not total or not members:
-            return 0
-        states = self._read(("hget", ExecKeys(eid).core, "public_state") for eid in members)
-        counts = Counter(text(state) if state else "unknown" for state in states)
-        all_ended = sum(counts[state] for state in TERMINAL_STATES) == len(members)
+        now = self.engine.now_ms()
+        for flow, total, members in samples:
+            counts = Counter(text(state) if state else "unknown" for state in (next(states) for _ in members))
+            writes += self._summary(flow, total, len(members), counts, now)
+        if writes:
+            self._read(writes)
+        return len(samples)
+
+    @staticmethod
+    def _summary(flow: FlowRef, total: int, sampled: int, counts: Counter[str], now: int) -> list[tuple[Any, ...]]:
+        """The writes of a flow's summary (and, once every member ended, its leaving the index)."""
+        all_ended = sum(counts[state] for state in TERMINAL_STATES) == sampled
         if all_ended:
             failed = counts["failed"] or counts["cancelled"] or counts["expired"]
             flow_state = "failed" if failed else "completed"
@@ -233,11 +247,10 @@ class FlowDuties:
             flow_state = "blocked"
         else:
             flow_state = "open"
-        summary = {"total_members": total, "sampled_members": len(members)}
+        summary = {"total_members": total, "sampled_members": sampled}
         summary |= {f"members_{state}": counts[state] for state in SUMMARY_STATES}
-        summary |= {"public_flow_state": flow_state, "last_summary_update_at": self.engine.now_ms()}
-        commands: list[tuple[Any, ...]] = [("hset", keys.summary, None, None, summary)]
-        if all_ended and len(members) == total:
-            commands.append(("srem", index.flow_index, flow.flow_id))
-        self._read(commands)
-        return 1
+        summary |= {"public_flow_state": flow_state, "last_summary_update_at": now}
+        writes: list[tuple[Any, ...]] = [("hset", flow.keys.summary, None, None, summary)]
+        if all_ended and sampled == total:
+            writes.append(("srem", PartitionKeys(flow.partition).flow_index, flow.flow_id))
+        return writes

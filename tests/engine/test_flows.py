@@ -254,3 +254,10 @@ def test_a_member_under_a_budget_puts_its_lane_under_admission_before_it_can_be_
     eid = member(ff_engine, flow, budget_ids=["flow-budget"])
     assert ff_engine.redis.sismember(ADMISSION_LANES_KEY, LANE)
     assert ff_engine.read_core(eid, "budget_ids")["budget_ids"]
+
+
+def test_the_projector_drops_a_flow_whose_record_is_gone_from_the_index(ff_engine, flow):
+    member(ff_engine, flow)
+    ff_engine.redis.delete(flow.keys.core)
+    assert EngineScanners(ff_engine).flows.project_flows() == 0
+    assert not ff_engine.redis.sismember(PartitionKeys(flow.partition).flow_index, flow.flow_id)
