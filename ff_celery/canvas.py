@@ -348,7 +348,8 @@ def fail_chord_body(backend: Any, request: Any, task_id: str, exc: BaseException
 
 def with_upstream_results(app: celery.Celery, message: dict[str, Any]) -> dict[str, Any]:
     """The kombu message of a flow member with its upstream results added to its arguments
-    as Celery passes them; ValueError if an upstream result cannot be read."""
+    as Celery passes them; ValueError if an upstream result cannot be read or the body is
+    not a Celery task body this worker can decode and encode again."""
     headers = message.get("headers") or {}
     step = FlowStep.from_header(headers.get(FLOW_HEADER))
     if step is None or not step.passes:
@@ -357,18 +358,19 @@ def with_upstream_results(app: celery.Celery, message: dict[str, Any]) -> dict[s
     properties = message.get("properties") or {}
     content_type = message.get("content-type") or "application/json"
     encoding = message.get("content-encoding") or "utf-8"
-    raw = message.get("body", "")
     based = properties.get("body_encoding") == "base64"
-    body = loads(
-        base64.b64decode(raw) if based else raw,
-        content_type,
-        encoding,
-        accept=prepare_accept_content(app.conf.accept_content),
-    )
-    args, kwargs, embed = body
-    given = values[0] if step.passes == "one" else values
-    body = ([given, *args[1:]], kwargs, embed)  # in place of the stand-in published
-    _, _, data = dumps(body, serializer=registry.type_to_name[content_type])
+    serializer = registry.type_to_name.get(content_type)
+    try:
+        if serializer is None:
+            raise ValueError("no serializer registered for it")
+        raw = message.get("body", "")
+        accept = prepare_accept_content(app.conf.accept_content)
+        args, kwargs, embed = loads(base64.b64decode(raw) if based else raw, content_type, encoding, accept=accept)
+        given = values[0] if step.passes == "one" else values
+        body = ([given, *args[1:]], kwargs, embed)  # in place of the stand-in published
+        _, _, data = dumps(body, serializer=serializer)
+    except Exception as exc:  # whatever the serializer raises: this message cannot run
+        raise ValueError(f"flow member body ({content_type}) cannot take its upstream results: {exc!r}") from exc
     data = data if isinstance(data, bytes) else data.encode(encoding)
     message["body"] = base64.b64encode(data).decode() if based else data.decode(encoding)
     return message
