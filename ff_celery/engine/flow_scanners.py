@@ -49,6 +49,8 @@ class FlowDuties:
         self.engine = engine
         self.lanes = lanes
         self._completions: redis.client.PubSub | None = None
+        #: Whether this instance has reconciled since it began to lead on this subscription.
+        self._caught_up = False
 
     def _partitions(self) -> list[PartitionKeys]:
         return [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
@@ -61,15 +63,20 @@ class FlowDuties:
 
     # -- the completion listener --------------------------------------------------------------
 
-    def listen(self, timeout_s: float) -> int:
-        """Handle the completion messages that arrive within ``timeout_s``; on first use
-        (a new leader, a dropped connection) subscribe, then catch up with the dependency
-        reconciler. Answers how many edges were resolved."""
+    def listen(self, timeout_s: float, *, leading: bool) -> int:
+        """Take the completion messages that arrive within ``timeout_s`` and, when
+        ``leading``, cascade them (others drop theirs). Subscribes on first use (the
+        subscription is kept while leadership moves, so the channel set stays stable);
+        becoming the leader, or subscribing again after a dropped connection, catches up
+        with the dependency reconciler. Answers how many edges were resolved."""
         resolved = 0
         if self._completions is None:
             self._completions = self.engine.redis.pubsub(ignore_subscribe_messages=True)
             self._completions.subscribe(DAG_COMPLETIONS_CHANNEL)
-            resolved += self.reconcile_dependencies()  # what ended while nobody listened
+            self._caught_up = False
+        if leading and not self._caught_up:
+            resolved += self.reconcile_dependencies()  # what ended while nobody cascaded
+        self._caught_up = leading
         try:
             ended = []
             message = self._completions.get_message(timeout=timeout_s)
@@ -80,7 +87,7 @@ class FlowDuties:
             log.warning("flow completion listener failed (%s); resubscribing", exc)
             self.stop_listening()
             return resolved
-        if ended:
+        if ended and leading:
             try:
                 resolved += self.engine.flows.cascade_many(ended)
             except EngineError as exc:

@@ -177,13 +177,10 @@ class EngineScanners:
 
     def _listen(self) -> None:
         """The completion listener's own thread (a long scanner cycle does not hold up the
-        next step of a workflow): while this instance leads, cascade every ended member."""
+        next step of a workflow): subscribed from the start; while this instance leads, it
+        cascades every ended member."""
         while not self._stopped.is_set():
-            if self.is_leader:
-                self._listen_for_completions(0.25)
-            else:
-                self.flows.stop_listening()
-                self._stopped.wait(0.1)
+            self._listen_for_completions(0.25)
         self.flows.stop_listening()
 
     def _run_scanner(self, scanner: _Scanner) -> None:
@@ -202,7 +199,7 @@ class EngineScanners:
     def _listen_for_completions(self, timeout_s: float) -> None:
         """Cascade the flow members that end within ``timeout_s``."""
         try:
-            resolved = self.flows.listen(timeout_s)
+            resolved = self.flows.listen(timeout_s, leading=self.is_leader)
         except Exception:  # never end the scanners' thread: the reconciler catches up
             log.exception("flow completion listener failed unexpectedly")
             self.flows.stop_listening()
