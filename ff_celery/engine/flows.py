@@ -217,16 +217,8 @@ class Flows:
 
     def _settle_ended_upstreams(self, flow: FlowRef, upstream: Iterable[ExecutionId]) -> None:
         """Resolve the new edges of upstreams that ended before the edges existed (their
-        completion message found no edge to resolve)."""
-        upstream = sorted(upstream)
-        if not upstream:
-            return
-        batch = self.engine.batch()
-        for eid in upstream:
-            batch.command("hget", ExecKeys(eid).core, "lifecycle_phase")
-        for eid, phase in zip(upstream, batch.execute()):
-            if phase == b"terminal":
-                self.cascade(eid, flow.flow_id)
+        completion message found no edge to resolve); the cascade passes over the others."""
+        self.cascade_many([(eid, flow.flow_id) for eid in sorted(upstream)])
 
     # -- the completion cascade ---------------------------------------------------------------
 
