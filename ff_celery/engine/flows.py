@@ -302,7 +302,7 @@ class Flows:
     def cancel(self, flow: FlowRef, reason: str) -> list[ExecutionId]:
         """Cancel the flow and every member that has not ended (FlowFabric's ``cancel_all``),
         acknowledging each; members the call could not reach are left to the cancel
-        reconciler. Answers the members cancelled here."""
+        reconciler. Answers the members cancelled (here, or by a reconciler that got there first)."""
         engine = self.engine
         try:
             cancellation = engine.call(fn.CancelFlow(flow_id=flow.flow_id, partition=flow.partition, reason=reason))
@@ -315,7 +315,8 @@ class Flows:
         return self.cancel_members(flow, members, reason)
 
     def cancel_members(self, flow: FlowRef, members: Iterable[str], reason: str) -> list[ExecutionId]:
-        """Cancel each owed member and acknowledge it; answers those cancelled here."""
+        """Cancel each owed member and acknowledge it; answers those now cancelled, here or by
+        a concurrent cancel (a reconciler) that got there first."""
         cancelled = []
         for eid in valid_execution_ids(sorted(members), f"flow {flow.flow_id}"):
             try:
@@ -325,6 +326,8 @@ class Flows:
                 if exc.code not in SETTLED_CANCEL_CODES:
                     log.warning("cancelling %s of flow %s failed: %s", eid, flow.flow_id, exc)
                     continue
+                if self.engine.read_core(eid, "terminal_outcome").get("terminal_outcome") == "cancelled":
+                    cancelled.append(eid)
             self.engine.call(fn.AckCancelMember(flow_id=flow.flow_id, partition=flow.partition, execution_id=eid))
         return cancelled
 

@@ -147,6 +147,15 @@ def test_cancelling_a_flow_cancels_every_member_that_has_not_ended(ff_engine, fl
     assert ff_engine.flows.cancel(flow, "again") == []
 
 
+def test_a_flow_cancel_counts_members_a_racing_cancel_stopped_first(ff_engine, flow):
+    first = member(ff_engine, flow)
+    second = member(ff_engine, flow, first)
+    ff_engine.call(fn.CancelFlow(flow_id=flow.flow_id, partition=flow.partition, reason="stop", grace_ms=0))
+    ff_engine.cancel(first, "a reconciler got there first")  # cancelled, not yet acknowledged
+    assert set(ff_engine.flows.cancel(flow, "user asked")) == {first, second}
+    assert not ff_engine.redis.exists(flow.keys.pending_cancels)
+
+
 def test_the_flow_of_a_member_is_known_and_a_solo_execution_has_none(ff_engine, flow):
     eid = member(ff_engine, flow)
     assert ff_engine.flows.flow_of(eid) == flow
