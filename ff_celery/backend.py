@@ -43,6 +43,7 @@ from ff_celery.engine.executor import RETRYABLE_REDIS_ERRORS
 from ff_celery.engine.functions import FailOutcome
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import DONE_NOTICE, chord_failure_key, done_channel
+from ff_celery.engine.notices import Listener
 from ff_celery.engine.signaling import read_waitpoint
 from ff_celery.messages import NAMESPACE, celery_task_of
 from ff_celery.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
@@ -208,9 +209,9 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         elif state == states.FAILURE:
             record_failure(self.engine, task_id, request, result)
         if state not in states.READY_STATES:  # for get(on_message=...): the meta itself
-            self.engine.redis.publish(done_channel(NAMESPACE, task_id), encoded)
+            self.engine.notify(done_channel(NAMESPACE, task_id), encoded)
         elif not fenced:
-            self.engine.redis.publish(done_channel(NAMESPACE, task_id), DONE_NOTICE)
+            self.engine.notify(done_channel(NAMESPACE, task_id), DONE_NOTICE)
         return result
 
     def revoke(self, task_id: str, reason: str = "revoked") -> str | None:
@@ -424,14 +425,14 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 except RETRYABLE_REDIS_ERRORS:
                     self._drop_listener(listener)
 
-    def _subscribe(self, channels: list[str], deadline: float | None) -> Any:
+    def _subscribe(self, channels: list[str], deadline: float | None) -> Listener:
         """This thread's Pub/Sub connection for completion notices (kept between waits),
         subscribed to ``channels``; transient server errors are retried with backoff until
         ``deadline`` (monotonic; None: no limit)."""
         pause = 0.05
         while True:
             if getattr(self._local, "pid", None) != os.getpid() or self._local.listener is None:
-                self._local.pid, self._local.listener = os.getpid(), self.engine.redis.pubsub()
+                self._local.pid, self._local.listener = os.getpid(), Listener(self.engine.redis)
             try:
                 self._local.listener.subscribe(*channels)
                 return self._local.listener
@@ -442,12 +443,12 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 time.sleep(pause)
                 pause = min(2 * pause, 1.0)
 
-    def _drop_listener(self, listener: Any) -> None:
+    def _drop_listener(self, listener: Listener) -> None:
         if getattr(self._local, "listener", None) is listener:
             self._local.listener = None
         listener.close()
 
-    def _hear(self, listener: Any, pending: dict[str, str], timeout: float, on_message: Any) -> set[str] | None:
+    def _hear(self, listener: Listener, pending: dict[str, str], timeout: float, on_message: Any) -> set[str] | None:
         """The pending tasks whose channel got a completion notice (None: nothing arrived):
         blocks until something arrives or ``timeout`` passes, then takes whatever else has.
         Interim states announced go to ``on_message`` (if any) in order; confirmations of
@@ -458,21 +459,21 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         until = time.monotonic() + timeout
         while True:
             left = until - time.monotonic()
-            message = listener.get_message(timeout=0 if heard else max(left, 0))
-            if message is None:
+            notice = listener.get(0 if heard else max(left, 0))
+            if notice is None:
                 if heard:
                     return notified
                 if left <= 0:
                     return None
                 continue
-            task_id = tasks_by_channel.get(message["channel"].decode()) if message["type"] == "message" else None
+            task_id = tasks_by_channel.get(notice.channel)
             if task_id is None:
                 continue
             heard = True
-            if message["data"] == DONE_NOTICE:
+            if notice.data == DONE_NOTICE:
                 notified.add(task_id)
             elif on_message is not None:
-                on_message(self.decode_result(message["data"]))
+                on_message(self.decode_result(notice.data))
 
     def _forget(self, task_id: str) -> None:
         super()._forget(task_id)

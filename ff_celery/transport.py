@@ -349,15 +349,14 @@ class Channel(kombu_redis.Channel):
         return self._ff_claimer is not None
 
     @property
-    def ff_wake_pubsub(self) -> redis.client.PubSub | None:
-        return self._ff_claimer._pubsub if self._ff_claimer is not None else None
+    def ff_wake_connections(self) -> list[redis.client.PubSub]:
+        return self._ff_claimer.wake_connections if self._ff_claimer is not None else []
 
     def ff_on_wake(self) -> None:
-        """The wake-up socket is readable: drain it and claim if there is room."""
-        pubsub = self.ff_wake_pubsub
-        if pubsub is not None and self._ff_claimer is not None:
+        """A wake-up socket is readable: drain the wake-ups and claim if there is room."""
+        if self._ff_claimer is not None:
             try:
-                self._ff_claimer.drain_wakes(pubsub.get_message(timeout=0))
+                self._ff_claimer.drain_wakes()
             except (redis.RedisError, OSError) as exc:
                 log.warning("wake-up channel failed: %s; re-subscribing", exc)
                 self._ff_reset_claimer()
@@ -596,16 +595,20 @@ class Poller(kombu_redis.MultiChannelPoller):
             self._trigger = None
 
     def _register_wake(self, channel: Channel) -> None:
-        pubsub = channel.ff_wake_pubsub
-        if pubsub is None or pubsub.connection is None:
-            return
-        for ident in [i for i in self._chan_to_sock if i[0] is channel and i[2] == "WAKE" and i[1] is not pubsub]:
-            sock = self._chan_to_sock.pop(ident)  # the claimer was replaced: forget its old socket
+        """Watch the sockets the channel's wake-ups arrive on (on a cluster, one per shard):
+        the claimer, its subscriptions or a connection may have changed since last time."""
+        watched = {id(pubsub): pubsub for pubsub in channel.ff_wake_connections}
+        for ident in [i for i in self._chan_to_sock if i[0] is channel and i[2] == "WAKE"]:
+            pubsub = watched.get(id(ident[1]))
+            if pubsub is not None and pubsub.connection._sock is self._chan_to_sock[ident]:
+                continue
+            sock = self._chan_to_sock.pop(ident)  # gone or reconnected: forget its old socket
             self._fd_to_chan.pop(sock.fileno(), None)
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.poller.unregister(sock)
-        if (channel, pubsub, "WAKE") not in self._chan_to_sock:
-            self._register(channel, pubsub, "WAKE")
+        for pubsub in watched.values():
+            if (channel, pubsub, "WAKE") not in self._chan_to_sock:
+                self._register(channel, pubsub, "WAKE")
 
     def on_readable(self, fileno: int) -> Any:
         chan_type = self._fd_to_chan.get(fileno)

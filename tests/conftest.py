@@ -38,8 +38,8 @@ def each_node(client: redis.Redis) -> list[redis.Redis]:
 
 
 def subscribers(client: redis.Redis, channel: str) -> int:
-    """Subscribers of ``channel`` (on a cluster: on any node)."""
-    return sum(node.pubsub_numsub(channel)[0][1] for node in each_node(client))
+    """Subscribers of ``channel``, classic or sharded (on a cluster: on any node)."""
+    return sum(node.pubsub_numsub(channel)[0][1] + node.pubsub_shardnumsub(channel)[0][1] for node in each_node(client))
 
 
 def command_calls(client: redis.Redis, command: str) -> int:

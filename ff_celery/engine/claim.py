@@ -289,7 +289,7 @@ class ClaimedTask:
             return self.engine.call(request)
         batch = self.engine.batch()
         batch.fcall(request)
-        batch.command("publish", self.notify_channel, DONE_NOTICE)
+        batch.notify(self.notify_channel, DONE_NOTICE)
         outcome = batch.execute()[0]
         if isinstance(outcome, EngineError):
             raise outcome

@@ -34,6 +34,7 @@ from ff_celery.engine.decoding import decode_hash, text
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
+from ff_celery.engine.notices import Listener, Notice
 from ff_celery.engine.renewal import LeaseRenewer
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Claimer:
         self._home = {lane: partitions.lane_partition(lane) for lane in self.lanes}
         self._cursor = partitions.scan_start(self.worker_instance_id)
         self._last_flow_scan = 0.0
-        self._pubsub: redis.client.PubSub | None = None
+        self._listener: Listener | None = None
         self._candidates: deque[tuple[ExecutionId, str]] = deque()
         self._hinted: list[tuple[ExecutionId, str]] = []
         self._lanes_by_channel = {wake_channel(lane): lane for lane in self.lanes}
@@ -148,48 +149,57 @@ class Claimer:
 
     def listen(self) -> None:
         """Subscribe to the lanes' wake-up channels (idempotent)."""
-        if self._pubsub is None:
-            self._pubsub = self.engine.redis.pubsub(ignore_subscribe_messages=True)
-            self._pubsub.subscribe(*(wake_channel(lane) for lane in self.lanes))
+        if self._listener is None:
+            self._listener = Listener(self.engine.redis)
+            self._listener.subscribe(*(wake_channel(lane) for lane in self.lanes))
+
+    @property
+    def wake_connections(self) -> list[redis.client.PubSub]:
+        """The connections wake-ups arrive on, for an event loop to watch (none before
+        :meth:`listen`; on a cluster one per shard, changing when subscriptions move)."""
+        return self._listener.connections() if self._listener is not None else []
 
     def wait(self, timeout_s: float) -> bool:
         """Sleep until a wake-up arrives or ``timeout_s`` passes; True if woken."""
         self.listen()
-        assert self._pubsub is not None
         try:
-            woken = self.drain_wakes(self._pubsub.get_message(timeout=timeout_s))
+            return self.drain_wakes(timeout_s)
         except redis.RedisError as exc:
             log.warning("wake-up channel failed (%s); falling back to polling", exc)
-            self._pubsub = None
+            self._stop_listening()
             time.sleep(timeout_s)
             return False
-        return woken
 
-    def drain_wakes(self, first: dict[str, Any] | None = None) -> bool:
-        """Take ``first`` and every wake-up already received (:meth:`note_wake`); True if any."""
-        assert self._pubsub is not None
-        woken, message = False, first
-        while message is not None:
+    def drain_wakes(self, timeout_s: float = 0.0) -> bool:
+        """Take the first wake-up (waiting up to ``timeout_s``) and every one already received
+        (:meth:`note_wake`); True if any."""
+        self.listen()
+        assert self._listener is not None
+        woken, notice = False, self._listener.get(timeout_s)
+        while notice is not None:
             woken = True
-            self.note_wake(message)
-            message = self._pubsub.get_message(timeout=0)
+            self.note_wake(notice)
+            notice = self._listener.get()
         return woken
 
-    def note_wake(self, message: dict[str, Any]) -> None:
+    def note_wake(self, notice: Notice) -> None:
         """A wake-up naming the execution a publisher just made eligible (the lane's only
         one, or nearly) is a claim candidate: if this claimer probed less than
         ``CANDIDATE_TTL_S`` ago and has no candidates left, the next claim tries it without
         probing, as it would a probed head (the claim grant checks it is still eligible).
         Plain wake-ups carry no execution id."""
-        lane = self._lanes_by_channel.get(text(message.get("channel")))
-        hinted = hinted_execution(message.get("data"))
+        lane = self._lanes_by_channel.get(notice.channel)
+        hinted = hinted_execution(notice.data)
         if lane is not None and hinted is not None and len(self._hinted) < PROBE_DEPTH:
             self._hinted.append((hinted, lane))
 
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
     def close(self) -> None:
-        if self._pubsub is not None:
-            self._pubsub.close()
-            self._pubsub = None
+        self._stop_listening()
         if self._owns_renewer:
             self.renewer.stop()
 

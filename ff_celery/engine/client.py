@@ -30,6 +30,7 @@ from ff_celery.engine.keys import (
     next_attempt_payload_key,
     wake_channel,
 )
+from ff_celery.engine.notices import publish_command
 from ff_celery.engine.policy import ExecutionPolicy
 from ff_celery.engine.snapshot import ExecutionSnapshot
 
@@ -163,7 +164,7 @@ class Engine(Executor):
                 named = WAKE_ANY if member.attachment or member.request.lane_id in ready else outcome.execution_id
                 ready[member.request.lane_id] = str(named)
         for lane, named in ready.items():
-            after.command("publish", wake_channel(lane), named)
+            after.notify(wake_channel(lane), named)
         after.execute()
         for member, outcome in zip(members, created):
             if member.alias:
@@ -198,7 +199,7 @@ class Engine(Executor):
         named = None if attachment else eid
         woken = request.delay_until is None and self._idle_lanes.get(lane, False)
         if woken:
-            batch.command("publish", wake_channel(lane), str(named or WAKE_ANY))
+            batch.notify(wake_channel(lane), str(named or WAKE_ANY))
         batch.command("zcard", PartitionKeys(eid.partition).eligible(lane))
         replies = batch.execute()
         created = replies[1]
@@ -248,7 +249,12 @@ class Engine(Executor):
     def wake(self, lane: str, execution_id: ExecutionId | None = None) -> None:
         """Tell idle claimers of ``lane`` that work is eligible (ff_celery's notification);
         with ``execution_id``, which one (a hint, see :meth:`Claimer.note_wake`)."""
-        self._guard(lambda: self.redis.publish(wake_channel(lane), str(execution_id or WAKE_ANY)))
+        self.notify(wake_channel(lane), str(execution_id or WAKE_ANY))
+
+    def notify(self, channel: str, data: str | bytes) -> int:
+        """Publish a notice on ``channel`` (see :mod:`ff_celery.engine.notices`); answers how
+        many listeners it reached."""
+        return self._guard(lambda: getattr(self.redis, publish_command(self.redis))(channel, data))
 
     def resolve(self, alias: str) -> ExecutionId | None:
         """The execution submitted under ``alias``, if any."""

@@ -21,6 +21,7 @@ from ff_celery.engine.errors import EngineError, TransportError, UnavailableErro
 from ff_celery.engine.ids import new_uuid
 from ff_celery.engine.keys import LANE_REGISTRY_KEY, PARTITION_CONFIG_KEY
 from ff_celery.engine.library import LibraryState, ensure_library, is_missing_function
+from ff_celery.engine.notices import publish_command
 from ff_celery.engine.partitions import PartitionConfig
 
 if TYPE_CHECKING:
@@ -221,8 +222,12 @@ class Batch:
         """Queue a redis-py pipeline method call, e.g. ``command("hmget", key, fields)``."""
         self._queued.append((name, (*args, kwargs), None))
 
+    def notify(self, channel: str, data: str | bytes) -> None:
+        """Queue a notice on ``channel`` (see :mod:`ff_celery.engine.notices`)."""
+        self.command(publish_command(self.engine.redis), channel, data)
+
     def queue_on(self, pipe: redis.client.Pipeline) -> None:
-        """Queue every command on ``pipe`` (no PUBLISH: a cluster pipeline refuses it)."""
+        """Queue every command on ``pipe`` (no notices: a transaction keeps to one slot)."""
         for name, args, request in self._queued:
             if request is not None:
                 pipe.fcall(*args)
@@ -230,25 +235,9 @@ class Batch:
                 getattr(pipe, name)(*args[:-1], **args[-1])
 
     def _run(self) -> list[Any]:
-        client = self.engine.redis
-        pipe = client.pipeline(transaction=False)
-        # A cluster client refuses PUBLISH in a pipeline: those go right after it, in order.
-        published: list[int] = []
-        for position, (name, args, request) in enumerate(self._queued):
-            if request is not None:
-                pipe.fcall(*args)
-            elif name == "publish" and self.engine.clustered:
-                published.append(position)
-            else:
-                getattr(pipe, name)(*args[:-1], **args[-1])
-        replies = pipe.execute(raise_on_error=False) if len(pipe) else []
-        for position in published:
-            _, args, _ = self._queued[position]
-            try:
-                replies.insert(position, client.publish(*args[:-1]))
-            except redis.RedisError as exc:
-                replies.insert(position, exc)
-        return replies
+        pipe = self.engine.redis.pipeline(transaction=False)
+        self.queue_on(pipe)
+        return pipe.execute(raise_on_error=False)
 
     def execute(self) -> list[Any]:
         if not self._queued:

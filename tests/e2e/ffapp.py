@@ -32,7 +32,7 @@ app.conf.update(
     result_extended=True,
     broker_transport_options={
         "lease_ttl_ms": int(os.environ.get("FFAPP_LEASE_TTL_MS", "2000")),
-        "poll_interval": 0.5,
+        "poll_interval": float(os.environ.get("FFAPP_POLL_INTERVAL", "0.5")),
         # FFAPP_QUEUE_SHARDS="queue=3,other=2": queues spread over several lanes
         "queue_shards": {
             queue: int(shards)

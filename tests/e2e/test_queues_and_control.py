@@ -87,6 +87,19 @@ def test_inspect_active_stats_and_control_shutdown(ffapp, app_url, start_worker)
     assert worker.process.wait(timeout=30) == 0
 
 
+def test_an_idle_worker_is_woken_on_every_lane_of_a_spread_queue_without_polling(app_url, start_worker):
+    """Wake-ups reach the worker on each lane's channel (on a cluster: sharded Pub/Sub, one
+    connection per shard): with the fallback poll an hour away, every task still runs."""
+    start_worker(queues="woken", env={"FFAPP_QUEUE_SHARDS": "woken=3", "FFAPP_POLL_INTERVAL": "3600"})
+    app = Celery("woken-publisher", broker=app_url, backend=app_url, set_as_current=False)
+    app.conf.broker_transport_options = {"queue_shards": {"woken": 3}}
+    try:
+        for n in range(6):  # round-robin over the 3 lanes, each task sent to an idle worker
+            assert app.send_task("ffapp.add", (n, n), queue="woken").get(timeout=60) == 2 * n
+    finally:
+        app.close()
+
+
 def test_a_queue_spread_over_three_lanes_runs_every_task_once_from_each_lane(app_url, start_worker):
     start_worker(queues="spread", env={"FFAPP_QUEUE_SHARDS": "spread=3"})
     app = Celery("spread-publisher", broker=app_url, backend=app_url, set_as_current=False)

@@ -10,6 +10,7 @@ from conftest import command_calls, subscribers, wait_for
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import wake_channel
+from ff_celery.engine.notices import Listener
 from ff_celery.engine.policy import ExecutionPolicy, RoutingRequirements
 from ff_celery.engine.scanners import EngineScanners
 
@@ -111,7 +112,7 @@ def test_a_wake_up_naming_an_execution_that_is_not_eligible_costs_one_claim_atte
     claimer.listen()
     assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)
     assert claimer.try_claim() == []
-    ff_engine.redis.publish(wake_channel("default"), ExecutionId.mint(0))  # names nothing on the lane
+    ff_engine.notify(wake_channel("default"), ExecutionId.mint(0))  # names nothing on the lane
     submitted = ff_engine.submit("default", b"real").execution_id
 
     assert wait_for(lambda: claimer.wait(1))
@@ -185,12 +186,12 @@ def test_claimed_tasks_carry_payload_tags_policy_and_claim_state(ff_engine, make
 def next_wake(listener) -> bytes:
     """The payload of the next wake-up the listener receives."""
     received = []
-    assert wait_for(lambda: received.append(listener.get_message(timeout=1)) or received[-1] is not None)
-    return received[-1]["data"]
+    assert wait_for(lambda: received.append(listener.get(1)) or received[-1] is not None)
+    return received[-1].data
 
 
 def test_a_wake_up_names_only_an_execution_that_needs_no_admission(ff_engine):
-    listener = ff_engine.redis.pubsub(ignore_subscribe_messages=True)
+    listener = Listener(ff_engine.redis)
     listener.subscribe(wake_channel("default"))
     try:
         assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)

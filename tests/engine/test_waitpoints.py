@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import wait_for
+from conftest import subscribers, wait_for
 from contract.support import keyspace
 
 from ff_celery.engine import functions as fn
@@ -35,6 +35,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import ConflictError, EngineError, NotFoundError, StateError, ValidationError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys, wake_channel
+from ff_celery.engine.notices import Listener
 
 LANE = "default"
 SECRET = "5e" * 32
@@ -93,23 +94,21 @@ def created_at(r: redis.Redis, eid: ExecutionId, wp_id: str) -> str:
 
 
 @contextmanager
-def wake_listener(engine: Engine) -> Iterator[redis.client.PubSub]:
-    pubsub = engine.redis.pubsub()
-    pubsub.subscribe(wake_channel(LANE))
-    confirmed = pubsub.get_message(timeout=10)
-    assert confirmed is not None and confirmed["type"] == "subscribe"
+def wake_listener(engine: Engine) -> Iterator[Listener]:
+    listener = Listener(engine.redis)
+    listener.subscribe(wake_channel(LANE))
+    assert wait_for(lambda: subscribers(engine.redis, wake_channel(LANE)) >= 1)
     try:
-        yield pubsub
+        yield listener
     finally:
-        pubsub.close()
+        listener.close()
 
 
-def woken(pubsub: redis.client.PubSub, timeout_s: float = 10.0) -> bool:
-    """True at the first wake-up message; False after ``timeout_s`` without one."""
+def woken(listener: Listener, timeout_s: float = 10.0) -> bool:
+    """True at the first wake-up; False after ``timeout_s`` without one."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        message = pubsub.get_message(timeout=0.05)
-        if message is not None and message["type"] == "message":
+        if listener.get(0.05) is not None:
             return True
     return False
 
