@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -237,25 +237,8 @@ class DevCluster:
         return self
 
     def _form(self, deadline: float) -> None:
-        """Introduce the nodes, give each primary its slots, attach the replicas, and wait
-        until every node reports the cluster ok."""
-        clients = [redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) for node in self.nodes]
-        try:
-            for node in self.nodes[1:]:
-                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port, node.bus_port)
-            per_primary = 16384 // len(self.primaries)
-            for index, client in enumerate(clients[: len(self.primaries)]):
-                last = 16383 if index == len(self.primaries) - 1 else (index + 1) * per_primary - 1
-                client.execute_command("CLUSTER ADDSLOTSRANGE", index * per_primary, last)
-            primary_ids = [client.execute_command("CLUSTER MYID") for client in clients[: len(self.primaries)]]
-            _wait(deadline, "the nodes to meet", lambda: all(_known_nodes(c) == len(self.nodes) for c in clients))
-            for index, client in enumerate(clients[len(self.primaries) :]):
-                client.execute_command("CLUSTER REPLICATE", primary_ids[index % len(self.primaries)])
-            replicas = len(self.replicas)
-            _wait(deadline, "the cluster to be ok", lambda: all(_cluster_ok(c, replicas) for c in clients))
-        finally:
-            for client in clients:
-                client.close()
+        per_primary = len(self.replicas) // len(self.primaries)
+        form_cluster([("127.0.0.1", node.port) for node in self.nodes], per_primary, deadline - time.monotonic())
 
     def primary_of(self, key: str) -> DevServer:
         """The node serving ``key``'s slot as primary now (asked of a running node)."""
@@ -301,6 +284,58 @@ class DevCluster:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def form_cluster(nodes: Sequence[tuple[str, int]], replicas: int = 0, timeout_s: float = 60.0) -> bool:
+    """Make one cluster of running cluster-enabled nodes (``(host, port)``), as ``valkey-cli
+    --cluster create`` does: the first ``len(nodes) // (1 + replicas)`` become primaries
+    sharing the 16384 slots evenly, the rest replicate them in turn. Waits for every node to
+    answer first and for the cluster to be ok after. Answers False, changing nothing, when
+    the nodes already form that cluster (a deployment started again)."""
+    primaries = len(nodes) // (1 + replicas)
+    if replicas < 0 or primaries < 1 or primaries * (1 + replicas) != len(nodes):
+        raise ValueError(f"{len(nodes)} nodes cannot be primaries with {replicas} replica(s) each")
+    deadline = time.monotonic() + timeout_s
+    clients = [redis.Redis(host=host, port=port, decode_responses=True) for host, port in nodes]
+    try:
+        _wait(deadline, "every node to answer", lambda: all(_answers(client) for client in clients))
+        states = [client.execute_command("CLUSTER INFO") for client in clients]  # parsed by redis-py
+        formed = all(_formed(state, len(nodes)) for state in states)
+        if not formed:
+            if any(int(state["cluster_known_nodes"]) > 1 or int(state["cluster_slots_assigned"]) for state in states):
+                raise RuntimeError("the nodes are partly a cluster already (known to each other or owning slots)")
+            _introduce(nodes, clients, primaries, deadline)
+        _wait(deadline, "the cluster to be ok", lambda: all(_cluster_ok(c, len(nodes) - primaries) for c in clients))
+        return not formed
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _introduce(nodes: Sequence[tuple[str, int]], clients: list[redis.Redis], primaries: int, deadline: float) -> None:
+    """Meet every node, give each primary its slice of the slots, attach the replicas."""
+    for (host, port), client in zip(nodes[1:], clients[1:]):
+        bus_port = int(client.config_get("cluster-port")["cluster-port"]) or port + 10000
+        clients[0].execute_command("CLUSTER MEET", socket.gethostbyname(host), port, bus_port)
+    per_primary = 16384 // primaries
+    for index, client in enumerate(clients[:primaries]):
+        last = 16383 if index == primaries - 1 else (index + 1) * per_primary - 1
+        client.execute_command("CLUSTER ADDSLOTSRANGE", index * per_primary, last)
+    primary_ids = [client.execute_command("CLUSTER MYID") for client in clients[:primaries]]
+    _wait(deadline, "the nodes to meet", lambda: all(_known_nodes(c) == len(nodes) for c in clients))
+    for index, client in enumerate(clients[primaries:]):
+        client.execute_command("CLUSTER REPLICATE", primary_ids[index % primaries])
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _formed(state: dict[str, str], nodes: int) -> bool:
+    return int(state["cluster_known_nodes"]) == nodes and int(state["cluster_slots_assigned"]) == 16384
 
 
 def _known_nodes(client: redis.Redis) -> int:

@@ -8,7 +8,14 @@ import sys
 import pytest
 import redis
 
-from ff_celery.devserver import SERVER_VARIABLE, DevCluster, DevServer, find_server_binary, packaged_valkey_server
+from ff_celery.devserver import (
+    SERVER_VARIABLE,
+    DevCluster,
+    DevServer,
+    find_server_binary,
+    form_cluster,
+    packaged_valkey_server,
+)
 from ff_celery.engine.connection import connect
 from ff_celery.engine.library import library_version, loaded_version
 
@@ -107,3 +114,15 @@ def test_a_dev_cluster_spreads_the_slots_over_its_primaries_each_with_a_replica_
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_forming_a_cluster_refuses_nodes_that_do_not_split_into_primaries_and_replicas():
+    with pytest.raises(ValueError, match="5 nodes cannot be primaries with 1 replica"):
+        form_cluster([("127.0.0.1", port) for port in range(7000, 7005)], replicas=1)
+
+
+def test_forming_a_cluster_refuses_nodes_already_part_of_another():
+    with DevCluster(primaries=1, replicas=0) as cluster, DevServer(cluster_member=True) as newcomer:
+        nodes = [("127.0.0.1", cluster.primaries[0].port), ("127.0.0.1", newcomer.port)]
+        with pytest.raises(RuntimeError, match="partly a cluster already"):
+            form_cluster(nodes)

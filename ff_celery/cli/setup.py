@@ -9,9 +9,10 @@ import sys
 import threading
 
 import click
+import redis
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
-from ff_celery.devserver import DevCluster, DevServer
+from ff_celery.devserver import DevCluster, DevServer, form_cluster
 from ff_celery.engine import exporter, signaling
 from ff_celery.engine.client import Engine
 from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
@@ -68,6 +69,30 @@ def dev_server(port: int | None, cluster: bool) -> None:
         else:
             click.echo(f"{server.url}  ({server.version}, pid {server.pid}; Ctrl-C to stop)")
         wait_for_interrupt()
+
+
+def node_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint="NODES")
+    return host, int(port)
+
+
+@click.command("form-cluster")
+@click.argument("nodes", nargs=-1, required=True, metavar="HOST:PORT...")
+@click.option("--replicas", type=int, default=0, show_default=True, help="Replicas per primary.")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Seconds to wait.")
+def form_cluster_command(nodes: tuple[str, ...], replicas: int, timeout_s: float) -> None:
+    """Make one cluster of running cluster-enabled nodes, as ``valkey-cli --cluster create``
+    does (the first become primaries, the rest their replicas; host names are resolved);
+    nothing changes if they already form it."""
+    try:
+        created = form_cluster([node_address(node) for node in nodes], replicas, timeout_s)
+    except (ValueError, RuntimeError, OSError, redis.RedisError) as exc:  # OSError: a host name unknown
+        raise click.ClickException(str(exc)) from exc
+    primaries = len(nodes) // (1 + replicas)
+    done = "formed" if created else "already formed"
+    click.echo(f"cluster {done}: {primaries} primaries, {len(nodes) - primaries} replicas")
 
 
 @click.command("scanners")
@@ -166,4 +191,4 @@ def secret_kids(url: str, as_json: bool) -> None:
     table(rows, ["kid", "role", "valid until (UTC)"])
 
 
-COMMANDS = [library, dev_server, scanners, metrics_endpoint, secret]
+COMMANDS = [library, dev_server, form_cluster_command, scanners, metrics_endpoint, secret]
