@@ -20,6 +20,9 @@ from ff_celery.engine.ids import ExecutionId
 
 from .conftest import Worker, assert_one_run_at_a_time, wait_for
 
+#: The workers' fallback poll an hour away: what they claim after the change, they were woken for.
+WOKEN_ONLY = {"FFAPP_POLL_INTERVAL": "3600"}
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[DevCluster, Celery, list[Worker]]]:
@@ -28,7 +31,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[DevCluster, Celery, list[Worker]]]
         app = Celery("cluster-failover", broker=url, backend=url, set_as_current=False)
         workers: list[Worker] = []
         try:
-            workers += [Worker(url, tmp_path, concurrency=1).wait_ready() for _ in range(2)]
+            workers += [Worker(url, tmp_path, concurrency=1, env=WOKEN_ONLY).wait_ready() for _ in range(2)]
             yield nodes, app, workers
         finally:
             for worker in workers:
