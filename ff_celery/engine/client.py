@@ -24,6 +24,7 @@ from ff_celery.engine.keys import (
     ALIAS_TAG,
     IDEMPOTENCY_KEY_TAG,
     LANE_REGISTRY_KEY,
+    LANE_STATES,
     ExecKeys,
     PartitionKeys,
     alias_key,
@@ -483,12 +484,11 @@ class Engine(Executor):
     def lane_counts(self, lane: str) -> dict[str, int]:
         """Sizes of the lane's indexes on its home partition."""
         index = PartitionKeys(self.partitions.lane_partition(lane))
-        names = ("eligible", "delayed", "active", "suspended", "terminal")
 
         def read() -> list[int]:
             pipe = self.redis.pipeline(transaction=False)
-            for name in names:
+            for name in LANE_STATES:
                 pipe.zcard(index.lane(lane, name))
             return pipe.execute()
 
-        return dict(zip(names, self._guard(read)))
+        return dict(zip(LANE_STATES, self._guard(read)))

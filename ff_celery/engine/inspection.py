@@ -15,7 +15,7 @@ from ff_celery.engine import limits, signaling
 from ff_celery.engine.decoding import text
 from ff_celery.engine.errors import error_for_code
 from ff_celery.engine.ids import ExecutionId, valid_execution_ids
-from ff_celery.engine.keys import BLOCKED_SUFFIXES, ExecKeys, PartitionKeys
+from ff_celery.engine.keys import BLOCKED_SUFFIXES, LANE_STATES, ExecKeys, PartitionKeys
 from ff_celery.engine.limits import BudgetStatus, QuotaPolicy
 from ff_celery.engine.signaling import ReceivedSignal
 from ff_celery.engine.snapshot import ExecutionSnapshot
@@ -196,7 +196,6 @@ def held_executions(engine: Engine, lane: str, *, limit: int = 1000) -> list[Hel
 
 #: The lane index sets counted by :func:`lane_states`, by the name they are reported under
 #: (besides ``blocked_<reason>`` for each blocked index).
-LANE_STATES = ("eligible", "delayed", "active", "suspended", "terminal")
 
 
 @dataclass(frozen=True)

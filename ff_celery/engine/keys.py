@@ -17,6 +17,8 @@ from ff_celery.engine.partitions import PARTITION_CONFIG_KEY, budget_tag, flow_t
 LANE_REGISTRY_KEY = "ff:idx:lanes"
 DAG_COMPLETIONS_CHANNEL = "ff:dag:completions"
 BLOCKED_SUFFIXES = ("dependencies", "budget", "quota", "route", "operator")
+#: The per-lane index of each state an execution of the lane can be in (besides blocked).
+LANE_STATES = ("eligible", "delayed", "active", "suspended", "terminal")
 
 
 @dataclass(frozen=True)

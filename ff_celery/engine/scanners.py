@@ -40,6 +40,7 @@ from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import (
     BLOCKED_SUFFIXES,
     LANE_REGISTRY_KEY,
+    LANE_STATES,
     SCANNER_LEADER_KEY,
     ExecKeys,
     PartitionKeys,
@@ -89,7 +90,10 @@ class ScannerSettings(BaseModel):
 
 
 @dataclass
-class _Scanner:
+class Scanner:
+    """One duty of the leader: ``run`` (answering how many executions it handled) every
+    ``interval_s``."""
+
     name: str
     interval_s: float
     run: Callable[[], int]
@@ -114,24 +118,22 @@ class EngineScanners:
         self.flows = FlowDuties(engine, self.lanes)
         s = self.settings
         self.scanners = [
-            _Scanner("delayed_promoter", s.promote_interval_s, self.promote_delayed),
-            _Scanner("lease_expiry", s.lease_expiry_interval_s, self.expire_leases),
-            _Scanner("attempt_timeout", s.attempt_timeout_interval_s, lambda: self.expire_due("attempt_timeout")),
-            _Scanner("execution_deadline", s.deadline_interval_s, lambda: self.expire_due("execution_deadline")),
-            _Scanner("suspension_timeout", s.suspension_timeout_interval_s, self.expire_suspensions),
-            _Scanner("pending_waitpoint_expiry", s.pending_waitpoint_interval_s, self.close_lapsed_waitpoints),
-            _Scanner("unblock", s.unblock_interval_s, lambda: self.admission.unblock_cleared(self.lanes())),
-            _Scanner("budget_reset", s.budget_reset_interval_s, self.reset_due_budgets),
-            _Scanner("quota_reconciler", s.quota_reconcile_interval_s, self.reconcile_quotas),
-            _Scanner("retention_trimmer", s.retention_interval_s, self.trim_retained),
-            _Scanner("lane_cleanup", s.lane_cleanup_interval_s, self.forget_idle_lanes),
-            _Scanner("dependency_reconciler", s.dependency_reconcile_interval_s, self.flows.reconcile_dependencies),
-            _Scanner("cancel_reconciler", s.cancel_reconcile_interval_s, self.flows.reconcile_cancels),
-            _Scanner("edge_cancel_dispatcher", s.edge_cancel_dispatch_interval_s, self.flows.dispatch_sibling_cancels),
-            _Scanner(
-                "edge_cancel_reconciler", s.edge_cancel_reconcile_interval_s, self.flows.reconcile_sibling_cancels
-            ),
-            _Scanner("flow_projector", s.flow_projector_interval_s, self.flows.project_flows),
+            Scanner("delayed_promoter", s.promote_interval_s, self.promote_delayed),
+            Scanner("lease_expiry", s.lease_expiry_interval_s, self.expire_leases),
+            Scanner("attempt_timeout", s.attempt_timeout_interval_s, lambda: self.expire_due("attempt_timeout")),
+            Scanner("execution_deadline", s.deadline_interval_s, lambda: self.expire_due("execution_deadline")),
+            Scanner("suspension_timeout", s.suspension_timeout_interval_s, self.expire_suspensions),
+            Scanner("pending_waitpoint_expiry", s.pending_waitpoint_interval_s, self.close_lapsed_waitpoints),
+            Scanner("unblock", s.unblock_interval_s, lambda: self.admission.unblock_cleared(self.lanes())),
+            Scanner("budget_reset", s.budget_reset_interval_s, self.reset_due_budgets),
+            Scanner("quota_reconciler", s.quota_reconcile_interval_s, self.reconcile_quotas),
+            Scanner("retention_trimmer", s.retention_interval_s, self.trim_retained),
+            Scanner("lane_cleanup", s.lane_cleanup_interval_s, self.forget_idle_lanes),
+            Scanner("dependency_reconciler", s.dependency_reconcile_interval_s, self.flows.reconcile_dependencies),
+            Scanner("cancel_reconciler", s.cancel_reconcile_interval_s, self.flows.reconcile_cancels),
+            Scanner("edge_cancel_dispatcher", s.edge_cancel_dispatch_interval_s, self.flows.dispatch_sibling_cancels),
+            Scanner("edge_cancel_reconciler", s.edge_cancel_reconcile_interval_s, self.flows.reconcile_sibling_cancels),
+            Scanner("flow_projector", s.flow_projector_interval_s, self.flows.project_flows),
         ]
         self.admission = limits.Admission(engine)
         rules = RetentionRules(s.retention_s, s.lane_retention_s)
@@ -154,6 +156,11 @@ class EngineScanners:
                 thread.start()
         return self
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopped.is_set()
+
     def stop(self) -> None:
         self._stopped.set()
         for thread in self._threads:
@@ -170,6 +177,8 @@ class EngineScanners:
                 last_claim = now
             if self.is_leader:
                 for scanner in self.scanners:
+                    if self._stopped.is_set():  # stopping waits for one scanner at most, not a cycle
+                        break
                     if scanner.next_run <= now:
                         scanner.next_run = now + max(scanner.interval_s, 0.1)
                         self._run_scanner(scanner)
@@ -183,7 +192,7 @@ class EngineScanners:
             self._listen_for_completions(0.25)
         self.flows.stop_listening()
 
-    def _run_scanner(self, scanner: _Scanner) -> None:
+    def _run_scanner(self, scanner: Scanner) -> None:
         try:
             with metrics.SCANNER_CYCLE_DURATION.labels(scanner.name).time():
                 changed = scanner.run()
@@ -317,11 +326,9 @@ class EngineScanners:
             return []
         batch = self.engine.batch()
         for lane in lanes:
-            for index in self._partitions():
-                for state in ("eligible", "delayed", "active", "suspended", "terminal"):
-                    batch.command("exists", index.lane(lane, state))
-                for reason in BLOCKED_SUFFIXES:
-                    batch.command("exists", index.blocked(lane, reason))
+            for index in self._partitions():  # one EXISTS per partition: its keys share one slot
+                states = [index.lane(lane, state) for state in LANE_STATES]
+                batch.command("exists", *states, *(index.blocked(lane, reason) for reason in BLOCKED_SUFFIXES))
         found = batch.execute()
         per_lane = len(found) // len(lanes)
         return [lane for n, lane in enumerate(lanes) if not any(found[n * per_lane : (n + 1) * per_lane])]

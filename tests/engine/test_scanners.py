@@ -1,6 +1,7 @@
 """Engine duties: leader-elected scanners that promote delayed work, requeue lapsed leases and
 expire timed-out executions, with their intervals as settings."""
 
+import threading
 import time
 
 import pytest
@@ -9,7 +10,7 @@ from conftest import engine_time, wait_for
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys, PartitionKeys
 from ff_celery.engine.policy import ExecutionPolicy
-from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.scanners import EngineScanners, Scanner, ScannerSettings
 
 FAST = ScannerSettings(
     promote_interval_s=0.1,
@@ -44,6 +45,30 @@ def test_only_one_instance_leads_and_another_takes_over_when_it_stops(ff_engine)
     finally:
         first.stop()
         second.stop()
+
+
+def test_stopping_waits_for_the_running_scanner_only_not_the_rest_of_its_cycle(ff_engine):
+    scanners = EngineScanners(ff_engine.fork(), settings=LEADERSHIP)
+    running, release, ran = threading.Event(), threading.Event(), []
+
+    def slow() -> int:
+        running.set()
+        release.wait(30)
+        return 0
+
+    def following() -> int:
+        ran.append("following")
+        return 0
+
+    scanners.scanners = [Scanner("slow", 60.0, slow), Scanner("following", 60.0, following)]
+    scanners.start()
+    assert running.wait(15)  # the first scanner of a cycle is running
+    stopping = threading.Thread(target=scanners.stop)
+    stopping.start()
+    assert wait_for(lambda: scanners.stopping)
+    release.set()
+    stopping.join(15)
+    assert not stopping.is_alive() and ran == []  # the rest of the cycle was left for the next leader
 
 
 def test_the_promoter_makes_due_delayed_work_claimable(ff_engine, claimer):
