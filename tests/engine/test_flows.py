@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from conftest import wait_for
+from conftest import subscribers, wait_for
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.claimer import Claimer
@@ -15,6 +15,7 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, PartitionKeys, wake_channel
+from ff_celery.engine.notices import Listener
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 
 LANE = "default"
@@ -93,13 +94,13 @@ def test_a_member_with_upstreams_is_created_waiting_and_never_eligible(ff_engine
 def test_the_cascade_makes_the_child_eligible_and_names_it_in_a_wake_up(ff_engine, flow, claimer):
     first = member(ff_engine, flow)
     second = member(ff_engine, flow, first)
-    wakes = ff_engine.redis.pubsub()
+    wakes = Listener(ff_engine.redis)
     wakes.subscribe(wake_channel(LANE))
-    assert wakes.get_message(timeout=5)["type"] == "subscribe"
+    assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel(LANE)) >= 1)
     run(claimer, first)
     assert ff_engine.flows.cascade(first, flow.flow_id) == 1
     assert state(ff_engine, second) == "waiting"
-    assert wait_for(lambda: (m := wakes.get_message(timeout=0.5)) is not None and m["data"] == second.encode())
+    assert wait_for(lambda: (notice := wakes.get(0.5)) is not None and notice.data == second.encode())
     wakes.close()
     assert ff_engine.flows.cascade(first, flow.flow_id) == 0  # idempotent: nothing left to resolve
 
