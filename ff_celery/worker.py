@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOST_CHECK_INTERVAL_S = 0.25
+#: How long a warm shutdown waits for a running scanner: the event loop (which acknowledges
+#: finished tasks) is stopped meanwhile, and an unfinished scanner is repeated by the next leader.
+SCANNERS_STOP_WAIT_S = 2.0
 #: Celery's own ``scheduled`` inspect command (replaced below, and called by its replacement).
 CELERY_SCHEDULED = control.Panel.data["scheduled"]
 
@@ -170,7 +173,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
     def shutdown(self, c: Consumer) -> None:
         self.stop(c)
         if self.scanners is not None:
-            self.scanners.stop()
+            self.scanners.stop(SCANNERS_STOP_WAIT_S)
             self.scanners = None
 
     def held_tasks(self, hostname: str) -> list[dict[str, Any]]:

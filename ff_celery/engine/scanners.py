@@ -143,6 +143,7 @@ class EngineScanners:
         self._cycle = 0
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._busy = "idle"  # the scanner running last, for the log
         self.is_leader = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -161,10 +162,17 @@ class EngineScanners:
         """Whether :meth:`stop` was called."""
         return self._stopped.is_set()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the threads, waiting up to ``timeout_s`` in all for the scanner each is
+        running; one still busy then is left to finish as a daemon (its FCALLs are atomic and
+        the next leader repeats the cycle), named in the log. Then give up the leadership."""
         self._stopped.set()
+        deadline = time.monotonic() + timeout_s
         for thread in self._threads:
-            thread.join(timeout=10)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                busy = f"{thread.name} (last scanner: {self._busy})"
+                log.warning("%s still busy after %.1f s: left to finish", busy, timeout_s)
         self._threads = []
         self._resign()
 
@@ -193,6 +201,7 @@ class EngineScanners:
         self.flows.stop_listening()
 
     def _run_scanner(self, scanner: Scanner) -> None:
+        self._busy = scanner.name
         try:
             with metrics.SCANNER_CYCLE_DURATION.labels(scanner.name).time():
                 changed = scanner.run()

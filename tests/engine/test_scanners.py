@@ -71,6 +71,25 @@ def test_stopping_waits_for_the_running_scanner_only_not_the_rest_of_its_cycle(f
     assert not stopping.is_alive() and ran == []  # the rest of the cycle was left for the next leader
 
 
+def test_a_scanner_busy_past_the_stop_timeout_is_left_to_finish_and_named(ff_engine, caplog):
+    scanners = EngineScanners(ff_engine.fork(), settings=LEADERSHIP)
+    running, release = threading.Event(), threading.Event()
+
+    def stuck() -> int:
+        running.set()
+        release.wait(30)
+        return 0
+
+    scanners.scanners = [Scanner("stuck", 60.0, stuck)]
+    scanners.start()
+    try:
+        assert running.wait(15)
+        scanners.stop(timeout_s=0.2)  # returns while the scanner still runs
+        assert not release.is_set() and "last scanner: stuck" in caplog.text
+    finally:
+        release.set()
+
+
 def test_the_promoter_makes_due_delayed_work_claimable(ff_engine, claimer):
     # more than DELAY_SAFETY_MS (1 s) ahead when submit reads the clock, or it is eligible at once
     due = ff_engine.server_time_ms() + 2_000
