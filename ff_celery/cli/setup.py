@@ -1,5 +1,5 @@
-"""Setup commands: the function library, the embedded server, the scanners, the waitpoint
-HMAC secret."""
+"""Setup commands: the function library, the embedded server, forming a cluster, the
+scanners, the waitpoint HMAC secret."""
 
 from __future__ import annotations
 
