@@ -161,7 +161,6 @@ class Claimer:
 
     def wait(self, timeout_s: float) -> bool:
         """Sleep until a wake-up arrives or ``timeout_s`` passes; True if woken."""
-        self.listen()
         try:
             return self.drain_wakes(timeout_s)
         except redis.RedisError as exc:

@@ -33,20 +33,18 @@ class ComposeNode(DevServer):
 
     def start(self, timeout_s: float = 10.0) -> ComposeNode:
         self.bus_port = free_port()
-        self.process = subprocess.Popen([self.binary, *self.settings, *self._local()], stdout=subprocess.DEVNULL)
+        self.directory = Path(tempfile.mkdtemp(prefix="ff-celery-compose-"))
+        local = [
+            "--port", str(self.port), "--cluster-port", str(self.bus_port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--logfile", str(self.directory / "server.log"), "--daemonize", "no",
+        ]  # fmt: skip
+        self.process = subprocess.Popen([self.binary, *self.settings, *local], stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
         try:
             assert wait_for(lambda: answers(client), timeout_s), f"node on {self.port} did not answer"
         finally:
             client.close()
         return self
-
-    def _local(self) -> list[str]:
-        self.directory = Path(tempfile.mkdtemp(prefix="ff-celery-compose-"))
-        return [
-            "--port", str(self.port), "--cluster-port", str(self.bus_port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--logfile", str(self.directory / "server.log"), "--daemonize", "no",
-        ]  # fmt: skip
 
 
 def answers(client: redis.Redis) -> bool:
