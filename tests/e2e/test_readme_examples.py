@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from ff_celery.devserver import DevServer, free_port
+from ff_celery.engine import limits
 from ff_celery.engine.lane_shards import shard_lanes
 from ff_celery.engine.scanners import SCANNER_LEADER_KEY, ScannerSettings
 
@@ -177,6 +178,8 @@ def test_waiting_task_suspends_and_the_signal_sent_as_shown_resumes_it(readmeapp
     invoice = readmeapp.NAMESPACES[block_with("def publish_invoice(").name]["publish_invoice"]
     result = invoice.delay("inv-1")
     assert wait_for(lambda: result.state == "SUSPENDED", timeout=30), result.state
+    assert set(result.info) >= {"waitpoint", "signal_names", "timeout_at"}
+    assert set(result.info["waitpoint"]) == {"name", "execution_id", "waitpoint_id", "token", "task_id"}
     assert result.info["signal_names"] == ["approve", "reject"]
     assert result.info["waitpoint"]["name"] == "approval"
     journal = readmeapp.journal()
@@ -224,8 +227,11 @@ def test_budget_stops_the_call_over_its_hard_limit_and_holds_the_next_until_a_re
     calls = [app.AsyncResult(task_id.decode()) for task_id in journal.lrange("readme:llm-calls", 0, -1)]
     assert wait_for(lambda: all(call.ready() for call in calls), timeout=30)
     # two calls of 120 000 tokens under a hard limit of 200 000: the second report is refused
-    outcomes = sorted((call.state, type(call.result).__name__) for call in calls)
-    assert outcomes == [("FAILURE", "BudgetExceeded"), ("SUCCESS", "str")]
+    outcomes = sorted((call.state, type(call.result).__name__, call.id) for call in calls)
+    assert [outcome[:2] for outcome in outcomes] == [("FAILURE", "BudgetExceeded"), ("SUCCESS", "str")]
+    engine = app.backend.engine
+    (attempt,) = engine.snapshot(engine.resolve(outcomes[0][2])).attempts  # no retry
+    assert attempt.fields["failure_category"] == "budget_exceeded"
     budgets = readmeapp.NAMESPACES[block.name]["budgets"]
     status = budgets.budget_status(app, "llm-tokens")
     assert status.usage == {"tokens": readmeapp.TOKENS_PER_CALL, "cost_micros": 10_000}
@@ -236,6 +242,9 @@ def test_budget_stops_the_call_over_its_hard_limit_and_holds_the_next_until_a_re
     assert wait_for(lambda: late.state != "PENDING", timeout=30)
     assert late.state == "BLOCKED"
     assert late.info["reason"] == "waiting_for_budget"
+    execution = engine.resolve(late.id)
+    assert engine.read_core(execution, "budget_ids")["budget_ids"] == limits.budget_id_for("llm-tokens")
+    assert engine.read_core(execution, "quota_policy_id")["quota_policy_id"] == limits.quota_id_for("openai")
     budgets.reset_budget(app, "llm-tokens")
     assert late.get(timeout=30) == "summary: summarize doc-3"
 
