@@ -34,7 +34,6 @@ from .conftest import HERE, Worker, wait_for
 from .readme_blocks import ROOT, Block, at_address, blocks, is_definition, run
 
 pytest_plugins = ["pytester"]
-pytestmark = pytest.mark.standalone  # the README's URLs name one server and its databases
 
 #: Blocks that are not run, by a marker only they contain, with the reason.
 EXEMPT = {
