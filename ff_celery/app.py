@@ -38,18 +38,6 @@ def _task_retention(sender: Any = None, headers: dict[str, Any] | None = None, *
         headers.setdefault(RETENTION_HEADER, getattr(task, RETENTION_HEADER))
 
 
-def uses_flowfabric(app: celery.Celery) -> bool:
-    """Whether the app's broker or result backend is ``flowfabric://`` / ``flowfabrics://``."""
-    urls = (app.conf.broker_url, app.conf.result_backend)
-    return any(isinstance(url, str) and url.startswith("flowfabric") for url in urls)
-
-
-def integrate_if_used(app: celery.Celery) -> None:
-    """Integrate ``app`` if it uses FlowFabric (called for every app when it is finalized)."""
-    if uses_flowfabric(app):
-        integrate(app)
-
-
 def integrate(app: celery.Celery) -> celery.Celery:
     """The worker bootstep, durable revoke, signal handlers and defaults: everything but the
     task base class, so it can be done at any time, whatever tasks exist already."""
