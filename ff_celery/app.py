@@ -11,8 +11,8 @@ import celery
 from celery import signals
 
 from ff_celery import canvas, outcomes, tracing
-from ff_celery.budgets import inherited_budgets
-from ff_celery.messages import RETENTION_HEADER
+from ff_celery.budgets import inherit_budgets
+from ff_celery.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,28 @@ DEFAULTS = {
 }
 
 
-def _task_retention(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """``before_task_publish``: a task's own ``ff_retention`` option (seconds, None: forever)
-    rides in its messages; a per-call ``apply_async(ff_retention=...)`` still wins."""
+#: ff_* options of a task (``@app.task(ff_budgets=[...])``) or of a call
+#: (``apply_async(ff_quota=...)``), carried in its messages' headers whatever its class.
+TASK_OPTIONS = (BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER)
+
+
+def _task_options(
+    sender: Any = None, headers: dict[str, Any] | None = None, properties: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """``before_task_publish``: each ff_* option goes into the message headers, the call's
+    (Celery leaves it among the message properties) over the task's own; a message with no
+    budgets then inherits them (:func:`ff_celery.budgets.inherit_budgets`)."""
+    if headers is None:
+        return
     task = celery.current_app.tasks.get(sender) if isinstance(sender, str) else None
-    if headers is not None and task is not None and hasattr(task, RETENTION_HEADER):
-        headers.setdefault(RETENTION_HEADER, getattr(task, RETENTION_HEADER))
+    for name in TASK_OPTIONS:
+        if properties is not None and name in properties:
+            headers[name] = properties.pop(name)
+        elif name not in headers and task is not None and hasattr(task, name):
+            headers[name] = getattr(task, name)
+    if isinstance(headers.get(BUDGETS_HEADER), str):  # ff_budgets="one-budget"
+        headers[BUDGETS_HEADER] = [headers[BUDGETS_HEADER]]
+    inherit_budgets(headers)
 
 
 def integrate(app: celery.Celery) -> celery.Celery:
@@ -52,8 +68,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
         (signals.task_retry, outcomes.on_task_retry),
     ):
         signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.outcomes.{handler.__name__}")
-    signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
-    signals.before_task_publish.connect(_task_retention, weak=False, dispatch_uid="ff_celery.retention")
+    signals.before_task_publish.connect(_task_options, weak=False, dispatch_uid="ff_celery.task_options")
     if tracing.available():  # flowfabric_tracing, read at each publish
         signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
         signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
@@ -67,7 +82,8 @@ def integrate(app: celery.Celery) -> celery.Celery:
 def install(app: celery.Celery) -> celery.Celery:
     """:func:`integrate`, and ff_celery's task base class for the tasks defined afterwards
     (call it right after creating the app). Optional: tasks on Celery's own class behave the
-    same; the base adds the retry policy to each message and ``retry()`` without a re-publish."""
+    same, ff_* options included; the base adds the retry policy to each message and
+    ``retry()`` without a re-publish."""
     if app.task_cls != TASK_CLS:
         if "Task" in app.__dict__:
             log.debug("ff_celery.install(%s) after its Task class was created: earlier tasks keep theirs", app.main)
