@@ -9,6 +9,7 @@ from typing import Any
 
 import celery
 from celery import signals
+from celery._state import _get_active_apps
 
 from ff_celery import canvas, outcomes, tracing
 from ff_celery.budgets import inherit_budgets
@@ -35,6 +36,15 @@ DEFAULTS = {
 TASK_OPTIONS = (BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER)
 
 
+def _task_named(name: Any) -> celery.Task | None:
+    """The task a message of ``name`` comes from: the current app's, else another live app's
+    (the signal does not say which app publishes)."""
+    if not isinstance(name, str):
+        return None
+    apps = [celery.current_app, *_get_active_apps()]
+    return next((app._tasks[name] for app in apps if name in app._tasks), None)
+
+
 def _task_options(
     sender: Any = None, headers: dict[str, Any] | None = None, properties: dict[str, Any] | None = None, **_: Any
 ) -> None:
@@ -43,7 +53,7 @@ def _task_options(
     budgets then inherits them (:func:`ff_celery.budgets.inherit_budgets`)."""
     if headers is None:
         return
-    task = celery.current_app.tasks.get(sender) if isinstance(sender, str) else None
+    task = _task_named(sender)
     for name in TASK_OPTIONS:
         if properties is not None and name in properties:
             headers[name] = properties.pop(name)
