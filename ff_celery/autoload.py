@@ -26,7 +26,7 @@ TRANSPORT = "ff_celery.transport:Transport"
 _reported = False
 
 
-def report_failure(what: str, exc: BaseException) -> None:
+def _report_failure(what: str, exc: BaseException) -> None:
     """Log a failure of the hook, the first one only (the program goes on without ff_celery)."""
     global _reported
     if _reported:
@@ -41,7 +41,7 @@ def uses_flowfabric(app: "Celery") -> bool:
     """Whether the app's broker or result backend is ``flowfabric://`` / ``flowfabrics://``
     (read from its configuration, without importing anything of ours)."""
     urls = (app.conf.broker_url, app.conf.result_backend)
-    return any(isinstance(url, str) and url.startswith(SCHEMES[0]) for url in urls)
+    return any(isinstance(url, str) and url.partition("://")[0] in SCHEMES for url in urls)
 
 
 def _register_transport(module: "ModuleType") -> None:
@@ -53,7 +53,7 @@ def _on_app_finalize(app: "Celery") -> None:
     try:
         used = uses_flowfabric(app)
     except Exception as exc:  # not ours to break: Celery reports its configuration itself
-        report_failure("reading the broker and backend URLs of a Celery app", exc)
+        _report_failure("reading the broker and backend URLs of a Celery app", exc)
         return
     if used:  # the app runs on FlowFabric: a failure here must stop it
         from ff_celery.app import integrate
@@ -89,7 +89,7 @@ class AfterImport:
             try:
                 callback(module)
             except Exception as exc:  # never break the import of kombu or Celery
-                report_failure(f"registering with {name}", exc)
+                _report_failure(f"registering with {name}", exc)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
