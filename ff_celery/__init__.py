@@ -1,15 +1,16 @@
 """ff_celery: run Celery applications on FlowFabric.
 
-Importing the package (``ff_celery.pth`` does it at interpreter start) registers the
-``flowfabric://`` and ``flowfabrics://`` kombu transports and sets up every Celery app that
-uses them (see :mod:`ff_celery.autoload`); ``ff_celery.install(app)`` does it explicitly.
+Importing the package (``ff_celery.pth`` does it at interpreter start) installs the import
+hook of :mod:`ff_celery.autoload` and imports nothing else: every Celery app that uses
+``flowfabric://`` is then set up when it is finalized; ``ff_celery.install(app)`` does it
+explicitly. The names below are loaded on first use.
 """
 
-from __future__ import annotations
-
-from typing import Any
-
 from ff_celery import autoload
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is not imported at interpreter start
+    from typing import Any
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ _LAZY = {
     "report_usage": "ff_celery.budgets",
     "budget_scope": "ff_celery.budgets",
     "BudgetExceeded": "ff_celery.budgets",
+    "NoBudgetAttached": "ff_celery.budgets",
     "append_frame": "ff_celery.streams",
     "progress": "ff_celery.streams",
 }
@@ -33,7 +35,7 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> "Any":
     if name not in _LAZY:
         raise AttributeError(name)
     import importlib

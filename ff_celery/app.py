@@ -9,10 +9,11 @@ from typing import Any
 
 import celery
 from celery import signals
+from celery._state import _get_active_apps
 
 from ff_celery import canvas, outcomes, tracing
-from ff_celery.budgets import inherited_budgets
-from ff_celery.messages import RETENTION_HEADER
+from ff_celery.budgets import inherit_budgets
+from ff_celery.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -30,24 +31,37 @@ DEFAULTS = {
 }
 
 
-def _task_retention(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """``before_task_publish``: a task's own ``ff_retention`` option (seconds, None: forever)
-    rides in its messages; a per-call ``apply_async(ff_retention=...)`` still wins."""
-    task = celery.current_app.tasks.get(sender) if isinstance(sender, str) else None
-    if headers is not None and task is not None and hasattr(task, RETENTION_HEADER):
-        headers.setdefault(RETENTION_HEADER, getattr(task, RETENTION_HEADER))
+#: ff_* options of a task (``@app.task(ff_budgets=[...])``) or of a call
+#: (``apply_async(ff_quota=...)``), carried in its messages' headers whatever its class.
+TASK_OPTIONS = (BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER)
 
 
-def uses_flowfabric(app: celery.Celery) -> bool:
-    """Whether the app's broker or result backend is ``flowfabric://`` / ``flowfabrics://``."""
-    urls = (app.conf.broker_url, app.conf.result_backend)
-    return any(isinstance(url, str) and url.startswith("flowfabric") for url in urls)
+def _task_named(name: Any) -> celery.Task | None:
+    """The task a message of ``name`` comes from: the current app's, else another live app's
+    (the signal does not say which app publishes)."""
+    if not isinstance(name, str):
+        return None
+    apps = [celery.current_app, *_get_active_apps()]
+    return next((app._tasks[name] for app in apps if name in app._tasks), None)
 
 
-def integrate_if_used(app: celery.Celery) -> None:
-    """Integrate ``app`` if it uses FlowFabric (called for every app when it is finalized)."""
-    if uses_flowfabric(app):
-        integrate(app)
+def _task_options(
+    sender: Any = None, headers: dict[str, Any] | None = None, properties: dict[str, Any] | None = None, **_: Any
+) -> None:
+    """``before_task_publish``: each ff_* option goes into the message headers, the call's
+    (Celery leaves it among the message properties) over the task's own; a message with no
+    budgets then inherits them (:func:`ff_celery.budgets.inherit_budgets`)."""
+    if headers is None:
+        return
+    task = _task_named(sender)
+    for name in TASK_OPTIONS:
+        if properties is not None and name in properties:
+            headers[name] = properties.pop(name)
+        elif name not in headers and task is not None and hasattr(task, name):
+            headers[name] = getattr(task, name)
+    if isinstance(headers.get(BUDGETS_HEADER), str):  # ff_budgets="one-budget"
+        headers[BUDGETS_HEADER] = [headers[BUDGETS_HEADER]]
+    inherit_budgets(headers)
 
 
 def integrate(app: celery.Celery) -> celery.Celery:
@@ -64,8 +78,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
         (signals.task_retry, outcomes.on_task_retry),
     ):
         signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.outcomes.{handler.__name__}")
-    signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
-    signals.before_task_publish.connect(_task_retention, weak=False, dispatch_uid="ff_celery.retention")
+    signals.before_task_publish.connect(_task_options, weak=False, dispatch_uid="ff_celery.task_options")
     if tracing.available():  # flowfabric_tracing, read at each publish
         signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
         signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
@@ -79,7 +92,8 @@ def integrate(app: celery.Celery) -> celery.Celery:
 def install(app: celery.Celery) -> celery.Celery:
     """:func:`integrate`, and ff_celery's task base class for the tasks defined afterwards
     (call it right after creating the app). Optional: tasks on Celery's own class behave the
-    same; the base adds the retry policy to each message and ``retry()`` without a re-publish."""
+    same, ff_* options included; the base adds the retry policy to each message and
+    ``retry()`` without a re-publish."""
     if app.task_cls != TASK_CLS:
         if "Task" in app.__dict__:
             log.debug("ff_celery.install(%s) after its Task class was created: earlier tasks keep theirs", app.main)

@@ -56,6 +56,10 @@ class BudgetExceeded(Exception):
         return f"budget {self.name} exhausted: {self.dimension} {self.current}/{self.limit}"
 
 
+class NoBudgetAttached(RuntimeError):
+    """:func:`report_usage` in a task that runs under no budget: nothing was recorded."""
+
+
 # -- attaching ---------------------------------------------------------------------------------
 
 
@@ -69,10 +73,10 @@ def budget_scope(*names: str) -> Iterator[None]:
         _scope.reset(token)
 
 
-def inherited_budgets(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """``before_task_publish``: a message without budgets takes those of the enclosing
-    :func:`budget_scope`, else those of the task publishing it."""
-    if headers is None or headers.get(BUDGETS_HEADER):
+def inherit_budgets(headers: dict[str, Any]) -> None:
+    """Put a message (its headers, at publish) without budgets under those of the enclosing
+    :func:`budget_scope`, else under those of the task publishing it."""
+    if headers.get(BUDGETS_HEADER):
         return
     names = _scope.get()
     if not names and current_task and not current_task.request.called_directly:
@@ -99,9 +103,15 @@ def report_usage(*, dedup_key: str | None = None, **usage: float) -> dict[str, A
     """Report what the running task spent (``tokens=1200, cost_usd=0.004, ...``) to each of
     its budgets; ``cost_usd`` is recorded as ``cost_micros``. ``dedup_key`` makes a repeated
     report (e.g. the same LLM call after a retry) count once. Raises :class:`BudgetExceeded`
-    when a hard limit would be passed. Answers each budget's report."""
+    when a hard limit would be passed, :class:`NoBudgetAttached` when the task runs under no
+    budget. Answers each budget's report."""
     task, claim = context.current_claim()
     reports = claim.report_usage(_as_dimensions(usage), dedup_key=dedup_key)
+    if not reports:
+        raise NoBudgetAttached(
+            f"task {task.name}[{task.request.id}] runs under no budget, so {usage} was not recorded: attach one "
+            "with @app.task(ff_budgets=[...]), apply_async(..., ff_budgets=[...]) or budget_scope(...)"
+        )
     for budget_id, report in reports.items():
         if report.status == "HARD_BREACH":
             status = limits.budget_status(claim.engine, budget_id)  # for its name (the scope id)

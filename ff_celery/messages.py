@@ -177,8 +177,8 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
         priority=_priority(properties),
         creator_identity=str(headers.get("origin") or ""),
     )
-    # ff_budgets= / ff_quota= given to apply_async of a task on Celery's own base class
-    # travel as message properties; ff_celery's task class puts them in the headers
+    # Celery publishers carry them in the headers (ff_celery.app); a kombu publisher may
+    # set them as message properties
     given_as_options = {name: properties[name] for name in (BUDGETS_HEADER, QUOTA_HEADER) if name in properties}
     submission.budget_ids, submission.quota_policy_id = _admission_headers({**given_as_options, **headers})
     expiration = properties.get("expiration")

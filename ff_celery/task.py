@@ -19,7 +19,7 @@ from celery.exceptions import Retry
 from celery.utils.serialization import raise_with_context
 
 from ff_celery.engine.policy import UNLIMITED_RETRIES, ExecutionPolicy, ExponentialBackoff, FixedBackoff, RetryPolicy
-from ff_celery.messages import BUDGETS_HEADER, FENCE_HEADER, POLICY_HEADER, QUOTA_HEADER
+from ff_celery.messages import FENCE_HEADER, POLICY_HEADER
 
 #: Celery's "retry forever" (max_retries=None) as a FlowFabric count.
 
@@ -77,16 +77,10 @@ class Task(celery.Task):
         )
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        """Celery's, plus ``ff_budgets=[...]`` and ``ff_quota=...`` (defaulting to the task's
-        own ``ff_budgets`` / ``ff_quota`` options)."""
+        """Celery's, plus the execution policy in the headers (ff_* options, the task's and
+        the call's, are carried as for any task class: :mod:`ff_celery.app`)."""
         headers = dict(options.pop("headers", None) or {})
         headers.setdefault(POLICY_HEADER, self.ff_policy_json())
-        budgets = options.pop("ff_budgets", None) or getattr(self, "ff_budgets", None)
-        quota = options.pop("ff_quota", None) or getattr(self, "ff_quota", None)
-        if budgets:
-            headers.setdefault(BUDGETS_HEADER, [budgets] if isinstance(budgets, str) else list(budgets))
-        if quota:
-            headers.setdefault(QUOTA_HEADER, quota)
         return super().apply_async(args, kwargs, headers=headers, **options)
 
     def retry(

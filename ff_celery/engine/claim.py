@@ -246,9 +246,9 @@ class ClaimedTask:
         if self._renewer is not None:
             self._renewer.untrack(self)
         quota_policy_id = self.core.get("quota_policy_id")
-        if quota_policy_id:  # the attempt no longer runs: free its quota concurrency slot
+        if quota_policy_id:  # the attempt no longer runs: free its slot for the next one waiting
             try:
-                limits.release_admission(self.engine, quota_policy_id, self.execution_id)
+                limits.release_admission(self.engine, quota_policy_id, self.execution_id, self.lane_id)
             except EngineError as exc:
                 log.warning("quota admission of %s not released: %s", self.execution_id, exc)
 

@@ -141,9 +141,10 @@ class Claimer:
             if admitted.blocked and self.on_blocked is not None:
                 self.on_blocked(admitted.blocked)
             tasks = self._claim_wave(admitted.candidates)
+            lanes = dict(wave)
             lost = set(admitted.quota_of) - {str(task.execution_id) for task in tasks}
             for eid in lost:  # admitted but claimed by someone else: give the slot back
-                limits.release_admission(self.engine, admitted.quota_of[eid], ExecutionId(eid))
+                limits.release_admission(self.engine, admitted.quota_of[eid], ExecutionId(eid), lanes[eid])
             claimed += tasks
         return claimed
 

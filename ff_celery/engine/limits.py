@@ -9,7 +9,8 @@ reached (usage >= limit), or refused a report since its last reset, is blocked
 ``waiting_for_quota``. The unblock scanner releases them when the budget is reset or raised
 and when the quota has room again. ff_celery frees a quota's concurrency slot when the
 attempt ends (FlowFabric only lets it lapse with the admission window), so a concurrency cap
-limits running executions.
+limits running executions, and then unblocks at once the next executions of that lane
+waiting for the quota (with FlowFabric's functions, from here), without waiting for the scanner.
 
 Budgets and quotas are identified by UUIDs; any other name maps to a stable UUID
 (:func:`budget_id_for`), so ``"llm-tokens"`` names the same budget everywhere.
@@ -18,6 +19,7 @@ Budgets and quotas are identified by UUIDs; any other name maps to a stable UUID
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -280,8 +282,9 @@ def quota_policies(engine: Engine, quota_policy_ids: Iterable[str]) -> dict[str,
     return policies
 
 
-def release_admission(engine: Engine, quota_policy_id: str, execution_id: ExecutionId) -> None:
-    """Give back an execution's quota admission (its concurrency slot)."""
+def release_admission(engine: Engine, quota_policy_id: str, execution_id: ExecutionId, lane_id: str) -> None:
+    """Give back an execution's quota admission (its concurrency slot), then admit at once
+    the executions of its lane that wait for the quota (:meth:`Admission.admit_waiting`)."""
     engine.call(
         fn.ReleaseAdmission(
             quota_policy_id=quota_policy_id,
@@ -289,6 +292,7 @@ def release_admission(engine: Engine, quota_policy_id: str, execution_id: Execut
             execution_id=execution_id,
         )
     )
+    Admission(engine).admit_waiting(lane_id, {execution_id.partition, engine.partitions.lane_partition(lane_id)})
 
 
 # -- admission ---------------------------------------------------------------------------------
@@ -394,17 +398,34 @@ class Admission:
         order = {eid: position for position, (eid, _) in enumerate(candidates)}
         admitted.sort(key=lambda candidate: order[candidate[0]])
         blocked = [block for block, outcome in zip(blocks, outcomes) if not isinstance(outcome, EngineError)]
+        waiting: dict[str, set[int]] = {}
+        for block in blocked:
+            if block.blocking_reason == "waiting_for_quota":
+                waiting.setdefault(block.lane_id, set()).add(block.execution_id.partition)
+        for lane, partitions in waiting.items():  # a slot given back while they were blocked
+            self.admit_waiting(lane, partitions)
         return Admitted(admitted, quota_of, blocked)
 
     def unblock_cleared(self, lanes: Iterable[str]) -> int:
         """Unblock budget- and quota-blocked executions whose budgets have room again (reset
         or raised) and whose quota has room; wakes their lanes. Answers how many."""
         lanes = sorted(set(lanes))
-        partitions = [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
-        slots = [(index, lane, kind) for index in partitions for lane in lanes for kind in ("budget", "quota")]
+        partitions = range(self.engine.partitions.num_flow_partitions)
+        return self._unblock([(p, lane, kind) for p in partitions for lane in lanes for kind in ("budget", "quota")])
+
+    def admit_waiting(self, lane: str, partitions: Iterable[int]) -> int:
+        """Unblock at once, oldest first, the executions of ``lane`` on ``partitions`` that
+        wait for a quota with room now (as many as it has room for): called when a slot is
+        given back, and after admission blocked executions for lack of one, in case a slot
+        was given back meanwhile (one of the two then sees the other). Answers how many."""
+        return self._unblock([(partition, lane, "quota") for partition in sorted(set(partitions))])
+
+    def _unblock(self, slots: list[tuple[int, str, str]]) -> int:
+        """Unblock the cleared executions of these blocked sets ((partition, lane, kind));
+        a quota lets through no more than it has room for. Wakes their lanes."""
         batch = self.engine.batch()
-        for index, lane, kind in slots:
-            batch.command("zrange", index.blocked(lane, kind), 0, UNBLOCK_BATCH - 1)
+        for partition, lane, kind in slots:
+            batch.command("zrange", PartitionKeys(partition).blocked(lane, kind), 0, UNBLOCK_BATCH - 1)
         blocked = [
             (eid, lane, kind)
             for (_, lane, kind), members in zip(slots, batch.execute())
@@ -419,17 +440,20 @@ class Admission:
         attached = [(_ids(b), (q or b"").decode()) for b, q in reads.execute()]
         budgets = budget_statuses(self.engine, {b for ids, _ in attached for b in ids})
         quotas = quota_policies(self.engine, {q for _, q in attached if q})
+        room = {quota_policy_id: _room(policy) for quota_policy_id, policy in quotas.items() if policy is not None}
         now = self.engine.now_ms()
         requests = []
         for (eid, lane, kind), (budget_ids, quota_policy_id) in zip(blocked, attached):
             if kind == "budget":
                 cleared = not any(budgets.get(b) is not None and budgets[b].exhausted() for b in budget_ids)
+            elif quota_policy_id in room:
+                cleared = room[quota_policy_id] > 0
+                room[quota_policy_id] -= 1
             else:
-                policy = quotas.get(quota_policy_id) if quota_policy_id else None
-                cleared = policy is None or _has_room(policy)
+                cleared = True  # its quota is gone
             if cleared:
                 requests.append(fn.UnblockExecution(execution_id=eid, lane_id=lane, blocked_index=kind, now_ms=now))
-        outcomes = self.engine.call_many(requests)
+        outcomes = self.engine.call_many(requests) if requests else []
         for lane in {r.lane_id for r, o in zip(requests, outcomes) if not isinstance(o, EngineError)}:
             self.engine.wake(lane)
         return sum(1 for outcome in outcomes if not isinstance(outcome, EngineError))
@@ -439,10 +463,14 @@ def _ids(raw: bytes | None) -> list[str]:
     return [part for part in (raw or b"").decode().split(",") if part]
 
 
-def _has_room(policy: QuotaPolicy) -> bool:
-    rate_ok = policy.max_requests_per_window <= 0 or policy.admitted_in_window < policy.max_requests_per_window
-    concurrency_ok = policy.max_concurrent <= 0 or policy.running < policy.max_concurrent
-    return rate_ok and concurrency_ok
+def _room(policy: QuotaPolicy) -> float:
+    """How many more executions the quota admits now (inf: it sets no limit)."""
+    room = math.inf
+    if policy.max_requests_per_window > 0:
+        room = min(room, policy.max_requests_per_window - policy.admitted_in_window)
+    if policy.max_concurrent > 0:
+        room = min(room, policy.max_concurrent - policy.running)
+    return room
 
 
 def _block(eid: ExecutionId, lane: str, reason: str, detail: str, now: int) -> fn.BlockExecutionForAdmission:

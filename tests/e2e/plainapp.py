@@ -2,7 +2,7 @@
 
 PLAINAPP_BROKER and PLAINAPP_BACKEND are its two URLs (broker and backend on different
 databases, as most Celery apps have them). With PLAINAPP_BEAT_KEY set, ``celery beat`` runs
-``tick`` every second.
+``tick`` every second; PLAINAPP_SCANNER_SETTINGS (JSON) sets ``flowfabric_scanner_settings``.
 """
 
 import json
@@ -18,6 +18,8 @@ app = Celery(
     backend=os.environ.get("PLAINAPP_BACKEND", "flowfabric://127.0.0.1:6379/1"),
 )
 app.conf.broker_transport_options = {"lease_ttl_ms": 1500, "poll_interval": 0.5}
+if os.environ.get("PLAINAPP_SCANNER_SETTINGS"):
+    app.conf.flowfabric_scanner_settings = json.loads(os.environ["PLAINAPP_SCANNER_SETTINGS"])
 
 
 def journal() -> redis.Redis:
@@ -149,3 +151,30 @@ def pid():
 @app.task
 def tick(key):
     journal().rpush(f"tick:{key}", time.time())
+
+
+# -- for test_url_only_migration: ff_* options on Celery's own task class -----------------------
+
+
+@app.task(ff_budgets=["plainapp-tokens"])
+def spend_tokens(tokens):
+    """Reports ``tokens`` spent to the task's own budget, as the README's example does."""
+    import ff_celery  # in the task only: the app module never imports ff_celery
+
+    ff_celery.report_usage(tokens=tokens)
+    return tokens
+
+
+@app.task
+def reports_without_budget():
+    import ff_celery
+
+    ff_celery.report_usage(tokens=1)
+
+
+@app.task(ff_quota="plainapp-one-at-a-time")
+def one_at_a_time(key, seconds):
+    """Runs ``seconds``, then appends when it started and ended to ``span:<key>``."""
+    started = time.time()
+    time.sleep(seconds)
+    journal().rpush(f"span:{key}", json.dumps([started, time.time()]))

@@ -4,10 +4,12 @@ wherever its broker and backend live."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 import redis
@@ -25,7 +27,7 @@ def layout(ff_server, broker_db: int, backend: str) -> dict[str, str]:
     return {"PLAINAPP_BROKER": f"flowfabric://{base}/{broker_db}", "PLAINAPP_BACKEND": backend.format(base=base)}
 
 
-def publish(env: dict[str, str], code: str, timeout: float = 60) -> object:
+def publish(env: dict[str, str], code: str, timeout: float = 120) -> object:
     """Run ``code`` in a fresh interpreter that imports only the app; answers what it printed as JSON."""
     script = "import json\nfrom plainapp import *\n" + textwrap.dedent(code)
     done = subprocess.run(
@@ -67,6 +69,84 @@ def test_budget_options_work_on_celerys_own_task_class(split_databases):
     print(json.dumps(engine.read_core(engine.resolve(result.id), "budget_ids")["budget_ids"]))
     """
     assert publish(split_databases, code) == limits.budget_id_for("plain-tokens")
+
+
+def test_a_tasks_own_budget_is_enforced_on_celerys_own_task_class(split_databases):
+    code = """
+    import time
+    from ff_celery import budgets
+    budgets.create_budget(app, "plainapp-tokens", hard={"tokens": 100})
+    spent = [spend_tokens.delay(40).get(timeout=30), spend_tokens.delay(30).get(timeout=30)]
+    refused = spend_tokens.delay(50)
+    refused.get(timeout=30, propagate=False)
+    held = spend_tokens.delay(10)
+    deadline = time.monotonic() + 30
+    while held.state != "BLOCKED" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    blocked = [held.state, held.info["reason"]]
+    usage = budgets.budget_status(app, "plainapp-tokens").usage
+    budgets.reset_budget(app, "plainapp-tokens")
+    print(json.dumps([spent, refused.state, type(refused.result).__name__, blocked, usage, held.get(timeout=30)]))
+    """
+    spent, state, error, blocked, usage, held = publish(split_databases, code)
+    assert spent == [40, 30]
+    assert (state, error) == ("FAILURE", "BudgetExceeded")  # 70 + 50 would pass the hard limit of 100
+    assert blocked == ["BLOCKED", "waiting_for_budget"]  # not run until the budget is reset
+    assert usage == {"tokens": 70}
+    assert held == 10
+
+
+def test_report_usage_in_a_task_without_a_budget_says_so(split_databases):
+    code = """
+    result = reports_without_budget.delay()
+    result.get(timeout=30, propagate=False)
+    print(json.dumps([result.state, type(result.result).__name__, str(result.result)]))
+    """
+    state, error, message = publish(split_databases, code)
+    assert (state, error) == ("FAILURE", "NoBudgetAttached")
+    assert "runs under no budget" in message
+
+
+def spans(ff_server, key: str) -> list[list[float]]:
+    """When each ``one_at_a_time`` run with ``key`` started and ended, in order of start."""
+    journal = redis.Redis(port=ff_server.port, db=2)
+    return sorted(json.loads(span) for span in journal.lrange(f"span:{key}", 0, -1))
+
+
+def assert_never_two_at_once(runs: list[list[float]]) -> None:
+    for (_, earlier_end), (later_start, _) in itertools.pairwise(runs):
+        assert later_start >= earlier_end, runs
+
+
+def test_a_tasks_own_quota_is_enforced_on_celerys_own_task_class(ff_server, split_databases):
+    key = uuid.uuid4().hex
+    code = f"""
+    from ff_celery import budgets
+    budgets.create_quota(app, "plainapp-one-at-a-time", max_concurrent=1)
+    results = [one_at_a_time.delay("{key}", 0.5) for _ in range(4)]
+    print(json.dumps([result.get(timeout=60) for result in results]))
+    """
+    publish(split_databases, code)  # on a worker running two tasks at once (-c 2)
+    runs = spans(ff_server, key)
+    assert len(runs) == 4
+    assert_never_two_at_once(runs)
+
+
+def test_a_slot_given_back_admits_the_next_task_without_the_unblock_scanner(ff_server, start_worker):
+    env = layout(ff_server, 12, "flowfabric://{base}/13")
+    # the unblock scanner runs when the worker starts, then not for an hour
+    start_worker(app="plainapp", env={**env, "PLAINAPP_SCANNER_SETTINGS": json.dumps({"unblock_interval_s": 3600})})
+    key = uuid.uuid4().hex
+    code = f"""
+    from ff_celery import budgets
+    budgets.create_quota(app, "{key}", max_concurrent=1)
+    results = [one_at_a_time.apply_async(("{key}", 0.2), ff_quota="{key}") for _ in range(4)]
+    print(json.dumps([result.get(timeout=60) for result in results]))
+    """
+    publish(env, code)  # each waited for the slot of the one before, given back as it ended
+    runs = spans(ff_server, key)
+    assert len(runs) == 4
+    assert_never_two_at_once(runs)
 
 
 def test_broker_and_backend_on_different_databases(ff_server, split_databases):

@@ -7,7 +7,7 @@ from prometheus_client import REGISTRY
 
 from ff_celery.engine import limits
 from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.keys import QuotaKeys
+from ff_celery.engine.keys import PartitionKeys, QuotaKeys
 from ff_celery.engine.scanners import EngineScanners
 
 
@@ -97,8 +97,39 @@ def test_a_concurrency_quota_admits_one_and_frees_the_slot_when_the_attempt_ends
         assert limits.Admission(ff_engine).unblock_cleared(["llm"]) == 0  # still running
         tasks[0].complete()
         assert limits.quota_policies(ff_engine, [quota_id])[quota_id].running == 0
-        assert limits.Admission(ff_engine).unblock_cleared(["llm"]) == 1
+        # no unblock scanner runs here: the end of the attempt released the one waiting
+        assert ff_engine.read_core(held.execution_id, "public_state")["public_state"] == "waiting"
         assert worker.claim_one(timeout_s=10).execution_id == held.execution_id
+    finally:
+        worker.close()
+
+
+def test_the_end_of_an_attempt_admits_the_oldest_waiting_execution_at_once_as_many_as_there_is_room(ff_engine):
+    limits.create_quota(ff_engine, "one-by-one", max_concurrent=1)
+    worker = claimer(ff_engine)
+    try:
+        running = None
+        for payload in (b"1", b"2", b"3"):
+            ff_engine.submit("llm", payload, quota_policy_id="one-by-one")
+            running = running or next(iter(worker.try_claim(1)), None)  # admitted, or blocked
+        assert worker.claim_one(timeout_s=0) is None
+
+        def waiting() -> list[str]:
+            return [
+                m.decode()
+                for m in ff_engine.redis.zrange(
+                    PartitionKeys(running.execution_id.partition).blocked("llm", "quota"), 0, -1
+                )
+            ]
+
+        first_waiting, second_waiting = waiting()
+        running.complete()  # no unblock scanner runs here
+        assert waiting() == [second_waiting]  # the slot admits one, the oldest
+        running = worker.claim_one(timeout_s=10)
+        assert running.execution_id == first_waiting
+        running.fail("boom", "permanent", retry_policy=None)  # any end of the attempt
+        assert waiting() == []
+        assert worker.claim_one(timeout_s=10).execution_id == second_waiting
     finally:
         worker.close()
 
