@@ -39,6 +39,8 @@ except ImportError:  # the optional extra is not installed
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds between two readings of the engine state.
 DEFAULT_STATE_INTERVAL_S = 15.0
+#: The longest interval accepted (a day).
+MAX_STATE_INTERVAL_S = 86_400.0
 #: Seconds a scrape waits for the first reading of an endpoint just started.
 FIRST_READING_WAIT_S = 10.0
 
@@ -50,8 +52,9 @@ class EngineStateCollector:
     def __init__(
         self, engine: Engine, lanes: Callable[[], Iterable[str]], interval_s: float = DEFAULT_STATE_INTERVAL_S
     ) -> None:
-        if not (math.isfinite(interval_s) and interval_s > 0):
-            raise ValueError(f"the metrics interval must be a positive number of seconds, not {interval_s!r}")
+        if not (math.isfinite(interval_s) and 0 < interval_s <= MAX_STATE_INTERVAL_S):
+            limit = f"> 0 and <= {MAX_STATE_INTERVAL_S:g} seconds"
+            raise ValueError(f"the metrics interval must be {limit}, not {interval_s!r}")
         self.engine, self.lanes, self.interval_s = engine, lanes, interval_s
         self.reading: tuple[dict[str, LaneState], float] | None = None  # the states, when (monotonic)
         self._first_reading = threading.Event()

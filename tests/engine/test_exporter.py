@@ -114,3 +114,9 @@ def test_the_engine_state_is_read_again_each_interval_and_its_age_exported(ff_en
     finally:
         exporter.stop()
         ff_redis.delete(PartitionKeys(0).delayed(lane))
+
+
+@pytest.mark.parametrize("interval_s", [0.0, -1.0, float("nan"), float("inf"), 1e300])
+def test_a_metrics_interval_out_of_range_is_refused_naming_it(ff_engine, interval_s):
+    with pytest.raises(ValueError, match="the metrics interval must be > 0 and <= 86400 seconds"):
+        EngineStateCollector(ff_engine, lambda: [], interval_s)
