@@ -10,8 +10,10 @@ optional. The answer is JSON: ``202 {"signal_id", "effect", "duplicate"}``, or a
 ``GET /healthz`` answers 200. It listens on 127.0.0.1 unless told otherwise.
 
 Hostile clients: ``Content-Length`` must be a decimal number (no chunked bodies); a client
-idle or slow for ``timeout_s`` is dropped; at most ``max_requests`` are handled at once
-(further connections are closed at once); any unexpected error answers a bare 500; the
+that has not sent its whole request ``timeout_s`` after connecting is dropped (a deadline per
+request, however quick each read); at most ``max_requests`` connections are handled at once,
+``max_per_client`` of them from one address (further ones are closed at once); bursts of
+connections wait in a deep listen backlog; any unexpected error answers a bare 500; the
 access log never shows a query string (tokens); the ``Server`` header names no Python.
 
     ff-celery signal-server --url redis://127.0.0.1:6379/0 --port 8765
@@ -19,9 +21,12 @@ access log never shows a query string (tokens); the ``Server`` header names no P
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import socket
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,10 +40,14 @@ from ff_celery.engine.ids import ExecutionId
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8765
-#: Seconds a client may stay idle or take to send its request.
+#: Seconds a client has to send its whole request (and for each write of the answer).
 DEFAULT_TIMEOUT_S = 10.0
-#: Requests handled at once.
-DEFAULT_MAX_REQUESTS = 64
+#: Connections handled at once (a thread each).
+DEFAULT_MAX_REQUESTS = 256
+#: Connections handled at once from one client address.
+DEFAULT_MAX_PER_CLIENT = 16
+#: Connections the kernel queues before they are accepted (capped by ``net.core.somaxconn``).
+LISTEN_BACKLOG = 1024
 STATUS_BY_CODE = {
     "missing_token": HTTPStatus.UNAUTHORIZED,
     "invalid_token": HTTPStatus.FORBIDDEN,
@@ -66,14 +75,41 @@ def content_length(headers: Any) -> int:
     return int(declared)
 
 
+class DeadlineReader(io.RawIOBase):
+    """A socket's bytes until ``deadline`` (monotonic): each read waits only for the time left."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self.connection = connection
+        self.deadline = 0.0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took longer than its deadline")
+        self.connection.settimeout(left)
+        return self.connection.recv_into(buffer)
+
+
 class SignalHandler(BaseHTTPRequestHandler):
     server: SignalServer
     server_version = "ff-celery-signals"
     sys_version = ""
 
     def setup(self) -> None:
-        self.timeout = self.server.timeout_s  # socket timeout for every read and write
         super().setup()
+        self.reader = DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        self.reader.deadline = time.monotonic() + self.server.timeout_s
+        super().handle_one_request()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self.connection.settimeout(self.server.timeout_s)  # the answer's writes, past the request's deadline
+        super().send_response(code, message)
 
     def do_GET(self) -> None:
         if urlsplit(self.path).path == "/healthz":
@@ -156,6 +192,7 @@ class SignalServer(ThreadingHTTPServer):
     """The endpoint, bound to ``host:port`` (port 0 picks a free one)."""
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
         self,
@@ -165,39 +202,49 @@ class SignalServer(ThreadingHTTPServer):
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        max_per_client: int = DEFAULT_MAX_PER_CLIENT,
     ) -> None:
         self.engine = engine_for_url(url)
         self.timeout_s = timeout_s
         self.max_requests = max_requests
+        self.max_per_client = max_per_client
         self.active_requests = 0  # being handled now
+        self._per_client: dict[str, int] = {}  # being handled now, by client address
         self._lock = threading.Lock()
         super().__init__((host, port), SignalHandler)
         self._thread: threading.Thread | None = None
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Handle in a thread if a slot is free; otherwise close the connection at once."""
+        """Handle in a thread if a slot is free, overall and for the client's address;
+        otherwise close the connection at once."""
+        client = client_address[0]
         with self._lock:
-            full = self.active_requests >= self.max_requests
+            full = self.active_requests >= self.max_requests or self._per_client.get(client, 0) >= self.max_per_client
             if not full:
                 self.active_requests += 1
+                self._per_client[client] = self._per_client.get(client, 0) + 1
         if full:
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._done()
+            self._done(client)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._done()
+            self._done(client_address[0])
 
-    def _done(self) -> None:
+    def _done(self, client: str) -> None:
         with self._lock:
             self.active_requests -= 1
+            if self._per_client[client] == 1:
+                del self._per_client[client]
+            else:
+                self._per_client[client] -= 1
 
     @property
     def port(self) -> int:
@@ -214,7 +261,7 @@ class SignalServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-        if self._thread is not None:
+        if self._thread is not None:  # shutdown() waits for serve_forever, which may never have run
+            self.shutdown()
             self._thread.join(timeout=5)
+        self.server_close()

@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import bootsteps, states
-from celery.exceptions import NotRegistered
+from celery.exceptions import ImproperlyConfigured, NotRegistered
 from celery.worker import control, state
 from celery.worker.control import inspect_command
 
@@ -147,13 +147,19 @@ class FlowFabricStep(bootsteps.StartStopStep):
         self.watchdog.start()
 
     def _serve_metrics(self, c: Consumer, channel: Channel) -> None:
-        """``flowfabric_metrics_port``: this worker's counters and the engine state on
-        ``/metrics`` (from its main process; once per process)."""
+        """``flowfabric_metrics_port``: this worker's counters and the engine state (read every
+        ``flowfabric_metrics_interval`` seconds) on ``/metrics`` (from its main process; once
+        per process)."""
         port = c.app.conf.get("flowfabric_metrics_port")
         if port and not FlowFabricStep.metrics_served:
             engine, queues = channel.ff_engine.fork(), {queue.name for queue in c.task_consumer.queues}
             address = c.app.conf.get("flowfabric_metrics_address") or "127.0.0.1"
-            exporter.serve(int(port), engine, lambda: queues | engine.lanes(), address=address)
+            interval = c.app.conf.get("flowfabric_metrics_interval") or exporter.DEFAULT_STATE_INTERVAL_S
+            try:
+                state = exporter.EngineStateCollector(engine, lambda: queues | engine.lanes(), float(interval))
+            except ValueError as exc:
+                raise ImproperlyConfigured(f"flowfabric_metrics_interval={interval!r}: {exc}") from exc
+            exporter.serve(int(port), state, address)
             FlowFabricStep.metrics_served = True
             if not exporter.multiprocess_mode() and "prefork" in type(c.pool).__module__:
                 log.warning(

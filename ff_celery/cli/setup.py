@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 
 import click
 import redis
@@ -116,13 +117,24 @@ def scanners(url: str, lanes: tuple[str, ...], overrides: tuple[str, ...]) -> No
     runner.stop()
 
 
-def serve_metrics(url: str, port: int, address: str, lanes: tuple[str, ...] = ()) -> None:
-    """This process's counters and the engine state on ``http://address:port/metrics``."""
+def serve_metrics(url: str, port: int, address: str, interval_s: float, lanes: tuple[str, ...] = ()) -> None:
+    """This process's counters and the engine state (read every ``interval_s``) on
+    ``http://address:port/metrics``."""
     engine = engine_for(url)
     try:
-        exporter.serve(port, engine, lambda: set(lanes) | engine.lanes(), address=address)
-    except RuntimeError as exc:
+        exporter.serve(
+            port, exporter.EngineStateCollector(engine, lambda: set(lanes) | engine.lanes(), interval_s), address
+        )
+    except (RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def metrics_interval_option(flag: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The option ``flag``: seconds between two readings of the engine state."""
+    return click.option(
+        flag, "metrics_interval_s", type=float, default=exporter.DEFAULT_STATE_INTERVAL_S, show_default=True,
+        help="Seconds between two readings of the engine state (scrapes serve the last one).",
+    )  # fmt: skip
 
 
 @click.command("metrics")
@@ -130,10 +142,11 @@ def serve_metrics(url: str, port: int, address: str, lanes: tuple[str, ...] = ()
 @click.option("--port", type=int, default=9808, show_default=True, help="Port of the /metrics endpoint.")
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--lane", "lanes", multiple=True, help="Lanes to report besides those in ff:idx:lanes.")
+@metrics_interval_option("--interval")
 @reports_errors
-def metrics_endpoint(url: str, port: int, address: str, lanes: tuple[str, ...]) -> None:
+def metrics_endpoint(url: str, port: int, address: str, lanes: tuple[str, ...], metrics_interval_s: float) -> None:
     """Export executions per lane and state to Prometheus until interrupted."""
-    serve_metrics(url, port, address, lanes)
+    serve_metrics(url, port, address, metrics_interval_s, lanes)
     click.echo(f"metrics on http://{address}:{port}/metrics; Ctrl-C to stop")
     wait_for_interrupt()
 

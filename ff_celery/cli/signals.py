@@ -9,10 +9,10 @@ import uuid
 import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, url_option
-from ff_celery.cli.setup import serve_metrics, wait_for_interrupt
+from ff_celery.cli.setup import metrics_interval_option, serve_metrics, wait_for_interrupt
 from ff_celery.engine import inspection, signaling
 from ff_celery.engine.errors import error_for_code
-from ff_celery.signal_server import DEFAULT_PORT, SignalServer
+from ff_celery.signal_server import DEFAULT_MAX_PER_CLIENT, DEFAULT_PORT, SignalServer
 from ff_celery.waitpoints import waitpoint_id_for
 
 
@@ -84,13 +84,27 @@ def signal(
 @url_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option(
+    "--max-per-client", type=click.IntRange(min=1), default=DEFAULT_MAX_PER_CLIENT, show_default=True,
+    help="Connections handled at once from one client address (behind a proxy: all of them).",
+)  # fmt: skip
 @click.option("--metrics-port", type=int, help="Also export ff_signals_total and the engine state on /metrics here.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the /metrics endpoint.")
+@metrics_interval_option("--metrics-interval")
 @reports_errors
-def signal_server(url: str, host: str, port: int, metrics_port: int | None) -> None:
+def signal_server(
+    url: str,
+    host: str,
+    port: int,
+    max_per_client: int,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_interval_s: float,
+) -> None:
     """Serve POST /v1/signals/<execution id>/<waitpoint id>/<name> (token-authenticated)."""
     if metrics_port:
-        serve_metrics(url, metrics_port, host)
-    server = SignalServer(url, host=host, port=port).start()
+        serve_metrics(url, metrics_port, metrics_host, metrics_interval_s)
+    server = SignalServer(url, host=host, port=port, max_per_client=max_per_client).start()
     click.echo(f"signal endpoint on {server.base_url}; Ctrl-C to stop")
     wait_for_interrupt()
     server.stop()

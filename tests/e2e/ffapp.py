@@ -69,6 +69,7 @@ if os.environ.get("FFAPP_TRACE_FILE"):  # OpenTelemetry spans of this process, o
     app.conf.flowfabric_tracing = True
 if os.environ.get("FFAPP_METRICS_PORT"):
     app.conf.flowfabric_metrics_port = int(os.environ["FFAPP_METRICS_PORT"])
+    app.conf.flowfabric_metrics_interval = 1.0  # the engine state, read this often: tests wait for it to move
 if os.environ.get("FFAPP_RETENTION_SCAN_S"):  # a retention trimmer pass that often; queue "brief" keeps 1 s
     app.conf.flowfabric_scanner_settings["retention_interval_s"] = float(os.environ["FFAPP_RETENTION_SCAN_S"])
     app.conf.flowfabric_queue_retention = {"brief": 1}

@@ -52,8 +52,8 @@ def test_a_workers_counters_and_the_engine_state_move_with_its_tasks(ffapp, star
     assert value(port, "ff_claim_wait_seconds_sum", lane="celery") >= 0
     assert value(port, "ff_lease_renewal_total", outcome="ok") >= 1
     assert value(port, "ff_claim_from_grant_duration_seconds_count", lane="celery") >= 1
-    assert value(port, "ff_lane_executions", lane="celery", state="terminal") >= 4
-    assert value(port, "ff_lane_executions", lane="celery", state="active") == 0
+    assert wait_for(lambda: value(port, "ff_lane_executions", lane="celery", state="terminal") >= 4)
+    assert wait_for(lambda: value(port, "ff_lane_executions", lane="celery", state="active") == 0)
     assert wait_for(lambda: value(port, "ff_scanner_cycle_total", scanner="lease_expiry") > 0, timeout=30)
     assert value(port, "ff_scanner_cycle_duration_seconds_count", scanner="lease_expiry") > 0
 
@@ -137,6 +137,29 @@ def test_the_signal_server_counts_signals_delivered_and_refused(ffapp, app_url, 
         assert result.get(timeout=30)["signals"][0][0] == "approve"
         assert value(port, "ff_signals_total", outcome="invalid_token") == 1
         assert value(port, "ff_signals_total", outcome="delivered") == 1
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_the_signal_servers_metrics_listen_on_their_own_host_not_the_webhooks(app_url):
+    http_port, port = free_port(), free_port()
+    command = [sys.executable, "-m", "ff_celery.cli", "signal-server", "--url", app_url,
+               "--host", "127.0.0.2", "--port", str(http_port), "--metrics-port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: scrape(port) is not None, timeout=30)  # on 127.0.0.1, the default
+        assert wait_for(lambda: answers(f"http://127.0.0.2:{http_port}/healthz"), timeout=30)  # the webhook's host
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=10)
     finally:
         process.terminate()
         process.wait(timeout=30)
