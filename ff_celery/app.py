@@ -12,7 +12,7 @@ from celery import signals
 
 from ff_celery import canvas, outcomes, tracing
 from ff_celery.budgets import inherited_budgets
-from ff_celery.messages import RETENTION_HEADER
+from ff_celery.messages import RETENTION_HEADER, check_publish_options
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,22 @@ def _task_retention(sender: Any = None, headers: dict[str, Any] | None = None, *
     task = celery.current_app.tasks.get(sender) if isinstance(sender, str) else None
     if headers is not None and task is not None and hasattr(task, RETENTION_HEADER):
         headers.setdefault(RETENTION_HEADER, getattr(task, RETENTION_HEADER))
+
+
+def _check_options_before_kombu(app: celery.Celery) -> None:
+    """The app's task publisher checks the options kombu converts itself (``expiration``)
+    before it does, so a bad one is a PublishError rather than kombu's OverflowError."""
+    amqp = app.amqp
+    send = amqp.send_task_message
+    if getattr(send, "ff_checked", False):
+        return
+
+    def send_checked(producer: Any, name: str, message: Any, **options: Any) -> Any:
+        check_publish_options(options)
+        return send(producer, name, message, **options)
+
+    send_checked.ff_checked = True  # type: ignore[attr-defined]
+    amqp.send_task_message = send_checked
 
 
 def uses_flowfabric(app: celery.Celery) -> bool:
@@ -70,6 +86,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
         signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
         signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
     canvas.install()
+    _check_options_before_kombu(app)
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)
