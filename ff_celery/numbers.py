@@ -56,7 +56,11 @@ class Bound:
         kind = "a whole number" if self.integral else "a finite number"
         if self.clamp:
             return kind
-        return f"{kind} from {self.low:g} to {self.high:g}"
+        return f"{kind} from {_shown(self.low)} to {_shown(self.high)}"
+
+
+def _shown(end: float) -> str:
+    return str(int(end)) if float(end).is_integer() else f"{end:g}"
 
 
 #: Message properties: Celery's ``priority`` (clamped to FlowFabric's 0..9000, as documented),
@@ -71,6 +75,17 @@ RETRIES = Bound(0, UNLIMITED_RETRIES, integral=True)
 NESTING = Bound(0, 2**31 - 1, integral=True)
 #: A flow member's own ``countdown`` (seconds; negative means at once, as Celery's).
 COUNTDOWN_S = Bound(-MAX_SECONDS, MAX_SECONDS)
+
+
+#: Command-line options (text): durations in seconds (a wait: more than nothing, a ``tail``
+#: block: at most 30 s), counts, milliseconds, ports.
+SECONDS_OPTION = Bound(0, MAX_SECONDS, text=True)
+WAIT_OPTION = Bound(0.001, MAX_SECONDS, text=True)
+BLOCK_OPTION = Bound(0.001, 30, text=True)
+COUNT_OPTION = Bound(0, 2**53 - 1, integral=True, text=True)
+POSITIVE_COUNT_OPTION = Bound(1, 2**53 - 1, integral=True, text=True)
+MILLIS_OPTION = Bound(0, MAX_EPOCH_MS, integral=True, text=True)
+PORT_OPTION = Bound(0, 65535, integral=True, text=True)
 
 
 def optional_time_limits(value: Any, field: str) -> None:
