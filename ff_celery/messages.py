@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
+from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.serialization import loads
 from kombu.utils import json
 
@@ -338,10 +339,18 @@ def celery_task_of(tags: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
-def held_task_entry(payload: bytes, runnable_at_ms: int, hostname: str) -> dict[str, Any] | None:
-    """A task the engine holds until ``runnable_at_ms``, as an entry of Celery's ``inspect
-    scheduled`` reply (``eta``, ``priority``, ``request`` as ``Request.info()`` gives it);
-    None if the payload is not a Celery task message."""
+#: The priority of the timer entry Celery's worker makes for a task waiting for its ETA
+#: (``celery.worker.strategy``): what its ``inspect scheduled`` answers as ``priority``.
+ETA_TIMER_PRIORITY = 6
+
+
+def held_task_entry(
+    payload: bytes, runnable_at_ms: int, hostname: str, *, accept: set[str], timezone_name: Any = None
+) -> dict[str, Any] | None:
+    """A task the engine holds until ``runnable_at_ms``, as Celery's ``inspect scheduled``
+    answers for a task waiting for its ETA (``eta``, ``priority``, ``request`` as
+    ``Request.info()`` gives it); None if the payload is not a Celery task message. The body
+    is decoded only if its content type is in ``accept`` (the app's ``accept_content``)."""
     try:
         message = _envelope(payload)
     except ValueError:
@@ -356,24 +365,43 @@ def held_task_entry(payload: bytes, runnable_at_ms: int, hostname: str) -> dict[
             else message["body"],
             message.get("content-type") or "application/json",
             message.get("content-encoding") or "utf-8",
+            accept=accept,
         )
         args, kwargs = body[0], body[1]
-    except Exception:  # a body kombu cannot decode here: what the publisher showed of it
+    except Exception:  # a body that may not (accept_content) or cannot be decoded: what the publisher showed
         args, kwargs = headers.get("argsrepr"), headers.get("kwargsrepr")
     info = properties.get("delivery_info") or {}
     return {
-        "eta": datetime.fromtimestamp(runnable_at_ms / 1000, timezone.utc).isoformat(),
-        "priority": properties.get("priority") or 0,
+        "eta": _held_until(headers.get("eta"), runnable_at_ms, timezone_name).isoformat(),
+        "priority": ETA_TIMER_PRIORITY,
         "request": {
             "id": headers.get("id"),
-            "name": headers["task"],
+            "name": headers.get("shadow") or headers["task"],
             "args": args,
             "kwargs": kwargs,
             "type": headers["task"],
             "hostname": hostname,
             "time_start": None,
             "acknowledged": False,
-            "delivery_info": {**info, "priority": properties.get("priority"), "redelivered": False},
+            "delivery_info": {
+                "exchange": info.get("exchange"),
+                "routing_key": info.get("routing_key"),
+                "priority": properties.get("priority"),
+                "redelivered": info.get("redelivered", False),
+            },
             "worker_pid": None,
         },
     }
+
+
+def _held_until(eta: Any, runnable_at_ms: int, timezone_name: Any) -> datetime:
+    """When a held task is due, as Celery's worker shows it: the message's own ``eta`` read
+    as Celery reads it (to the microsecond) if that is what the engine holds it for, else
+    the engine's due time (a flow member's countdown, a retry's backoff)."""
+    try:
+        moment = maybe_make_aware(maybe_iso8601(eta), timezone_name) if eta else None
+    except (ValueError, TypeError, OverflowError):
+        moment = None
+    if moment is not None and int(moment.timestamp() * 1000) == runnable_at_ms:
+        return moment
+    return datetime.fromtimestamp(runnable_at_ms / 1000, timezone.utc)

@@ -1,14 +1,16 @@
 """A Celery app migrated by its URLs alone: it never imports ff_celery and calls no setup.
 
 PLAINAPP_BROKER and PLAINAPP_BACKEND are its two URLs (broker and backend on different
-databases, as most Celery apps have them). With PLAINAPP_BEAT_KEY set, ``celery beat`` runs
-``tick`` every second.
+databases, as most Celery apps have them); PLAINAPP_ENABLE_PICKLE enables kombu's pickle
+decoder in the process (the app's accept_content stays Celery's default, JSON). With
+PLAINAPP_BEAT_KEY set, ``celery beat`` runs ``tick`` every second.
 """
 
 import json
 import os
 import time
 
+import kombu
 import redis
 from celery import Celery, Task
 
@@ -18,6 +20,8 @@ app = Celery(
     backend=os.environ.get("PLAINAPP_BACKEND", "flowfabric://127.0.0.1:6379/1"),
 )
 app.conf.broker_transport_options = {"lease_ttl_ms": 1500, "poll_interval": 0.5}
+if os.environ.get("PLAINAPP_ENABLE_PICKLE"):  # other code in the process needs pickle; the app accepts JSON only
+    kombu.enable_insecure_serializers(["pickle"])
 
 
 def journal() -> redis.Redis:
