@@ -38,20 +38,20 @@ def _task_retention(sender: Any = None, headers: dict[str, Any] | None = None, *
         headers.setdefault(RETENTION_HEADER, getattr(task, RETENTION_HEADER))
 
 
-def _check_options_before_kombu(app: celery.Celery) -> None:
-    """The app's task publisher checks the options kombu converts itself (``expiration``)
-    before it does, so a bad one is a PublishError rather than kombu's OverflowError."""
-    amqp = app.amqp
-    send = amqp.send_task_message
+def _check_options_before_celery(app: celery.Celery) -> None:
+    """The app's ``send_task`` (behind every ``apply_async``) checks the numeric options Celery
+    and kombu convert themselves before they do, so a bad one is a PublishError rather than
+    their ``OverflowError`` or ``ValueError``."""
+    send = app.send_task
     if getattr(send, "ff_checked", False):
         return
 
-    def send_checked(producer: Any, name: str, message: Any, **options: Any) -> Any:
+    def send_checked(*arguments: Any, **options: Any) -> Any:
         check_publish_options(options)
-        return send(producer, name, message, **options)
+        return send(*arguments, **options)
 
     send_checked.ff_checked = True  # type: ignore[attr-defined]
-    amqp.send_task_message = send_checked
+    app.send_task = send_checked  # type: ignore[method-assign]
 
 
 def uses_flowfabric(app: celery.Celery) -> bool:
@@ -86,7 +86,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
         signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
         signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
     canvas.install()
-    _check_options_before_kombu(app)
+    _check_options_before_celery(app)
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

@@ -28,7 +28,7 @@ from ff_celery.engine.errors import ValidationError
 from ff_celery.engine.ids import canonical_uuid
 from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
 from ff_celery.numbers import (
-    COUNTDOWN_S,
+    DELAY_S,
     EXPIRATION_MS,
     EXPIRATION_S,
     NESTING,
@@ -95,7 +95,7 @@ class FlowStep:
                 raise ValueError("after must be a list of task ids")
             countdown = value.get("countdown")
             if countdown is not None:
-                countdown = COUNTDOWN_S.check(countdown, "countdown (seconds)")
+                countdown = DELAY_S.check(countdown, "countdown (seconds)")
             chord_body = value.get("chord_body")
             if chord_body is not None and not isinstance(chord_body, dict):
                 raise ValueError("chord_body must be a signature")
@@ -178,13 +178,16 @@ class MessageNumbers:
 
 
 def check_publish_options(options: dict[str, Any]) -> None:
-    """``apply_async``'s options that kombu converts before the transport sees them
-    (``expiration``: seconds to milliseconds), checked first: PublishError naming the field,
-    like every other number of the message."""
-    expiration = options.get("expiration")
-    if expiration is not None:
+    """``apply_async``'s numeric options that Celery or kombu convert before the transport sees
+    them (``countdown`` and ``expires`` become timestamps, ``expiration`` milliseconds),
+    checked first: PublishError naming the field, like every other number of the message."""
+    checks = {"countdown": DELAY_S, "expires": DELAY_S, "expiration": EXPIRATION_S}
+    for name, bound in checks.items():
+        value = options.get(name)
+        if value is None or (name == "expires" and isinstance(value, str | datetime)):
+            continue  # an ISO expiry is read by the transport
         try:
-            EXPIRATION_S.check(expiration, "expiration (seconds)")
+            bound.check(value, f"{name} (seconds)")
         except OutOfRange as exc:
             raise PublishError(str(exc)) from None
 

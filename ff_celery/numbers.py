@@ -10,15 +10,13 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from ff_celery.engine.policy import UNLIMITED_RETRIES
 
-#: The last instant a timestamp may name (Python's ``datetime.max``), in epoch milliseconds.
-MAX_EPOCH_MS = int(datetime.max.replace(tzinfo=timezone.utc).timestamp() * 1000)
-#: The longest delay or duration, in seconds: up to that instant from the epoch.
-MAX_SECONDS = MAX_EPOCH_MS / 1000
+#: The longest delay or duration, in seconds: a thousand years, beyond any real one and short
+#: of ``datetime``'s limit when added to now (Celery makes an ``eta`` of a ``countdown``).
+MAX_SECONDS = 1000 * 365 * 86_400
 
 
 class OutOfRange(ValueError):
@@ -66,15 +64,15 @@ def _shown(end: float) -> str:
 #: Message properties: Celery's ``priority`` (clamped to FlowFabric's 0..9000, as documented),
 #: AMQP's ``expiration`` (milliseconds, as text or a number).
 PRIORITY = Bound(0, 9000, text=True, clamp=True)
-EXPIRATION_MS = Bound(0, MAX_EPOCH_MS, text=True)
-#: ``apply_async(expiration=...)``: seconds, before kombu makes the property of them.
+EXPIRATION_MS = Bound(0, MAX_SECONDS * 1000, text=True)
+#: ``apply_async`` options that Celery or kombu convert before the transport sees them:
+#: ``expiration`` (seconds), ``countdown`` and ``expires`` (seconds; negative: already due).
 EXPIRATION_S = Bound(0, MAX_SECONDS)
+DELAY_S = Bound(-MAX_SECONDS, MAX_SECONDS)
 #: Task message headers: ``timelimit`` items (seconds), ``retries``, ``replaced_task_nesting``.
 TIME_LIMIT_S = Bound(0, MAX_SECONDS)
 RETRIES = Bound(0, UNLIMITED_RETRIES, integral=True)
 NESTING = Bound(0, 2**31 - 1, integral=True)
-#: A flow member's own ``countdown`` (seconds; negative means at once, as Celery's).
-COUNTDOWN_S = Bound(-MAX_SECONDS, MAX_SECONDS)
 
 
 #: Command-line options (text): durations in seconds (a wait: more than nothing, a ``tail``
@@ -84,7 +82,7 @@ WAIT_OPTION = Bound(0.001, MAX_SECONDS, text=True)
 BLOCK_OPTION = Bound(0.001, 30, text=True)
 COUNT_OPTION = Bound(0, 2**53 - 1, integral=True, text=True)
 POSITIVE_COUNT_OPTION = Bound(1, 2**53 - 1, integral=True, text=True)
-MILLIS_OPTION = Bound(0, MAX_EPOCH_MS, integral=True, text=True)
+MILLIS_OPTION = Bound(0, MAX_SECONDS * 1000, integral=True, text=True)
 PORT_OPTION = Bound(0, 65535, integral=True, text=True)
 
 
