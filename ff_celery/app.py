@@ -13,7 +13,7 @@ from celery._state import _get_active_apps
 
 from ff_celery import canvas, outcomes, tracing
 from ff_celery.budgets import inherit_budgets
-from ff_celery.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER
+from ff_celery.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER, check_publish_options
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,22 @@ def _task_named(name: Any) -> celery.Task | None:
         return None
     apps = [celery.current_app, *_get_active_apps()]
     return next((app._tasks[name] for app in apps if name in app._tasks), None)
+
+
+def _check_options_before_celery(app: celery.Celery) -> None:
+    """The app's ``send_task`` (behind every ``apply_async``) checks the numeric options Celery
+    and kombu convert themselves before they do, so a bad one is a PublishError rather than
+    their ``OverflowError`` or ``ValueError``."""
+    send = app.send_task
+    if getattr(send, "ff_checked", False):
+        return
+
+    def send_checked(*arguments: Any, **options: Any) -> Any:
+        check_publish_options(options)
+        return send(*arguments, **options)
+
+    send_checked.ff_checked = True  # type: ignore[attr-defined]
+    app.send_task = send_checked  # type: ignore[method-assign]
 
 
 def _task_options(
@@ -83,6 +99,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
         signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
         signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
     canvas.install()
+    _check_options_before_celery(app)
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
+from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.serialization import loads
 from kombu.utils import json
 
@@ -26,6 +27,16 @@ from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.errors import ValidationError
 from ff_celery.engine.ids import canonical_uuid
 from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
+from ff_celery.numbers import (
+    DELAY_S,
+    EXPIRATION_MS,
+    EXPIRATION_S,
+    NESTING,
+    PRIORITY,
+    RETRIES,
+    OutOfRange,
+    optional_time_limits,
+)
 
 #: FlowFabric namespace of the executions that carry kombu messages (task ids are aliased in it).
 NAMESPACE = "celery"
@@ -83,8 +94,8 @@ class FlowStep:
             if not isinstance(after, list) or not all(isinstance(t, str) and t for t in after):
                 raise ValueError("after must be a list of task ids")
             countdown = value.get("countdown")
-            if countdown is not None and (isinstance(countdown, bool) or not isinstance(countdown, int | float)):
-                raise ValueError("countdown must be seconds")
+            if countdown is not None:
+                countdown = DELAY_S.check(countdown, "countdown (seconds)")
             chord_body = value.get("chord_body")
             if chord_body is not None and not isinstance(chord_body, dict):
                 raise ValueError("chord_body must be a signature")
@@ -143,17 +154,42 @@ def _epoch_ms(value: Any, what: str) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
-def _priority(properties: dict[str, Any]) -> int:
-    value = properties.get("priority")
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise PublishError(f"priority must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise PublishError(f"priority must be a number, got {value!r}") from None
-    return int(min(max(number, 0), 9000))
+@dataclass(frozen=True)
+class MessageNumbers:
+    """The numbers a message carries, each checked against its range (:mod:`ff_celery.numbers`)."""
+
+    priority: int
+    expiration_ms: int | None
+    nesting: int
+
+    @classmethod
+    def of(cls, headers: dict[str, Any], properties: dict[str, Any]) -> MessageNumbers:
+        """The message's numbers; :class:`OutOfRange` naming the first one out of range
+        (the ``ff_flow`` header's are checked by :meth:`FlowStep.from_header`)."""
+        priority, expiration = properties.get("priority"), properties.get("expiration")
+        if headers.get("retries") is not None:
+            RETRIES.check(headers["retries"], "retries")
+        optional_time_limits(headers.get("timelimit"), "timelimit")
+        return cls(
+            priority=0 if priority is None else int(PRIORITY.check(priority, "priority")),
+            expiration_ms=None if expiration in (None, "") else int(EXPIRATION_MS.check(expiration, "expiration")),
+            nesting=int(NESTING.check(headers.get("replaced_task_nesting") or 0, "replaced_task_nesting")),
+        )
+
+
+def check_publish_options(options: dict[str, Any]) -> None:
+    """``apply_async``'s numeric options that Celery or kombu convert before the transport sees
+    them (``countdown`` and ``expires`` become timestamps, ``expiration`` milliseconds),
+    checked first: PublishError naming the field, like every other number of the message."""
+    checks = {"countdown": DELAY_S, "expires": DELAY_S, "expiration": EXPIRATION_S}
+    for name, bound in checks.items():
+        value = options.get(name)
+        if value is None or (name == "expires" and isinstance(value, str | datetime)):
+            continue  # an ISO expiry is read by the transport
+        try:
+            bound.check(value, f"{name} (seconds)")
+        except OutOfRange as exc:
+            raise PublishError(str(exc)) from None
 
 
 def check_lane(queue: str) -> None:
@@ -170,23 +206,23 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
         raise PublishError(f"message of {len(payload)} bytes exceeds the {max_size}-byte limit")
     headers = message.get("headers") or {}
     properties = message.get("properties") or {}
+    try:
+        numbers = MessageNumbers.of(headers, properties)
+    except OutOfRange as exc:
+        raise PublishError(str(exc)) from None
     submission = Submission(
         lane=queue,
         payload=payload,
         execution_kind="kombu.message",
-        priority=_priority(properties),
+        priority=numbers.priority,
         creator_identity=str(headers.get("origin") or ""),
     )
     # Celery publishers carry them in the headers (ff_celery.app); a kombu publisher may
     # set them as message properties
     given_as_options = {name: properties[name] for name in (BUDGETS_HEADER, QUOTA_HEADER) if name in properties}
     submission.budget_ids, submission.quota_policy_id = _admission_headers({**given_as_options, **headers})
-    expiration = properties.get("expiration")
-    if expiration not in (None, ""):
-        try:
-            submission.deadline_at = now_ms + int(float(expiration))
-        except (TypeError, ValueError):
-            raise PublishError(f"expiration must be milliseconds, got {expiration!r}") from None
+    if numbers.expiration_ms is not None:
+        submission.deadline_at = now_ms + numbers.expiration_ms
 
     task_name, task_id = headers.get("task"), headers.get("id")
     if task_name and task_id:
@@ -194,9 +230,8 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
         submission.delay_until = _epoch_ms(headers.get("eta"), "eta")
         submission.deadline_at = _epoch_ms(headers.get("expires"), "expires") or submission.deadline_at
         # A task replacing itself (Task.replace) reuses its id with a higher nesting level.
-        nesting = int(headers.get("replaced_task_nesting") or 0)
-        submission.idempotency_key = f"{task_id}:{nesting}"
-        submission.alias, submission.alias_replaces = str(task_id), nesting > 0
+        submission.idempotency_key = f"{task_id}:{numbers.nesting}"
+        submission.alias, submission.alias_replaces = str(task_id), numbers.nesting > 0
         submission.tags = {TASK_TAG: str(task_name), TASK_ID_TAG: str(task_id), "celery.queue": queue}
         if headers.get("root_id"):
             submission.tags["celery.root_id"] = str(headers["root_id"])
@@ -282,6 +317,7 @@ def delivery_message(task: ClaimedTask, queue: str | None = None) -> dict[str, A
     message = _envelope(task.payload)
     headers = message.get("headers") or {}
     message["headers"] = headers
+    MessageNumbers.of(headers, message.get("properties") or {})  # a stored message is checked again
     fence = fence_header(task)
     if "task" in headers:
         fence["eta"] = headers.get("eta")
@@ -306,10 +342,18 @@ def celery_task_of(tags: dict[str, str]) -> tuple[str, str] | None:
     return None
 
 
-def held_task_entry(payload: bytes, runnable_at_ms: int, hostname: str) -> dict[str, Any] | None:
-    """A task the engine holds until ``runnable_at_ms``, as an entry of Celery's ``inspect
-    scheduled`` reply (``eta``, ``priority``, ``request`` as ``Request.info()`` gives it);
-    None if the payload is not a Celery task message."""
+#: The priority of the timer entry Celery's worker makes for a task waiting for its ETA
+#: (``celery.worker.strategy``): what its ``inspect scheduled`` answers as ``priority``.
+ETA_TIMER_PRIORITY = 6
+
+
+def held_task_entry(
+    payload: bytes, runnable_at_ms: int, hostname: str, *, accept: set[str], timezone_name: Any = None
+) -> dict[str, Any] | None:
+    """A task the engine holds until ``runnable_at_ms``, as Celery's ``inspect scheduled``
+    answers for a task waiting for its ETA (``eta``, ``priority``, ``request`` as
+    ``Request.info()`` gives it); None if the payload is not a Celery task message. The body
+    is decoded only if its content type is in ``accept`` (the app's ``accept_content``)."""
     try:
         message = _envelope(payload)
     except ValueError:
@@ -324,24 +368,43 @@ def held_task_entry(payload: bytes, runnable_at_ms: int, hostname: str) -> dict[
             else message["body"],
             message.get("content-type") or "application/json",
             message.get("content-encoding") or "utf-8",
+            accept=accept,
         )
         args, kwargs = body[0], body[1]
-    except Exception:  # a body kombu cannot decode here: what the publisher showed of it
+    except Exception:  # a body that may not (accept_content) or cannot be decoded: what the publisher showed
         args, kwargs = headers.get("argsrepr"), headers.get("kwargsrepr")
     info = properties.get("delivery_info") or {}
     return {
-        "eta": datetime.fromtimestamp(runnable_at_ms / 1000, timezone.utc).isoformat(),
-        "priority": properties.get("priority") or 0,
+        "eta": _held_until(headers.get("eta"), runnable_at_ms, timezone_name).isoformat(),
+        "priority": ETA_TIMER_PRIORITY,
         "request": {
             "id": headers.get("id"),
-            "name": headers["task"],
+            "name": headers.get("shadow") or headers["task"],
             "args": args,
             "kwargs": kwargs,
             "type": headers["task"],
             "hostname": hostname,
             "time_start": None,
             "acknowledged": False,
-            "delivery_info": {**info, "priority": properties.get("priority"), "redelivered": False},
+            "delivery_info": {
+                "exchange": info.get("exchange"),
+                "routing_key": info.get("routing_key"),
+                "priority": properties.get("priority"),
+                "redelivered": info.get("redelivered", False),
+            },
             "worker_pid": None,
         },
     }
+
+
+def _held_until(eta: Any, runnable_at_ms: int, timezone_name: Any) -> datetime:
+    """When a held task is due, as Celery's worker shows it: the message's own ``eta`` read
+    as Celery reads it (to the microsecond) if that is what the engine holds it for, else
+    the engine's due time (a flow member's countdown, a retry's backoff)."""
+    try:
+        moment = maybe_make_aware(maybe_iso8601(eta), timezone_name) if eta else None
+    except (ValueError, TypeError, OverflowError):
+        moment = None
+    if moment is not None and int(moment.timestamp() * 1000) == runnable_at_ms:
+        return moment
+    return datetime.fromtimestamp(runnable_at_ms / 1000, timezone.utc)

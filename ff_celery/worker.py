@@ -27,6 +27,7 @@ from celery import bootsteps, states
 from celery.exceptions import ImproperlyConfigured, NotRegistered
 from celery.worker import control, state
 from celery.worker.control import inspect_command
+from kombu.serialization import prepare_accept_content
 
 from ff_celery import tracing
 from ff_celery.backend import FlowFabricBackend
@@ -187,10 +188,14 @@ class FlowFabricStep(bootsteps.StartStopStep):
         by the worker whose scanners lead (they promote them when due), so each appears once."""
         if self.scanners is None or not self.scanners.is_leader:
             return []
+        app = self.consumer.app
+        accept = prepare_accept_content(app.conf.accept_content)
         entries = []
         for lane in sorted(self.scanners.lanes()):
             for held in held_executions(self.scanners.engine, lane):
-                entry = held_task_entry(held.payload, held.runnable_at, hostname)
+                entry = held_task_entry(
+                    held.payload, held.runnable_at, hostname, accept=accept, timezone_name=app.conf.timezone
+                )
                 if entry is not None:
                     entries.append(entry)
         return sorted(entries, key=lambda entry: entry["eta"])

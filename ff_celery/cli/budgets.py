@@ -5,9 +5,20 @@ from __future__ import annotations
 import click
 
 from ff_celery import budgets
-from ff_celery.cli.common import dimensions, emit_json, engine_for, json_option, reports_errors, table, url_option, when
+from ff_celery.cli.common import (
+    Number,
+    dimensions,
+    emit_json,
+    engine_for,
+    json_option,
+    reports_errors,
+    table,
+    url_option,
+    when,
+)
 from ff_celery.engine import limits
 from ff_celery.engine.errors import error_for_code
+from ff_celery.numbers import COUNT_OPTION, POSITIVE_COUNT_OPTION, SECONDS_OPTION
 
 limit_options = [
     click.option("--hard", multiple=True, metavar="DIM=N", help="Hard limit (repeatable); 0 = none."),
@@ -29,7 +40,7 @@ def budget() -> None:
 @budget.command("create")
 @click.argument("name")
 @with_limits
-@click.option("--reset-every", type=float, default=0, help="Reset usage every N seconds.")
+@click.option("--reset-every", type=Number(SECONDS_OPTION), default=0, help="Reset usage every N seconds.")
 @url_option
 @reports_errors
 def budget_create(name: str, hard: tuple[str, ...], soft: tuple[str, ...], reset_every: float, url: str) -> None:
@@ -99,9 +110,9 @@ def quota() -> None:
 
 @quota.command("create")
 @click.argument("name")
-@click.option("--rate", type=int, default=0, help="Claims per window (0 = no limit).")
-@click.option("--window", type=int, default=60, show_default=True, help="Window in seconds.")
-@click.option("--concurrency", type=int, default=0, help="Executions running at once (0 = no limit).")
+@click.option("--rate", type=Number(COUNT_OPTION), default=0, help="Claims per window (0 = no limit).")
+@click.option("--window", type=Number(POSITIVE_COUNT_OPTION), default=60, show_default=True, help="Window in seconds.")
+@click.option("--concurrency", type=Number(COUNT_OPTION), default=0, help="Executions running at once (0 = no limit).")
 @url_option
 @reports_errors
 def quota_create(name: str, rate: int, window: int, concurrency: int, url: str) -> None:

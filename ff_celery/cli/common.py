@@ -14,10 +14,40 @@ from pydantic import BaseModel
 
 from ff_celery.context import engine_for_url
 from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import redis_url
 from ff_celery.engine.errors import EngineError
+from ff_celery.numbers import COUNT_OPTION, Bound, OutOfRange
+
+
+class Number(click.ParamType):
+    """A command-line number within its range (:mod:`ff_celery.numbers`): NaN, infinities and
+    values out of range are usage errors naming the option."""
+
+    name = "number"
+
+    def __init__(self, bound: Bound) -> None:
+        self.bound = bound
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | float:
+        given = value if isinstance(value, int | float) else str(value).strip()  # a default, or text
+        try:
+            number = self.bound.check(given, param.opts[0] if param and param.opts else "value")
+        except OutOfRange as exc:
+            self.fail(str(exc), param, ctx)
+        return int(number) if self.bound.integral else number
+
+
+def _checked_url(ctx: click.Context, param: click.Parameter, url: str) -> str:
+    """A URL with a supported scheme; the usage error shows it without its credentials."""
+    try:
+        redis_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return url
+
 
 url_option = click.option(
-    "--url", envvar="FF_CELERY_URL", default="redis://127.0.0.1:6379/0", show_default=True,
+    "--url", envvar="FF_CELERY_URL", default="redis://127.0.0.1:6379/0", show_default=True, callback=_checked_url,
     help="Valkey/Redis URL (redis://, rediss://, unix://, flowfabric://); env FF_CELERY_URL.",
 )  # fmt: skip
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -72,7 +102,10 @@ def dimensions(pairs: Sequence[str]) -> dict[str, int]:
     parsed = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
-        if not name or not value.isdigit():
+        if not name:
             raise click.BadParameter(f"expected dimension=integer, got {pair!r}")
-        parsed[name] = int(value)
+        try:
+            parsed[name] = int(COUNT_OPTION.check(value, name))
+        except OutOfRange as exc:
+            raise click.BadParameter(str(exc)) from None
     return parsed

@@ -9,9 +9,10 @@ import time
 
 import click
 
-from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
+from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, table, url_option, when
 from ff_celery.engine import frames, inspection, signaling
 from ff_celery.engine.inspection import ExecutionReport
+from ff_celery.numbers import BLOCK_OPTION, COUNT_OPTION, MILLIS_OPTION, POSITIVE_COUNT_OPTION, WAIT_OPTION
 
 target_argument = click.argument("target", metavar="TASK_ID|EXECUTION_ID")
 
@@ -101,7 +102,7 @@ def show(target: str, url: str, as_json: bool) -> None:
     "--state", "states", multiple=True, type=click.Choice(sorted(inspection.STATE_INDEXES)),
     help="States to list (repeatable; default: every non-terminal one).",
 )  # fmt: skip
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=Number(POSITIVE_COUNT_OPTION), default=50, show_default=True)
 @click.option("--all-partitions", is_flag=True, help="Also look on every partition (flow members).")
 @url_option
 @json_option
@@ -145,7 +146,7 @@ def replay(target: str, url: str) -> None:
 
 @click.command("resume")
 @target_argument
-@click.option("--delay-ms", type=int, default=0, show_default=True, help="Run it this much later.")
+@click.option("--delay-ms", type=Number(MILLIS_OPTION), default=0, show_default=True, help="Run it this much later.")
 @url_option
 @reports_errors
 def resume(target: str, delay_ms: int, url: str) -> None:
@@ -162,7 +163,9 @@ def _bar(percent: float, message: str, width: int = 30) -> str:
 
 @click.command("tail")
 @target_argument
-@click.option("--block", "block_s", type=float, default=5.0, show_default=True, help="Seconds per wait (max 30).")
+@click.option(
+    "--block", "block_s", type=Number(BLOCK_OPTION), default=5.0, show_default=True, help="Seconds per wait (max 30)."
+)
 @url_option
 @json_option
 @reports_errors
@@ -195,8 +198,10 @@ def tail(target: str, block_s: float, url: str, as_json: bool) -> None:
 
 @click.command("top")
 @click.option("--lane", "lanes", multiple=True, help="Lanes to show besides those in ff:idx:lanes (repeatable).")
-@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes.")
-@click.option("--iterations", type=int, default=0, help="Stop after this many refreshes (0: until Ctrl-C).")
+@click.option("--interval", type=Number(WAIT_OPTION), default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option(
+    "--iterations", type=Number(COUNT_OPTION), default=0, help="Stop after this many refreshes (0: until Ctrl-C)."
+)
 @url_option
 @reports_errors
 def top(lanes: tuple[str, ...], interval: float, iterations: int, url: str) -> None:

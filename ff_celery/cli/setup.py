@@ -8,16 +8,18 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import TextIO
 
 import click
 import redis
 
-from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option, when
+from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, table, url_option, when
 from ff_celery.devserver import DevCluster, DevServer, form_cluster
 from ff_celery.engine import exporter, signaling
 from ff_celery.engine.client import Engine
 from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+from ff_celery.numbers import COUNT_OPTION, MILLIS_OPTION, PORT_OPTION, WAIT_OPTION, OutOfRange
 
 
 def wait_for_interrupt() -> None:
@@ -56,7 +58,7 @@ def library_status(url: str) -> None:
 
 
 @click.command("dev-server")
-@click.option("--port", type=int, default=None, help="Port to listen on (default: a free one).")
+@click.option("--port", type=Number(PORT_OPTION), default=None, help="Port to listen on (default: a free one).")
 @click.option("--cluster", is_flag=True, help="A local cluster instead: 3 primaries with a replica each.")
 def dev_server(port: int | None, cluster: bool) -> None:
     """Run a local Valkey/Redis (or a cluster) with the library loaded until interrupted."""
@@ -74,15 +76,20 @@ def dev_server(port: int | None, cluster: bool) -> None:
 
 def node_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint="NODES")
-    return host, int(port)
+    try:
+        if not host:
+            raise OutOfRange("no host")
+        return host, int(PORT_OPTION.check(port, "port"))
+    except OutOfRange as exc:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT ({exc})", param_hint="NODES") from None
 
 
 @click.command("form-cluster")
 @click.argument("nodes", nargs=-1, required=True, metavar="HOST:PORT...")
-@click.option("--replicas", type=int, default=0, show_default=True, help="Replicas per primary.")
-@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Seconds to wait.")
+@click.option("--replicas", type=Number(COUNT_OPTION), default=0, show_default=True, help="Replicas per primary.")
+@click.option(
+    "--timeout", "timeout_s", type=Number(WAIT_OPTION), default=120.0, show_default=True, help="Seconds to wait."
+)
 def form_cluster_command(nodes: tuple[str, ...], replicas: int, timeout_s: float) -> None:
     """Make one cluster of running cluster-enabled nodes, as ``valkey-cli --cluster create``
     does (the first become primaries, the rest their replicas; host names are resolved);
@@ -139,7 +146,9 @@ def metrics_interval_option(flag: str) -> Callable[[Callable[..., None]], Callab
 
 @click.command("metrics")
 @url_option
-@click.option("--port", type=int, default=9808, show_default=True, help="Port of the /metrics endpoint.")
+@click.option(
+    "--port", type=Number(PORT_OPTION), default=9808, show_default=True, help="Port of the /metrics endpoint."
+)
 @click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--lane", "lanes", multiple=True, help="Lanes to report besides those in ff:idx:lanes.")
 @metrics_interval_option("--interval")
@@ -158,10 +167,23 @@ def secret() -> None:
 
 @secret.command("seed")
 @url_option
-@click.option("--secret", "secret_hex", envvar=signaling.SECRET_ENV, help="Hex secret (env FF_WAITPOINT_HMAC_SECRET).")
+@click.option(
+    "--secret-file", type=click.File("r"), metavar="PATH",
+    help="Read the hex secret from the first line of PATH ('-': standard input).",
+)  # fmt: skip
+@click.option("--secret", "secret_on_argv", hidden=True, help="Refused: the command line is readable by others.")
 @reports_errors
-def secret_seed(url: str, secret_hex: str | None) -> None:
-    """Give partitions without a signing key one (a generated secret if none is given)."""
+def secret_seed(url: str, secret_file: TextIO | None, secret_on_argv: str | None) -> None:
+    """Give partitions without a signing key one. The hex secret comes from --secret-file,
+    else FF_WAITPOINT_HMAC_SECRET, else one is generated; never from the command line."""
+    if secret_on_argv is not None:
+        raise click.UsageError(
+            f"--secret is refused (other users can read a command line): set {signaling.SECRET_ENV} "
+            "or pass --secret-file PATH ('-' for standard input)"
+        )
+    secret_hex = secret_file.readline().strip() if secret_file is not None else None
+    if secret_file is not None and not secret_hex:
+        raise click.UsageError("--secret-file gave no secret")
     signaling.seed_waitpoint_secret(engine_for(url), secret_hex)
     click.echo("seeded (partitions that had a key keep it)")
 
@@ -174,7 +196,7 @@ NEW_SECRET_ENV = "FF_WAITPOINT_HMAC_NEW_SECRET"
 @secret.command("rotate")
 @url_option
 @click.option("--kid", required=True, help="The new key id (no ':').")
-@click.option("--grace-ms", type=int, default=signaling.DEFAULT_GRACE_MS, show_default=True,
+@click.option("--grace-ms", type=Number(MILLIS_OPTION), default=signaling.DEFAULT_GRACE_MS, show_default=True,
               help="How long tokens of the previous key stay valid.")  # fmt: skip
 @reports_errors
 def secret_rotate(url: str, kid: str, grace_ms: int) -> None:

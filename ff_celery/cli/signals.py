@@ -8,10 +8,11 @@ import uuid
 
 import click
 
-from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, url_option
+from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, url_option
 from ff_celery.cli.setup import metrics_interval_option, serve_metrics, wait_for_interrupt
 from ff_celery.engine import inspection, signaling
 from ff_celery.engine.errors import error_for_code
+from ff_celery.numbers import PORT_OPTION
 from ff_celery.signal_server import DEFAULT_MAX_PER_CLIENT, DEFAULT_PORT, SignalServer
 from ff_celery.waitpoints import waitpoint_id_for
 
@@ -83,12 +84,16 @@ def signal(
 @click.command("signal-server")
 @url_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
-@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True)
+@click.option("--port", type=Number(PORT_OPTION), default=DEFAULT_PORT, show_default=True)
 @click.option(
     "--max-per-client", type=click.IntRange(min=1), default=DEFAULT_MAX_PER_CLIENT, show_default=True,
     help="Connections handled at once from one client address (behind a proxy: all of them).",
 )  # fmt: skip
-@click.option("--metrics-port", type=int, help="Also export ff_signals_total and the engine state on /metrics here.")
+@click.option(
+    "--metrics-port",
+    type=Number(PORT_OPTION),
+    help="Also export ff_signals_total and the engine state on /metrics here.",
+)
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address of the /metrics endpoint.")
 @metrics_interval_option("--metrics-interval")
 @reports_errors

@@ -22,12 +22,37 @@ SCHEME_ALIASES = {"flowfabric": "redis", "flowfabrics": "rediss"}
 SUPPORTED_SCHEMES = ("redis", "rediss", "unix", *SCHEME_ALIASES)
 
 
+#: Query parameters whose values are never printed.
+SECRET_PARAMETERS = ("password", "ssl_password")
+
+
 def redis_url(url: str) -> str:
     """``url`` with a ``flowfabric(s)://`` scheme rewritten to ``redis(s)://``."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SUPPORTED_SCHEMES:
-        raise ValueError(f"unsupported URL scheme in {url!r}; expected one of {', '.join(SUPPORTED_SCHEMES)}")
+        raise ValueError(f"unsupported URL scheme in {redacted(url)!r}; expected one of {', '.join(SUPPORTED_SCHEMES)}")
     return f"{SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
+
+
+def redacted(url: str) -> str:
+    """``url`` safe to print in an error or a log: everything before its last ``@`` (the
+    credentials, however mistyped) and secret query parameters become ``***``; a user name
+    before ``:password`` is kept."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    credentials, at, address = rest.rpartition("@")
+    shown = ""
+    if at:
+        user, colon, _ = credentials.partition(":")
+        shown = f"{user}:***@" if colon and not any(c in user for c in "/?#") else "***@"
+    path, question, query = address.partition("?")
+    if question:
+        pairs = [pair.partition("=") for pair in query.split("&")]
+        query = "&".join(
+            f"{name}{eq}{'***' if name.lower() in SECRET_PARAMETERS and value else value}" for name, eq, value in pairs
+        )
+    return f"{scheme}{sep}{shown}{path}{question}{query}"
 
 
 def cluster_url(url: str) -> tuple[str, bool | None]:

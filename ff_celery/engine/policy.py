@@ -8,27 +8,33 @@ Serialised the way FlowFabric's Rust client does (unset optional fields left out
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: Counts and milliseconds: whole, not negative, exact in a Lua number (a double).
+Count = Annotated[int, Field(ge=0, le=2**53 - 1)]
+Millis = Annotated[int, Field(ge=0, le=2**53 - 1)]
+
 
 class _Policy(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    """Numbers are finite (no NaN or infinity, which JSON would carry as null, a Lua error)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class FixedBackoff(_Policy):
     type: Literal["fixed"] = "fixed"
-    delay_ms: int = 1000
+    delay_ms: Millis = 1000
 
 
 class ExponentialBackoff(_Policy):
     """``min(initial * multiplier**retry_count, max)``; FlowFabric ignores ``jitter``."""
 
     type: Literal["exponential"] = "exponential"
-    initial_delay_ms: int = 1000
-    max_delay_ms: int = 60_000
-    multiplier: float = 2.0
+    initial_delay_ms: Millis = 1000
+    max_delay_ms: Millis = 60_000
+    multiplier: Annotated[float, Field(ge=0)] = 2.0
     jitter: bool = False
 
 
@@ -39,15 +45,15 @@ UNLIMITED_RETRIES = 2**31 - 1
 class RetryPolicy(_Policy):
     """Engine retries: each failure below ``max_retries`` schedules another attempt."""
 
-    max_retries: int = 3
+    max_retries: Annotated[int, Field(ge=0, le=2**32 - 1)] = 3  # FlowFabric's u32
     backoff: FixedBackoff | ExponentialBackoff = Field(default_factory=ExponentialBackoff, discriminator="type")
     retryable_categories: list[str] = Field(default_factory=list)
 
 
 class TimeoutPolicy(_Policy):
-    attempt_timeout_ms: int | None = None
-    execution_deadline_ms: int | None = None
-    max_reclaim_count: int = 100
+    attempt_timeout_ms: Millis | None = None
+    execution_deadline_ms: Millis | None = None
+    max_reclaim_count: Count = 100
 
 
 class RoutingRequirements(_Policy):
@@ -61,8 +67,8 @@ class StreamPolicy(_Policy):
     kept (overriding the retention trimmer's default)."""
 
     durability_mode: str = "buffered"
-    retention_maxlen: int = 10_000
-    retention_ttl_ms: int | None = None
+    retention_maxlen: Count = 10_000
+    retention_ttl_ms: Annotated[int, Field(ge=0, le=2**64 - 1)] | None = None
 
 
 #: ``retention_ttl_ms`` meaning "never trim" (FlowFabric's field is an unsigned 64-bit number).
@@ -73,15 +79,15 @@ class ExecutionPolicy(_Policy):
     """Everything FlowFabric stores as an execution's policy. All fields optional."""
 
     priority: int = 0
-    delay_until: int | None = None
+    delay_until: Millis | None = None
     retry_policy: RetryPolicy | None = None
     timeout_policy: TimeoutPolicy | None = None
-    max_reclaim_count: int = 100
-    max_replay_count: int = 10
+    max_reclaim_count: Count = 100
+    max_replay_count: Count = 10
     routing_requirements: RoutingRequirements | None = None
     budget_ids: list[str] = Field(default_factory=list)
-    dedup_window_ms: int | None = None
-    max_signals_per_execution: int | None = None
+    dedup_window_ms: Millis | None = None
+    max_signals_per_execution: Count | None = None
     stream_policy: StreamPolicy | None = None
 
     def to_json(self) -> str:

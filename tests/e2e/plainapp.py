@@ -1,14 +1,17 @@
 """A Celery app migrated by its URLs alone: it never imports ff_celery and calls no setup.
 
 PLAINAPP_BROKER and PLAINAPP_BACKEND are its two URLs (broker and backend on different
-databases, as most Celery apps have them). With PLAINAPP_BEAT_KEY set, ``celery beat`` runs
-``tick`` every second; PLAINAPP_SCANNER_SETTINGS (JSON) sets ``flowfabric_scanner_settings``.
+databases, as most Celery apps have them); PLAINAPP_ENABLE_PICKLE enables kombu's pickle
+decoder in the process (the app's accept_content stays Celery's default, JSON). With
+PLAINAPP_BEAT_KEY set, ``celery beat`` runs ``tick`` every second; PLAINAPP_SCANNER_SETTINGS
+(JSON) sets ``flowfabric_scanner_settings``.
 """
 
 import json
 import os
 import time
 
+import kombu
 import redis
 from celery import Celery, Task
 
@@ -20,6 +23,8 @@ app = Celery(
 app.conf.broker_transport_options = {"lease_ttl_ms": 1500, "poll_interval": 0.5}
 if os.environ.get("PLAINAPP_SCANNER_SETTINGS"):
     app.conf.flowfabric_scanner_settings = json.loads(os.environ["PLAINAPP_SCANNER_SETTINGS"])
+if os.environ.get("PLAINAPP_ENABLE_PICKLE"):  # other code in the process needs pickle; the app accepts JSON only
+    kombu.enable_insecure_serializers(["pickle"])
 
 
 def journal() -> redis.Redis:

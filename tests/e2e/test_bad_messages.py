@@ -3,6 +3,7 @@ transport cannot accept are refused at publish with a typed error and create not
 
 import json
 import random
+import uuid
 
 import kombu
 import pytest
@@ -83,7 +84,7 @@ def test_an_oversized_message_is_refused_at_publish(ffapp, app_url):
 
 @pytest.mark.parametrize(
     ("options", "complaint"),
-    [({"priority": "high"}, "priority must be a number"), ({"eta": "next tuesday"}, "eta is not an ISO-8601")],
+    [({"priority": "high"}, "priority must be a finite number"), ({"eta": "next tuesday"}, "eta is not an ISO-8601")],
 )
 def test_an_invalid_priority_or_eta_is_refused_at_publish(ffapp, options, complaint):
     with pytest.raises(PublishError, match=complaint):
@@ -155,3 +156,65 @@ def test_fuzzed_payloads_never_stop_a_worker_and_good_tasks_still_complete(ffapp
 
     assert wait_for(lambda: all(ended(eid) for eid in fuzzed), timeout=60)  # each ended once, none stuck
     assert worker.process.poll() is None
+
+
+def flow_step(countdown):
+    return {"flow": str(uuid.uuid4()), "after": [], "passes": "", "countdown": countdown}
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"priority": "nan"}, "priority"),
+        ({"priority": float("inf")}, "priority"),
+        ({"expiration": float("inf")}, "expiration"),
+        ({"expiration": -1}, "expiration"),
+        ({"countdown": float("inf")}, "countdown"),
+        ({"countdown": float("nan")}, "countdown"),
+        ({"expires": 1e300}, "expires"),
+        ({"time_limit": float("nan")}, "timelimit"),
+        ({"soft_time_limit": -5}, "timelimit"),
+        ({"retries": -1}, "retries"),
+        ({"replaced_task_nesting": "deep"}, "replaced_task_nesting"),
+        ({"headers": {"ff_flow": flow_step(1e308)}}, "countdown"),
+        ({"headers": {"ff_policy": '{"retry_policy": {"max_retries": -1}}'}}, "max_retries"),
+        ({"headers": {"ff_policy": '{"retry_policy": {"backoff": {"type": "fixed", "delay_ms": 1e400}}}'}},
+         "delay_ms"),
+    ],
+)  # fmt: skip
+def test_apply_async_with_a_number_out_of_range_raises_publish_error_naming_the_field(ffapp, options, field):
+    task_id = f"bad-number-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(PublishError, match=field):
+        ffapp.add.apply_async((1, 2), task_id=task_id, **options)
+    assert engine(ffapp).resolve(task_id) is None
+
+
+def stored_with(ffapp, change) -> ExecutionId:
+    """A real task message, changed by ``change(headers, properties)``, stored as an execution
+    on the worker's queue without the publish checks (another client, an older version)."""
+    source = ffapp.add.apply_async((1, 2), queue="poison-source")  # never consumed
+    envelope = json.loads(engine(ffapp).payload(lane_execution_ids(ffapp, source.id)))
+    envelope["headers"]["id"] = f"poison-{uuid.uuid4().hex[:8]}"
+    change(envelope["headers"], envelope["properties"])
+    return engine(ffapp).submit("celery", json.dumps(envelope).encode()).execution_id
+
+
+POISON_NUMBERS = {
+    "flow countdown 1e308": lambda headers, properties: headers.update(ff_flow=flow_step(1e308)),
+    "flow countdown nan": lambda headers, properties: headers.update(ff_flow=flow_step(float("nan"))),
+    "timelimit inf": lambda headers, properties: headers.update(timelimit=[float("inf"), None]),
+    "timelimit text": lambda headers, properties: headers.update(timelimit=["soon", None]),
+    "retries nan": lambda headers, properties: headers.update(retries=float("nan")),
+}
+
+
+@pytest.mark.parametrize("change", POISON_NUMBERS.values(), ids=POISON_NUMBERS.keys())
+def test_a_stored_message_with_a_poison_number_fails_once_and_the_worker_serves_the_next_task(ffapp, worker, change):
+    poisoned = stored_with(ffapp, change)
+    assert ffapp.add.delay(20, 22).get(timeout=20) == 42
+    assert wait_for(lambda: failed_reason(ffapp, poisoned))
+    reason = failed_reason(ffapp, poisoned)["failure_reason"]
+    assert "must be" in reason  # names the field and its range
+    assert len(engine(ffapp).snapshot(poisoned).attempts) <= 1  # failed once, not retried
+    assert worker.process.poll() is None
+    assert ffapp.add.delay(1, 1).get(timeout=20) == 2

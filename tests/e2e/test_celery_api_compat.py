@@ -17,7 +17,7 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
@@ -302,18 +302,80 @@ def test_inspect_revoked_lists_a_revoked_task_id(env, worker):
     assert task_id in inspect(env, worker, "revoked")
 
 
-def test_inspect_scheduled_shows_a_task_the_engine_holds_for_its_eta(env, worker):
-    task_id = run(env, "print(json.dumps(add.apply_async((1, 2), countdown=60, priority=3).id))")
+def scheduled_entry(env: dict[str, str], worker: Worker, task_id: str) -> dict:
+    """The task's entry in ``worker``'s ``inspect scheduled`` reply, once it has one (ours is
+    listed by the worker whose scanners lead: this module's only worker, once it leads)."""
 
-    def listed() -> list[dict]:  # by the worker whose scanners lead: this one, once it leads
+    def listed() -> list[dict]:
         return [entry for entry in inspect(env, worker, "scheduled") if entry["request"]["id"] == task_id]
 
+    assert wait_for(listed, timeout=30)
+    (entry,) = listed()
+    return entry
+
+
+def revoke(env: dict[str, str], task_id: str) -> None:
+    run(env, f"app.AsyncResult({task_id!r}).revoke(); print(1)")
+
+
+def test_inspect_scheduled_shows_a_task_the_engine_holds_for_its_eta(env, worker):
+    task_id = run(env, "print(json.dumps(add.apply_async((1, 2), countdown=60, priority=3).id))")
     try:
-        assert wait_for(listed, timeout=30)
-        (entry,) = listed()
+        entry = scheduled_entry(env, worker, task_id)
     finally:
-        run(env, f"app.AsyncResult({task_id!r}).revoke(); print(1)")
+        revoke(env, task_id)
     assert entry["request"]["name"] == "plainapp.add"
-    assert (entry["request"]["args"], entry["request"]["kwargs"], entry["priority"]) == ([1, 2], {}, 3)
+    assert (entry["request"]["args"], entry["request"]["kwargs"]) == ([1, 2], {})
+    assert (entry["priority"], entry["request"]["delivery_info"]["priority"]) == (6, 3)
     assert entry["eta"] > datetime.now(timezone.utc).isoformat()
     assert [e for e in inspect(env, worker, "scheduled") if e["request"]["id"] == task_id] == []  # revoked
+
+
+def test_inspect_scheduled_answers_field_by_field_what_celery_answers_on_redis(
+    ff_server, app_url, env, worker, tmp_path
+):
+    on_redis = layout(ff_server, 12, "redis://{base}/13")
+    on_redis["PLAINAPP_BROKER"] = on_redis["PLAINAPP_BROKER"].replace("flowfabric://", "redis://", 1)
+    celery_worker = Worker(app_url, tmp_path, app="plainapp", env=on_redis)
+    task_id = f"same-{uuid.uuid4().hex[:8]}"
+    eta = (datetime.now(timezone.utc) + timedelta(minutes=10)).replace(microsecond=123456)
+    publish = f"""
+    from datetime import datetime
+    add.apply_async((1,), {{"y": 2}}, eta=datetime.fromisoformat("{eta.isoformat()}"), priority=3, task_id="{task_id}")
+    print(1)
+    """
+    try:
+        celery_worker.wait_ready()
+        run(env, publish)
+        run(on_redis, publish)
+        ours, celerys = scheduled_entry(env, worker, task_id), scheduled_entry(on_redis, celery_worker, task_id)
+    finally:
+        revoke(env, task_id)
+        try:
+            celery_worker.stop(timeout=15)
+        except subprocess.TimeoutExpired:
+            celery_worker.kill()
+    assert (ours["request"].pop("hostname"), celerys["request"].pop("hostname")) == (worker.name, celery_worker.name)
+    assert ours["eta"] == celerys["eta"] == eta.isoformat()  # to the microsecond
+    assert ours["priority"] == celerys["priority"] == 6  # Celery's timer priority of ETA tasks
+    for field in celerys["request"]:
+        assert ours["request"][field] == celerys["request"][field], field
+    assert ours == celerys
+
+
+def test_inspect_scheduled_does_not_decode_a_body_the_app_does_not_accept(ff_server, app_url, tmp_path):
+    env = layout(ff_server, 14, "flowfabric://{base}/15")  # this worker alone: its scanners lead
+    pickling = Worker(app_url, tmp_path, app="plainapp", env={**env, "PLAINAPP_ENABLE_PICKLE": "1"})
+    try:
+        pickling.wait_ready()
+        task_id = run(env, "print(json.dumps(add.apply_async((1, 2), countdown=600, serializer='pickle').id))")
+        try:
+            entry = scheduled_entry(env, pickling, task_id)
+        finally:
+            revoke(env, task_id)
+    finally:
+        try:
+            pickling.stop(timeout=15)
+        except subprocess.TimeoutExpired:
+            pickling.kill()
+    assert (entry["request"]["args"], entry["request"]["kwargs"]) == ("(1, 2)", "{}")  # what the publisher showed

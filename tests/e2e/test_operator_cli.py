@@ -9,6 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from ff_celery.cli import main
+from ff_celery.devserver import DevServer
+from ff_celery.engine.client import Engine
+from ff_celery.engine.keys import PartitionKeys
+from ff_celery.engine.signaling import SECRET_ENV
 
 from .conftest import execution, wait_for
 
@@ -114,6 +118,54 @@ def test_the_waitpoint_secret_is_listed_and_rotated(ffapp, cli):
     after = json.loads(cli("secret", "kids", "--json").output)
     assert before["current_kid"] in after["verifying"]
     assert cli("secret", "rotate", "--kid", "nothing", ok=False, stdin="").exit_code != 0  # no secret given
+
+
+def test_secret_seed_refuses_a_secret_given_on_the_command_line(cli):
+    secret = "ab" * 32
+    refused = cli("secret", "seed", "--secret", secret, ok=False)
+    assert refused.exit_code == 2
+    assert SECRET_ENV in refused.output and "--secret-file" in refused.output
+    assert secret not in refused.output
+
+
+def test_secret_seed_reads_the_secret_from_standard_input():
+    secret = "cd" * 32
+    with DevServer() as server:
+        seeded = CliRunner().invoke(main, ["secret", "seed", "--secret-file", "-", "--url", server.url], input=secret)
+        assert seeded.exit_code == 0, seeded.output
+        stored = Engine.from_url(server.url).redis.hget(PartitionKeys(0).waitpoint_hmac, "secret:k1")
+    assert stored == secret.encode()
+    assert secret not in seeded.output
+
+
+@pytest.mark.parametrize("command", [["secret", "kids"], ["library", "status"], ["list"]])
+def test_a_mistyped_url_scheme_is_a_usage_error_that_never_shows_the_password(command):
+    outcome = CliRunner().invoke(main, [*command, "--url", "redsi://:hunter2@127.0.0.1:6379/0"])
+    assert outcome.exit_code == 2
+    assert "redsi://:***@127.0.0.1:6379/0" in outcome.output
+    assert "hunter2" not in outcome.output + repr(outcome.exception)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["quota", "create", "q", "--rate", "nan"],
+        ["quota", "create", "q", "--window", "0"],
+        ["budget", "create", "b", "--reset-every", "inf"],
+        ["budget", "create", "b", "--hard", "tokens=1e400"],
+        ["list", "--limit", "-1"],
+        ["resume", "x", "--delay-ms", "1e308"],
+        ["tail", "x", "--block", "nan"],
+        ["top", "--interval", "-2"],
+        ["metrics", "--port", "70000"],
+        ["signal-server", "--metrics-port", "-1"],
+        ["form-cluster", "h:99999"],
+    ],
+)
+def test_a_cli_number_out_of_range_is_a_usage_error_naming_the_option(args):
+    outcome = CliRunner().invoke(main, args)
+    assert outcome.exit_code == 2, outcome.output
+    assert "must be" in outcome.output
 
 
 def test_top_shows_each_lanes_executions_by_state_and_the_completion_rate(ffapp, cli, worker):

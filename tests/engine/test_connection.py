@@ -31,6 +31,22 @@ def test_an_unsupported_scheme_is_refused_with_a_clear_error():
         redis_url("amqp://guest@localhost//")
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redsi://:hunter2@127.0.0.1:6379/0", "redsi://:***@127.0.0.1:6379/0"),
+        ("amqp://bob:hunter2@h//", "amqp://bob:***@h//"),
+        ("redis:/:pa/hunter2@h:1/0", "***@h:1/0"),  # no "://": all before the "@" is hidden
+        ("valkey://h?password=hunter2&db=1", "valkey://h?password=***&db=1"),
+    ],
+)
+def test_a_refused_url_is_named_without_its_credentials(url, shown):
+    with pytest.raises(ValueError, match="unsupported URL scheme") as refused:
+        Engine.from_url(url)
+    assert shown in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
 def roundtrip(url: str) -> str:
     engine = Engine.from_url(url)
     try:
