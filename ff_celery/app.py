@@ -5,14 +5,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import celery
 from celery import signals
 
-from ff_celery import canvas, outcomes, tracing
+from ff_celery import canvas, outcomes, retention, tracing
 from ff_celery.budgets import inherited_budgets
-from ff_celery.messages import RETENTION_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +26,6 @@ DEFAULTS = {
     # errors are transient: FlowFabricBackend.exception_safe_to_retry)
     "result_backend_always_retry": True,
 }
-
-
-def _task_retention(sender: Any = None, headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """``before_task_publish``: a task's own ``ff_retention`` option (seconds, None: forever)
-    rides in its messages; a per-call ``apply_async(ff_retention=...)`` still wins."""
-    task = celery.current_app.tasks.get(sender) if isinstance(sender, str) else None
-    if headers is not None and task is not None and hasattr(task, RETENTION_HEADER):
-        headers.setdefault(RETENTION_HEADER, getattr(task, RETENTION_HEADER))
 
 
 def uses_flowfabric(app: celery.Celery) -> bool:
@@ -65,11 +55,11 @@ def integrate(app: celery.Celery) -> celery.Celery:
     ):
         signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.outcomes.{handler.__name__}")
     signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
-    signals.before_task_publish.connect(_task_retention, weak=False, dispatch_uid="ff_celery.retention")
     if tracing.available():  # flowfabric_tracing, read at each publish
         signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
         signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
     canvas.install()
+    retention.carry_retention(app)
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

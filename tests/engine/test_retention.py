@@ -83,8 +83,9 @@ def test_each_execution_keeps_its_own_retention_then_its_lanes_then_the_default(
 
     def trim_until_idle(now_ms):
         with engine_time(ff_engine, now_ms):
-            while scanners.trim_retained() or scanners.trimmer.index_terminal(now_ms - 1000):
-                pass
+            scanners.trim_retained()
+            while scanners.trimmer.behind:  # ran out of time on a loaded machine: goes on
+                scanners.trim_retained()
 
     trim_until_idle(completed + 11_000)
     assert not exists(ff_engine, brief)
