@@ -85,12 +85,12 @@ class RetentionTrimmer:
         #: Whether the last :meth:`trim` ran out of time with work left (run it again soon).
         self.behind = False
 
-    def trim(self, budget_s: float = TRIM_BUDGET_S) -> int:
-        """Both passes, a page of each per round, until no page comes back full or
-        ``budget_s`` has passed (:attr:`behind` then says so). Answers how many executions
-        were deleted."""
+    def trim(self, now_ms: int | None = None, budget_s: float = TRIM_BUDGET_S) -> int:
+        """Both passes as of ``now_ms`` (default: engine time), a page of each per round,
+        until no page comes back full or ``budget_s`` has passed (:attr:`behind` then says
+        so). Answers how many executions were deleted."""
         deadline = time.monotonic() + budget_s
-        now = self.engine.server_time_ms()
+        now = self.engine.server_time_ms() if now_ms is None else now_ms
         slots = [(partition, lane) for partition in self._partitions for lane in sorted(self.lanes())]
         partitions, deleted = list(self._partitions), 0
         while slots or partitions:
