@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=600.0, help="steady: seconds of publishing")
     parser.add_argument("--workers", type=int, default=3, help="steady: prefork workers")
     parser.add_argument("--concurrency", type=int, default=4, help="steady: processes per worker")
+    parser.add_argument("--publishers", type=int, default=4, help="steady: publishing threads")
     args = parser.parse_args()
     if args.steady:
         steady(args)
@@ -99,27 +100,39 @@ def steady(args: argparse.Namespace) -> None:
         try:
             tick.delay(-1).get(timeout=60)  # warm: library, lane, workers
             journal.delete("soak:ticks")
-            published, samples, started = 0, [], time.monotonic()
+            samples, started, stop = [], time.monotonic(), threading.Event()
+            counts = [0] * args.publishers
+
+            def publish(slot: int) -> None:
+                """Publish this thread's share of the rate, paced (behind schedule, catch up)."""
+                rate = args.rate / args.publishers
+                while not stop.is_set():
+                    due = int((time.monotonic() - started) * rate) - counts[slot]
+                    for _ in range(max(0, min(due, int(rate)))):
+                        tick.delay(counts[slot])
+                        counts[slot] += 1
+                    if due <= 0:
+                        time.sleep(0.005)
 
             def sample() -> None:
                 memory, keys = client.info("memory")["used_memory"], client.dbsize()
                 moment, ran = time.monotonic() - started, int(journal.get("soak:ticks") or 0)
                 samples.append((moment, memory))
                 print(f"{moment:6.0f} s  used_memory {memory / 2**20:7.1f} MiB  keys {keys:8d}  "
-                      f"published {published:8d}  ran {ran:8d}", flush=True)  # fmt: skip
+                      f"published {sum(counts):8d}  ran {ran:8d}", flush=True)  # fmt: skip
 
+            publishers = [threading.Thread(target=publish, args=(n,), daemon=True) for n in range(args.publishers)]
+            for thread in publishers:
+                thread.start()
             sample()
-            next_sample = 30.0
             while (elapsed := time.monotonic() - started) < args.duration:
-                if elapsed >= next_sample:
+                time.sleep(min(30.0 - elapsed % 30.0, args.duration - elapsed))
+                if time.monotonic() - started < args.duration:
                     sample()
-                    next_sample += 30.0
-                due = int(elapsed * args.rate) - published  # paced: behind schedule, catch up
-                for _ in range(min(due, int(args.rate))):
-                    tick.delay(published)
-                    published += 1
-                if due <= 0:
-                    time.sleep(0.005)
+            stop.set()
+            for thread in publishers:
+                thread.join()
+            published = sum(counts)
             print(f"published {published} tasks in {time.monotonic() - started:.0f} s "
                   f"({published / (time.monotonic() - started):.0f}/s)")  # fmt: skip
             while int(journal.get("soak:ticks") or 0) < published and time.monotonic() - started < args.duration + 300:
