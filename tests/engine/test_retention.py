@@ -171,20 +171,19 @@ def test_an_upstream_result_stays_until_every_member_waiting_for_it_has_run(ff_e
     complete_all(ff_engine, ["default"], 1)
     ff_engine.flows.cascade(upstream, flow.flow_id)
 
-    def trim_later():
-        with engine_time(ff_engine, ff_engine.server_time_ms() + HOUR_MS):
+    def trim_hours_later(hours):
+        with engine_time(ff_engine, ff_engine.server_time_ms() + hours * HOUR_MS):
             scanners.trim_retained()
             while scanners.trimmer.behind:
                 scanners.trim_retained()
 
-    trim_later()  # both still to run: the upstream's result is kept
+    trim_hours_later(1)  # both still to run: the upstream's result is kept
     assert ff_engine.snapshot(upstream).public_state == "completed"
     complete_all(ff_engine, ["later"], 1)
-    trim_later()  # one of them still to run
+    trim_hours_later(2)  # one of them still to run
     assert ff_engine.snapshot(upstream).public_state == "completed"
     complete_all(ff_engine, ["later"], 1)
-    trim_later()  # a retention after the last ran
-    trim_later()
+    trim_hours_later(3)  # a retention after the last ran: it is looked at again
     assert not any(exists(ff_engine, eid) for eid in (upstream, first, second))
 
 
