@@ -46,8 +46,10 @@ def task_retention(app: Celery, task_name: str, queue: str | None) -> float | No
 
 def carry_retention(app: Celery) -> None:
     """Make every task message ``app`` sends carry its :func:`task_retention` (an
-    ``apply_async(ff_retention=...)`` still wins: the transport reads that option last)."""
-    send = app.amqp.send_task_message
+    ``apply_async(ff_retention=...)`` still wins: the transport reads that option last).
+    Celery's own sender is made at the first send, as Celery does (it reads the settings)."""
+    amqp = app.amqp
+    senders = [amqp.__dict__["send_task_message"]] if "send_task_message" in amqp.__dict__ else []
 
     def send_task_message(producer: Any, name: str, message: Any, *args: Any, **options: Any) -> Any:
         headers = message[0]  # Celery's task message: headers, properties, body, sent event
@@ -55,6 +57,8 @@ def carry_retention(app: Celery) -> None:
             queue = options.get("queue")
             queue = getattr(queue, "name", queue) or options.get("routing_key") or app.conf.task_default_queue
             headers[RETENTION_HEADER] = task_retention(app, name, queue)
-        return send(producer, name, message, *args, **options)
+        if not senders:
+            senders.append(amqp._create_task_sender())
+        return senders[0](producer, name, message, *args, **options)
 
-    app.amqp.send_task_message = send_task_message
+    amqp.send_task_message = send_task_message
