@@ -9,8 +9,12 @@ long never holds back the rest of its lane, trimming runs in two passes, each ba
 1. **index** — executions that became terminal since the last pass (a cursor per partition
    and lane, on the completion time) are added to ``ffc:retention:{fp:N}:due``, scored by
    the time their retention ends;
-2. **delete** — those due are deleted (re-checked first: a replayed execution is not
-   terminal any more, a re-completed one is due later).
+2. **delete** — those due are deleted, a page of one partition per transaction: their cores
+   are watched, then re-checked (a replayed execution is not terminal any more, a
+   re-completed one is due later, a flow member that a live member waits for is kept), so a
+   change meanwhile makes the delete a no-op.
+
+Both go on page after page while pages come back full, for a bounded time per run.
 
 Deleting also removes ff_celery's own keys naming the execution: its alias and its
 FlowFabric idempotency key (while they still name it) and its next-attempt payload; and its
