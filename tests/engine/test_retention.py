@@ -253,3 +253,15 @@ def test_a_replay_between_the_trimmers_read_and_its_delete_makes_the_delete_a_no
     with engine_time(ff_engine, ff_engine.server_time_ms() + HOUR_MS):
         assert scanners.trim_retained() == 1
     assert not exists(ff_engine, replayed)
+
+
+def test_the_scanners_on_their_default_settings_trim_a_backlog_of_many_pages_at_once(ff_engine):
+    ended = [
+        ff_engine.submit("busy", b"x", policy=ExecutionPolicy().with_retention(0)).execution_id for _ in range(130)
+    ]
+    complete_all(ff_engine, ["busy"], len(ended))
+    scanners = EngineScanners(ff_engine.fork()).start()  # FlowFabric's 60 s interval would take minutes
+    try:
+        assert wait_for(lambda: not any(exists(ff_engine, eid) for eid in ended), timeout=60, interval=0.5)
+    finally:
+        scanners.stop()
