@@ -213,6 +213,8 @@ class RetentionTrimmer:
         """The writes deleting ``due`` (noted in ``plan``), from what they hold now: one
         terminal again, due later, or still needed by a flow member waiting for it is put
         back in the index for later."""
+        plan.expired.clear()  # a transaction tried again plans afresh
+        plan.flows.clear()
         reads = self.engine.batch()
         for eid in due:
             keys = ExecKeys(eid)
