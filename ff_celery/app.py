@@ -11,7 +11,7 @@ import celery
 from celery import signals
 from celery._state import _get_active_apps
 
-from ff_celery import canvas, outcomes, tracing
+from ff_celery import canvas, outcomes, retention, tracing
 from ff_celery.budgets import inherit_budgets
 from ff_celery.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER, check_publish_options
 
@@ -100,6 +100,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
         signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
     canvas.install()
     _check_options_before_celery(app)
+    retention.carry_retention(app)
     app.control_cls = CONTROL_CLS
     app.__dict__.pop("control", None)
     app.add_defaults(DEFAULTS)

@@ -20,7 +20,6 @@ import logging
 import signal
 import threading
 from collections import deque
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import bootsteps, states
@@ -38,11 +37,11 @@ from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
 from ff_celery.engine.inspection import held_executions
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 from ff_celery.messages import celery_task_of, held_task_entry
+from ff_celery.retention import queue_retention_of, retention_of
 from ff_celery.task_metrics import measure_tasks
 from ff_celery.transport import Channel
 
 if TYPE_CHECKING:
-    from celery import Celery
     from celery.worker.consumer import Consumer
     from celery.worker.request import Request
     from kombu.message import Message
@@ -330,24 +329,6 @@ def ended_by_holder(task: ClaimedTask) -> bool:
     if error.lifecycle_phase == "terminal":
         return own_epoch and error.terminal_outcome in ("success", "failed")
     return own_epoch and error.lifecycle_phase in ("suspended", "runnable")
-
-
-def retention_of(app: Celery) -> float | None:
-    """How long terminal executions are kept: Celery's ``result_expires`` (None or 0: forever)."""
-    expires = app.conf.result_expires
-    if not expires:
-        return None
-    return expires.total_seconds() if isinstance(expires, timedelta) else float(expires)
-
-
-def queue_retention_of(app: Celery) -> dict[str, float | None]:
-    """Queues with a retention of their own: ``flowfabric_queue_retention`` (seconds, or a
-    timedelta; None: forever)."""
-    configured = app.conf.get("flowfabric_queue_retention") or {}
-    return {
-        queue: expires.total_seconds() if isinstance(expires, timedelta) else expires
-        for queue, expires in configured.items()
-    }
 
 
 def _channel_of(message: Message) -> Channel | None:

@@ -108,12 +108,13 @@ def form_cluster_command(nodes: tuple[str, ...], replicas: int, timeout_s: float
 @click.option("--lane", "lanes", multiple=True, help="Lanes to scan besides those in ff:idx:lanes.")
 @click.option(
     "--set", "overrides", multiple=True, metavar="NAME=VALUE",
-    help=f"A scanner setting, e.g. promote_interval_s=0.5 (of: {', '.join(ScannerSettings.model_fields)}).",
+    help=f"A scanner setting, e.g. promote_interval_s=0.5 or retention_s=forever "
+         f"(of: {', '.join(ScannerSettings.model_fields)}).",
 )  # fmt: skip
 def scanners(url: str, lanes: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Run the engine scanners (leader-elected) until interrupted."""
     try:
-        settings = ScannerSettings(**dict(item.split("=", 1) for item in overrides))
+        settings = ScannerSettings(**dict(scanner_setting(item) for item in overrides))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--set") from exc
     engine = Engine.from_url(url)
@@ -122,6 +123,12 @@ def scanners(url: str, lanes: tuple[str, ...], overrides: tuple[str, ...]) -> No
     click.echo(f"scanners running as {runner.instance_id}; Ctrl-C to stop")
     wait_for_interrupt()
     runner.stop()
+
+
+def scanner_setting(item: str) -> tuple[str, str | None]:
+    """``NAME=VALUE`` of ``--set``; ``forever`` (or ``none``) is None, e.g. a retention kept forever."""
+    name, _, value = item.partition("=")
+    return name, None if value.lower() in ("forever", "none") else value
 
 
 def serve_metrics(url: str, port: int, address: str, interval_s: float, lanes: tuple[str, ...] = ()) -> None:

@@ -16,7 +16,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine.connection import compare_and_set
 from ff_celery.engine.decoding import decode_fields, decode_hash, text
 from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.executor import Executor, transport_error
+from ff_celery.engine.executor import Batch, Executor, transport_error
 from ff_celery.engine.flows import FlowRef, Flows, NewExecution
 from ff_celery.engine.ids import ExecutionId, attachment_fields
 from ff_celery.engine.keys import (
@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 #: A delay closer than this to engine time is submitted as eligible now (spec §5.2 pitfall).
 DELAY_SAFETY_MS = 1000
-#: How long an alias (a Celery task id) resolves after its execution becomes due.
-ALIAS_TTL_MS = 7 * 86_400_000
 #: A wake-up that names no execution: look for work.
 WAKE_ANY = "1"
 #: Aliases remembered per process (as hints for :meth:`Engine.read_aliased`) before starting over.
@@ -84,8 +82,8 @@ class Engine(Executor):
         """Create a solo execution on ``lane`` (its partition is the lane's).
 
         A ``delay_until`` less than a second ahead of engine time runs now. ``alias`` (e.g. a
-        Celery task id) is indexed for a week past the due time so :meth:`resolve` finds the
-        execution without knowing its lane; ``alias_replaces`` repoints an existing alias (a
+        Celery task id) is indexed, for as long as the execution exists, so :meth:`resolve`
+        finds the execution without knowing its lane; ``alias_replaces`` repoints an existing alias (a
         task that replaced itself). ``budget_ids`` / ``quota_policy_id`` (ids or names) put the
         execution under budgets and a quota, checked when it is claimed. Wakes idle claimers
         when the lane had no eligible work. The other ``fields`` are :meth:`new_execution`'s.
@@ -158,9 +156,8 @@ class Engine(Executor):
         ready: dict[str, str] = {}
         for member, outcome in zip(members, created):
             if member.alias and not outcome.duplicate:
-                alias_ttl_ms = ALIAS_TTL_MS + max(0, (member.request.delay_until or 0) - self.now_ms())
-                key = alias_key(self.namespace, member.alias)
-                after.command("set", key, str(outcome.execution_id), px=alias_ttl_ms)
+                after.command("set", alias_key(self.namespace, member.alias), str(outcome.execution_id))
+            self._keep_idempotency_record(after, member.request)
             if outcome.public_state == "waiting" and not member.upstream:
                 named = WAKE_ANY if member.attachment or member.request.lane_id in ready else outcome.execution_id
                 ready[member.request.lane_id] = str(named)
@@ -192,9 +189,9 @@ class Engine(Executor):
         if attachment:  # before any claimer can see it; undone below for a duplicate
             batch.command("hset", ExecKeys(eid).core, mapping=attachment)
             batch.command("sadd", ADMISSION_LANES_KEY, lane)
+        self._keep_idempotency_record(batch, request)
         if alias:
-            alias_ttl_ms = ALIAS_TTL_MS + max(0, (request.delay_until or 0) - self.now_ms())
-            batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces, px=alias_ttl_ms)
+            batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces)
         # an execution under budgets or a quota must pass admission, which a claimer only knows
         # its lane needs after a probe: its wake-up names nothing, so the claimer probes
         named = None if attachment else eid
@@ -227,6 +224,13 @@ class Engine(Executor):
         if alias and not rerun:
             self._remember_alias(alias, created.execution_id)
         return None if rerun else created
+
+    @staticmethod
+    def _keep_idempotency_record(batch: Batch, request: fn.CreateExecution) -> None:
+        """Queue making the request's idempotency record (FlowFabric's, which expires after
+        its dedup window) last as long as the execution: retention deletes it with it."""
+        if request.idempotency_key:
+            batch.command("persist", request.index.idempotency(request.namespace, request.idempotency_key))
 
     @property
     def flows(self) -> Flows:
@@ -279,10 +283,10 @@ class Engine(Executor):
         self._guard(lambda: self.redis.delete(alias_key(self.namespace, alias)))
 
     def set_next_attempt_payload(self, execution_id: ExecutionId, payload: bytes) -> None:
-        """What the execution's next attempts run instead of its submitted payload (kept for
-        the alias lifetime: FlowFabric's payload is never rewritten)."""
+        """What the execution's next attempts run instead of its submitted payload
+        (FlowFabric's payload is never rewritten); retention deletes it with the execution."""
         key = next_attempt_payload_key(execution_id)
-        self._guard(lambda: self.redis.set(key, payload, px=ALIAS_TTL_MS))
+        self._guard(lambda: self.redis.set(key, payload))
 
     def next_attempt_payload(self, execution_id: ExecutionId) -> bytes | None:
         return self._guard(lambda: self.redis.get(next_attempt_payload_key(execution_id)))

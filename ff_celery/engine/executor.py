@@ -147,16 +147,18 @@ class Executor:
     def batch(self) -> Batch:
         return Batch(self)
 
-    def transaction(self, watched: str, field: str, build: Callable[[bytes | None], Batch]) -> list[Any] | None:
-        """Read ``field`` of the hash ``watched`` and run the batch ``build`` makes from it as
-        one transaction (WATCH / MULTI / EXEC; one hash slot). Answers the batch's outcomes
-        (as :meth:`Batch.execute`), or None when ``watched`` changed meanwhile."""
+    def transaction(self, watched: Sequence[str], build: Callable[[redis.client.Pipeline], Batch]) -> list[Any] | None:
+        """WATCH the keys ``watched`` (of one hash slot), then run the batch ``build`` makes as
+        one transaction (MULTI / EXEC). ``build`` reads what it decides on after the WATCH
+        (through the pipe, one command at a time, or through any other connection), so a
+        change to a watched key since makes the transaction a no-op. Answers the batch's
+        outcomes (as :meth:`Batch.execute`), or None when a watched key changed meanwhile."""
 
         def run() -> list[Any] | None:
             with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(watched)
-                    batch = build(pipe.hget(watched, field))
+                    pipe.watch(*watched)
+                    batch = build(pipe)
                     pipe.multi()
                     batch.queue_on(pipe)
                     return [batch, pipe.execute(raise_on_error=False)]

@@ -149,8 +149,9 @@ class Flows:
     def _write(self, flow: FlowRef, build: Callable[[bytes | None], Batch]) -> list[Any]:
         """Run the batch ``build`` makes from the flow's graph revision as one transaction,
         again if the graph changed meanwhile."""
+        core = flow.keys.core
         for _ in range(MEMBER_WRITE_ATTEMPTS):
-            outcomes = self.engine.transaction(flow.keys.core, "graph_revision", build)
+            outcomes = self.engine.transaction([core], lambda pipe: build(pipe.hget(core, "graph_revision")))
             if outcomes is not None:
                 return outcomes
         raise TransportError(f"flow {flow.flow_id} kept changing while it was written", retryable=True)

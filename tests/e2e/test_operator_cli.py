@@ -3,6 +3,9 @@ resume, top and the waitpoint secret, as tables and as JSON."""
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -208,3 +211,28 @@ def test_a_canvas_is_drawn_as_a_flow_and_cancelled_as_one(ffapp, cli, worker):
     assert "3 member(s) stopped" in cli("cancel-flow", header[1]).output
     assert wait_for(lambda: [ffapp.app.AsyncResult(t).state for t in [*header, waiting.id]] == ["REVOKED"] * 3)
     assert cli("flow", "no-such-task", ok=False).exit_code == 1
+
+
+def scanners_command(app_url, *settings):
+    url = app_url.replace("flowfabric://", "redis://", 1)
+    sets = [arg for setting in settings for arg in ("--set", setting)]
+    return [sys.executable, "-m", "ff_celery.cli", "scanners", "--url", url, *sets]
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "a day"])
+def test_scanners_refuses_a_retention_that_is_no_length_of_time(app_url, value):
+    refused = subprocess.run(
+        scanners_command(app_url, f"retention_s={value}"), capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "retention_s" in refused.stderr
+
+
+def test_scanners_keep_terminal_executions_forever_when_told(app_url, tmp_path):
+    output = tmp_path / "scanners.out"
+    with output.open("w") as out:
+        runner = subprocess.Popen(scanners_command(app_url, "retention_s=forever"), stdout=out, stderr=out)
+    try:
+        assert wait_for(lambda: "scanners running" in output.read_text(), timeout=60), output.read_text()
+    finally:
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=60) == 0
