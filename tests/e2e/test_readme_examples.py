@@ -44,7 +44,8 @@ EXEMPT = {
     "bench/suspend_bench.py": "a benchmark: minutes of both cores",
     "bench/engine_bench.py": "a benchmark: minutes of both cores",
     "bench/footprint.py": "a benchmark: minutes of both cores",
-    "bench/soak.py": "a soak run: minutes of both cores",
+    "bench/soak.py --steady": "a soak run: ten minutes of both cores",
+    "bench/soak.py --count": "a soak run: minutes of both cores",
     "rm -rf /tmp/ff-metrics": (
         "a fixed directory and port shared by everyone on the machine; tests/e2e/test_metrics.py runs a "
         "prefork worker in multiprocess mode with flowfabric_metrics_port set, as this block does"
