@@ -2,8 +2,10 @@
 matching the installed Celery) on ff_celery: unchanged, URL-only, broker on database 0 and
 backend on database 1 of an embedded server this script starts and stops; then the tests
 Celery runs only with its Redis result backend, with ``flowfabric://`` broker and that backend.
+With ``--canvas``, ``t/integration/test_canvas.py`` instead, with ``flowfabric://`` broker and
+``redis://`` backend: canvases on Celery's own mechanism (too long for CI, run by hand).
 
-    .venv/bin/python scripts/celery_suite.py [pytest arguments]
+    .venv/bin/python scripts/celery_suite.py [--canvas] [pytest arguments]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ff_celery.devserver import DevServer
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "celery-suite"
 SUITE = "t/integration/test_tasks.py"
+CANVAS_SUITE = "t/integration/test_canvas.py"
 #: Pytest plugins the suite relies on (``flaky`` reruns, ordering), pinned as Celery's
 #: requirements/test.txt pins them.
 PLUGINS = ("pytest-rerunfailures", "pytest-order")
@@ -71,8 +74,8 @@ def install_plugins(tests: Path) -> None:
 REDIS_BACKEND_ONLY = "test_task_redis_result_backend or test_replaced_task_nesting_level_1 or nesting_chain"
 
 
-def run_suite(tests: Path, server: DevServer, backend: str, pytest_args: list[str]) -> int:
-    """Celery's suite with broker ``flowfabric://…/0`` and ``backend`` on ``server``."""
+def run_suite(tests: Path, server: DevServer, backend: str, pytest_args: list[str], suite: str = SUITE) -> int:
+    """Celery's ``suite`` with broker ``flowfabric://…/0`` and ``backend`` on ``server``."""
     broker = f"flowfabric://127.0.0.1:{server.port}/0"
     env = {
         **os.environ,
@@ -82,7 +85,7 @@ def run_suite(tests: Path, server: DevServer, backend: str, pytest_args: list[st
         "REDIS_PORT": str(server.port),
     }
     deselected = [f"--deselect={test}" for test in sorted(EXCUSED)]
-    command = [sys.executable, "-m", "pytest", SUITE, "-p", "no:cacheprovider", "-q", *deselected, *pytest_args]
+    command = [sys.executable, "-m", "pytest", suite, "-p", "no:cacheprovider", "-q", *deselected, *pytest_args]
     print(f"celery {celery.__version__}: {' '.join(command[2:])} (broker {broker}, backend {backend})", flush=True)
     return subprocess.run(command, cwd=tests, env=env).returncode
 
@@ -91,8 +94,10 @@ def main(pytest_args: list[str]) -> int:
     tests = celery_tests()
     install_plugins(tests)
     with DevServer() as server:
-        failed = run_suite(tests, server, f"flowfabric://127.0.0.1:{server.port}/1", pytest_args)
         redis_backend = f"redis://127.0.0.1:{server.port}/1"
+        if pytest_args[:1] == ["--canvas"]:
+            return run_suite(tests, server, redis_backend, pytest_args[1:], suite=CANVAS_SUITE)
+        failed = run_suite(tests, server, f"flowfabric://127.0.0.1:{server.port}/1", pytest_args)
         return failed or run_suite(tests, server, redis_backend, ["-k", REDIS_BACKEND_ONLY, *pytest_args])
 
 
