@@ -12,6 +12,7 @@ from celery import signals
 
 from ff_celery import canvas, outcomes, tracing
 from ff_celery.budgets import inherited_budgets
+from ff_celery.context import restore_eta
 from ff_celery.messages import RETENTION_HEADER
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
         (signals.task_retry, outcomes.on_task_retry),
     ):
         signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.outcomes.{handler.__name__}")
+    signals.task_prerun.connect(restore_eta, weak=False, dispatch_uid="ff_celery.context.restore_eta")
     signals.before_task_publish.connect(inherited_budgets, weak=False, dispatch_uid="ff_celery.budgets")
     signals.before_task_publish.connect(_task_retention, weak=False, dispatch_uid="ff_celery.retention")
     if tracing.available():  # flowfabric_tracing, read at each publish
