@@ -32,6 +32,10 @@ EXCUSED = {
     # caplog timing: the worker's "received" record races the test; flaky on redis:// too
     "t/integration/test_tasks.py::test_trace_log_arguments::test_task_success",
     "t/integration/test_tasks.py::test_trace_log_arguments::test_task_failed",
+    # republishes every message with its task id, expecting each task to run twice (RabbitMQ's
+    # duplication); a task id runs once while its execution lives; expected to fail on redis://
+    # too ("Redis broker does not duplicate the task")
+    "t/integration/test_canvas.py::test_chain::test_chord_header_id_duplicated_on_rabbitmq_msg_duplication",
 }
 
 
