@@ -2,8 +2,9 @@
 matching the installed Celery) on ff_celery: unchanged, URL-only, broker on database 0 and
 backend on database 1 of an embedded server this script starts and stops; then the tests
 Celery runs only with its Redis result backend, with ``flowfabric://`` broker and that backend.
-With ``--canvas``, ``t/integration/test_canvas.py`` instead, with ``flowfabric://`` broker and
-``redis://`` backend: canvases on Celery's own mechanism (too long for CI, run by hand).
+With ``--canvas``, ``t/integration/test_canvas.py`` instead, with ``flowfabric://`` broker (on
+database 1) and ``redis://`` backend (database 0): canvases on Celery's own mechanism (too
+long for CI, run by hand).
 
     .venv/bin/python scripts/celery_suite.py [--canvas] [pytest arguments]
 """
@@ -78,9 +79,11 @@ def install_plugins(tests: Path) -> None:
 REDIS_BACKEND_ONLY = "test_task_redis_result_backend or test_replaced_task_nesting_level_1 or nesting_chain"
 
 
-def run_suite(tests: Path, server: DevServer, backend: str, pytest_args: list[str], suite: str = SUITE) -> int:
-    """Celery's ``suite`` with broker ``flowfabric://…/0`` and ``backend`` on ``server``."""
-    broker = f"flowfabric://127.0.0.1:{server.port}/0"
+def run_suite(
+    tests: Path, server: DevServer, backend: str, pytest_args: list[str], suite: str = SUITE, broker_db: int = 0
+) -> int:
+    """Celery's ``suite`` with broker ``flowfabric://…/<broker_db>`` and ``backend`` on ``server``."""
+    broker = f"flowfabric://127.0.0.1:{server.port}/{broker_db}"
     env = {
         **os.environ,
         "TEST_BROKER": broker,
@@ -98,9 +101,11 @@ def main(pytest_args: list[str]) -> int:
     tests = celery_tests()
     install_plugins(tests)
     with DevServer() as server:
-        redis_backend = f"redis://127.0.0.1:{server.port}/1"
         if pytest_args[:1] == ["--canvas"]:
-            return run_suite(tests, server, redis_backend, pytest_args[1:], suite=CANVAS_SUITE)
+            # the backend on database 0, where the suite's own Redis client reads its keys
+            backend = f"redis://127.0.0.1:{server.port}/0"
+            return run_suite(tests, server, backend, pytest_args[1:], suite=CANVAS_SUITE, broker_db=1)
+        redis_backend = f"redis://127.0.0.1:{server.port}/1"
         failed = run_suite(tests, server, f"flowfabric://127.0.0.1:{server.port}/1", pytest_args)
         return failed or run_suite(tests, server, redis_backend, ["-k", REDIS_BACKEND_ONLY, *pytest_args])
 
