@@ -13,6 +13,7 @@ from celery._state import _get_active_apps
 
 from ff_celery import canvas, outcomes, retention, tracing
 from ff_celery.budgets import inherit_budgets
+from ff_celery.context import restore_eta
 from ff_celery.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER, check_publish_options
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
         (signals.task_retry, outcomes.on_task_retry),
     ):
         signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.outcomes.{handler.__name__}")
+    signals.task_prerun.connect(restore_eta, weak=False, dispatch_uid="ff_celery.context.restore_eta")
     signals.before_task_publish.connect(_task_options, weak=False, dispatch_uid="ff_celery.task_options")
     if tracing.available():  # flowfabric_tracing, read at each publish
         signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")

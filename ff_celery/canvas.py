@@ -267,18 +267,18 @@ _ORIGINALS: dict[type, Callable[..., Any]] = {}
 
 def _flow_apply_async(original: Callable[..., Any]) -> Callable[..., Any]:
     def apply_async(self: Signature, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        canvas = self
+        canvas, flow_kwargs = self, kwargs
         if isinstance(self, _chord) and kwargs and "body" in kwargs:  # chord(header)(body)
-            kwargs = dict(kwargs)
+            flow_kwargs = dict(kwargs)
             canvas = self.clone()
-            canvas.kwargs["body"] = kwargs.pop("body")
+            canvas.kwargs["body"] = flow_kwargs.pop("body")
         app = canvas._get_app() if isinstance(canvas, _chord) else canvas.app
         merged = {**canvas.options, **options}
         if runs_flows(app) and not app.conf.task_always_eager and set(merged) <= ENTRY_OPTIONS and expressible(canvas):
-            result = apply_as_flow(app, canvas, args, kwargs, merged)
+            result = apply_as_flow(app, canvas, args, flow_kwargs, merged)
             if result is not None:
                 return result
-        return original(self, args, kwargs, **options)
+        return original(self, args, kwargs, **options)  # Celery's own, with the body as given
 
     apply_async.__doc__ = original.__doc__
     apply_async.__wrapped__ = original  # type: ignore[attr-defined]

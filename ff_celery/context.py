@@ -21,6 +21,9 @@ from ff_celery.engine.keys import done_channel
 from ff_celery.engine.registry import shared_engine
 from ff_celery.messages import FENCE_HEADER, NAMESPACE
 
+#: Attempts that run a task's code again from the top, as the attempt before them did.
+REPEATING_ATTEMPTS = frozenset({"reclaim", "resumed"})
+
 
 class NotAFlowFabricTask(RuntimeError):
     """Raised when FlowFabric features are used outside a task delivered by ``flowfabric://``."""
@@ -47,6 +50,21 @@ def engine_for(app_or_url: celery.Celery | str) -> Engine:
 def fence_of(request: Any) -> dict[str, Any] | None:
     """The fence a flowfabric:// delivery carries, or None."""
     return (getattr(request, FENCE_HEADER, None) if request is not None else None) or None
+
+
+def restore_eta(task: celery.Task | None = None, **_: Any) -> None:
+    """``task_prerun``: the task sees the ``eta`` it was published with as ``request.eta``, as
+    on Celery's brokers (the delivery clears it: the engine held the task until it was due)."""
+    fence = fence_of(task.request) if task is not None else None
+    if fence is not None and task.request.eta is None:
+        task.request.eta = fence.get("eta")
+
+
+def publisher_repeats() -> bool:
+    """Whether the task running here (if any) repeats work whose messages may have gone out
+    already: an attempt reclaimed after its worker was lost, or resumed after a wait."""
+    fence = fence_of(current_task.request) if current_task else None
+    return fence is not None and fence.get("attempt_type") in REPEATING_ATTEMPTS
 
 
 def claimed_task(engine: Engine, request: Any) -> ClaimedTask | None:

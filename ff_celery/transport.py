@@ -32,14 +32,14 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from ff_celery import tracing
-from ff_celery.context import plan_republished_retry
+from ff_celery.context import plan_republished_retry, publisher_repeats
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.flows import FlowRef
-from ff_celery.engine.functions import BlockExecutionForAdmission
+from ff_celery.engine.functions import BlockExecutionForAdmission, Created
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.lane_shards import shard_lanes
 from ff_celery.engine.registry import shared_engine, shared_renewer
@@ -50,6 +50,7 @@ from ff_celery.messages import (
     NAMESPACE,
     FlowStep,
     PublishError,
+    Submission,
     delivery_message,
     is_celery_task,
     submission_for,
@@ -256,15 +257,28 @@ class Channel(kombu_redis.Channel):
             publication.add(engine, flow, member, step.after)
             created = publication.commit()[0]
         else:
-            created = engine.submit(
-                submission.lane, submission.payload, alias_replaces=submission.alias_replaces, **fields
-            )
+            created = self._ff_submit(submission, fields)
         headers = message.get("headers") or {}
         if created.duplicate and headers.get("retries"):
             # Celery's Task.retry of a running task: its delay and its arguments are the next attempt's
             plan_republished_retry(str(headers.get("id")), max(0, (submission.delay_until or now_ms) - now_ms))
             engine.set_next_attempt_payload(created.execution_id, submission.payload)
         return None
+
+    def _ff_submit(self, submission: Submission, fields: dict[str, Any]) -> Created:
+        """Submit a message that is not a flow member. A task id published again while its
+        execution lives is that execution; published after it ended, it is a new run of the
+        task (Celery's brokers run every message: a frozen canvas applied again runs again),
+        unless the publisher repeats work whose messages went out already
+        (:func:`~ff_celery.context.publisher_repeats`): a step re-sent after a crash runs once."""
+        engine, key = self.ff_engine, fields["idempotency_key"]
+        created = engine.submit(submission.lane, submission.payload, alias_replaces=submission.alias_replaces, **fields)
+        while created.duplicate and submission.alias and not publisher_repeats() and engine.ended(created.execution_id):
+            # each run's key names the run before it: publishers racing to start the next run
+            # start one
+            fields["idempotency_key"] = f"{key}:after:{created.execution_id}"
+            created = engine.submit(submission.lane, submission.payload, alias_replaces=True, **fields)
+        return created
 
     def ff_lanes_of(self, queue: str) -> list[str]:
         """The lanes a queue's executions live on: the queue's own, and more if it is

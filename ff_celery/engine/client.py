@@ -291,6 +291,11 @@ class Engine(Executor):
     def next_attempt_payload(self, execution_id: ExecutionId) -> bytes | None:
         return self._guard(lambda: self.redis.get(next_attempt_payload_key(execution_id)))
 
+    def ended(self, execution_id: ExecutionId) -> bool:
+        """Whether the execution is terminal (or gone: its retention passed)."""
+        phase = self.read_core(execution_id, "lifecycle_phase").get("lifecycle_phase")
+        return phase in (None, "terminal")
+
     def read_core(self, execution_id: ExecutionId, *fields: str) -> dict[str, str]:
         """exec_core, whole or the named fields (absent fields omitted)."""
         core = ExecKeys(execution_id).core

@@ -160,6 +160,19 @@ def record_run(self, value=None):
     return value
 
 
+@app.task(bind=True)
+def sends_a_step_then_waits(self, step_id):
+    """Publishes ``record_run`` as ``step_id`` (as a chain publishes its next step), runs until
+    that step ran and the test opened its gate (``ffapp:go:<task id>``)."""
+    record(self, "start")
+    record_run.apply_async(("step",), task_id=step_id)
+    deadline = time.time() + 60
+    gates = (f"ffapp:runs:{step_id}", f"ffapp:go:{self.request.id}")
+    while not all(runs().exists(gate) for gate in gates) and time.time() < deadline:
+        time.sleep(0.05)
+    return "sent"
+
+
 @app.task(bind=True, max_retries=3, default_retry_delay=0.3)
 def flaky(self, fail_times, countdown=None):
     record(self, f"attempt{self.request.retries}")

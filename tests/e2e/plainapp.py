@@ -14,6 +14,7 @@ import time
 import kombu
 import redis
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 app = Celery(
     "plainapp",
@@ -183,3 +184,33 @@ def one_at_a_time(key, seconds):
     started = time.time()
     time.sleep(seconds)
     journal().rpush(f"span:{key}", json.dumps([started, time.time()]))
+
+
+# -- for test_celery_canvas_mechanism: canvases on Celery's own mechanism (a redis:// backend) --
+
+
+@app.task
+def identity(value):
+    return value
+
+
+@app.task(bind=True)
+def published_eta(self):
+    """The ``eta`` the task was published with, as the task sees it."""
+    return self.request.eta
+
+
+@app.task
+def counted(key):
+    """Counts its runs in ``key``."""
+    return journal().incr(key)
+
+
+@app.task(soft_time_limit=1)
+def survives_soft_limit(value, gate):
+    """Waits for a gate nobody opens (``go:<gate>``), catches its soft time limit, returns ``value``."""
+    try:
+        gated.run(gate)
+    except SoftTimeLimitExceeded:
+        return value
+    return None

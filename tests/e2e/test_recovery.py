@@ -100,3 +100,19 @@ def test_a_broker_reconnect_does_not_duplicate_executions(ffapp, start_worker):
     for r in results:
         assert events(ffapp, r.id).count("finish") == 1
         assert len(execution(ffapp, r.id).attempts) == 1  # handed back or kept, never re-put
+
+
+def test_a_step_sent_again_by_a_task_rerun_after_a_crash_runs_once(ffapp, start_worker):
+    doomed = start_worker(concurrency=2)
+    step_id = f"step-{time.time_ns()}"
+    parent = ffapp.sends_a_step_then_waits.delay(step_id)
+    assert wait_for(lambda: events(ffapp, step_id) == ["run"] and events(ffapp, parent.id) == ["start"], 30)
+    step_execution = execution(ffapp, step_id).execution_id
+    doomed.kill()  # the parent is rerun from the top elsewhere and sends the step again
+    start_worker(concurrency=2)
+    assert wait_for(lambda: events(ffapp, parent.id) == ["start", "start"], 60)
+    ffapp.runs().set(f"ffapp:go:{parent.id}", 1)
+    assert parent.get(timeout=60) == "sent"  # it sent the step again before it ended
+    assert [a.attempt_type for a in execution(ffapp, parent.id).attempts] == ["initial", "reclaim"]
+    assert execution(ffapp, step_id).execution_id == step_execution
+    assert events(ffapp, step_id) == ["run"]

@@ -105,13 +105,19 @@ def test_expires_is_the_execution_deadline_and_an_expired_task_is_revoked(ffapp)
     assert runs(ffapp, result.id) == []
 
 
-def test_republishing_the_same_task_id_creates_no_second_execution(ffapp):
-    first = ffapp.record_run.apply_async(("once",), task_id="fixed-id-1")
-    first.get(timeout=10)
-    ffapp.record_run.apply_async(("once",), task_id="fixed-id-1")  # e.g. a chain step re-sent after a crash
-    time.sleep(1.0)
-    assert len(runs(ffapp, "fixed-id-1")) == 1
-    assert execution(ffapp, "fixed-id-1").public_state == "completed"
+def test_a_task_id_published_again_is_one_execution_while_it_lives_and_runs_again_once_it_ended(ffapp):
+    task_id = f"fixed-{time.time_ns()}"
+    first = ffapp.gated.apply_async(task_id=task_id)
+    assert wait_for(lambda: len(runs(ffapp, task_id)) == 1)  # running
+    ffapp.gated.apply_async(task_id=task_id)  # e.g. a message duplicated in flight
+    running = execution(ffapp, task_id)
+    ffapp.runs().set(f"ffapp:go:{task_id}", 1)
+    assert first.get(timeout=15) == "opened"
+    assert runs(ffapp, task_id)[0].startswith("start") and len(runs(ffapp, task_id)) == 2  # start, finish
+    # published after it ended: a new run, as Celery's brokers run every message
+    assert ffapp.gated.apply_async(task_id=task_id).get(timeout=15) == "opened"
+    assert [entry.split(":")[0] for entry in runs(ffapp, task_id)] == ["start", "finish", "start", "finish"]
+    assert execution(ffapp, task_id).execution_id != running.execution_id
 
 
 def test_chain_group_and_chord_work(ffapp):
