@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import redis
+from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
@@ -37,7 +38,7 @@ from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware
-from ff_celery.engine.errors import EngineError, TransportError
+from ff_celery.engine.errors import EngineError, TransportError, retry_transport_for
 from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.functions import BlockExecutionForAdmission
 from ff_celery.engine.ids import ExecutionId
@@ -138,6 +139,9 @@ class Channel(kombu_redis.Channel):
     #: Queue -> how many lanes it is spread over, round-robin by each publisher; consumers
     #: claim the best head across them (:mod:`ff_celery.engine.lane_shards`).
     queue_shards: dict[str, int] = {}
+    #: How long a publish to a lane is retried while the server cannot take it (a failover,
+    #: a restart), in seconds; then it raises ``OperationalError``.
+    publish_retry_timeout = 30.0
     #: Socket settings (kombu's transport options): a frozen or black-holed server surfaces
     #: as a timeout; ``socket_timeout`` None means a third of the lease TTL (at least 2 s).
     socket_connect_timeout = CONNECT_TIMEOUT_S
@@ -150,6 +154,7 @@ class Channel(kombu_redis.Channel):
         "max_message_size",
         "lane_quotas",
         "queue_shards",
+        "publish_retry_timeout",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -225,10 +230,22 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         if not is_lane(queue):
             return super()._put(queue, message, **kwargs)
-        engine = self.ff_engine
-        now_ms = engine.now_ms()
         lanes = self.ff_lanes_of(queue)
         lane = lanes[next(self._ff_publish_turns.setdefault(queue, itertools.count())) % len(lanes)]
+        try:
+            retry_transport_for(lambda: self._ff_submit(lane, queue, message), self.publish_retry_timeout)
+        except TransportError as exc:
+            if not exc.retryable:
+                raise
+            # not one of kombu's connection errors: its publish retry policy would start over
+            raise OperationalError(f"publish to {queue} failed for {self.publish_retry_timeout:g} s: {exc}") from exc
+        return None
+
+    def _ff_submit(self, lane: str, queue: str, message: dict[str, Any]) -> None:
+        """Create the execution of a message published to ``lane`` (safe to repeat: a repeat
+        finds the execution made before)."""
+        engine = self.ff_engine
+        now_ms = engine.now_ms()
         submission = submission_for(lane, message, now_ms=now_ms, max_size=self.max_message_size)
         fields = {
             "execution_kind": submission.execution_kind,
@@ -251,7 +268,7 @@ class Channel(kombu_redis.Channel):
             publication = FlowPublication.current(step.flow_id)
             if publication is not None:
                 publication.add(engine, flow, member, step.after)
-                return None  # created with the rest of its canvas
+                return  # created with the rest of its canvas
             publication = FlowPublication(step.flow_id)
             publication.add(engine, flow, member, step.after)
             created = publication.commit()[0]
@@ -264,7 +281,6 @@ class Channel(kombu_redis.Channel):
             # Celery's Task.retry of a running task: its delay and its arguments are the next attempt's
             plan_republished_retry(str(headers.get("id")), max(0, (submission.delay_until or now_ms) - now_ms))
             engine.set_next_attempt_payload(created.execution_id, submission.payload)
-        return None
 
     def ff_lanes_of(self, queue: str) -> list[str]:
         """The lanes a queue's executions live on: the queue's own, and more if it is
