@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import redis
 from kombu.exceptions import OperationalError
@@ -37,7 +37,7 @@ from ff_celery.context import plan_republished_retry
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware
+from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware, refresh_slot_map
 from ff_celery.engine.errors import EngineError, TransportError, retry_transport_for
 from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.functions import BlockExecutionForAdmission
@@ -139,6 +139,9 @@ class Channel(kombu_redis.Channel):
     #: Queue -> how many lanes it is spread over, round-robin by each publisher; consumers
     #: claim the best head across them (:mod:`ff_celery.engine.lane_shards`).
     queue_shards: dict[str, int] = {}
+    #: Channels closed (a reconnect) while early-acknowledged tasks of theirs ran: kept, and
+    #: those tasks' leases renewed, until they end (any channel of the process releases them).
+    _ff_closed_running: ClassVar[set[Channel]] = set()
     #: How long a publish to a lane is retried while the server cannot take it (a failover,
     #: a restart), in seconds; then it raises ``OperationalError``.
     publish_retry_timeout = 30.0
@@ -215,6 +218,7 @@ class Channel(kombu_redis.Channel):
         params = self._ff_connparams(asynchronous)
         engine = self.ff_engine
         if engine.clustered:
+            refresh_slot_map(engine.redis)  # a reconnect after a failover: the promoted replica
             owner = engine.redis.get_node_from_key(KOMBU_HASH_TAG)
             params.update(host=owner.host, port=owner.port, db=0)
         return params
@@ -503,9 +507,13 @@ class Channel(kombu_redis.Channel):
         return self._ff_worker is not None and self._ff_worker.is_running(delivery_tag)
 
     def _ff_release_finished(self) -> None:
-        """Stop renewing the leases of early-acknowledged tasks that are over."""
-        for tag in [tag for tag in self._ff_acked_early if not self._ff_running(tag)]:
-            self._ff_acked_early.pop(tag).release()
+        """Stop renewing the leases of early-acknowledged tasks that are over: this channel's,
+        and those of channels closed while such tasks ran (a reconnect)."""
+        for channel in (self, *Channel._ff_closed_running):
+            for tag in [tag for tag in channel._ff_acked_early if not channel._ff_running(tag)]:
+                channel._ff_acked_early.pop(tag).release()
+            if not channel._ff_acked_early:
+                Channel._ff_closed_running.discard(channel)
 
     def ff_reject(self, delivery_tag: str, requeue: bool) -> None:
         task = self._ff_take(delivery_tag)
@@ -561,6 +569,9 @@ class Channel(kombu_redis.Channel):
         super().close()
         if claimer is not None:
             claimer.close()
+        self._ff_release_finished()
+        if self._ff_acked_early:  # still running: their leases are renewed until they end
+            Channel._ff_closed_running.add(self)
 
 
 class Poller(kombu_redis.MultiChannelPoller):
