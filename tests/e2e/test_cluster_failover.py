@@ -31,8 +31,9 @@ from .conftest import Worker, wait_for
 
 #: Longer than the failover: a lease renewed before it is still valid after it.
 LEASE_TTL = {"FFAPP_LEASE_TTL_MS": "30000"}
-#: What a worker logs for a lease it lost, or for a lease handle it forgot to end.
-LOST_LEASE = re.compile(r"lease of \S+ lost|dropped without a terminal operation")
+#: What a worker logs for a lease it lost, for a lease handle it forgot to end, or for an
+#: error it did not expect.
+NOT_A_DELAY = re.compile(r"lease of \S+ lost|dropped without a terminal operation|failed unexpectedly")
 
 
 class Failover:
@@ -153,7 +154,8 @@ def _publish(app: Celery, name: str, args: tuple) -> AsyncResult | Exception:
 
 def test_a_worker_reconnects_after_a_failover_and_reports_no_lost_lease_for_tasks_that_ended(kombu_failover):
     """Tasks acknowledged when they start (Celery's own task class) run across the failover
-    and end after it: their leases, held by the channel the reconnect closed, end with them."""
+    and end after it: their leases, held by the channel the reconnect closed, end with them.
+    The flow completion listener, subscribed on the dead node, moves without an error."""
     failover = kombu_failover
     app = failover.app
     running = [app.send_task("ffapp.gated_early_acked") for _ in range(2)]
@@ -169,4 +171,4 @@ def test_a_worker_reconnects_after_a_failover_and_reports_no_lost_lease_for_task
     assert [task.get(timeout=60) for task in running] == ["opened", "opened"]
     assert app.send_task("ffapp.add", (2, 2)).get(timeout=60) == 4  # consumed again
     failover.worker.stop()
-    assert not LOST_LEASE.search(failover.worker.text()), failover.worker.text()
+    assert not NOT_A_DELAY.search(failover.worker.text()), failover.worker.text()
