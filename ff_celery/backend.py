@@ -14,7 +14,8 @@ knowing the queue: completed -> SUCCESS, failed -> FAILURE, cancelled or expired
 waiting for a retry -> RETRY, suspended on a waitpoint -> SUSPENDED, held back by a budget
 or quota -> BLOCKED, running -> STARTED (with ``task_track_started``) or PENDING.
 ``get()`` waits on the task's completion channel through one Pub/Sub connection per thread,
-subscribed for the duration of the wait.
+subscribed for the duration of the wait; while it cannot subscribe (a failover: the slot map
+is read again and the subscription retried), it reads the state at every interval.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ff_celery.canvas import fail_chord_body
 from ff_celery.context import engine_for_url, fence_of
 from ff_celery.engine.claim import lease_given_up
 from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import refresh_slot_map
 from ff_celery.engine.errors import EngineError, TransportError
 from ff_celery.engine.executor import RETRYABLE_REDIS_ERRORS
 from ff_celery.engine.functions import FailOutcome
@@ -378,7 +380,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = {bytes_to_str(task_id): done_channel(NAMESPACE, bytes_to_str(task_id)) for task_id in task_ids}
         channels = list(pending.values())
-        listener = self._subscribe(channels, deadline)  # before the first read: no notice slips between
+        listener = self._subscribe(channels)  # before the first read: no notice slips between
         to_read, last_full_read, iterations = set(pending), time.monotonic(), 0
         notified: set[str] = set()
         try:
@@ -386,8 +388,9 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 for task_id in [task_id for task_id in pending if task_id in to_read]:
                     meta = self.get_task_meta(task_id)
                     if meta["status"] in READY_STATES:
-                        if on_message is not None:  # the states announced before it was ready first
-                            notified |= self._hear(listener, pending, 0, on_message) or set()
+                        if on_message is not None:
+                            if listener is not None:  # the states announced before it was ready first
+                                notified |= self._hear(listener, pending, 0, on_message) or set()
                             on_message(meta)
                         del pending[task_id]
                         yield task_id, meta
@@ -402,12 +405,16 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError("The operation timed out.")
                 heard: set[str] | None = None
-                try:
-                    wait = 0 if notified else interval if remaining is None else min(interval, remaining)
-                    heard = self._hear(listener, pending, wait, on_message)
-                except RETRYABLE_REDIS_ERRORS:  # dropped by the server (restart, failover, CLIENT KILL)
-                    self._drop_listener(listener)
-                    listener = self._subscribe(list(pending.values()), deadline)
+                wait = 0 if notified else interval if remaining is None else min(interval, remaining)
+                if listener is None:  # not subscribed: read everything again after the interval
+                    time.sleep(wait)
+                    listener = self._subscribe(list(pending.values()))
+                else:
+                    try:
+                        heard = self._hear(listener, pending, wait, on_message)
+                    except RETRYABLE_REDIS_ERRORS:  # dropped by the server (restart, failover, CLIENT KILL)
+                        self._drop_listener(listener)
+                        listener = self._subscribe(list(pending.values()))
                 if heard is None or time.monotonic() - last_full_read >= interval:
                     to_read, last_full_read = set(pending), time.monotonic()
                 else:
@@ -416,32 +423,32 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         except (TimeoutError, GeneratorExit):
             raise
         except BaseException:
-            self._drop_listener(listener)  # its connection may be mid-reply: never reuse it
+            if listener is not None:
+                self._drop_listener(listener)  # its connection may be mid-reply: never reuse it
             raise
         finally:
-            if getattr(self._local, "listener", None) is listener:
+            if listener is not None and getattr(self._local, "listener", None) is listener:
                 try:
                     listener.unsubscribe(*channels)
                 except RETRYABLE_REDIS_ERRORS:
                     self._drop_listener(listener)
 
-    def _subscribe(self, channels: list[str], deadline: float | None) -> Listener:
+    def _subscribe(self, channels: list[str]) -> Listener | None:
         """This thread's Pub/Sub connection for completion notices (kept between waits),
-        subscribed to ``channels``; transient server errors are retried with backoff until
-        ``deadline`` (monotonic; None: no limit)."""
-        pause = 0.05
-        while True:
+        subscribed to ``channels``; None if the server failed it twice, the second time with
+        the cluster's slot map read again (a node died: the caller reads the state instead)."""
+        for attempt in range(2):
             if getattr(self._local, "pid", None) != os.getpid() or self._local.listener is None:
                 self._local.pid, self._local.listener = os.getpid(), Listener(self.engine.redis)
             try:
                 self._local.listener.subscribe(*channels)
                 return self._local.listener
-            except RETRYABLE_REDIS_ERRORS:
+            except RETRYABLE_REDIS_ERRORS as exc:
                 self._drop_listener(self._local.listener)
-                if deadline is not None and time.monotonic() + pause > deadline:
-                    raise
-                time.sleep(pause)
-                pause = min(2 * pause, 1.0)
+                log.debug("completion notices: subscribing failed (%s)", exc)
+                if attempt == 0:
+                    refresh_slot_map(self.engine.redis)
+        return None
 
     def _drop_listener(self, listener: Listener) -> None:
         if getattr(self._local, "listener", None) is listener:

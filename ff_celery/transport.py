@@ -25,9 +25,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import redis
+from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
@@ -36,8 +37,8 @@ from ff_celery.context import plan_republished_retry, publisher_repeats
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware
-from ff_celery.engine.errors import EngineError, TransportError
+from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware, refresh_slot_map
+from ff_celery.engine.errors import EngineError, TransportError, retry_transport_for
 from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.functions import BlockExecutionForAdmission, Created
 from ff_celery.engine.ids import ExecutionId
@@ -139,6 +140,12 @@ class Channel(kombu_redis.Channel):
     #: Queue -> how many lanes it is spread over, round-robin by each publisher; consumers
     #: claim the best head across them (:mod:`ff_celery.engine.lane_shards`).
     queue_shards: dict[str, int] = {}
+    #: Channels closed (a reconnect) while early-acknowledged tasks of theirs ran: kept, and
+    #: those tasks' leases renewed, until they end (any channel of the process releases them).
+    _ff_closed_running: ClassVar[set[Channel]] = set()
+    #: How long a publish to a lane is retried while the server cannot take it (a failover,
+    #: a restart), in seconds; then it raises ``OperationalError``.
+    publish_retry_timeout = 30.0
     #: Socket settings (kombu's transport options): a frozen or black-holed server surfaces
     #: as a timeout; ``socket_timeout`` None means a third of the lease TTL (at least 2 s).
     socket_connect_timeout = CONNECT_TIMEOUT_S
@@ -151,6 +158,7 @@ class Channel(kombu_redis.Channel):
         "max_message_size",
         "lane_quotas",
         "queue_shards",
+        "publish_retry_timeout",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -211,6 +219,7 @@ class Channel(kombu_redis.Channel):
         params = self._ff_connparams(asynchronous)
         engine = self.ff_engine
         if engine.clustered:
+            refresh_slot_map(engine.redis)  # a reconnect after a failover: the promoted replica
             owner = engine.redis.get_node_from_key(KOMBU_HASH_TAG)
             params.update(host=owner.host, port=owner.port, db=0)
         return params
@@ -226,10 +235,22 @@ class Channel(kombu_redis.Channel):
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         if not is_lane(queue):
             return super()._put(queue, message, **kwargs)
-        engine = self.ff_engine
-        now_ms = engine.now_ms()
         lanes = self.ff_lanes_of(queue)
         lane = lanes[next(self._ff_publish_turns.setdefault(queue, itertools.count())) % len(lanes)]
+        try:
+            retry_transport_for(lambda: self._ff_submit(lane, queue, message), self.publish_retry_timeout)
+        except TransportError as exc:
+            if not exc.retryable:
+                raise
+            # not one of kombu's connection errors: its publish retry policy would start over
+            raise OperationalError(f"publish to {queue} failed for {self.publish_retry_timeout:g} s: {exc}") from exc
+        return None
+
+    def _ff_submit(self, lane: str, queue: str, message: dict[str, Any]) -> None:
+        """Create the execution of a message published to ``lane`` (safe to repeat: a repeat
+        finds the execution made before)."""
+        engine = self.ff_engine
+        now_ms = engine.now_ms()
         submission = submission_for(lane, message, now_ms=now_ms, max_size=self.max_message_size)
         fields = {
             "execution_kind": submission.execution_kind,
@@ -252,7 +273,7 @@ class Channel(kombu_redis.Channel):
             publication = FlowPublication.current(step.flow_id)
             if publication is not None:
                 publication.add(engine, flow, member, step.after)
-                return None  # created with the rest of its canvas
+                return  # created with the rest of its canvas
             publication = FlowPublication(step.flow_id)
             publication.add(engine, flow, member, step.after)
             created = publication.commit()[0]
@@ -263,7 +284,6 @@ class Channel(kombu_redis.Channel):
             # Celery's Task.retry of a running task: its delay and its arguments are the next attempt's
             plan_republished_retry(str(headers.get("id")), max(0, (submission.delay_until or now_ms) - now_ms))
             engine.set_next_attempt_payload(created.execution_id, submission.payload)
-        return None
 
     def _ff_submit(self, submission: Submission, fields: dict[str, Any]) -> Created:
         """Submit a message that is not a flow member. A task id published again while its
@@ -501,9 +521,13 @@ class Channel(kombu_redis.Channel):
         return self._ff_worker is not None and self._ff_worker.is_running(delivery_tag)
 
     def _ff_release_finished(self) -> None:
-        """Stop renewing the leases of early-acknowledged tasks that are over."""
-        for tag in [tag for tag in self._ff_acked_early if not self._ff_running(tag)]:
-            self._ff_acked_early.pop(tag).release()
+        """Stop renewing the leases of early-acknowledged tasks that are over: this channel's,
+        and those of channels closed while such tasks ran (a reconnect)."""
+        for channel in (self, *Channel._ff_closed_running):
+            for tag in [tag for tag in channel._ff_acked_early if not channel._ff_running(tag)]:
+                channel._ff_acked_early.pop(tag).release()
+            if not channel._ff_acked_early:
+                Channel._ff_closed_running.discard(channel)
 
     def ff_reject(self, delivery_tag: str, requeue: bool) -> None:
         task = self._ff_take(delivery_tag)
@@ -559,6 +583,9 @@ class Channel(kombu_redis.Channel):
         super().close()
         if claimer is not None:
             claimer.close()
+        self._ff_release_finished()
+        if self._ff_acked_early:  # still running: their leases are renewed until they end
+            Channel._ff_closed_running.add(self)
 
 
 class Poller(kombu_redis.MultiChannelPoller):

@@ -33,7 +33,7 @@ from ff_celery.backend import FlowFabricBackend
 from ff_celery.canvas import with_upstream_results
 from ff_celery.engine import exporter
 from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.errors import ExecutionNotActiveError, NotFoundError
+from ff_celery.engine.errors import NotFoundError
 from ff_celery.engine.inspection import held_executions
 from ff_celery.engine.scanners import EngineScanners, ScannerSettings
 from ff_celery.messages import celery_task_of, held_task_entry
@@ -304,10 +304,11 @@ class LeaseWatchdog(threading.Thread):
 
 
 def must_stop(task: ClaimedTask) -> bool:
-    """Whether a task whose lease is gone must be stopped. Not when the attempt's own
-    outcome ended the lease, nor when the execution vanished (a server restarted without
-    persistence): nobody else can run it, so it finishes, its outcome has nowhere to go."""
-    return not isinstance(task.lease_lost, NotFoundError) and not ended_by_holder(task)
+    """Whether a task whose lease is gone must be stopped. Not when the execution vanished
+    (a server restarted without persistence): nobody else can run it, so it finishes, its
+    outcome has nowhere to go. (A lease ended by the attempt's own outcome is not lost:
+    :meth:`ClaimedTask.ended_by_own_outcome`.)"""
+    return not isinstance(task.lease_lost, NotFoundError)
 
 
 @inspect_command(alias="dump_schedule")
@@ -317,18 +318,6 @@ def scheduled(panel: Any, **kwargs: Any) -> list[dict[str, Any]]:
     consumer = panel.consumer
     step = next((step for step in consumer.steps if isinstance(step, FlowFabricStep)), None)
     return CELERY_SCHEDULED(panel, **kwargs) + (step.held_tasks(consumer.hostname) if step else [])
-
-
-def ended_by_holder(task: ClaimedTask) -> bool:
-    """Whether a lost lease was ended by the attempt itself: the execution is suspended,
-    completed or failed, or waits for its retry, under this lease's epoch."""
-    error = task.lease_lost
-    if not isinstance(error, ExecutionNotActiveError):
-        return False
-    own_epoch = error.lease_epoch in (str(task.lease_epoch), "")
-    if error.lifecycle_phase == "terminal":
-        return own_epoch and error.terminal_outcome in ("success", "failed")
-    return own_epoch and error.lifecycle_phase in ("suspended", "runnable")
 
 
 def _channel_of(message: Message) -> Channel | None:

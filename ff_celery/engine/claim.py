@@ -203,12 +203,18 @@ class ClaimedTask:
         self.lease_expires_at = expires_at
 
     def on_renewal_failed(self, error: EngineError, *, terminal: bool) -> None:
-        """A renewal failed; ``terminal``: the lease is lost for good."""
+        """A renewal failed; ``terminal``: the lease is lost for good, or was ended by this
+        attempt's own outcome (recorded by the process that ran it, or by a call whose reply
+        was lost in a failover): then the handle is finished, nothing is lost."""
         self._renewal_failures += 1
         if not terminal:
             log.warning(
                 "lease renewal of %s failed (%d in a row): %s", self.execution_id, self._renewal_failures, error
             )
+            return
+        if self.ended_by_own_outcome(error):
+            log.debug("lease of %s ended by its attempt's own outcome", self.execution_id)
+            self._finish()
             return
         self.lease_lost = error
         if len(_given_up) >= GIVEN_UP_MAX:
@@ -219,6 +225,17 @@ class ClaimedTask:
         log.warning("lease of %s lost: %s", self.execution_id, error)
         if self.on_lease_lost is not None:
             self.on_lease_lost(self, error)
+
+    def ended_by_own_outcome(self, error: EngineError) -> bool:
+        """Whether ``error`` shows the execution left this lease's attempt by the attempt's
+        own doing: suspended, completed or failed, or waiting for its retry, under this
+        lease's epoch (another worker's claim or a reclaim would have moved the epoch on)."""
+        if not isinstance(error, ExecutionNotActiveError):
+            return False
+        own_epoch = error.lease_epoch in (str(self.lease_epoch), "")
+        if error.lifecycle_phase == "terminal":
+            return own_epoch and error.terminal_outcome in ("success", "failed")
+        return own_epoch and error.lifecycle_phase in ("suspended", "runnable")
 
     def give_up_if_lapsed(self) -> bool:
         """If :attr:`lease_may_have_expired`, stop renewing and report the lease lost (code

@@ -7,6 +7,7 @@ user and password in the URL and the database number as the path or ``?db=``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -118,6 +119,15 @@ def clone_client(client: redis.Redis) -> redis.Redis:
     return redis.Redis(
         connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **pool.connection_kwargs)
     )
+
+
+def refresh_slot_map(client: redis.Redis) -> None:
+    """On a cluster, read the slot map again now (after a failover its cached one still names
+    the dead primary, which only a failed command through ``client`` itself would refresh;
+    a Pub/Sub subscription does not). A refresh that fails keeps the cached map."""
+    if isinstance(client, redis.RedisCluster):
+        with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
+            client.nodes_manager.initialize()
 
 
 def server_identity(client: redis.Redis) -> tuple[object, ...]:

@@ -285,6 +285,20 @@ def retry_transport(operation: Callable[[], R], backoff_s: Sequence[float]) -> R
     raise AssertionError("unreachable")
 
 
+def retry_transport_for(operation: Callable[[], R], seconds: float, *, max_pause_s: float = 1.0) -> R:
+    """``operation()``, retried with pauses growing to ``max_pause_s`` while it fails with a
+    retryable :class:`TransportError`, for up to ``seconds``; the last failure is raised."""
+    deadline, pause = time.monotonic() + seconds, 0.05
+    while True:
+        try:
+            return operation()
+        except TransportError as exc:
+            if not exc.retryable or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, max_pause_s)
+
+
 class UnavailableError(EngineError):
     """The engine cannot serve the call (library missing, server too old, ...)."""
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +26,7 @@ import redis
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.client import Engine
+from ff_celery.engine.connection import refresh_slot_map
 from ff_celery.engine.decoding import text
 from ff_celery.engine.errors import EngineError
 from ff_celery.engine.flows import SETTLED_CANCEL_CODES, FlowRef
@@ -70,14 +72,14 @@ class FlowDuties:
         becoming the leader, or subscribing again after a dropped connection, catches up
         with the dependency reconciler. Answers how many edges were resolved."""
         resolved = 0
-        if self._completions is None:
-            self._completions = self.engine.redis.pubsub(ignore_subscribe_messages=True)
-            self._completions.subscribe(DAG_COMPLETIONS_CHANNEL)
-            self._caught_up = False
-        if leading and not self._caught_up:
-            resolved += self.reconcile_dependencies()  # what ended while nobody cascaded
-        self._caught_up = leading
         try:
+            if self._completions is None:
+                self._completions = self.engine.redis.pubsub(ignore_subscribe_messages=True)
+                self._completions.subscribe(DAG_COMPLETIONS_CHANNEL)
+                self._caught_up = False
+            if leading and not self._caught_up:
+                resolved += self.reconcile_dependencies()  # what ended while nobody cascaded
+            self._caught_up = leading
             ended = []
             message = self._completions.get_message(timeout=timeout_s)
             while message is not None and len(ended) < COMPLETIONS_PER_CASCADE:
@@ -86,6 +88,8 @@ class FlowDuties:
         except redis.RedisError as exc:  # the reconciler covers what is missed meanwhile
             log.warning("flow completion listener failed (%s); resubscribing", exc)
             self.stop_listening()
+            refresh_slot_map(self.engine.redis)  # a failover: the channel's node may have changed
+            time.sleep(timeout_s)  # not again at once: the node may still be down
             return resolved
         if ended and leading:
             try:

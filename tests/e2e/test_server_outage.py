@@ -1,6 +1,7 @@
-"""A Valkey/Redis outage: publishing fails with kombu's OperationalError instead of hanging
-or dropping the message silently; a worker rides out a server restart (reloading the lost
-function library) and runs what is published afterwards; a publisher reads results again."""
+"""A Valkey/Redis outage: publishing fails with kombu's OperationalError once its
+``publish_retry_timeout`` has passed, instead of hanging or dropping the message silently;
+a worker rides out a server restart (reloading the lost function library) and runs what is
+published afterwards; a publisher reads results again."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ def outage(tmp_path: Path) -> Iterator[Outage]:
     server = DevServer().start()
     url = server.url.replace("redis://", "flowfabric://", 1)
     app = Celery("outage", broker=url, backend=url, set_as_current=False)
-    app.conf.broker_transport_options = {"poll_interval": 0.2}
+    app.conf.broker_transport_options = {"poll_interval": 0.2, "publish_retry_timeout": 2}
     setup = Outage(server, app, Worker(url, tmp_path, concurrency=1).wait_ready())
     try:
         yield setup

@@ -106,6 +106,31 @@ def test_renewal_stops_and_reports_a_lost_lease_when_it_is_revoked(ff_engine, cl
     assert task.lease_lost is not None and task.lease_lost.code == "lease_revoked"
 
 
+@pytest.mark.parametrize(
+    "own_outcome",
+    [
+        fn.CompleteExecution,
+        lambda **holder: fn.FailExecution(**holder, failure_reason="boom", failure_category="transient",
+                                          retry_policy_json=RetryPolicy(max_retries=3).model_dump_json()),
+    ],
+    ids=["completed", "retry-scheduled"],
+)  # fmt: skip
+def test_a_renewal_that_finds_the_attempts_own_outcome_ends_the_handle_without_a_lost_lease(
+    ff_engine, claimer, caplog, own_outcome
+):
+    task = claim(ff_engine, claimer)
+    eid, lost = str(task.execution_id), []
+    task.on_lease_lost = lambda handle, error: lost.append(error.code)
+    ff_engine.call(own_outcome(**task._holder()))  # the outcome, recorded by the process that ran it
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.claim"):
+        task._renewer.renew([task])  # a renewal sent before the holder heard of it
+        assert task.finished and task.lease_lost is None and not lost
+        assert task._renewer.tracked == 0
+        del task
+        gc.collect()
+    assert not [record for record in caplog.records if eid in record.getMessage()]
+
+
 def test_consecutive_renewal_failures_make_the_lease_unhealthy_then_lost():
     with DevServer() as server:
         engine = Engine.from_url(server.url, socket_timeout=0.25, socket_connect_timeout=0.25)
