@@ -238,7 +238,7 @@ class Channel(kombu_redis.Channel):
         lanes = self.ff_lanes_of(queue)
         lane = lanes[next(self._ff_publish_turns.setdefault(queue, itertools.count())) % len(lanes)]
         try:
-            retry_transport_for(lambda: self._ff_submit(lane, queue, message), self.publish_retry_timeout)
+            retry_transport_for(lambda: self._ff_publish(lane, queue, message), self.publish_retry_timeout)
         except TransportError as exc:
             if not exc.retryable:
                 raise
@@ -246,7 +246,7 @@ class Channel(kombu_redis.Channel):
             raise OperationalError(f"publish to {queue} failed for {self.publish_retry_timeout:g} s: {exc}") from exc
         return None
 
-    def _ff_submit(self, lane: str, queue: str, message: dict[str, Any]) -> None:
+    def _ff_publish(self, lane: str, queue: str, message: dict[str, Any]) -> None:
         """Create the execution of a message published to ``lane`` (safe to repeat: a repeat
         finds the execution made before)."""
         engine = self.ff_engine
