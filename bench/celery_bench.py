@@ -78,9 +78,10 @@ def command_usec(ports: list[int]) -> dict[str, float]:
     return spent
 
 
-def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], *options: str) -> subprocess.Popen[bytes]:
+    """``celery -A bench_app worker -P prefork -c 2`` (plus ``options``), its output discarded."""
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork", "-c", "2",
-               "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+               "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat", *options]  # fmt: skip
     return subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
