@@ -35,6 +35,7 @@ from ff_celery.engine.ids import (  # noqa: F401 (attachment_fields: part of thi
     valid_execution_ids,
 )
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
+from ff_celery.engine.work_index import ScanPlan, present
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
@@ -396,18 +397,22 @@ class Admission:
         blocked = [block for block, outcome in zip(blocks, outcomes) if not isinstance(outcome, EngineError)]
         return Admitted(admitted, quota_of, blocked)
 
-    def unblock_cleared(self, lanes: Iterable[str]) -> int:
-        """Unblock budget- and quota-blocked executions whose budgets have room again (reset
-        or raised) and whose quota has room; wakes their lanes. Answers how many."""
-        lanes = sorted(set(lanes))
-        partitions = [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
-        slots = [(index, lane, kind) for index in partitions for lane in lanes for kind in ("budget", "quota")]
+    def unblock_cleared(self, plan: ScanPlan) -> int:
+        """Unblock budget- and quota-blocked executions of the plan's lanes, on its
+        partitions, whose budgets have room again (reset or raised) and whose quota has room;
+        wakes their lanes. Answers how many."""
+        wanted = [
+            (partition, PartitionKeys(partition).blocked(lane, kind), (lane, kind))
+            for partition, lane in plan.lane_slots
+            for kind in ("budget", "quota")
+        ]
+        found = present(self.engine, wanted)
         batch = self.engine.batch()
-        for index, lane, kind in slots:
-            batch.command("zrange", index.blocked(lane, kind), 0, UNBLOCK_BATCH - 1)
+        for key, _ in found:
+            batch.command("zrange", key, 0, UNBLOCK_BATCH - 1)
         blocked = [
             (eid, lane, kind)
-            for (_, lane, kind), members in zip(slots, batch.execute())
+            for (_, (lane, kind)), members in zip(found, batch.execute())
             if isinstance(members, list)
             for eid in valid_execution_ids(members, f"the {kind}-blocked set of lane {lane}")
         ]
