@@ -3,11 +3,14 @@
 For each queue count (default 11 and 1): an embedded server, a ``celery worker -P prefork
 -c 2`` of ``bench_app`` consuming that many queues and doing nothing (flowfabric://, scanners
 on; with ``--redis`` also kombu's redis://, on a server of its own), a warm-up once it is up
-(its remote-control subscription seen; for flowfabric:// also the scanners' leader lock and every lane's
-wake-up subscription), then ``INFO commandstats`` deltas over ``--window`` seconds (the
-bench's own INFO taken out) and the server's CPU meanwhile.
+(its remote-control subscription seen; for flowfabric:// also the scanners' leader lock and
+every lane's wake-up subscription), then ``INFO commandstats`` deltas over ``--window``
+seconds (the bench's own INFO taken out) and the server's CPU meanwhile.
 
-    python bench/idle_cost.py [--queues 11 1] [--window 60] [--warmup 5] [--redis]
+    python bench/idle_cost.py [--queues 11 1] [--window 60] [--warmup 5] [--redis] [--chatter]
+
+``--chatter`` keeps Celery's gossip, mingle and heartbeats on (off otherwise, as in
+celery_bench.py): kombu's Redis channel carries them on either transport.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def worker_ready(client: redis.Redis, lanes: list[str] | None) -> bool:
     return bool(client.exists(SCANNER_LEADER_KEY)) and all(subscribed.values())
 
 
-def measure(label: str, scheme: str, queues: int, window_s: float, warmup_s: float) -> None:
+def measure(label: str, scheme: str, queues: int, window_s: float, warmup_s: float, chatter: bool) -> None:
     """One row: the idle worker's commands per second, total and by command."""
     names = [f"idle{n}" for n in range(queues)]
     with DevServer() as server, redis.Redis(port=server.port, decode_responses=True) as client:
@@ -53,7 +56,7 @@ def measure(label: str, scheme: str, queues: int, window_s: float, warmup_s: flo
         env = {**os.environ, "PYTHONPATH": str(HERE), "BENCH_BROKER": url, "BENCH_BACKEND": url}
         if scheme == "redis":
             env["BENCH_BACKEND"] = f"redis://127.0.0.1:{server.port}/1"
-        worker = start_worker(env, "-Q", ",".join(names))
+        worker = start_worker(env, "-Q", ",".join(names), chatter=chatter)
         try:
             deadline = time.monotonic() + READY_TIMEOUT_S
             while not worker_ready(client, names if scheme == "flowfabric" else None):
@@ -81,14 +84,17 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after the worker is up")
     parser.add_argument("--redis", action="store_true", help="also kombu's redis://")
+    parser.add_argument("--chatter", action="store_true", help="with Celery's gossip, mingle and heartbeats")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
-    print(f"idle prefork -c 2 worker; {args.window:.0f} s window after {args.warmup:.0f} s warm-up\n")
+    chatter = "with" if args.chatter else "without"
+    print(f"idle prefork -c 2 worker ({chatter} gossip, mingle, heartbeats); "
+          f"{args.window:.0f} s window after {args.warmup:.0f} s warm-up\n")  # fmt: skip
     print(f"{'worker':<28}{'commands/s':>12}{'server CPU ms/s':>17}   top {TOP} commands/s")
     for queues in args.queues:
         schemes = ("flowfabric", "redis") if args.redis else ("flowfabric",)
         for scheme in schemes:
-            measure(f"{scheme}:// {queues} queue(s)", scheme, queues, args.window, args.warmup)
+            measure(f"{scheme}:// {queues} queue(s)", scheme, queues, args.window, args.warmup, args.chatter)
 
 
 if __name__ == "__main__":
