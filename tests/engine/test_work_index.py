@@ -16,7 +16,7 @@ from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
 from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import PARTITION_CONFIG_KEY, PARTITIONS_IN_USE_KEY
+from ff_celery.engine.keys import PARTITION_CONFIG_KEY, PARTITIONS_IN_USE_KEY, PartitionKeys
 from ff_celery.engine.scanners import EngineScanners, Scanner, ScannerSettings
 from ff_celery.engine.work_index import forget_unused_partitions, partitions_of, recorded_partitions
 
@@ -154,8 +154,8 @@ def test_a_recorded_partition_leaves_the_record_once_it_holds_nothing(ff_engine,
     eid = member(ff_engine, flow)
     assert forget_unused_partitions(ff_engine, grace_ms=0) == 0  # holds a flow and its member
     ff_engine.cancel(eid, "test")
-    for key in ff_engine.redis.keys(f"*{{fp:{flow.partition}}}*"):  # what retention deletes at last
-        ff_engine.redis.delete(key)
+    index = PartitionKeys(flow.partition)
+    ff_engine.redis.delete(index.all_executions, index.flow_index)  # as retention leaves them, at last
     assert forget_unused_partitions(ff_engine) == 0  # recorded within the grace period
     assert forget_unused_partitions(ff_engine, grace_ms=0) == 1
     assert recorded_partitions(ff_engine) == []
