@@ -78,9 +78,16 @@ def command_usec(ports: list[int]) -> dict[str, float]:
     return spent
 
 
-def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
+#: Celery's worker-to-worker chatter, off unless asked for.
+WITHOUT_CHATTER = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+
+
+def start_worker(env: dict[str, str], *options: str, chatter: bool = False) -> subprocess.Popen[bytes]:
+    """``celery -A bench_app worker -P prefork -c 2`` (plus ``options``; with gossip, mingle
+    and heartbeats if ``chatter``), its output discarded."""
+    quiet = () if chatter else WITHOUT_CHATTER
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork", "-c", "2",
-               "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+               "-l", "warning", *quiet, *options]  # fmt: skip
     return subprocess.Popen(command, cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -32,6 +32,7 @@ from celery.utils.dispatch import Signal
 from ff_celery import context
 from ff_celery.engine import limits
 from ff_celery.engine.limits import BudgetStatus, QuotaPolicy
+from ff_celery.engine.work_index import read_plan
 from ff_celery.messages import BUDGETS_HEADER
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def reset_budget(app_or_url: celery.Celery | str, name: str) -> int:
     many were)."""
     engine = context.engine_for(app_or_url)
     limits.reset_budget(engine, name)
-    return limits.Admission(engine).unblock_cleared(engine.lanes())
+    return limits.Admission(engine).unblock_cleared(read_plan(engine, ()))
 
 
 def raise_budget(
@@ -171,7 +172,7 @@ def raise_budget(
     (answers how many were)."""
     engine = context.engine_for(app_or_url)
     limits.set_budget_limits(engine, name, hard=hard, soft=soft)
-    return limits.Admission(engine).unblock_cleared(engine.lanes())
+    return limits.Admission(engine).unblock_cleared(read_plan(engine, ()))
 
 
 def create_quota(

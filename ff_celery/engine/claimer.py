@@ -1,8 +1,12 @@
 """Finding and claiming work for a worker.
 
 Solo executions of a lane all live on the lane's own partition, so every probe reads that
-partition's eligible set first (spec §8.3); flow members hash elsewhere, so the other
-partitions are rotated through in chunks of 32, at most every ``flow_scan_interval_s``. A probe
+partition's eligible set first (spec §8.3); flow members hash elsewhere: the partitions
+ff_celery recorded for them (:mod:`ff_celery.engine.work_index`) are probed, 32 at a time, at
+most every ``flow_scan_interval_s``, and every partition, 32 at a time, every
+``partition_sweep_interval_s`` (flows other FlowFabric clients created). A probe after one that
+found nothing, with no wake-up since, first asks whether any of those eligible sets exists (one
+command; one per partition on a cluster) and reads them only if one does. A probe
 is one pipelined round trip, and so is claiming a batch: each candidate's claim grant (which
 checks capabilities) and its claim travel in the same pipeline, with the reads the handle
 needs; an interrupted attempt takes one more round trip for its resumed claim. On lanes with
@@ -36,6 +40,7 @@ from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
 from ff_celery.engine.notices import Listener, Notice
 from ff_celery.engine.renewal import LeaseRenewer
+from ff_celery.engine.work_index import occupied, recorded_partitions
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ class Claimer:
         renewer: LeaseRenewer | None = None,
         poll_interval_s: float = 1.0,
         flow_scan_interval_s: float = 0.5,
+        partition_sweep_interval_s: float = 10.0,
         attempt_timeout_ms: int | None = None,
         on_blocked: Callable[[list[fn.BlockExecutionForAdmission]], None] | None = None,
     ) -> None:
@@ -85,6 +91,7 @@ class Claimer:
         self.capabilities = tuple(sorted(set(capabilities)))
         self.poll_interval_s = poll_interval_s
         self.flow_scan_interval_s = flow_scan_interval_s
+        self.partition_sweep_interval_s = partition_sweep_interval_s
         self.attempt_timeout_ms = attempt_timeout_ms
         #: Told of the executions admission blocked (their budget or quota is exhausted).
         self.on_blocked = on_blocked
@@ -93,7 +100,10 @@ class Claimer:
         partitions = engine.partitions
         self._home = {lane: partitions.lane_partition(lane) for lane in self.lanes}
         self._cursor = partitions.scan_start(self.worker_instance_id)
-        self._last_flow_scan = 0.0
+        self._recorded_turn = 0
+        self._last_flow_scan = self._last_sweep = 0.0
+        #: The last probe found nothing and no wake-up came since.
+        self._quiet = False
         self._listener: Listener | None = None
         self._candidates: deque[tuple[ExecutionId, str]] = deque()
         self._hinted: list[tuple[ExecutionId, str]] = []
@@ -188,6 +198,7 @@ class Claimer:
         ``CANDIDATE_TTL_S`` ago and has no candidates left, the next claim tries it without
         probing, as it would a probed head (the claim grant checks it is still eligible).
         Plain wake-ups carry no execution id."""
+        self._quiet = False
         lane = self._lanes_by_channel.get(notice.channel)
         hinted = hinted_execution(notice.data)
         if lane is not None and hinted is not None and len(self._hinted) < PROBE_DEPTH:
@@ -207,27 +218,21 @@ class Claimer:
 
     def probe(self, depth: int) -> list[tuple[ExecutionId, str]]:
         """Eligible heads: ``depth`` from each lane's home partition, merged in eligibility
-        order (priority, then age) across the lanes, then one per lane from the next chunk of
-        other partitions when a flow scan is due."""
+        order (priority, then age) across the lanes, then one per lane from the other
+        partitions due a look (:meth:`_other_partitions`). When the last probe found nothing
+        and no wake-up came since, nothing is read unless one of those sets exists."""
+        others = [(p, lane) for p in self._other_partitions() for lane, home in self._home.items() if p != home]
+        if self._quiet and not self._any_eligible(others):
+            return []
         batch = self.engine.batch()
         queries: list[str] = []
         for lane, partition in self._home.items():
             index = PartitionKeys(partition).eligible(lane)
             batch.command("zrangebyscore", index, "-inf", "+inf", start=0, num=depth, withscores=True)
             queries.append(lane)
-        now = time.monotonic()
-        if now - self._last_flow_scan >= self.flow_scan_interval_s:
-            self._last_flow_scan = now
-            total = self.engine.partitions.num_flow_partitions
-            chunk = [(self._cursor + i) % total for i in range(min(FLOW_SCAN_CHUNK, total))]
-            self._cursor = (self._cursor + len(chunk)) % total
-            for partition in chunk:
-                for lane, home in self._home.items():
-                    if partition != home:
-                        batch.command(
-                            "zrangebyscore", PartitionKeys(partition).eligible(lane), "-inf", "+inf", start=0, num=1
-                        )
-                        queries.append(lane)
+        for partition, lane in others:
+            batch.command("zrangebyscore", PartitionKeys(partition).eligible(lane), "-inf", "+inf", start=0, num=1)
+            queries.append(lane)
         batch.command("smembers", ADMISSION_LANES_KEY)  # which lanes need admission, as of this probe
         *replies, admission_lanes = batch.execute()
         self.admission.note_controlled_lanes(admission_lanes)
@@ -250,7 +255,33 @@ class Claimer:
                 if eid not in seen:
                     seen.add(eid)
                     candidates.append((eid, lane))
+        self._quiet = not candidates
         return candidates
+
+    def _other_partitions(self) -> list[int]:
+        """The partitions besides the lanes' own to probe now: the next 32 of those recorded
+        when a flow scan is due, and the next 32 of all when a sweep is."""
+        now, chosen = time.monotonic(), set()
+        if now - self._last_flow_scan >= self.flow_scan_interval_s:
+            self._last_flow_scan = now
+            recorded = recorded_partitions(self.engine)
+            if recorded:
+                start = self._recorded_turn % len(recorded)
+                chosen |= {recorded[(start + i) % len(recorded)] for i in range(min(FLOW_SCAN_CHUNK, len(recorded)))}
+                self._recorded_turn = start + FLOW_SCAN_CHUNK
+        if now - self._last_sweep >= self.partition_sweep_interval_s:
+            self._last_sweep = now
+            total = self.engine.partitions.num_flow_partitions
+            chosen |= {(self._cursor + i) % total for i in range(min(FLOW_SCAN_CHUNK, total))}
+            self._cursor = (self._cursor + FLOW_SCAN_CHUNK) % total
+        return sorted(chosen)
+
+    def _any_eligible(self, others: list[tuple[int, str]]) -> bool:
+        """Whether any lane's eligible set exists on its home or on ``others``."""
+        keys: dict[int, list[str]] = {}
+        for partition, lane in [(home, lane) for lane, home in self._home.items()] + others:
+            keys.setdefault(partition, []).append(PartitionKeys(partition).eligible(lane))
+        return bool(occupied(self.engine, keys))
 
     # -- claiming -----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from ff_celery.engine.keys import (
 from ff_celery.engine.notices import publish_command
 from ff_celery.engine.policy import ExecutionPolicy
 from ff_celery.engine.snapshot import ExecutionSnapshot
+from ff_celery.engine.work_index import record_partition
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +144,11 @@ class Engine(Executor):
     def submit_flow(self, flow: FlowRef, members: Sequence[NewExecution]) -> list[fn.Created]:
         """Create ``members`` (made with :meth:`new_execution` on the flow's partition, each
         with the members it waits for) in the flow, all in one transaction: their lanes
-        (under admission if need be) first, then the transaction, then their aliases and a
+        (under admission if need be) and the flow's partition (``ffc:idx:partitions``, read
+        by scanners and claimers) first, then the transaction, then their aliases and a
         wake-up for each lane with a member that can run now."""
         before = self.batch()
+        record_partition(before, flow.partition, self.now_ms())
         for lane in sorted({member.request.lane_id for member in members}):
             before.command("sadd", LANE_REGISTRY_KEY, lane)
         for lane in sorted({member.request.lane_id for member in members if member.attachment}):
@@ -179,12 +182,16 @@ class Engine(Executor):
         minted: bool,
     ) -> fn.Created | None:
         """:meth:`submit` in one round trip: the lane in the registry (every time: idle lanes
-        leave it, see EngineScanners.forget_idle_lanes), the FCALL, the budget attachment, the
-        alias (kept if a duplicate already set it) and the size of the lane's eligible set.
-        None when it must be tried again with a fresh id."""
+        leave it, see EngineScanners.forget_idle_lanes) and, for an id minted off the lane's
+        partition, that partition in ``ffc:idx:partitions``, the FCALL, the budget attachment,
+        the alias (kept if a duplicate already set it) and the size of the lane's eligible
+        set. None when it must be tried again with a fresh id."""
         eid, lane = request.execution_id, request.lane_id
         batch = self.batch()
         batch.command("sadd", LANE_REGISTRY_KEY, lane)
+        if eid.partition != self.partitions.lane_partition(lane):
+            record_partition(batch, eid.partition, self.now_ms())
+        created_at = len(batch)
         batch.fcall(request)
         if attachment:  # before any claimer can see it; undone below for a duplicate
             batch.command("hset", ExecKeys(eid).core, mapping=attachment)
@@ -200,7 +207,7 @@ class Engine(Executor):
             batch.notify(wake_channel(lane), str(named or WAKE_ANY))
         batch.command("zcard", PartitionKeys(eid.partition).eligible(lane))
         replies = batch.execute()
-        created = replies[1]
+        created = replies[created_at]
         # Wake idle claimers only when this is the lane's only eligible execution: if others
         # were waiting, no claimer is idle for lack of work (and a busy worker is not
         # interrupted by a wake-up per submit). A lane found idle last time is woken in the

@@ -10,6 +10,10 @@
 - the edge-cancel dispatcher and reconciler: siblings of a fired any_of / quorum group are
   cancelled, and groups whose siblings all ended are cleared;
 - the flow projector: each indexed flow's member states are sampled into its summary.
+
+Flows live on the partitions of the plan's ``others`` (those ff_celery recorded, or every one
+on a full sweep: :mod:`ff_celery.engine.work_index`); a scanner that finds none of its indexes
+there costs one command.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ff_celery.engine.errors import EngineError
 from ff_celery.engine.flows import SETTLED_CANCEL_CODES, FlowRef
 from ff_celery.engine.ids import ExecutionId, valid_execution_ids
 from ff_celery.engine.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, FlowKeys, PartitionKeys
+from ff_celery.engine.work_index import ScanPlan, present
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +50,19 @@ SUMMARY_STATES = (*TERMINAL_STATES, "active", "suspended", "waiting", "delayed",
 
 
 class FlowDuties:
-    """Flow scanners over every partition of one engine."""
+    """Flow scanners over the partitions where flows may be (``plan().others``)."""
 
-    def __init__(self, engine: Engine, lanes: Callable[[], Iterable[str]]) -> None:
+    def __init__(self, engine: Engine, plan: Callable[[], ScanPlan]) -> None:
         self.engine = engine
-        self.lanes = lanes
+        self.plan = plan
         self._completions: redis.client.PubSub | None = None
         #: Whether this instance has reconciled since it began to lead on this subscription.
         self._caught_up = False
 
-    def _partitions(self) -> list[PartitionKeys]:
-        return [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
+    def _present(self, index_of: Callable[[PartitionKeys], str]) -> list[PartitionKeys]:
+        """The partitions of the plan where the index ``index_of`` names exists."""
+        indexes = [PartitionKeys(p) for p in self.plan().others]
+        return [index for _, index in present(self.engine, [(i.partition, index_of(i), i) for i in indexes])]
 
     def _read(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
         batch = self.engine.batch()
@@ -120,9 +127,9 @@ class FlowDuties:
         """Resolve the edges of dependency-blocked members whose upstream already ended (a
         completion nobody heard): every read batched across members, a cascade per ended
         upstream. Answers how many edges were resolved."""
-        lanes = sorted(self.lanes())
-        slots = [index.blocked(lane, "dependencies") for index in self._partitions() for lane in lanes]
-        blocked = self._read(("zrange", key, 0, BLOCKED_PER_LANE - 1) for key in slots)
+        plan = self.plan()
+        slots = [(p, PartitionKeys(p).blocked(lane, "dependencies"), lane) for p in plan.others for lane in plan.lanes]
+        blocked = self._read(("zrange", key, 0, BLOCKED_PER_LANE - 1) for key, _ in present(self.engine, slots))
         members = list(
             valid_execution_ids(
                 (m for found in blocked if isinstance(found, list) for m in found), "a blocked:dependencies index"
@@ -143,8 +150,10 @@ class FlowDuties:
 
     def reconcile_cancels(self) -> int:
         """Cancel the members flow cancellations still owe, once their grace has passed."""
+        partitions = self._present(lambda index: index.cancel_backlog)
+        if not partitions:
+            return 0
         now = self.engine.server_time_ms()
-        partitions = self._partitions()
         due = self._read(
             ("zrangebyscore", index.cancel_backlog, "-inf", now, 0, BACKLOG_PER_PARTITION) for index in partitions
         )
@@ -200,7 +209,7 @@ class FlowDuties:
         return sum(1 for outcome in self.engine.call_many(requests) if outcome in ("completed_drain", "sremmed_stale"))
 
     def _pending_groups(self) -> list[tuple[PartitionKeys, str, str]]:
-        partitions = self._partitions()
+        partitions = self._present(lambda index: index.pending_cancel_groups)
         found = self._read(("srandmember", index.pending_cancel_groups, GROUPS_PER_PARTITION) for index in partitions)
         groups = []
         for index, entries in zip(partitions, found):
@@ -214,7 +223,7 @@ class FlowDuties:
         """Write each indexed flow's summary from a sample of its members; flows whose every
         member ended leave the index. Three round trips a cycle, however many flows. Answers
         how many flows were projected."""
-        partitions = self._partitions()
+        partitions = self._present(lambda index: index.flow_index)
         indexed = self._read(("smembers", index.flow_index) for index in partitions)
         flows = [
             FlowRef(text(f), index.partition) for index, found in zip(partitions, indexed) for f in sorted(found or ())

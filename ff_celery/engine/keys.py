@@ -435,6 +435,9 @@ def worker_index_key(namespace: str) -> str:
 SCANNER_LEADER_KEY = "ffc:leader:scanners"
 #: Lanes with executions under budgets or quotas: claims there go through admission.
 ADMISSION_LANES_KEY = "ffc:admission:lanes"
+#: Partitions where ff_celery put executions off their lane's own partition (flow members),
+#: scored by when it last did (a zset; see :mod:`ff_celery.engine.work_index`).
+PARTITIONS_IN_USE_KEY = "ffc:idx:partitions"
 #: Tags ff_celery adds at submit, so retention can remove the keys that name the execution
 #: from outside its own (its alias and FlowFabric's idempotency key).
 ALIAS_TAG, IDEMPOTENCY_KEY_TAG = "ffc.alias", "ffc.idempotency_key"

@@ -37,6 +37,7 @@ from ff_celery.engine.ids import (  # noqa: F401 (attachment_fields: part of thi
     valid_execution_ids,
 )
 from ff_celery.engine.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
+from ff_celery.engine.work_index import ScanPlan, present
 
 if TYPE_CHECKING:
     from ff_celery.engine.client import Engine
@@ -406,29 +407,34 @@ class Admission:
             self.admit_waiting(lane, partitions)
         return Admitted(admitted, quota_of, blocked)
 
-    def unblock_cleared(self, lanes: Iterable[str]) -> int:
-        """Unblock budget- and quota-blocked executions whose budgets have room again (reset
-        or raised) and whose quota has room; wakes their lanes. Answers how many."""
-        lanes = sorted(set(lanes))
-        partitions = range(self.engine.partitions.num_flow_partitions)
-        return self._unblock([(p, lane, kind) for p in partitions for lane in lanes for kind in ("budget", "quota")])
+    def unblock_cleared(self, plan: ScanPlan) -> int:
+        """Unblock budget- and quota-blocked executions of the plan's lanes, on its
+        partitions, whose budgets have room again (reset or raised) and whose quota has room;
+        wakes their lanes. Answers how many."""
+        wanted = [
+            (partition, PartitionKeys(partition).blocked(lane, kind), (lane, kind))
+            for partition, lane in plan.lane_slots
+            for kind in ("budget", "quota")
+        ]
+        return self._unblock(present(self.engine, wanted))
 
     def admit_waiting(self, lane: str, partitions: Iterable[int]) -> int:
         """Unblock at once, oldest first, the executions of ``lane`` on ``partitions`` that
         wait for a quota with room now (as many as it has room for): called when a slot is
         given back, and after admission blocked executions for lack of one, in case a slot
         was given back meanwhile (one of the two then sees the other). Answers how many."""
-        return self._unblock([(partition, lane, "quota") for partition in sorted(set(partitions))])
+        keys = [PartitionKeys(partition).blocked(lane, "quota") for partition in sorted(set(partitions))]
+        return self._unblock([(key, (lane, "quota")) for key in keys])
 
-    def _unblock(self, slots: list[tuple[int, str, str]]) -> int:
-        """Unblock the cleared executions of these blocked sets ((partition, lane, kind));
-        a quota lets through no more than it has room for. Wakes their lanes."""
+    def _unblock(self, blocked_sets: list[tuple[str, tuple[str, str]]]) -> int:
+        """Unblock the cleared executions of these blocked sets ((key, (lane, kind))); a quota
+        lets through no more than it has room for. Wakes their lanes."""
         batch = self.engine.batch()
-        for partition, lane, kind in slots:
-            batch.command("zrange", PartitionKeys(partition).blocked(lane, kind), 0, UNBLOCK_BATCH - 1)
+        for key, _ in blocked_sets:
+            batch.command("zrange", key, 0, UNBLOCK_BATCH - 1)
         blocked = [
             (eid, lane, kind)
-            for (_, lane, kind), members in zip(slots, batch.execute())
+            for (_, (lane, kind)), members in zip(blocked_sets, batch.execute())
             if isinstance(members, list)
             for eid in valid_execution_ids(members, f"the {kind}-blocked set of lane {lane}")
         ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ff_celery.engine.client import Engine
@@ -45,6 +45,7 @@ from ff_celery.engine.keys import (
     retention_due_key,
 )
 from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
+from ff_celery.engine.work_index import ScanPlan
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,12 @@ class RetentionRules:
 
 
 class RetentionTrimmer:
-    """The two passes over ``partitions`` and ``lanes()``, ``batch_size`` entries per zset and
-    page; each goes on, page after page, where pages come back full."""
+    """The two passes over the partitions and lanes of ``plan()`` (where executions may be:
+    :mod:`ff_celery.engine.work_index`), ``batch_size`` entries per zset and page; each goes
+    on, page after page, where pages come back full."""
 
-    def __init__(
-        self, engine: Engine, rules: RetentionRules, lanes: Callable[[], Iterable[str]], batch_size: int
-    ) -> None:
-        self.engine, self.rules, self.lanes, self.batch_size = engine, rules, lanes, batch_size
+    def __init__(self, engine: Engine, rules: RetentionRules, plan: Callable[[], ScanPlan], batch_size: int) -> None:
+        self.engine, self.rules, self.plan, self.batch_size = engine, rules, plan, batch_size
         #: Whether the last :meth:`trim` ran out of time with work left (run it again soon).
         self.behind = False
 
@@ -95,8 +95,8 @@ class RetentionTrimmer:
         so). Answers how many executions were deleted."""
         deadline = time.monotonic() + budget_s
         now = self.engine.server_time_ms() if now_ms is None else now_ms
-        slots = [(partition, lane) for partition in self._partitions for lane in sorted(self.lanes())]
-        partitions, deleted = list(self._partitions), 0
+        plan = self.plan()
+        slots, partitions, deleted = plan.lane_slots, plan.partitions, 0
         while slots or partitions:
             if slots:
                 slots, indexed = self._index_page(now - SETTLE_MS, slots)
@@ -108,10 +108,6 @@ class RetentionTrimmer:
                 break
         self.behind = bool(slots or partitions)
         return deleted
-
-    @property
-    def _partitions(self) -> range:
-        return range(self.engine.partitions.num_flow_partitions)
 
     # -- pass 1: index ---------------------------------------------------------------------
 

@@ -7,8 +7,13 @@ concurrency from live admissions, and the flow duties (:mod:`ff_celery.engine.fl
 the completion cascade and the flow reconcilers).
 
 Any process may run them; a leader lock (``ffc:leader:scanners``) makes only one instance
-active at a time, so N workers do not multiply the load. Each cycle reads every partition's
-due entries in one pipelined round trip (spec §8.3).
+active at a time, so N workers do not multiply the load. A cycle reads only where work may be
+(:mod:`ff_celery.engine.work_index`): each lane's own partition and the partitions ff_celery
+recorded for flows; every ``full_sweep_interval_s`` (and first) each scanner reads every
+partition instead, for work other FlowFabric clients wrote elsewhere. A cycle that finds
+nothing costs one command (an ``EXISTS`` over the indexes it would read; one per partition on
+a cluster); one that finds something reads the due entries in one more round trip. Scanners
+due together share one read of the lanes and recorded partitions.
 
 Requeueing a lapsed lease: FlowFabric has no automatic reclaim, so the scanner reclaims the
 execution itself (a new attempt of type ``reclaim``, counted against ``max_reclaim_count``)
@@ -20,12 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,14 +55,18 @@ from ff_celery.engine.keys import (
     budget_resets_key,
     quota_policies_key,
     retention_cursor_key,
+    retention_due_key,
 )
 from ff_celery.engine.retention import RetentionRules, RetentionTrimmer
+from ff_celery.engine.work_index import ScanPlan, forget_unused_partitions, occupied, present, read_plan
 
 log = logging.getLogger(__name__)
 
 SCANNER_WORKER_ID = "ff-celery-scanner"
 #: Items whose processing failed this many times in a row are skipped for SKIP_CYCLES cycles.
 MAX_ITEM_FAILURES, SKIP_CYCLES = 3, 10
+
+Item = TypeVar("Item")
 
 
 #: A length of time in seconds: a finite number >= 0.
@@ -82,6 +92,10 @@ class ScannerSettings(BaseModel):
     #: FlowFabric's is 60 s: trimming every 5 s keeps memory within 10% under a steady load.
     retention_interval_s: Seconds = 5.0
     lane_cleanup_interval_s: Seconds = 300.0
+    #: How often each scanner reads every partition, not only the lanes' own and those
+    #: recorded in ``ffc:idx:partitions`` (for work other FlowFabric clients wrote elsewhere).
+    full_sweep_interval_s: Seconds = 300.0
+    partition_cleanup_interval_s: Seconds = 60.0
     dependency_reconcile_interval_s: Seconds = 15.0
     cancel_reconcile_interval_s: Seconds = 15.0
     edge_cancel_dispatch_interval_s: Seconds = 1.0
@@ -102,7 +116,8 @@ class ScannerSettings(BaseModel):
 @dataclass
 class Scanner:
     """One duty of the leader: ``run`` (answering how many executions it handled) every
-    ``interval_s``."""
+    ``interval_s``; a full sweep of every partition when ``next_sweep`` comes (see
+    :meth:`EngineScanners.plan`)."""
 
     name: str
     interval_s: float
@@ -110,6 +125,7 @@ class Scanner:
     #: Whether the last run left work over: it runs again as soon as the others due have.
     behind: Callable[[], bool] = lambda: False
     next_run: float = 0.0
+    next_sweep: float = 0.0
 
 
 class EngineScanners:
@@ -127,7 +143,7 @@ class EngineScanners:
         self.settings = settings or ScannerSettings()
         self.instance_id = instance_id or f"scanner-{new_uuid()}"
         self.configured_lanes = set(lanes)
-        self.flows = FlowDuties(engine, self.lanes)
+        self.flows = FlowDuties(engine, self.plan)
         s = self.settings
         self.scanners = [
             Scanner("delayed_promoter", s.promote_interval_s, self.promote_delayed),
@@ -136,11 +152,12 @@ class EngineScanners:
             Scanner("execution_deadline", s.deadline_interval_s, lambda: self.expire_due("execution_deadline")),
             Scanner("suspension_timeout", s.suspension_timeout_interval_s, self.expire_suspensions),
             Scanner("pending_waitpoint_expiry", s.pending_waitpoint_interval_s, self.close_lapsed_waitpoints),
-            Scanner("unblock", s.unblock_interval_s, lambda: self.admission.unblock_cleared(self.lanes())),
+            Scanner("unblock", s.unblock_interval_s, lambda: self.admission.unblock_cleared(self.plan())),
             Scanner("budget_reset", s.budget_reset_interval_s, self.reset_due_budgets),
             Scanner("quota_reconciler", s.quota_reconcile_interval_s, self.reconcile_quotas),
             Scanner("retention_trimmer", s.retention_interval_s, self.trim_retained, lambda: self.trimmer.behind),
             Scanner("lane_cleanup", s.lane_cleanup_interval_s, self.forget_idle_lanes),
+            Scanner("partition_cleanup", s.partition_cleanup_interval_s, lambda: forget_unused_partitions(engine)),
             Scanner("dependency_reconciler", s.dependency_reconcile_interval_s, self.flows.reconcile_dependencies),
             Scanner("cancel_reconciler", s.cancel_reconcile_interval_s, self.flows.reconcile_cancels),
             Scanner("edge_cancel_dispatcher", s.edge_cancel_dispatch_interval_s, self.flows.dispatch_sibling_cancels),
@@ -149,7 +166,7 @@ class EngineScanners:
         ]
         self.admission = limits.Admission(engine)
         rules = RetentionRules(s.retention_s, s.lane_retention_s)
-        self.trimmer = RetentionTrimmer(engine, rules, self.lanes, s.batch_size)
+        self.trimmer = RetentionTrimmer(engine, rules, self.plan, s.batch_size)
         self._failures: dict[str, int] = defaultdict(int)
         self._skip_until_cycle: dict[str, int] = {}
         self._cycle = 0
@@ -157,6 +174,10 @@ class EngineScanners:
         self._threads: list[threading.Thread] = []
         self._busy = "idle"  # the scanner running last, for the log
         self.is_leader = False
+        #: The plans read this tick of the thread (None: read one per call), by fullness.
+        self._plans: dict[bool, ScanPlan] | None = None
+        #: Whether the scanner running reads every partition.
+        self._sweeping = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -196,15 +217,29 @@ class EngineScanners:
                 self.is_leader = self._hold_leadership()
                 last_claim = now
             if self.is_leader:
+                self._plans = {}
                 for scanner in self.scanners:
                     if self._stopped.is_set():  # stopping waits for one scanner at most, not a cycle
                         break
                     if scanner.next_run <= now:
-                        scanner.next_run = now + max(scanner.interval_s, 0.1)
-                        self._run_scanner(scanner)
+                        # on a grid of its interval: scanners due together share a tick and its plan
+                        interval = max(scanner.interval_s, 0.1)
+                        scanner.next_run = (math.floor(now / interval) + 1) * interval
+                        self._sweep_if_due(scanner, now)
                         if scanner.behind():
                             scanner.next_run = now
+                self._plans = None
             self._stopped.wait(0.05)
+
+    def _sweep_if_due(self, scanner: Scanner, now: float) -> None:
+        """Run ``scanner``, over every partition if its full sweep is due."""
+        self._sweeping = scanner.next_sweep <= now
+        if self._sweeping:
+            scanner.next_sweep = now + self.settings.full_sweep_interval_s
+        try:
+            self._run_scanner(scanner)
+        finally:
+            self._sweeping = False
 
     def _listen(self) -> None:
         """The completion listener's own thread (a long scanner cycle does not hold up the
@@ -240,9 +275,14 @@ class EngineScanners:
         if resolved:
             metrics.SCANNER_ITEMS.labels("flow_cascade").inc(resolved)
 
-    def run_all(self) -> dict[str, int]:
-        """Run every scanner once, now (no leader check): what tests and the CLI use."""
-        return {scanner.name: scanner.run() for scanner in self.scanners}
+    def run_all(self, *, full_sweep: bool = False) -> dict[str, int]:
+        """Run every scanner once, now (no leader check), over every partition if
+        ``full_sweep``: what tests use."""
+        self._plans, self._sweeping = {}, full_sweep
+        try:
+            return {scanner.name: scanner.run() for scanner in self.scanners}
+        finally:
+            self._plans, self._sweeping = None, False
 
     # -- leadership ---------------------------------------------------------------------------
 
@@ -271,18 +311,37 @@ class EngineScanners:
         """Configured lanes plus every lane in FlowFabric's lane registry."""
         return self.configured_lanes | self.engine.lanes()
 
-    def _due(self, keys: list[str], now_ms: int) -> list[list[str]]:
-        """Members scored at or before ``now_ms`` of each zset, in one round trip."""
-        batch = self.engine.batch()
-        for key in keys:
-            batch.command("zrangebyscore", key, "-inf", now_ms, start=0, num=self.settings.batch_size)
-        replies = batch.execute()
-        return [
-            [m.decode("utf-8", "replace") for m in members] if isinstance(members, list) else [] for members in replies
-        ]
+    def plan(self) -> ScanPlan:
+        """Where the scanner running reads: the lanes' own partitions and the recorded ones,
+        or every partition on a full sweep. Read once per tick of the scanners' thread (the
+        listener's catch-up may share it: any plan covers the work ff_celery wrote)."""
+        plans, full = self._plans, self._sweeping
+        if plans is not None and full in plans:
+            return plans[full]
+        plan = read_plan(self.engine, self.configured_lanes, full=full)
+        if plans is not None:
+            plans[full] = plan
+        return plan
 
     def _partitions(self) -> list[PartitionKeys]:
-        return [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
+        return [PartitionKeys(p) for p in self.plan().partitions]
+
+    def _due(self, wanted: Sequence[tuple[int, str, Item]]) -> tuple[int, list[tuple[Item, list[str]]]]:
+        """Server time and the members scored at or before it of each zset among ``wanted``
+        (partition, key, what the key stands for) that exists: nothing read but a presence
+        check (:func:`present`) when none does, else one more round trip."""
+        found = present(self.engine, wanted)
+        if not found:
+            return 0, []
+        now_ms = self.engine.server_time_ms()
+        batch = self.engine.batch()
+        for key, _ in found:
+            batch.command("zrangebyscore", key, "-inf", now_ms, start=0, num=self.settings.batch_size)
+        due = [
+            (item, [m.decode("utf-8", "replace") for m in reply] if isinstance(reply, list) else [])
+            for (_, item), reply in zip(found, batch.execute())
+        ]
+        return now_ms, due
 
     def _outcomes(self, requests: list[fn.Fcall]) -> list[object]:
         """Run requests, skipping items that keep failing in transport (spec §8.1)."""
@@ -304,13 +363,11 @@ class EngineScanners:
 
     def promote_delayed(self) -> int:
         """Promote due delayed executions of every lane; wake the lanes' claimers."""
-        now = self.engine.server_time_ms()
-        lanes = sorted(self.lanes())
-        slots = [(index, lane) for index in self._partitions() for lane in lanes]
-        due = self._due([index.delayed(lane) for index, lane in slots], now)
+        slots = self.plan().lane_slots
+        now, due = self._due([(p, PartitionKeys(p).delayed(lane), lane) for p, lane in slots])
         requests = [
             fn.PromoteDelayed(execution_id=eid, lane_id=lane, now_ms=now)
-            for (_, lane), members in zip(slots, due)
+            for lane, members in due
             for eid in valid_execution_ids(members, f"the delayed set of lane {lane}")
         ]
         promoted_lanes = {
@@ -322,7 +379,13 @@ class EngineScanners:
 
     def trim_retained(self) -> int:
         """FlowFabric's retention trimmer (see :mod:`ff_celery.engine.retention`): answers how
-        many terminal executions were deleted."""
+        many terminal executions were deleted. Not run when no partition of the plan holds a
+        terminal execution or one due for deletion (a full sweep always runs it)."""
+        plan = self.plan()
+        kept = [(p, retention_due_key(p), None) for p in plan.partitions]
+        kept += [(p, PartitionKeys(p).terminal(lane), None) for p, lane in plan.lane_slots]
+        if not self._sweeping and not present(self.engine, kept):
+            return 0
         return self.trimmer.trim()
 
     def forget_idle_lanes(self) -> int:
@@ -335,8 +398,8 @@ class EngineScanners:
             return 0
         self.engine.redis.srem(LANE_REGISTRY_KEY, *forgotten)
         batch = self.engine.batch()
-        for index in self._partitions():
-            batch.command("hdel", retention_cursor_key(index.partition), *forgotten)
+        for partition in range(self.engine.partitions.num_flow_partitions):
+            batch.command("hdel", retention_cursor_key(partition), *forgotten)
         batch.execute()
         refilled = set(forgotten) - set(self._empty_lanes(forgotten))  # raced with a submit
         if refilled:
@@ -344,12 +407,14 @@ class EngineScanners:
         return len(forgotten) - len(refilled)
 
     def _empty_lanes(self, lanes: list[str]) -> list[str]:
-        """Those of ``lanes`` with no index key on any partition, in one round trip."""
+        """Those of ``lanes`` with no index key on any partition (wherever other clients may
+        have put executions), in one round trip."""
         if not lanes:
             return []
         batch = self.engine.batch()
+        every = [PartitionKeys(p) for p in range(self.engine.partitions.num_flow_partitions)]
         for lane in lanes:
-            for index in self._partitions():  # one EXISTS per partition: its keys share one slot
+            for index in every:  # one EXISTS per partition: its keys share one slot
                 states = [index.lane(lane, state) for state in LANE_STATES]
                 batch.command("exists", *states, *(index.blocked(lane, reason) for reason in BLOCKED_SUFFIXES))
         found = batch.execute()
@@ -358,8 +423,8 @@ class EngineScanners:
 
     def expire_leases(self) -> int:
         """Mark lapsed leases expired and requeue those executions."""
-        now = self.engine.server_time_ms()
-        due = [eid for members in self._due([i.lease_expiry for i in self._partitions()], now) for eid in members]
+        _, found = self._due([(index.partition, index.lease_expiry, None) for index in self._partitions()])
+        due = [eid for _, members in found for eid in members]
         requests = [
             fn.MarkLeaseExpiredIfDue(execution_id=eid) for eid in valid_execution_ids(due, "a lease-expiry index")
         ]
@@ -412,12 +477,12 @@ class EngineScanners:
 
     def expire_due(self, reason: fn.ExpireReason) -> int:
         """Expire executions whose attempt timeout or execution deadline passed."""
-        now = self.engine.server_time_ms()
         if reason == "attempt_timeout":
-            indexes = [index.attempt_timeout for index in self._partitions()]
+            indexes = [(index.partition, index.attempt_timeout, None) for index in self._partitions()]
         else:
-            indexes = [index.execution_deadline for index in self._partitions()]
-        due = list(valid_execution_ids((eid for members in self._due(indexes, now) for eid in members), reason))
+            indexes = [(index.partition, index.execution_deadline, None) for index in self._partitions()]
+        _, found = self._due(indexes)
+        due = list(valid_execution_ids((eid for _, members in found for eid in members), reason))
         if not due:
             return 0
         reads = self.engine.batch()
@@ -439,10 +504,8 @@ class EngineScanners:
     def expire_suspensions(self) -> int:
         """Apply the timeout behaviour of suspensions whose timeout passed; wake the lanes of
         the executions that auto-resumed."""
-        now = self.engine.server_time_ms()
-        indexes = [index.suspension_timeout for index in self._partitions()]
-        members = (eid for members in self._due(indexes, now) for eid in members)
-        due = list(valid_execution_ids(members, "a suspension-timeout index"))
+        _, found = self._due([(index.partition, index.suspension_timeout, None) for index in self._partitions()])
+        due = list(valid_execution_ids((eid for _, members in found for eid in members), "a suspension-timeout index"))
         if not due:
             return 0
         reads = self.engine.batch()
@@ -467,10 +530,8 @@ class EngineScanners:
 
     def close_lapsed_waitpoints(self) -> int:
         """Close pending waitpoints past their expiry (the task never suspended on them)."""
-        now = self.engine.server_time_ms()
-        partitions = self._partitions()
-        due = self._due([index.pending_waitpoint_expiry for index in partitions], now)
-        slots = [(index, waitpoint_id) for index, members in zip(partitions, due) for waitpoint_id in members]
+        _, found = self._due([(index.partition, index.pending_waitpoint_expiry, index) for index in self._partitions()])
+        slots = [(index, waitpoint_id) for index, members in found for waitpoint_id in members]
         if not slots:
             return 0
         reads = self.engine.batch()
@@ -485,12 +546,11 @@ class EngineScanners:
 
     def reset_due_budgets(self) -> int:
         """Reset budgets whose reset interval came round."""
-        now = self.engine.server_time_ms()
         config = self.engine.partitions
-        indexes = [budget_resets_key(p) for p in range(config.num_budget_partitions)]
+        now, due = self._due([(p, budget_resets_key(p), None) for p in range(config.num_budget_partitions)])
         requests = [
             fn.ResetBudget(budget_id=budget_id, partition=config.budget_partition(budget_id), now_ms=now)
-            for members in self._due(indexes, now)
+            for _, members in due
             for budget_id in members
         ]
         return sum(1 for outcome in self._outcomes(requests) if not isinstance(outcome, EngineError))
@@ -500,7 +560,8 @@ class EngineScanners:
         quota's concurrency count to its live admissions. Answers how many were dropped."""
         config = self.engine.partitions
         batch = self.engine.batch()
-        for partition in range(config.num_quota_partitions):
+        keys = {partition: [quota_policies_key(partition)] for partition in range(config.num_quota_partitions)}
+        for partition in occupied(self.engine, keys):
             batch.command("smembers", quota_policies_key(partition))
         policies = [m.decode() for members in batch.execute() if isinstance(members, set) for m in members]
         dropped = 0

@@ -9,6 +9,7 @@ from ff_celery.engine import limits
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.keys import PartitionKeys, QuotaKeys
 from ff_celery.engine.scanners import EngineScanners
+from ff_celery.engine.work_index import read_plan
 
 
 def claimer(engine, lane="llm"):
@@ -53,7 +54,7 @@ def test_an_exhausted_budget_holds_back_claims_even_right_after_other_work(ff_en
         assert "tokens 10/10" in core["blocking_detail"]
 
         limits.reset_budget(ff_engine, "tokens")
-        assert limits.Admission(ff_engine).unblock_cleared(["llm"]) == 1
+        assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 1
         task = worker.claim_one(timeout_s=10)
         assert task is not None and task.execution_id == held.execution_id
         task.complete()
@@ -74,7 +75,7 @@ def test_a_refused_report_holds_back_claims_until_the_limit_is_raised(ff_engine)
         assert worker.claim_one(timeout_s=0.5) is None
         limits.set_budget_limits(ff_engine, "tokens", hard={"tokens": 200})
         assert limits.budget_status(ff_engine, "tokens").exhausted() is None
-        assert limits.Admission(ff_engine).unblock_cleared(["llm"]) == 1
+        assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 1
         assert worker.claim_one(timeout_s=10).execution_id == held.execution_id
     finally:
         worker.close()
@@ -94,7 +95,7 @@ def test_a_concurrency_quota_admits_one_and_frees_the_slot_when_the_attempt_ends
         core = ff_engine.read_core(held.execution_id, "public_state", "blocking_reason")
         assert core == {"public_state": "rate_limited", "blocking_reason": "waiting_for_quota"}
         assert REGISTRY.get_sample_value("ff_quota_hit_total", {"reason": "concurrency"}) == hits_before + 1
-        assert limits.Admission(ff_engine).unblock_cleared(["llm"]) == 0  # still running
+        assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 0  # still running
         tasks[0].complete()
         assert limits.quota_policies(ff_engine, [quota_id])[quota_id].running == 0
         # no unblock scanner runs here: the end of the attempt released the one waiting
