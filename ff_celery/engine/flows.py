@@ -209,12 +209,43 @@ class Flows:
 
     def children(self, flow: FlowRef, execution_id: ExecutionId) -> list[ExecutionId]:
         """The members that wait for ``execution_id``."""
-        edge_ids = sorted(text(m) for m in self._read("smembers", flow.keys.outgoing(execution_id)) or ())
+        return self.children_of(flow, [execution_id])[execution_id]
+
+    def children_of(self, flow: FlowRef, members: Sequence[ExecutionId]) -> dict[ExecutionId, list[ExecutionId]]:
+        """The members that wait for each of ``members``, in two round trips."""
         reads = self.engine.batch()
-        for edge_id in edge_ids:
+        for eid in members:
+            reads.command("smembers", flow.keys.outgoing(eid))
+        edges = [(eid, text(edge)) for eid, out in zip(members, reads.execute()) for edge in sorted(out or ())]
+        reads = self.engine.batch()
+        for _, edge_id in edges:
             reads.command("hget", flow.keys.edge(edge_id), "downstream_execution_id")
-        found = [text(child) for child in reads.execute() if child]
-        return list(valid_execution_ids(found, f"the children of {execution_id}"))
+        children: dict[ExecutionId, list[ExecutionId]] = {eid: [] for eid in members}
+        for (eid, _), child in zip(edges, reads.execute()):
+            children[eid].extend(valid_execution_ids([text(child)] if child else [], f"the children of {eid}"))
+        return children
+
+    def downstream_first(self, flow: FlowRef, members: Iterable[ExecutionId]) -> list[ExecutionId]:
+        """``members`` ordered so that each comes after every one of them that waits for it
+        (sinks first): cancelled in this order, no member ends before those downstream of it,
+        so no cascade skips a member that is about to be cancelled."""
+        members = sorted(set(members))
+        children = self.children_of(flow, members)
+        waiting_for = {eid: {c for c in children[eid] if c in children} for eid in members}  # children not placed
+        parents: dict[ExecutionId, list[ExecutionId]] = {eid: [] for eid in members}
+        for eid in members:
+            for child in waiting_for[eid]:
+                parents[child].append(eid)
+        ordered, ready = [], [eid for eid in members if not waiting_for[eid]]
+        while ready:
+            eid = ready.pop()
+            ordered.append(eid)
+            for parent in parents[eid]:
+                waiting_for[parent].discard(eid)
+                if not waiting_for[parent]:
+                    ready.append(parent)
+        placed = set(ordered)
+        return ordered + [eid for eid in members if eid not in placed]  # a cycle no flow has
 
     def _settle_ended_upstreams(self, flow: FlowRef, upstream: Iterable[ExecutionId]) -> None:
         """Resolve the new edges of upstreams that ended before the edges existed (their
@@ -316,10 +347,10 @@ class Flows:
         return self.cancel_members(flow, members, reason)
 
     def cancel_members(self, flow: FlowRef, members: Iterable[str], reason: str) -> list[ExecutionId]:
-        """Cancel each owed member and acknowledge it; answers those now cancelled, here or by
-        a concurrent cancel (a reconciler) that got there first."""
+        """Cancel each owed member, downstream members first, and acknowledge it; answers those
+        now cancelled, here or by a concurrent cancel (a reconciler) that got there first."""
         cancelled = []
-        for eid in valid_execution_ids(sorted(members), f"flow {flow.flow_id}"):
+        for eid in self.downstream_first(flow, valid_execution_ids(members, f"flow {flow.flow_id}")):
             try:
                 self.engine.cancel(eid, reason)
                 cancelled.append(eid)

@@ -157,6 +157,22 @@ def test_a_flow_cancel_counts_members_a_racing_cancel_stopped_first(ff_engine, f
     assert not ff_engine.redis.exists(flow.keys.pending_cancels)
 
 
+def test_a_flow_cancel_stops_downstream_members_first_so_no_cascade_skips_one(ff_engine, flow, monkeypatch):
+    chain = [member(ff_engine, flow)]
+    for _ in range(5):
+        chain.append(member(ff_engine, flow, chain[-1]))
+    cancel = ff_engine.cancel
+
+    def cancel_then_cascade(execution_id, reason):  # as if the leader's listener heard each end at once
+        outcome = cancel(execution_id, reason)
+        ff_engine.flows.cascade(execution_id, flow.flow_id)
+        return outcome
+
+    monkeypatch.setattr(ff_engine, "cancel", cancel_then_cascade)
+    assert set(ff_engine.flows.cancel(flow, "user asked")) == set(chain)
+    assert [state(ff_engine, eid) for eid in chain] == ["cancelled"] * len(chain)
+
+
 def test_the_flow_of_a_member_is_known_and_a_solo_execution_has_none(ff_engine, flow):
     eid = member(ff_engine, flow)
     assert ff_engine.flows.flow_of(eid) == flow
