@@ -110,7 +110,7 @@ class ClaimedTask:
 
     # -- identity ---------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def fence(self) -> fn.Fence:
         return fn.Fence(lease_id=self.lease.lease_id, lease_epoch=self.lease_epoch, attempt_id=self.attempt_id)
 
@@ -184,7 +184,7 @@ class ClaimedTask:
         """Renew now (the renewer also does this every ttl/3); answers the new expiry."""
         requested_at = time.monotonic()
         expires_at = self.engine.call(
-            fn.RenewLease(
+            fn.RenewLease.trusted(
                 execution_id=self.execution_id,
                 attempt_index=self.attempt_index,
                 fence=self.fence,
@@ -314,8 +314,9 @@ class ClaimedTask:
     def complete(self, result: bytes = b"") -> None:
         """End the attempt successfully; the execution becomes ``completed``."""
 
+        build = fn.CompleteExecution.trusted if isinstance(result, bytes) else fn.CompleteExecution
         self._terminal(
-            fn.CompleteExecution(**self._holder(), result_payload=result),
+            build(**self._holder(), result_payload=result),
             lambda error: True if self._committed(error, outcome="success") else None,
         )
 
