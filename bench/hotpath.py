@@ -34,14 +34,16 @@ def noop_task() -> None:
     """The task published (never run here)."""
 
 
-def rate(count: int, run: Callable[[], object]) -> float:
-    started = time.perf_counter()
+def measure(count: int, run: Callable[[], object]) -> tuple[float, float]:
+    """Operations per second, and this process's CPU microseconds per operation (what the
+    Python costs, whatever the load on the machine)."""
+    started, cpu = time.perf_counter(), time.process_time()
     run()
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), (time.process_time() - cpu) * 1e6 / count
 
 
-def one_round(url: str, count: int, lane: str) -> dict[str, float]:
-    """Each step's rate (operations per second) on ``lane``, emptied first."""
+def one_round(url: str, count: int, lane: str) -> dict[str, tuple[float, float]]:
+    """Each step's :func:`measure` on ``lane``."""
     from celery import Celery
 
     import ff_celery
@@ -51,10 +53,12 @@ def one_round(url: str, count: int, lane: str) -> dict[str, float]:
     engine = Engine.from_url(url)
     engine.bootstrap()
     claimer = Claimer(engine, [lane], worker_id="bench")
-    app = Celery("hotpath", broker=url.replace("redis://", "flowfabric://"), backend=url.replace("redis://", "flowfabric://"))
+    app = Celery(
+        "hotpath", broker=url.replace("redis://", "flowfabric://"), backend=url.replace("redis://", "flowfabric://")
+    )
     ff_celery.install(app)
     noop = app.task(name="hotpath.noop", queue=lane)(noop_task)
-    rates: dict[str, float] = {}
+    rates: dict[str, tuple[float, float]] = {}
 
     def claim_and_complete() -> None:
         for _ in range(count):
@@ -63,25 +67,37 @@ def one_round(url: str, count: int, lane: str) -> dict[str, float]:
             task.notify_channel = "hotpath:done"
             task.complete(b"ok")
 
-    rates["engine submit"] = rate(count, lambda: [engine.submit(lane, b"%d" % n) for n in range(count)])
-    rates["claim + complete"] = rate(count, claim_and_complete)
+    rates["engine submit"] = measure(count, lambda: [engine.submit(lane, b"%d" % n) for n in range(count)])
+    rates["claim + complete"] = measure(count, claim_and_complete)
     sent = []
     with app.connection_for_write() as connection, app.producer_or_acquire() as producer:
         connection.ensure_connection()
-        rates["celery apply_async"] = rate(count, lambda: sent.extend(noop.apply_async(producer=producer) for _ in range(count)))
-    rates["result state read"] = rate(count, lambda: [result.state for result in sent])
+        rates["celery apply_async"] = measure(
+            count, lambda: sent.extend(noop.apply_async(producer=producer) for _ in range(count))
+        )
+    rates["result state read"] = measure(count, lambda: [result.state for result in sent])
     engine.purge_lane(lane)
     claimer.close()
     engine.close()
     return rates
 
 
-def run_tree(source: Path | None, url: str, count: int, lane: str) -> dict[str, float]:
+def run_tree(source: Path | None, url: str, count: int, lane: str) -> dict[str, list[float]]:
     """One round in a subprocess, importing ``ff_celery`` from ``source`` (None: this tree)."""
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = f"{source}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    command = [sys.executable, str(Path(__file__).resolve()), "--url", url, "--count", str(count), "--lane", lane, "--json"]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--url",
+        url,
+        "--count",
+        str(count),
+        "--lane",
+        lane,
+        "--json",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"round failed ({source or 'work tree'}):\n{done.stderr}")
@@ -117,17 +133,18 @@ def main() -> None:
             trees: dict[str, Path | None] = {"new": None}
             if args.compare:
                 trees = {args.compare: export(args.compare, Path(scratch)), "new": None}
-            results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+            results: dict[str, list[dict[str, list[float]]]] = {name: [] for name in trees}
             for round_number in range(args.rounds):
                 for name, source in trees.items():
                     results[name].append(run_tree(source, url, args.count, args.lane))
                 print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr)
-        print(f"{args.count} operations per step, medians of {args.rounds} rounds (operations/s)")
-        print(f"{'step':<22}" + "".join(f"{name:>14}" for name in trees) + ("    new/old" if args.compare else ""))
-        for step in STEPS:
-            medians = [statistics.median(r[step] for r in results[name]) for name in trees]
-            ratio = f"{medians[-1] / medians[0]:>10.2f}x" if args.compare else ""
-            print(f"{step:<22}" + "".join(f"{m:>14.0f}" for m in medians) + ratio)
+        print(f"{args.count} operations per step, medians of {args.rounds} rounds")
+        for column, unit in enumerate(("operations/s", "client CPU us/operation")):
+            print(f"\n{unit:<26}" + "".join(f"{name:>12}" for name in trees) + ("     new/old" if args.compare else ""))
+            for step in STEPS:
+                medians = [statistics.median(r[step][column] for r in results[name]) for name in trees]
+                ratio = f"{medians[-1] / medians[0]:>11.2f}x" if args.compare else ""
+                print(f"{step:<26}" + "".join(f"{m:>12.0f}" for m in medians) + ratio)
     finally:
         if server:
             server.stop()

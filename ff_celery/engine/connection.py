@@ -98,12 +98,10 @@ BUFFER_CUTOFF = 6000
 
 class HiredisPacker:
     """Packs commands as redis-py's hiredis serializer does, byte for byte, but hands the
-    arguments to hiredis at once when they are all ``str`` (or a subclass, e.g. an
-    execution id), ``bytes``, ``int`` or ``float`` (every engine command): redis-py encodes
-    each argument in Python first, which costs ten times hiredis's own packing. Anything
-    else (a ``bool``, a memoryview, a two-word command name) takes redis-py's path."""
-
-    PLAIN_TYPES = frozenset((str, bytes, int, float))
+    arguments to hiredis as they are (``str``, ``bytes``, ``int``, ``float``: every engine
+    command), where redis-py first encodes each in Python, at ten times hiredis's own
+    cost. What hiredis refuses (a ``bool``, a ``bytearray``, an ``int`` subclass) and a
+    two-word command name take redis-py's path, which packs or refuses them as always."""
 
     def __init__(self) -> None:
         encode = Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False).encode
@@ -112,9 +110,10 @@ class HiredisPacker:
     def pack(self, *args: Any) -> list[bytes]:
         name = args[0]
         if type(name) is str and " " not in name:
-            others = set(map(type, args)).difference(self.PLAIN_TYPES)
-            if not others or all(issubclass(kind, str) for kind in others):
+            try:
                 return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
         return self._standard.pack(*args)
 
 

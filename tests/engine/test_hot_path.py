@@ -1,6 +1,9 @@
 """The hot path's shortcuts send exactly what the general path sends: hiredis packing of
 plain arguments, calls built without validation, replies parsed without validation."""
 
+from enum import Enum
+from http import HTTPStatus
+
 import pytest
 import redis
 from redis.connection import Connection
@@ -11,6 +14,12 @@ from ff_celery.engine.functions.lease import lease_from_reply
 from ff_celery.engine.ids import ExecutionId, new_uuid
 
 EID = ExecutionId.mint(7)
+
+
+class Color(str, Enum):
+    RED = "red"
+
+
 FENCE = fn.Fence(lease_id=new_uuid(), lease_epoch=3, attempt_id=new_uuid())
 
 
@@ -21,6 +30,8 @@ FENCE = fn.Fence(lease_id=new_uuid(), lease_epoch=3, attempt_id=new_uuid())
         ("ZRANGEBYSCORE", "k", "-inf", "+inf", "LIMIT", 0, 16, "WITHSCORES"),
         ("SET", "k", 1.5, "PX", 10**20, -3),
         ("SET", "k", memoryview(b"viewed"), bytearray(b"array")),
+        ("SET", "k", HTTPStatus.OK, Color.RED),
+        ("SET", "k", 2**70, float("inf"), -0.0),
         ("CLIENT SETNAME", "name"),
         (b"CLIENT SETNAME", "name"),
     ],
