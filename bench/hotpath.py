@@ -1,11 +1,11 @@
 """Hot-path micro-benchmark: the Python around each call of a task's life, in one process.
 
-    python bench/hotpath.py [--url redis://...] [--count 2000] [--rounds 3] [--compare REF]
+    python bench/hotpath.py [--url redis://...] [--count 2000] [--rounds 3] [--compare REF [--new REF]]
 
 Times, on one lane of an embedded server (or ``--url``): ``engine.submit``; Celery's
 ``apply_async`` through ``flowfabric://``; a worker's claim + complete (one at a time, with the
 completion notice the worker sends); and the result read (``AsyncResult.state``). With
-``--compare REF`` (a git ref), the ``ff_celery`` package of REF and of the work tree run
+``--compare REF`` (a git ref), the ``ff_celery`` package of REF and of the work tree (or of ``--new``) run
 alternately (REF, new, REF, new, ...) in subprocesses against one server, and the medians
 are printed side by side; compare proportions on a busy machine, not absolute rates.
 """
@@ -106,6 +106,7 @@ def run_tree(source: Path | None, url: str, count: int, lane: str) -> dict[str, 
 
 def export(ref: str, into: Path) -> Path:
     """The ``ff_celery`` package (and its Lua) of git ``ref`` under ``into``."""
+    into.mkdir()
     archive = into / "ref.tar"
     subprocess.run(["git", "archive", "-o", str(archive), ref, "ff_celery", "lua"], cwd=ROOT, check=True)
     with tarfile.open(archive) as tar:
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--compare", metavar="REF", help="alternate with the ff_celery of this git ref")
+    parser.add_argument("--new", metavar="REF", help="with --compare: this git ref instead of the work tree")
     parser.add_argument("--lane", default="hotpath")
     parser.add_argument("--json", action="store_true", help="one round, printed as JSON (used by --compare)")
     args = parser.parse_args()
@@ -132,7 +134,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             trees: dict[str, Path | None] = {"new": None}
             if args.compare:
-                trees = {args.compare: export(args.compare, Path(scratch)), "new": None}
+                old, new = Path(scratch) / "old", Path(scratch) / "new"
+                trees = {
+                    args.compare: export(args.compare, old),
+                    args.new or "new": export(args.new, new) if args.new else None,
+                }
             results: dict[str, list[dict[str, list[float]]]] = {name: [] for name in trees}
             for round_number in range(args.rounds):
                 for name, source in trees.items():
