@@ -184,7 +184,7 @@ class ClaimedTask:
         """Renew now (the renewer also does this every ttl/3); answers the new expiry."""
         requested_at = time.monotonic()
         expires_at = self.engine.call(
-            fn.RenewLease.trusted(
+            fn.RenewLease(
                 execution_id=self.execution_id,
                 attempt_index=self.attempt_index,
                 fence=self.fence,
@@ -314,9 +314,8 @@ class ClaimedTask:
     def complete(self, result: bytes = b"") -> None:
         """End the attempt successfully; the execution becomes ``completed``."""
 
-        build = fn.CompleteExecution.trusted if isinstance(result, bytes) else fn.CompleteExecution
         self._terminal(
-            build(**self._holder(), result_payload=result),
+            fn.CompleteExecution(**self._holder(), result_payload=result),
             lambda error: True if self._committed(error, outcome="success") else None,
         )
 

@@ -262,10 +262,10 @@ class Claimer:
         for eid, lane in wave:
             keys = ExecKeys(eid)
             batch.command("hmget", keys.core, _CORE_FIELDS)  # as the claim finds them
-            batch.fcall(fn.IssueClaimGrant.trusted(**self._identity(eid, lane), grant_ttl_ms=self.grant_ttl_ms,
-                                                   worker_capabilities=self.capabilities))  # fmt: skip
+            batch.fcall(fn.IssueClaimGrant(**self._identity(eid, lane), grant_ttl_ms=self.grant_ttl_ms,
+                                           worker_capabilities=self.capabilities))  # fmt: skip
             batch.fcall(
-                fn.ClaimExecution.trusted(
+                fn.ClaimExecution(
                     **self._identity(eid, lane),
                     lease_id=new_uuid(),
                     lease_ttl_ms=self.lease_ttl_ms,
@@ -303,7 +303,7 @@ class Claimer:
         for eid, lane, reads in resumable:
             attempt_index = int(text(reads[0][0]) or 0)
             batch.fcall(
-                fn.ClaimResumedExecution.trusted(
+                fn.ClaimResumedExecution(
                     **self._identity(eid, lane), lease_id=new_uuid(), lease_ttl_ms=self.lease_ttl_ms,
                     attempt_index=attempt_index,
                 )

@@ -113,7 +113,7 @@ class LeaseRenewer:
     def renew(self, tasks: list[HeldLease]) -> None:
         """Renew ``tasks`` now, in one round trip."""
         requests = [
-            fn.RenewLease.trusted(
+            fn.RenewLease(
                 execution_id=task.execution_id,
                 attempt_index=task.attempt_index,
                 fence=task.fence,

@@ -8,7 +8,7 @@ exceptions of ``errors``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -16,9 +16,6 @@ from ff_celery.engine.decoding import text
 from ff_celery.engine.errors import TransportError, error_for_code
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
-
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self from Python 3.11
 
 ResultT = TypeVar("ResultT")
 
@@ -59,13 +56,6 @@ class Fcall(BaseModel, Generic[ResultT]):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     function: ClassVar[str]
-
-    @classmethod
-    def trusted(cls, **fields: Any) -> Self:
-        """The call built without validation (``model_construct``, a fourth of the cost),
-        from fields the engine itself produced, already of their types (a claim's ids, a
-        held lease's fence); what a caller passes goes through the validating constructor."""
-        return cls.model_construct(**fields)
 
     def keys(self) -> list[str]:
         raise NotImplementedError

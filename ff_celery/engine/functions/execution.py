@@ -102,10 +102,9 @@ class CreateExecution(ExecutionFcall[Created]):
         ]
 
     def parse(self, reply: Reply) -> Created:
-        execution_id = ExecutionId(reply.fields[0])  # validated here: the model need not
         if reply.status == "DUPLICATE":
-            return Created.model_construct(execution_id=execution_id, public_state=None, duplicate=True)
-        return Created.model_construct(execution_id=execution_id, public_state=reply.fields[1])
+            return Created(execution_id=ExecutionId(reply.fields[0]), public_state=None, duplicate=True)
+        return Created(execution_id=ExecutionId(reply.fields[0]), public_state=reply.fields[1])
 
 
 class ClaimExecution(ClaimRequest):

@@ -29,7 +29,7 @@ class Lease(BaseModel):
 
 def lease_from_reply(reply: Reply) -> Lease:
     lease_id, epoch, expires_at, attempt_id, attempt_index, attempt_type = reply.fields[:6]
-    return Lease.model_construct(  # each field parsed to its type here
+    return Lease(
         lease_id=lease_id,
         lease_epoch=int(epoch),
         expires_at=int(float(expires_at)),
