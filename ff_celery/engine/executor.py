@@ -132,8 +132,9 @@ class Executor:
     def call(self, request: fn.Fcall[R]) -> R:
         """Execute one FCALL; error replies raise the typed :class:`EngineError`."""
         keys = request.keys()
-        command = ("FCALL", request.function, len(keys), *keys, *request.argv())
-        raw = self._guard(lambda: self.redis.execute_command(*command), request.function)
+        raw = self._guard(
+            lambda: self.redis.fcall(request.function, len(keys), *keys, *request.argv()), request.function
+        )
         return request.interpret(raw)
 
     def call_many(self, requests: Sequence[fn.Fcall[Any]]) -> list[Any]:
@@ -231,7 +232,7 @@ class Batch:
         """Queue every command on ``pipe`` (no notices: a transaction keeps to one slot)."""
         for name, args, request in self._queued:
             if request is not None:
-                pipe.execute_command("FCALL", *args)  # what pipe.fcall sends, without its wrappers
+                pipe.fcall(*args)
             else:
                 getattr(pipe, name)(*args[:-1], **args[-1])
 
