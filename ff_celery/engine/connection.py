@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import hiredis
 import redis
 from redis._parsers.encoders import Encoder
-from redis.connection import HiredisRespSerializer, PythonRespSerializer
+from redis.connection import PythonRespSerializer
 
 #: Defaults for every connection: a dead or frozen server surfaces as a timeout, never a hang.
 CONNECT_TIMEOUT_S = 5.0
@@ -97,15 +97,15 @@ BUFFER_CUTOFF = 6000
 
 
 class HiredisPacker:
-    """Packs commands as redis-py's hiredis serializer does, byte for byte, but hands the
-    arguments to hiredis as they are (``str``, ``bytes``, ``int``, ``float``: every engine
-    command), where redis-py first encodes each in Python, at ten times hiredis's own
-    cost. What hiredis refuses (a ``bool``, a ``bytearray``, an ``int`` subclass) and a
-    two-word command name take redis-py's path, which packs or refuses them as always."""
+    """Packs commands as redis-py's serializers do, byte for byte, but hands the arguments
+    to hiredis as they are (``str``, ``bytes``, ``int``, ``float``: every engine command),
+    where redis-py first encodes each in Python, at ten times hiredis's own cost. What
+    hiredis refuses (a ``bool``, a ``bytearray``, an ``int`` subclass) and a two-word command
+    name take redis-py's pure-Python serializer, which packs or refuses them as always."""
 
     def __init__(self) -> None:
         encode = Encoder(encoding="utf-8", encoding_errors="strict", decode_responses=False).encode
-        self._standard = HiredisRespSerializer(PythonRespSerializer(BUFFER_CUTOFF, encode).pack, encode)
+        self._standard = PythonRespSerializer(BUFFER_CUTOFF, encode)
 
     def pack(self, *args: Any) -> list[bytes]:
         name = args[0]
