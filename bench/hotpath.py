@@ -4,10 +4,11 @@
 
 Times, on one lane of an embedded server (or ``--url``): ``engine.submit``; Celery's
 ``apply_async`` through ``flowfabric://``; a worker's claim + complete (one at a time, with the
-completion notice the worker sends); and the result read (``AsyncResult.state``). With
-``--compare REF`` (a git ref), the ``ff_celery`` package of REF and of the work tree (or of ``--new``) run
-alternately (REF, new, REF, new, ...) in subprocesses against one server, and the medians
-are printed side by side; compare proportions on a busy machine, not absolute rates.
+completion notice the worker sends); and the result read (``AsyncResult.state`` of the
+published, still waiting, tasks). With ``--compare REF`` (a git ref), the ``ff_celery``
+package of REF and of the work tree (or of ``--new``) run alternately (REF, new, REF, new,
+...) in subprocesses against one server, and the medians are printed side by side; compare
+proportions on a busy machine, not absolute rates.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def noop_task() -> None:
 
 
 def measure(count: int, run: Callable[[], object]) -> tuple[float, float]:
-    """Operations per second, and this process's CPU microseconds per operation (what the
-    Python costs, whatever the load on the machine)."""
+    """Operations per second, and this process's CPU microseconds per operation (its Python
+    and its socket calls; less sensitive to the machine's load than the rate)."""
     started, cpu = time.perf_counter(), time.process_time()
     run()
     return count / (time.perf_counter() - started), (time.process_time() - cpu) * 1e6 / count
