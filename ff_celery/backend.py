@@ -98,15 +98,23 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     def engine(self) -> Engine:
         """Where the app's executions live: the ``flowfabric://`` broker's server and database
         (wherever this backend is), else this backend's own."""
-        broker_url = self.app.conf.broker_url
-        if isinstance(broker_url, str) and broker_url.startswith("flowfabric"):
-            return engine_for_url(broker_url)
-        return engine_for_url(self.url)
+        return self._engines()[0]
 
     @property
     def store(self) -> redis.Redis:
         """Where Celery's own records (meta, groups, chord counters) are kept: this backend's URL."""
-        return engine_for_url(self.url).redis
+        return self._engines()[1].redis
+
+    def _engines(self) -> tuple[Engine, Engine]:
+        """The executions' engine and the store's, looked up once per process (every result
+        read and write asks; the app's configuration is slow to read)."""
+        cached = self.__dict__.get("_engines_cache")
+        if cached is None or cached[0] != os.getpid():
+            broker_url = self.app.conf.broker_url
+            store = engine_for_url(self.url)
+            executions = engine_for_url(broker_url) if str(broker_url or "").startswith("flowfabric") else store
+            cached = self.__dict__["_engines_cache"] = (os.getpid(), (executions, store))
+        return cached[1]
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Transient server trouble (a restart still loading its data, a failover, a dropped

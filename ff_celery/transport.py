@@ -37,7 +37,7 @@ from ff_celery.context import plan_republished_retry, publisher_repeats
 from ff_celery.engine.claim import ClaimedTask
 from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware, refresh_slot_map
+from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware, packed_by_hiredis, refresh_slot_map
 from ff_celery.engine.errors import EngineError, TransportError, retry_transport_for
 from ff_celery.engine.flows import FlowRef
 from ff_celery.engine.functions import BlockExecutionForAdmission, Created
@@ -197,7 +197,7 @@ class Channel(kombu_redis.Channel):
             way = repr(sorted((k, repr(v)) for k, v in params.items() if k != "connection_class"))
 
             def client() -> redis.Redis:
-                return cluster_aware(redis.Redis(connection_pool=redis.ConnectionPool(**params)))
+                return cluster_aware(packed_by_hiredis(redis.Redis(connection_pool=redis.ConnectionPool(**params))))
 
             engine = shared_engine(way, client, NAMESPACE)
             cached = self.__dict__["_ff_shared_cache"] = (os.getpid(), (engine, shared_renewer(engine)))

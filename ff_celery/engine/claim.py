@@ -110,7 +110,7 @@ class ClaimedTask:
 
     # -- identity ---------------------------------------------------------------------------
 
-    @property
+    @cached_property
     def fence(self) -> fn.Fence:
         return fn.Fence(lease_id=self.lease.lease_id, lease_epoch=self.lease_epoch, attempt_id=self.attempt_id)
 

@@ -4,6 +4,7 @@ stable UUID) and bare UUIDs for everything else."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -26,8 +27,16 @@ def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+#: A canonical UUID (what ``str(uuid.UUID(...))`` writes) and a canonical execution id.
+_CANONICAL_UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_CANONICAL_UUID_RE = re.compile(_CANONICAL_UUID)
+_EXECUTION_ID_RE = re.compile(r"\{fp:(0|[1-9][0-9]{0,4})\}:" + _CANONICAL_UUID)
+
+
 def canonical_uuid(text: str, what: str = "uuid") -> str:
     """``text`` if it is a canonical lowercase hyphenated UUID, else ValidationError."""
+    if isinstance(text, str) and _CANONICAL_UUID_RE.fullmatch(text):
+        return text
     try:
         parsed = uuid.UUID(text)
     except (TypeError, ValueError, AttributeError):
@@ -39,6 +48,8 @@ def canonical_uuid(text: str, what: str = "uuid") -> str:
 
 def _execution_id_problem(text: object) -> str | None:
     """Why ``text`` is not a canonical ``{fp:N}:<uuid>`` execution id, or None."""
+    if isinstance(text, str) and (match := _EXECUTION_ID_RE.fullmatch(text)):
+        return None if int(match[1]) <= MAX_PARTITION_INDEX else "partition index must be a canonical decimal 0..65535"
     if not isinstance(text, str) or not text.startswith("{fp:"):
         return "must start with '{fp:'"
     close = text.find("}:", 4)

@@ -58,6 +58,10 @@ def test_execution_id_exposes_its_partition_and_uuid():
         "{fp:7}:550E8400-E29B-41D4-A716-446655440000",
         "{fp:7}:not-a-uuid",
         "{fp:7}",
+        "{fp:7}:550e8400-e29b-41d4-a716-446655440000 ",
+        "{fp:7}:550e8400e29b41d4a716446655440000",
+        "{fp:7}:{550e8400-e29b-41d4-a716-446655440000}",
+        "{fp:\u0667}:550e8400-e29b-41d4-a716-446655440000",  # an Arabic-Indic seven
     ],
 )
 def test_malformed_execution_ids_are_rejected_with_a_validation_error(bad):
