@@ -44,6 +44,7 @@ EXEMPT = {
     "bench/suspend_bench.py": "a benchmark: minutes of both cores",
     "bench/engine_bench.py": "a benchmark: minutes of both cores",
     "bench/footprint.py": "a benchmark: minutes of both cores",
+    "bench/hotpath.py": "a benchmark: minutes of both cores, against another git revision",
     "bench/soak.py --steady": "a soak run: ten minutes of both cores",
     "bench/soak.py --count": "a soak run: minutes of both cores",
     "rm -rf /tmp/ff-metrics": (
