@@ -98,7 +98,9 @@ def test_concurrent_scrapes_cost_one_reading_of_the_engine_state(ff_engine, ff_r
         with ThreadPoolExecutor(scrapes) as pool:
             pages = list(pool.map(lambda _: scrape_with_the_others(), range(scrapes)))
         assert all('ff_lane_executions{lane="scraped-19",state="active"} 0.0' in page for page in pages)
-        assert one_reading <= engine_commands(ff_redis) - before <= one_reading + OTHERS
+        # one reading, give or take what else the shared server ran (on a cluster, the client's
+        # own upkeep): twenty scrapes each reading the state would be twenty times as much
+        assert abs(engine_commands(ff_redis) - before - one_reading) <= OTHERS
     finally:
         exporter.stop()
 
