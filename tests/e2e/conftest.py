@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -61,6 +63,21 @@ class Worker:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=timeout)
 
+    def shut_down(self, timeout: float = 15.0) -> None:
+        """Warm shutdown; one that takes longer than ``timeout`` is reported (a warning with
+        where each of the worker's threads stood: Celery logs them on SIGUSR1) and killed."""
+        try:
+            self.stop(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=2)
+            self.kill()
+            tail = "\n".join(self.text().splitlines()[-80:])
+            warnings.warn(
+                f"worker {self.name} still running {timeout:g} s after SIGTERM, killed:\n{tail}", stacklevel=2
+            )
+
     def kill(self) -> None:
         """kill -9 of the main process; its pool children die with it."""
         if self.process.poll() is None:
@@ -94,10 +111,7 @@ def start_worker(app_url: str, tmp_path: Path) -> Iterator:
 
     yield start
     for worker in started:
-        try:
-            worker.stop(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.shut_down()
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +119,7 @@ def module_worker(app_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """One prefork worker (concurrency 2, events on) shared by a test module."""
     worker = Worker(app_url, tmp_path_factory.mktemp("worker"), events=True).wait_ready()
     yield worker
-    try:
-        worker.stop(timeout=15)
-    except subprocess.TimeoutExpired:
-        worker.kill()
+    worker.shut_down()
 
 
 def runs(ffapp, task_id: str) -> list[str]:

@@ -77,10 +77,7 @@ def worker(app_url, env, tmp_path_factory) -> Iterator[Worker]:
     """A prefork worker (concurrency 2) on the default queue, shared by the module."""
     started = Worker(app_url, tmp_path_factory.mktemp("compat"), app="plainapp", env=env).wait_ready()
     yield started
-    try:
-        started.stop(timeout=15)
-    except subprocess.TimeoutExpired:
-        started.kill()
+    started.shut_down()
 
 
 @pytest.fixture(scope="module")
@@ -351,10 +348,7 @@ def test_inspect_scheduled_answers_field_by_field_what_celery_answers_on_redis(
         ours, celerys = scheduled_entry(env, worker, task_id), scheduled_entry(on_redis, celery_worker, task_id)
     finally:
         revoke(env, task_id)
-        try:
-            celery_worker.stop(timeout=15)
-        except subprocess.TimeoutExpired:
-            celery_worker.kill()
+        celery_worker.shut_down()
     assert (ours["request"].pop("hostname"), celerys["request"].pop("hostname")) == (worker.name, celery_worker.name)
     assert ours["eta"] == celerys["eta"] == eta.isoformat()  # to the microsecond
     assert ours["priority"] == celerys["priority"] == 6  # Celery's timer priority of ETA tasks
@@ -374,8 +368,5 @@ def test_inspect_scheduled_does_not_decode_a_body_the_app_does_not_accept(ff_ser
         finally:
             revoke(env, task_id)
     finally:
-        try:
-            pickling.stop(timeout=15)
-        except subprocess.TimeoutExpired:
-            pickling.kill()
+        pickling.shut_down()
     assert (entry["request"]["args"], entry["request"]["kwargs"]) == ("(1, 2)", "{}")  # what the publisher showed

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -69,10 +68,7 @@ class Failover:
             return _role(self.replica)[0] == "master" and client.cluster("info")["cluster_state"] == "ok"
 
     def close(self) -> None:
-        try:
-            self.worker.stop()
-        except subprocess.TimeoutExpired:
-            self.worker.kill()
+        self.worker.shut_down(timeout=30)
         self.app.close()
 
 

@@ -124,10 +124,7 @@ def stopped_at_exit(worker: Worker) -> Iterator[Worker]:
     try:
         yield worker
     finally:
-        try:
-            worker.stop(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.shut_down()
 
 
 def run_for_the_caller(readmeapp, block: Block, address: str, **supplied: Any) -> dict[int, Any]:
