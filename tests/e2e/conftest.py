@@ -36,9 +36,12 @@ class Worker:
             command.append("-E")
         command.extend(extra_args)
         environment = {**os.environ, "FFAPP_URL": url, "PYTHONPATH": str(HERE), **(env or {})}
-        self.process = subprocess.Popen(
-            command, cwd=HERE, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
+        #: What the worker prints besides its log: Celery's shutdown notices and thread dumps.
+        self.console = tmp / f"{self.name.split('@')[0]}.console"
+        with self.console.open("wb") as console:
+            self.process = subprocess.Popen(
+                command, cwd=HERE, env=environment, stdout=console, stderr=subprocess.STDOUT
+            )
 
     @property
     def pid(self) -> int:
@@ -65,7 +68,7 @@ class Worker:
 
     def shut_down(self, timeout: float = 15.0) -> None:
         """Warm shutdown; one that takes longer than ``timeout`` is reported (a warning with
-        where each of the worker's threads stood: Celery logs them on SIGUSR1) and killed."""
+        where each of the worker's threads stood: Celery prints them on SIGUSR1) and killed."""
         try:
             self.stop(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -73,7 +76,7 @@ class Worker:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=2)
             self.kill()
-            tail = "\n".join(self.text().splitlines()[-80:])
+            tail = "\n".join([*self.text().splitlines()[-40:], *self.console.read_text().splitlines()[-80:]])
             warnings.warn(
                 f"worker {self.name} still running {timeout:g} s after SIGTERM, killed:\n{tail}", stacklevel=2
             )
