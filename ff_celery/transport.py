@@ -290,10 +290,16 @@ class Channel(kombu_redis.Channel):
         execution lives is that execution; published after it ended, it is a new run of the
         task (Celery's brokers run every message: a frozen canvas applied again runs again),
         unless the publisher repeats work whose messages went out already
-        (:func:`~ff_celery.context.publisher_repeats`): a step re-sent after a crash runs once."""
+        (:func:`~ff_celery.context.publisher_repeats`): a step re-sent after a crash runs once;
+        or the task was revoked: a revoked task id stays revoked, as Celery's workers keep it."""
         engine, key = self.ff_engine, fields["idempotency_key"]
         created = engine.submit(submission.lane, submission.payload, alias_replaces=submission.alias_replaces, **fields)
-        while created.duplicate and submission.alias and not publisher_repeats() and engine.ended(created.execution_id):
+        while (
+            created.duplicate
+            and submission.alias
+            and not publisher_repeats()
+            and engine.ended(created.execution_id) not in (None, "cancelled")
+        ):
             # each run's key names the run before it: publishers racing to start the next run
             # start one
             fields["idempotency_key"] = f"{key}:after:{created.execution_id}"

@@ -298,10 +298,15 @@ class Engine(Executor):
     def next_attempt_payload(self, execution_id: ExecutionId) -> bytes | None:
         return self._guard(lambda: self.redis.get(next_attempt_payload_key(execution_id)))
 
-    def ended(self, execution_id: ExecutionId) -> bool:
-        """Whether the execution is terminal (or gone: its retention passed)."""
-        phase = self.read_core(execution_id, "lifecycle_phase").get("lifecycle_phase")
-        return phase in (None, "terminal")
+    def ended(self, execution_id: ExecutionId) -> str | None:
+        """How the execution ended (its terminal outcome, ``"gone"`` once its retention
+        passed), or None while it lives."""
+        core = self.read_core(execution_id, "lifecycle_phase", "terminal_outcome")
+        if "lifecycle_phase" not in core:
+            return "gone"
+        if core["lifecycle_phase"] != "terminal":
+            return None
+        return core.get("terminal_outcome") or "ended"
 
     def read_core(self, execution_id: ExecutionId, *fields: str) -> dict[str, str]:
         """exec_core, whole or the named fields (absent fields omitted)."""

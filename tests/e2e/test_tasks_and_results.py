@@ -120,6 +120,16 @@ def test_a_task_id_published_again_is_one_execution_while_it_lives_and_runs_agai
     assert execution(ffapp, task_id).execution_id != running.execution_id
 
 
+def test_a_revoked_task_id_published_again_stays_revoked(ffapp):
+    task_id = f"revoked-{time.time_ns()}"
+    first = ffapp.record_run.apply_async((7,), task_id=task_id, countdown=60)
+    first.revoke()
+    assert wait_for(lambda: first.state == "REVOKED")
+    with pytest.raises(TaskRevokedError):  # as Celery's workers keep a revoked id revoked
+        ffapp.record_run.apply_async((7,), task_id=task_id).get(timeout=15)
+    assert runs(ffapp, task_id) == []
+
+
 def test_chain_group_and_chord_work(ffapp):
     assert chain(ffapp.add.s(1, 1), ffapp.add.s(10), ffapp.add.s(100))().get(timeout=15) == 112
     assert group(ffapp.add.s(i, i) for i in range(5))().get(timeout=15) == [0, 2, 4, 6, 8]
