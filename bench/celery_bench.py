@@ -43,6 +43,7 @@ import kombu
 import redis
 
 from ff_celery.devserver import DevCluster, DevServer, free_port
+from ff_celery.engine.library import FLOWFABRIC_VERSION, library_source, library_version
 
 HERE = Path(__file__).resolve().parent
 
@@ -259,11 +260,37 @@ def main() -> None:
             comparison(server, args.count, args.rounds, args.amqp)
 
 
+def contract_only_server() -> DevServer:
+    """A server whose library answers FlowFabric's version (ours, relabelled), as where
+    FlowFabric's own server manages Valkey: ff_celery sends the contract calls one by one
+    there, without its hot-path library."""
+    server = DevServer().start()
+    client = redis.Redis(port=server.port)
+    client.function_load(library_source().replace(f"return '{library_version()}'", f"return '{FLOWFABRIC_VERSION}'"))
+    client.close()
+    return server
+
+
 def comparison(server: DevServer, count: int, rounds: int, amqp: str) -> None:
-    """Every broker and setting once per round, in turn; then the medians."""
+    """Every broker and setting once per round, in turn; then the medians. flowfabric:// runs
+    twice: with the hot-path library, and with the contract calls alone (another server)."""
     port, ours = server.port, [server.pid]
     flowfabric = f"flowfabric://127.0.0.1:{port}/0"
-    configurations = [Configuration("flowfabric://", flowfabric, flowfabric, ours, [port])]
+    plain = contract_only_server()
+    try:
+        contract = f"flowfabric://127.0.0.1:{plain.port}/0"
+        configurations = [
+            Configuration("flowfabric://", flowfabric, flowfabric, ours, [port]),
+            Configuration("  contract calls", contract, contract, [plain.pid], [plain.port]),
+        ]
+        peers(configurations, port, ours, amqp)
+        run_rounds(configurations, count, rounds)
+    finally:
+        plain.stop()
+
+
+def peers(configurations: list[Configuration], port: int, ours: list[int], amqp: str) -> None:
+    """Add the peers: kombu's Redis transport and RabbitMQ, with safe and default settings."""
     for settings in ("safe", "defaults"):
         configurations.append(Configuration(f"redis:// {settings}", f"redis://127.0.0.1:{port}/1",
                                             f"redis://127.0.0.1:{port}/2", ours, [port], settings))  # fmt: skip
@@ -273,7 +300,6 @@ def comparison(server: DevServer, count: int, rounds: int, amqp: str) -> None:
                                                 ours + rabbitmq_pids(), [port], settings))  # fmt: skip
     else:
         print(f"amqp://        not measured: RabbitMQ not reachable at {amqp}")
-    run_rounds(configurations, count, rounds)
 
 
 def cluster_comparison(server: DevServer, count: int, rounds: int) -> None:

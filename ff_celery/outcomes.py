@@ -86,7 +86,7 @@ def _cascade(engine: Engine, handle: ClaimedTask, request: Any) -> None:
     """A flow member that ended releases (or skips) what waits for it right away, without
     waiting for the scanners' completion listener (which also does, harmlessly)."""
     step = getattr(request, FLOW_HEADER, None)
-    if not isinstance(step, dict) or not isinstance(step.get("flow"), str):
+    if handle.edges_resolved or not isinstance(step, dict) or not isinstance(step.get("flow"), str):
         return
     try:
         engine.flows.cascade(handle.execution_id, step["flow"])

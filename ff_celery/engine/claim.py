@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine import limits, metrics, signaling
@@ -27,7 +27,8 @@ from ff_celery.engine.errors import (
     retry_transport,
 )
 from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import DONE_NOTICE
+from ff_celery.engine.keys import DONE_NOTICE, wake_channel
+from ff_celery.engine.notices import is_sharded
 from ff_celery.engine.policy import ExecutionPolicy, RetryPolicy
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class ClaimedTask:
         self.runnable_since = time.time() - (runnable_wait_s or 0.0)
         #: Published after a terminal operation, in the same round trip (e.g. a result waiter).
         self.notify_channel: str | None = None
+        #: A successful completion also resolved the flow edges out of it (``ffc_complete``).
+        self.edges_resolved = False
         self.lease_expires_at = lease.expires_at
         self.lease_lost: EngineError | None = None
         self.on_lease_lost: Callable[[ClaimedTask, EngineError], None] | None = None
@@ -291,18 +294,18 @@ class ClaimedTask:
             outcome = replayed(exc)
             self._finish()
             if outcome is None:
-                _count_fenced(request.function, exc)
+                _count_fenced(exc.function or request.function, exc)
                 raise
             return outcome
         except EngineError as exc:
             self._finish()
-            _count_fenced(request.function, exc)
+            _count_fenced(exc.function or request.function, exc)
             raise
         self._finish()
         return result
 
     def _call(self, request: fn.Fcall[R]) -> R:
-        if self.notify_channel is None:
+        if self.notify_channel is None or (isinstance(request, fn.CompleteAndResolve) and request.publish):
             return self.engine.call(request)
         batch = self.engine.batch()
         batch.fcall(request)
@@ -329,12 +332,24 @@ class ClaimedTask:
         )
 
     def complete(self, result: bytes = b"") -> None:
-        """End the attempt successfully; the execution becomes ``completed``."""
+        """End the attempt successfully; the execution becomes ``completed``. Where the
+        hot-path library answers, the same call resolves a flow member's outgoing edges."""
+        request = fn.CompleteExecution(**self._holder(), result_payload=result)
 
-        self._terminal(
-            fn.CompleteExecution(**self._holder(), result_payload=result),
-            lambda error: True if self._committed(error, outcome="success") else None,
+        def replayed(error: ExecutionNotActiveError) -> Literal[True] | None:
+            return True if self._committed(error, outcome="success") else None
+
+        if not self.engine.hot_path:
+            self._terminal(request, replayed)
+            return
+        publish = not is_sharded(self.engine.redis)
+        combined = fn.CompleteAndResolve(
+            complete=request, notice_channel=self.notify_channel or "", notice=DONE_NOTICE, publish=publish
         )
+        unsent = self._terminal(combined, replayed)
+        self.edges_resolved = True  # by this call, or by the one that landed before (a replay)
+        for lane, data in unsent if isinstance(unsent, list) else []:
+            self.engine.notify(wake_channel(lane), data)
 
     def fail(
         self,
@@ -439,7 +454,7 @@ class ClaimedTask:
         except EngineError as exc:
             if exc.code in LEASE_GONE_CODES:
                 self._finish()
-            _count_fenced(request.function, exc)
+            _count_fenced(exc.function or request.function, exc)
             raise
         if not suspension.already_satisfied:
             self._finish()

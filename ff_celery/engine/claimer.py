@@ -287,46 +287,60 @@ class Claimer:
 
     def _claim_wave(self, wave: list[tuple[ExecutionId, str]]) -> list[ClaimedTask]:
         """Grant and claim each candidate in one round trip (the claim uses the grant issued
-        just before it in the pipeline); interrupted attempts need a second round trip for
-        the resumed claim."""
+        just before it), with the reads the handle needs: one ``ffc_claim`` per candidate
+        where the hot-path library answers, else the contract calls and reads pipelined.
+        Interrupted attempts need a second round trip for the resumed claim."""
+        requests = [self._claim_requests(eid, lane) for eid, lane in wave]
         batch = self.engine.batch()
-        for eid, lane in wave:
-            keys = ExecKeys(eid)
+        hot_path = self.engine.hot_path
+        for grant, claim in requests:
+            if hot_path:
+                batch.fcall(fn.ClaimWithReads(grant=grant, claim=claim, core_fields=_CORE_FIELDS))
+                continue
+            keys = ExecKeys(claim.execution_id)
             batch.command("hmget", keys.core, _CORE_FIELDS)  # as the claim finds them
-            batch.fcall(fn.IssueClaimGrant(**self._identity(eid, lane), grant_ttl_ms=self.grant_ttl_ms,
-                                           worker_capabilities=self.capabilities))  # fmt: skip
-            batch.fcall(
-                fn.ClaimExecution(
-                    **self._identity(eid, lane),
-                    lease_id=new_uuid(),
-                    lease_ttl_ms=self.lease_ttl_ms,
-                    attempt_id=new_uuid(),
-                    attempt_timeout_ms=self.attempt_timeout_ms,
-                )
-            )
+            batch.fcall(grant)
+            batch.fcall(claim)
             batch.command("get", keys.payload)
             batch.command("hgetall", keys.tags)
         started = time.perf_counter()
         replies = batch.execute()
         for lane in {lane for _, lane in wave}:
             metrics.CLAIM_DURATION.labels(lane).observe(time.perf_counter() - started)
+        if not hot_path:
+            replies = [fn.ClaimReads(*replies[5 * n : 5 * n + 5]) for n in range(len(wave))]
 
         claimed: list[tuple[ExecutionId, str, fn.Lease, list[Any], float | None]] = []
         resumable: list[tuple[ExecutionId, str, list[Any]]] = []
-        for position, (eid, lane) in enumerate(wave):
-            core_values, grant, lease, payload, tags = replies[5 * position : 5 * position + 5]
-            reads = [core_values, payload, tags]
+        for (eid, lane), reply in zip(wave, replies):
+            if isinstance(reply, EngineError):  # the combined call itself failed
+                log.debug("claim of %s failed: %s", eid, reply)
+                continue
+            reads = [reply.core_values, reply.payload, reply.tags]
+            lease = reply.lease
             if isinstance(lease, EngineError):
                 if lease.code == "use_claim_resumed_execution":
                     resumable.append((eid, lane, reads))
                 else:
-                    log.debug("claim of %s lost: %s", eid, getattr(grant, "code", lease.code))
+                    log.debug("claim of %s lost: %s", eid, getattr(reply.grant, "code", lease.code))
                     self._candidates.clear()  # someone else is claiming too: probe afresh
                 continue
-            claimed.append((eid, lane, lease, reads, self._observe_wait(lane, core_values, lease)))
+            claimed.append((eid, lane, lease, reads, self._observe_wait(lane, reply.core_values, lease)))
         if resumable:
             claimed += self._claim_resumed(resumable)
         return [self._handle(*claim) for claim in claimed]
+
+    def _claim_requests(self, eid: ExecutionId, lane: str) -> tuple[fn.IssueClaimGrant, fn.ClaimExecution]:
+        identity = self._identity(eid, lane)
+        grant = fn.IssueClaimGrant(**identity, grant_ttl_ms=self.grant_ttl_ms, worker_capabilities=self.capabilities)
+        claim = fn.ClaimExecution(
+            **identity,
+            lease_id=new_uuid(),
+            lease_ttl_ms=self.lease_ttl_ms,
+            attempt_id=new_uuid(),
+            attempt_timeout_ms=self.attempt_timeout_ms,
+        )
+        return grant, claim
 
     def _claim_resumed(self, resumable: list[tuple[ExecutionId, str, list[Any]]]) -> list[tuple[Any, ...]]:
         """Claim interrupted attempts through their still-held grants."""

@@ -25,6 +25,7 @@ from ff_celery.engine.keys import (
     IDEMPOTENCY_KEY_TAG,
     LANE_REGISTRY_KEY,
     LANE_STATES,
+    WAKE_ANY,
     ExecKeys,
     PartitionKeys,
     alias_key,
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 
 #: A delay closer than this to engine time is submitted as eligible now (spec §5.2 pitfall).
 DELAY_SAFETY_MS = 1000
-#: A wake-up that names no execution: look for work.
-WAKE_ANY = "1"
 #: Aliases remembered per process (as hints for :meth:`Engine.read_aliased`) before starting over.
 SEEN_ALIASES_MAX = 10_000
 

@@ -20,7 +20,7 @@ from ff_celery.engine.connection import clone_client, connect
 from ff_celery.engine.errors import EngineError, TransportError, UnavailableError
 from ff_celery.engine.ids import new_uuid
 from ff_celery.engine.keys import LANE_REGISTRY_KEY, PARTITION_CONFIG_KEY
-from ff_celery.engine.library import LibraryState, ensure_library, is_missing_function
+from ff_celery.engine.library import LibraryState, ensure_library, hot_path_loaded, is_missing_function
 from ff_celery.engine.notices import publish_command
 from ff_celery.engine.partitions import PartitionConfig
 
@@ -67,6 +67,8 @@ class Executor:
         self._clock_read_at = 0.0
         self._library_lock = threading.Lock()
         self._known_lanes: set[str] = set()
+        #: Whether the ``ffcelery`` hot-path library answers (None: not yet known).
+        self._hot_path: bool | None = None
 
     @classmethod
     def from_url(cls, url: str, *, namespace: str = "default", **options: Any) -> Self:
@@ -76,6 +78,7 @@ class Executor:
         """A new engine on its own connection pool (for a background thread or a child process)."""
         engine = type(self)(clone_client(self.redis), namespace=self.namespace)
         engine._partitions = self._partitions
+        engine._hot_path = self._hot_path
         return engine
 
     def close(self) -> None:
@@ -90,6 +93,7 @@ class Executor:
         ``ff:config:partitions`` is empty, so a FlowFabric server started later agrees.
         """
         state = self._guard(lambda: ensure_library(self.redis))
+        self._hot_path = state.hot_path
         stored = self._guard(lambda: self.redis.hgetall(PARTITION_CONFIG_KEY))
         defaults = PartitionConfig().as_hash()
         missing = {name: value for name, value in defaults.items() if name.encode() not in stored}
@@ -97,6 +101,19 @@ class Executor:
             self._guard(lambda: self.redis.hset(PARTITION_CONFIG_KEY, mapping=missing))
         self._partitions = None
         return state
+
+    @property
+    def hot_path(self) -> bool:
+        """Whether the hot path's combined calls (``ffcelery``, beside ff_celery's own
+        ``flowfabric``) may be used; otherwise the contract calls are sent one by one."""
+        if self._hot_path is None:
+            self._hot_path = self._guard(lambda: hot_path_loaded(self.redis))
+        return self._hot_path
+
+    @hot_path.setter
+    def hot_path(self, enabled: bool) -> None:
+        """False keeps this engine on the contract calls (True only where the library answers)."""
+        self._hot_path = enabled and hot_path_loaded(self.redis)
 
     @property
     def partitions(self) -> PartitionConfig:
@@ -193,7 +210,7 @@ class Executor:
         with self._library_lock:
             log.warning("FlowFabric function library missing on the server; reloading it")
             try:
-                ensure_library(self.redis)
+                self._hot_path = ensure_library(self.redis).hot_path
             except redis.RedisError as exc:
                 raise UnavailableError(f"cannot reload the function library: {exc}") from exc
 

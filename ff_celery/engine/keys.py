@@ -459,6 +459,10 @@ def wake_channel(lane: str) -> str:
     return f"ffc:wake:{lane}"
 
 
+#: A wake-up's data when it names no execution (see ``Claimer.note_wake``).
+WAKE_ANY = "1"
+
+
 def alias_key(namespace: str, alias: str) -> str:
     """Maps an external id (a Celery task id) to its execution id."""
     return f"ffc:alias:{namespace}:{alias}"

@@ -91,14 +91,18 @@ def test_a_member_with_upstreams_is_created_waiting_and_never_eligible(ff_engine
     assert view.record["node_count"] == "2" and view.record["edge_count"] == "1"
 
 
-def test_the_cascade_makes_the_child_eligible_and_names_it_in_a_wake_up(ff_engine, flow, claimer):
+@pytest.mark.parametrize("hot_path", [False, True], ids=["cascade_call", "in_the_completion"])
+def test_the_cascade_makes_the_child_eligible_and_names_it_in_a_wake_up(ff_engine, flow, claimer, hot_path):
+    """By a cascade call after the completion (the contract calls), or inside the completion
+    itself (``ffc_complete``), which leaves the cascade call nothing to do."""
+    ff_engine.hot_path = hot_path
     first = member(ff_engine, flow)
     second = member(ff_engine, flow, first)
     wakes = Listener(ff_engine.redis)
     wakes.subscribe(wake_channel(LANE))
     assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel(LANE)) >= 1)
     run(claimer, first)
-    assert ff_engine.flows.cascade(first, flow.flow_id) == 1
+    assert ff_engine.flows.cascade(first, flow.flow_id) == (0 if hot_path else 1)
     assert state(ff_engine, second) == "waiting"
     assert wait_for(lambda: (notice := wakes.get(0.5)) is not None and notice.data == second.encode())
     wakes.close()
@@ -197,6 +201,7 @@ def test_the_leaders_completion_listener_runs_the_cascade(ff_engine, flow, claim
 
 
 def test_the_dependency_reconciler_resolves_edges_whose_completion_went_unheard(ff_engine, flow, claimer):
+    ff_engine.hot_path = False  # completed by a client of the contract calls alone (a Rust worker)
     first = member(ff_engine, flow)
     second = member(ff_engine, flow, first)
     run(claimer, first)  # nobody listens: no cascade

@@ -13,7 +13,10 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.errors import UnavailableError
 from ff_celery.engine.library import (
     FLOWFABRIC_VERSION,
+    HOT_PATH_LIBRARY,
     ensure_library,
+    hot_path_source,
+    hot_path_version,
     library_source,
     library_version,
     loaded_version,
@@ -38,9 +41,9 @@ def pairs(flat: list) -> dict:
     return dict(zip(flat[::2], flat[1::2]))
 
 
-def loaded_library(client: redis.Redis) -> dict:
-    """The one library loaded (on a cluster: the same one on every primary)."""
-    listed = client.function_list(withcode=True)
+def loaded_library(client: redis.Redis, name: str = "flowfabric") -> dict:
+    """The library ``name`` (on a cluster: the same one on every primary)."""
+    listed = client.function_list(library=name, withcode=True)
     per_primary = [pairs(library) for (library,) in (listed.values() if isinstance(listed, dict) else [listed])]
     assert all(lib[b"library_code"] == per_primary[0][b"library_code"] for lib in per_primary)
     return per_primary[0]
@@ -63,6 +66,36 @@ def test_library_is_named_flowfabric_and_registers_the_core_functions(empty_serv
     functions = [pairs(f) for f in library[b"functions"]]
     assert {f[b"name"].decode() for f in functions} >= CORE_FUNCTIONS
     assert all(not f[b"flags"] for f in functions)  # plain two-argument registrations
+
+
+def test_the_hot_path_library_is_loaded_beside_ours_and_registers_only_its_own_functions(empty_server):
+    assert ensure_library(empty_server).hot_path
+    library = loaded_library(empty_server, HOT_PATH_LIBRARY)
+    names = {pairs(f)[b"name"].decode() for f in library[b"functions"]}
+    assert names == {"ffc_claim", "ffc_complete", "ffc_version"}
+    assert empty_server.fcall("ffc_version", 0).decode() == hot_path_version()
+    assert loaded_version(empty_server) == library_version()  # ours untouched
+
+
+def test_the_hot_path_library_is_not_loaded_beside_flowfabrics_own_and_the_engine_uses_the_contract(
+    ff_engine, empty_server
+):
+    empty_server.function_load(library_with_version("34"))
+    state = ff_engine.bootstrap()
+    assert (state.action, state.hot_path, ff_engine.hot_path) == ("attached_flowfabric", False, False)
+    assert empty_server.function_list(library=HOT_PATH_LIBRARY) == []
+
+
+def test_an_older_hot_path_revision_is_replaced_and_a_newer_one_left_alone_and_unused(empty_server):
+    ensure_library(empty_server)
+    older = hot_path_source().replace(f"return '{hot_path_version()}'", "return 'ffcelery-0'")
+    empty_server.function_load(older, replace=True)
+    assert ensure_library(empty_server).hot_path
+    assert empty_server.fcall("ffc_version", 0).decode() == hot_path_version()
+    newer = hot_path_source().replace(f"return '{hot_path_version()}'", "return 'ffcelery-999'")
+    empty_server.function_load(newer, replace=True)
+    assert not ensure_library(empty_server).hot_path
+    assert empty_server.fcall("ffc_version", 0) == b"ffcelery-999"
 
 
 def test_ff_version_identifies_ff_celery_not_flowfabric(empty_server):

@@ -8,6 +8,7 @@ from ff_celery.engine.functions.base import *  # noqa: F403
 from ff_celery.engine.functions.budget import *  # noqa: F403
 from ff_celery.engine.functions.execution import *  # noqa: F403
 from ff_celery.engine.functions.flow import *  # noqa: F403
+from ff_celery.engine.functions.hot_path import *  # noqa: F403
 from ff_celery.engine.functions.lease import *  # noqa: F403
 from ff_celery.engine.functions.quota import *  # noqa: F403
 from ff_celery.engine.functions.scheduling import *  # noqa: F403
