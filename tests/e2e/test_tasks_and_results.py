@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from celery import chain, chord, group
@@ -172,9 +173,20 @@ def test_revoking_a_running_task_terminates_it_and_cancels_its_execution(ffapp):
     result.revoke()
     with pytest.raises(TaskRevokedError):
         result.get(timeout=15)
-    assert execution(ffapp, result.id).public_state == "cancelled"
-    time.sleep(0.5)
+    assert execution(ffapp, result.id).public_state == "cancelled"  # terminal: never run again
+    (started,) = runs(ffapp, result.id)
+    pool_process = int(started.split(":")[2])
+    # the process that ran it is gone, so nothing can record its finish any more
+    assert wait_for(lambda: process_gone(pool_process), timeout=30)
     assert [entry.split(":")[0] for entry in runs(ffapp, result.id)] == ["start"]
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (exited, or a zombie not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_celery_inspect_ping_answers_through_the_transport(ffapp, worker, app_url):
