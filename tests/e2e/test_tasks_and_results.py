@@ -14,6 +14,7 @@ from celery import chain, chord, group
 from celery.exceptions import TaskRevokedError
 
 from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.inspection import STATE_INDEXES, list_executions
 from ff_celery.engine.keys import PartitionKeys
 
 from .conftest import HERE, execution, runs, wait_for
@@ -112,6 +113,12 @@ def test_a_task_id_published_again_is_one_execution_while_it_lives_and_runs_agai
     assert wait_for(lambda: len(runs(ffapp, task_id)) == 1)  # running
     ffapp.gated.apply_async(task_id=task_id)  # e.g. a message duplicated in flight
     running = execution(ffapp, task_id)
+    # the publish has returned, so its create has been answered: the lane holds no other execution of the id
+    engine, states = ffapp.app.backend.engine, [state for state in STATE_INDEXES if state != "completed"]
+    of_the_id = [
+        run.execution_id for run in list_executions(engine, "celery", states, limit=1000) if run.task_id == task_id
+    ]
+    assert of_the_id == [running.execution_id]
     ffapp.runs().set(f"ffapp:go:{task_id}", 1)
     assert first.get(timeout=15) == "opened"
     assert runs(ffapp, task_id)[0].startswith("start") and len(runs(ffapp, task_id)) == 2  # start, finish
