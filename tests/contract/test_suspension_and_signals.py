@@ -36,10 +36,20 @@ from ff_celery.engine.errors import EngineError
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
 
-from .support import expect_error, fence_of, grant_and_claim, hash_of, keyspace, raw, server_ms, seven
+from .support import (
+    LANE,
+    PARTITION,
+    create,
+    expect_error,
+    fence_of,
+    grant_and_claim,
+    hash_of,
+    keyspace,
+    raw,
+    server_ms,
+    seven,
+)
 
-LANE = "default"
-PARTITION = 86  # crc16("default") % 256
 IDX = PartitionKeys(PARTITION)
 WORKER, WIID = "worker-a", "worker-a-1"
 KID = "k1"
@@ -142,16 +152,6 @@ def sign(wp_id: str, wp_key: str, created_at: str | int, secret: str = SECRET, k
     """The waitpoint token, computed independently of the Lua (§3.1)."""
     message = f"{wp_id}|{wp_key}|{created_at}".encode()
     return f"{kid}:{hmac.new(bytes.fromhex(secret), message, hashlib.sha1).hexdigest()}"
-
-
-def create(engine: Engine, *, priority: float = 0) -> ExecutionId:
-    eid = ExecutionId.mint(PARTITION)
-    engine.call(
-        fn.CreateExecution(
-            execution_id=eid, namespace="ns", lane_id=LANE, execution_kind="task", priority=priority, policy_json="{}"
-        )
-    )
-    return eid
 
 
 def grant(engine: Engine, eid: ExecutionId) -> None:

@@ -28,10 +28,8 @@ from ff_celery.engine.client import Engine
 from ff_celery.engine.ids import ExecutionId, new_uuid
 from ff_celery.engine.keys import ExecKeys, PartitionKeys
 
-from .support import decode, expect_error, grant_and_claim, hash_of, keyspace, raw, server_ms
+from .support import LANE, PARTITION, create, decode, expect_error, grant_and_claim, hash_of, keyspace, raw, server_ms
 
-LANE = "default"
-PARTITION = 86  # crc16("default") % 256
 IDX = PartitionKeys(PARTITION)
 KEYSTORE = IDX.waitpoint_hmac
 WORKER, WIID = "worker-a", "worker-a-1"
@@ -76,8 +74,7 @@ def seed(r: redis.Redis, kid: str = KID, secret: str = SECRET) -> None:
 
 
 def claimed(engine: Engine) -> Claimed:
-    eid = ExecutionId.mint(PARTITION)
-    engine.call(fn.CreateExecution(execution_id=eid, namespace="ns", lane_id=LANE, execution_kind="task"))
+    eid = create(engine)
     return Claimed(eid, grant_and_claim(engine, eid, lane=LANE, worker=(WORKER, WIID))[1])
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -115,6 +117,42 @@ def start_worker(app_url: str, tmp_path: Path) -> Iterator:
     yield start
     for worker in started:
         worker.shut_down()
+
+
+def layout(ff_server, broker_db: int, backend: str) -> dict[str, str]:
+    """``plainapp``'s environment: its broker on database ``broker_db`` of ``ff_server``, its
+    result backend at ``backend`` (``{base}`` stands for the server's host:port)."""
+    base = f"127.0.0.1:{ff_server.port}"
+    return {"PLAINAPP_BROKER": f"flowfabric://{base}/{broker_db}", "PLAINAPP_BACKEND": backend.format(base=base)}
+
+
+def publish(env: dict[str, str], code: str, timeout: float = 120) -> object:
+    """Run ``code`` in a fresh interpreter that imports only ``plainapp`` (configured by
+    ``env``); answers what it printed last, as JSON."""
+    script = "import json\nfrom plainapp import *\n" + textwrap.dedent(code)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=HERE,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(HERE), **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def plainapp_worker(ff_server, start_worker) -> Callable[..., dict[str, str]]:
+    """Starts a worker of the URL-only app (``plainapp``) on a :func:`layout`, with more
+    ``PLAINAPP_*`` settings if given; answers the layout's environment, for :func:`publish`."""
+
+    def start(broker_db: int, backend: str, **settings: str) -> dict[str, str]:
+        env = layout(ff_server, broker_db, backend)
+        start_worker(app="plainapp", env={**env, **settings})
+        return env
+
+    return start
 
 
 @pytest.fixture(scope="module")

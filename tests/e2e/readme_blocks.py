@@ -1,7 +1,7 @@
-"""The fenced code blocks of the README (and of ``docs/*.md``), run as written.
+"""The fenced code blocks of the README and of ``docs/**/*.md``, run as written.
 
 A block is named by its first line and its document's line number. Running one compiles the
-block's own text with the README's line numbers (a traceback points into README.md); the only
+block's own text with its document's line numbers (a traceback points into the page); the only
 change ever made to it is the server address: ``127.0.0.1:6379``, ``localhost:6379`` and
 ``valkey:6379`` become the test server's, which runs on a free port.
 """
@@ -26,7 +26,7 @@ def at_address(text: str, address: str) -> str:
 
 
 def documents() -> list[Path]:
-    """The README and every ``docs/*.md``: where examples live."""
+    """The README and every ``docs/**/*.md``: where examples live."""
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 
 

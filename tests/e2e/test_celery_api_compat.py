@@ -24,8 +24,7 @@ import redis
 
 from ff_celery.context import engine_for_url
 
-from .conftest import HERE, Worker, wait_for
-from .test_url_only_migration import layout, publish
+from .conftest import HERE, Worker, layout, publish, wait_for
 
 #: The scripts' own poll (as conftest's ``wait_for``): True once ``predicate()`` holds.
 SCRIPT_WAIT_FOR = """

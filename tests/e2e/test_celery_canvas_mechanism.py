@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from .test_url_only_migration import layout, publish
+from .conftest import publish
 
 pytestmark = pytest.mark.standalone  # plain Celery apps keep results in databases > 0
 
 
 @pytest.fixture
-def redis_backend(ff_server, start_worker) -> dict[str, str]:
-    env = layout(ff_server, 5, "redis://{base}/6")
-    start_worker(app="plainapp", env=env)
-    return env
+def redis_backend(plainapp_worker) -> dict[str, str]:
+    """Celery's own ``redis://`` result backend beside the ``flowfabric://`` broker."""
+    return plainapp_worker(5, "redis://{base}/6")
 
 
 def test_a_chord_called_with_its_body_runs_it(redis_backend):

@@ -1,4 +1,4 @@
-"""Every code example of the README (and ``docs/*.md``) runs as written, in an app configured
+"""Every code example of the README and of ``docs/**/*.md`` runs as written, in an app configured
 only by its URLs (``readmeapp``), with a real server and a real ``celery worker``, and does
 what the text around it says.
 
@@ -52,6 +52,7 @@ EXEMPT = {
         "prefork worker in multiprocess mode with flowfabric_metrics_port set, as this block does"
     ),
     "lua/                   FlowFabric's": "the repository's layout, not code",
+    "(your code, unchanged)": "a drawing of the layers (docs/architecture.md), not code",
     "ff-celery library source|load|status": "a synopsis of the setup commands (tests/e2e/test_operator_cli.py)",
 }
 #: Blocks run by a test below: marker -> the test's name.

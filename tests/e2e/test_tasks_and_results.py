@@ -7,12 +7,14 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from celery import chain, chord, group
 from celery.exceptions import TaskRevokedError
 
 from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.inspection import STATE_INDEXES, list_executions
 from ff_celery.engine.keys import PartitionKeys
 
 from .conftest import HERE, execution, runs, wait_for
@@ -111,6 +113,12 @@ def test_a_task_id_published_again_is_one_execution_while_it_lives_and_runs_agai
     assert wait_for(lambda: len(runs(ffapp, task_id)) == 1)  # running
     ffapp.gated.apply_async(task_id=task_id)  # e.g. a message duplicated in flight
     running = execution(ffapp, task_id)
+    # the publish has returned, so its create has been answered: the lane holds no other execution of the id
+    engine, states = ffapp.app.backend.engine, [state for state in STATE_INDEXES if state != "completed"]
+    of_the_id = [
+        run.execution_id for run in list_executions(engine, "celery", states, limit=1000) if run.task_id == task_id
+    ]
+    assert of_the_id == [running.execution_id]
     ffapp.runs().set(f"ffapp:go:{task_id}", 1)
     assert first.get(timeout=15) == "opened"
     assert runs(ffapp, task_id)[0].startswith("start") and len(runs(ffapp, task_id)) == 2  # start, finish
@@ -172,9 +180,20 @@ def test_revoking_a_running_task_terminates_it_and_cancels_its_execution(ffapp):
     result.revoke()
     with pytest.raises(TaskRevokedError):
         result.get(timeout=15)
-    assert execution(ffapp, result.id).public_state == "cancelled"
-    time.sleep(0.5)
+    assert execution(ffapp, result.id).public_state == "cancelled"  # terminal: never run again
+    (started,) = runs(ffapp, result.id)
+    pool_process = int(started.split(":")[2])
+    # the process that ran it is gone, so nothing can record its finish any more
+    assert wait_for(lambda: process_gone(pool_process), timeout=30)
     assert [entry.split(":")[0] for entry in runs(ffapp, result.id)] == ["start"]
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (exited, or a zombie not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def test_celery_inspect_ping_answers_through_the_transport(ffapp, worker, app_url):

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
-import textwrap
 import uuid
 
 import pytest
@@ -17,36 +14,15 @@ import redis
 from ff_celery.context import engine_for_url
 from ff_celery.engine import limits
 
-from .conftest import HERE, wait_for
+from .conftest import publish, wait_for
 
 pytestmark = pytest.mark.standalone  # plain Celery apps keep results in databases > 0
 
 
-def layout(ff_server, broker_db: int, backend: str) -> dict[str, str]:
-    base = f"127.0.0.1:{ff_server.port}"
-    return {"PLAINAPP_BROKER": f"flowfabric://{base}/{broker_db}", "PLAINAPP_BACKEND": backend.format(base=base)}
-
-
-def publish(env: dict[str, str], code: str, timeout: float = 120) -> object:
-    """Run ``code`` in a fresh interpreter that imports only the app; answers what it printed as JSON."""
-    script = "import json\nfrom plainapp import *\n" + textwrap.dedent(code)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=HERE,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(HERE), **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture
-def split_databases(ff_server, start_worker) -> dict[str, str]:
-    env = layout(ff_server, 0, "flowfabric://{base}/1")
-    start_worker(app="plainapp", env=env)
-    return env
+def split_databases(plainapp_worker) -> dict[str, str]:
+    """Broker and result backend on two databases."""
+    return plainapp_worker(0, "flowfabric://{base}/1")
 
 
 def test_the_app_module_never_imports_ff_celery_yet_the_publisher_uses_it(split_databases):
@@ -132,10 +108,10 @@ def test_a_tasks_own_quota_is_enforced_on_celerys_own_task_class(ff_server, spli
     assert_never_two_at_once(runs)
 
 
-def test_a_slot_given_back_admits_the_next_task_without_the_unblock_scanner(ff_server, start_worker):
-    env = layout(ff_server, 12, "flowfabric://{base}/13")
+def test_a_slot_given_back_admits_the_next_task_without_the_unblock_scanner(ff_server, plainapp_worker):
     # the unblock scanner runs when the worker starts, then not for an hour
-    start_worker(app="plainapp", env={**env, "PLAINAPP_SCANNER_SETTINGS": json.dumps({"unblock_interval_s": 3600})})
+    hourly = json.dumps({"unblock_interval_s": 3600})
+    env = plainapp_worker(12, "flowfabric://{base}/13", PLAINAPP_SCANNER_SETTINGS=hourly)
     key = uuid.uuid4().hex
     code = f"""
     from ff_celery import budgets
@@ -195,9 +171,8 @@ def test_a_retry_with_new_arguments_runs_them_in_the_next_attempt_of_the_same_ex
     assert publish(split_databases, code) == [[["new"], {"by": "retry"}, 1], 2]
 
 
-def test_a_redis_result_backend_with_the_flowfabric_broker(ff_server, start_worker):
-    env = layout(ff_server, 3, "redis://{base}/4")
-    start_worker(app="plainapp", env=env)
+def test_a_redis_result_backend_with_the_flowfabric_broker(ff_server, plainapp_worker):
+    env = plainapp_worker(3, "redis://{base}/4")
     code = """
     import time
     from ff_celery.context import engine_for_url

@@ -6,14 +6,9 @@ import time
 from prometheus_client import REGISTRY
 
 from ff_celery.engine import limits
-from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.keys import PartitionKeys, QuotaKeys
 from ff_celery.engine.scanners import EngineScanners
 from ff_celery.engine.work_index import read_plan
-
-
-def claimer(engine, lane="llm"):
-    return Claimer(engine, [lane], worker_id="w", lease_ttl_ms=30_000)
 
 
 def test_submit_attaches_budgets_and_quota_to_the_execution(ff_engine):
@@ -40,29 +35,26 @@ def test_a_submission_under_budgets_right_after_the_library_vanished_creates_its
     assert len(list(ff_engine.redis.scan_iter("ff:exec:*:core"))) == 1  # no stray record of the first try
 
 
-def test_an_exhausted_budget_holds_back_claims_even_right_after_other_work(ff_engine):
-    worker = claimer(ff_engine)
-    try:
-        ff_engine.submit("llm", b"warm-up")
-        worker.claim_one(timeout_s=10).complete(b"ok")  # the lane had no budgets when probed
-        limits.create_budget(ff_engine, "tokens", hard={"tokens": 10})
-        limits.report_usage(ff_engine, [limits.budget_id_for("tokens")], {"tokens": 10})
-        held = ff_engine.submit("llm", b"x", budget_ids=["tokens"])
-        assert worker.claim_one(timeout_s=0.5) is None
-        core = ff_engine.read_core(held.execution_id, "public_state", "blocking_reason", "blocking_detail")
-        assert core["public_state"] == "rate_limited" and core["blocking_reason"] == "waiting_for_budget"
-        assert "tokens 10/10" in core["blocking_detail"]
+def test_an_exhausted_budget_holds_back_claims_even_right_after_other_work(ff_engine, make_claimer):
+    worker = make_claimer(["llm"], worker_id="w", lease_ttl_ms=30_000)
+    ff_engine.submit("llm", b"warm-up")
+    worker.claim_one(timeout_s=10).complete(b"ok")  # the lane had no budgets when probed
+    limits.create_budget(ff_engine, "tokens", hard={"tokens": 10})
+    limits.report_usage(ff_engine, [limits.budget_id_for("tokens")], {"tokens": 10})
+    held = ff_engine.submit("llm", b"x", budget_ids=["tokens"])
+    assert worker.claim_one(timeout_s=0.5) is None
+    core = ff_engine.read_core(held.execution_id, "public_state", "blocking_reason", "blocking_detail")
+    assert core["public_state"] == "rate_limited" and core["blocking_reason"] == "waiting_for_budget"
+    assert "tokens 10/10" in core["blocking_detail"]
 
-        limits.reset_budget(ff_engine, "tokens")
-        assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 1
-        task = worker.claim_one(timeout_s=10)
-        assert task is not None and task.execution_id == held.execution_id
-        task.complete()
-    finally:
-        worker.close()
+    limits.reset_budget(ff_engine, "tokens")
+    assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 1
+    task = worker.claim_one(timeout_s=10)
+    assert task is not None and task.execution_id == held.execution_id
+    task.complete()
 
 
-def test_a_refused_report_holds_back_claims_until_the_limit_is_raised(ff_engine):
+def test_a_refused_report_holds_back_claims_until_the_limit_is_raised(ff_engine, make_claimer):
     limits.create_budget(ff_engine, "tokens", hard={"tokens": 100})
     budget_id = limits.budget_id_for("tokens")
     limits.report_usage(ff_engine, [budget_id], {"tokens": 90})
@@ -70,69 +62,62 @@ def test_a_refused_report_holds_back_claims_until_the_limit_is_raised(ff_engine)
     assert refused.status == "HARD_BREACH"
     assert limits.budget_status(ff_engine, "tokens").exhausted() == ("tokens", 90, 100)
     held = ff_engine.submit("llm", b"x", budget_ids=["tokens"])
-    worker = claimer(ff_engine)
-    try:
-        assert worker.claim_one(timeout_s=0.5) is None
-        limits.set_budget_limits(ff_engine, "tokens", hard={"tokens": 200})
-        assert limits.budget_status(ff_engine, "tokens").exhausted() is None
-        assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 1
-        assert worker.claim_one(timeout_s=10).execution_id == held.execution_id
-    finally:
-        worker.close()
+    worker = make_claimer(["llm"], worker_id="w", lease_ttl_ms=30_000)
+    assert worker.claim_one(timeout_s=0.5) is None
+    limits.set_budget_limits(ff_engine, "tokens", hard={"tokens": 200})
+    assert limits.budget_status(ff_engine, "tokens").exhausted() is None
+    assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 1
+    assert worker.claim_one(timeout_s=10).execution_id == held.execution_id
 
 
-def test_a_concurrency_quota_admits_one_and_frees_the_slot_when_the_attempt_ends(ff_engine):
+def test_a_concurrency_quota_admits_one_and_frees_the_slot_when_the_attempt_ends(ff_engine, make_claimer):
     quota_id = limits.create_quota(ff_engine, "solo", max_concurrent=1)
     hits_before = REGISTRY.get_sample_value("ff_quota_hit_total", {"reason": "concurrency"}) or 0
     first = ff_engine.submit("llm", b"1", quota_policy_id="solo")
     second = ff_engine.submit("llm", b"2", quota_policy_id="solo")
-    worker = claimer(ff_engine)
-    try:
-        tasks = worker.claim(max_tasks=2, timeout_s=10)
-        # both were created in the same millisecond or not: which one runs first is not ordered
-        assert len(tasks) == 1 and tasks[0].execution_id in (first.execution_id, second.execution_id)
-        held = second if tasks[0].execution_id == first.execution_id else first
-        core = ff_engine.read_core(held.execution_id, "public_state", "blocking_reason")
-        assert core == {"public_state": "rate_limited", "blocking_reason": "waiting_for_quota"}
-        assert REGISTRY.get_sample_value("ff_quota_hit_total", {"reason": "concurrency"}) == hits_before + 1
-        assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 0  # still running
-        tasks[0].complete()
-        assert limits.quota_policies(ff_engine, [quota_id])[quota_id].running == 0
-        # no unblock scanner runs here: the end of the attempt released the one waiting
-        assert ff_engine.read_core(held.execution_id, "public_state")["public_state"] == "waiting"
-        assert worker.claim_one(timeout_s=10).execution_id == held.execution_id
-    finally:
-        worker.close()
+    worker = make_claimer(["llm"], worker_id="w", lease_ttl_ms=30_000)
+    tasks = worker.claim(max_tasks=2, timeout_s=10)
+    # both were created in the same millisecond or not: which one runs first is not ordered
+    assert len(tasks) == 1 and tasks[0].execution_id in (first.execution_id, second.execution_id)
+    held = second if tasks[0].execution_id == first.execution_id else first
+    core = ff_engine.read_core(held.execution_id, "public_state", "blocking_reason")
+    assert core == {"public_state": "rate_limited", "blocking_reason": "waiting_for_quota"}
+    assert REGISTRY.get_sample_value("ff_quota_hit_total", {"reason": "concurrency"}) == hits_before + 1
+    assert limits.Admission(ff_engine).unblock_cleared(read_plan(ff_engine, ["llm"])) == 0  # still running
+    tasks[0].complete()
+    assert limits.quota_policies(ff_engine, [quota_id])[quota_id].running == 0
+    # no unblock scanner runs here: the end of the attempt released the one waiting
+    assert ff_engine.read_core(held.execution_id, "public_state")["public_state"] == "waiting"
+    assert worker.claim_one(timeout_s=10).execution_id == held.execution_id
 
 
-def test_the_end_of_an_attempt_admits_the_oldest_waiting_execution_at_once_as_many_as_there_is_room(ff_engine):
+def test_the_end_of_an_attempt_admits_the_oldest_waiting_execution_at_once_as_many_as_there_is_room(
+    ff_engine, make_claimer
+):
     limits.create_quota(ff_engine, "one-by-one", max_concurrent=1)
-    worker = claimer(ff_engine)
-    try:
-        running = None
-        for payload in (b"1", b"2", b"3"):
-            ff_engine.submit("llm", payload, quota_policy_id="one-by-one")
-            running = running or next(iter(worker.try_claim(1)), None)  # admitted, or blocked
-        assert worker.claim_one(timeout_s=0) is None
+    worker = make_claimer(["llm"], worker_id="w", lease_ttl_ms=30_000)
+    running = None
+    for payload in (b"1", b"2", b"3"):
+        ff_engine.submit("llm", payload, quota_policy_id="one-by-one")
+        running = running or next(iter(worker.try_claim(1)), None)  # admitted, or blocked
+    assert worker.claim_one(timeout_s=0) is None
 
-        def waiting() -> list[str]:
-            return [
-                m.decode()
-                for m in ff_engine.redis.zrange(
-                    PartitionKeys(running.execution_id.partition).blocked("llm", "quota"), 0, -1
-                )
-            ]
+    def waiting() -> list[str]:
+        return [
+            m.decode()
+            for m in ff_engine.redis.zrange(
+                PartitionKeys(running.execution_id.partition).blocked("llm", "quota"), 0, -1
+            )
+        ]
 
-        first_waiting, second_waiting = waiting()
-        running.complete()  # no unblock scanner runs here
-        assert waiting() == [second_waiting]  # the slot admits one, the oldest
-        running = worker.claim_one(timeout_s=10)
-        assert running.execution_id == first_waiting
-        running.fail("boom", "permanent", retry_policy=None)  # any end of the attempt
-        assert waiting() == []
-        assert worker.claim_one(timeout_s=10).execution_id == second_waiting
-    finally:
-        worker.close()
+    first_waiting, second_waiting = waiting()
+    running.complete()  # no unblock scanner runs here
+    assert waiting() == [second_waiting]  # the slot admits one, the oldest
+    running = worker.claim_one(timeout_s=10)
+    assert running.execution_id == first_waiting
+    running.fail("boom", "permanent", retry_policy=None)  # any end of the attempt
+    assert waiting() == []
+    assert worker.claim_one(timeout_s=10).execution_id == second_waiting
 
 
 def test_the_reconciler_frees_slots_of_admissions_whose_guard_lapsed(ff_engine):

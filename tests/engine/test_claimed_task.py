@@ -5,6 +5,7 @@ import gc
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 import pytest
 from conftest import wait_for
@@ -20,16 +21,9 @@ from ff_celery.engine.renewal import LeaseRenewer
 
 
 @pytest.fixture
-def claimer(ff_engine):
-    claimers = []
-
-    def make(ttl_ms: int = 30_000, worker: str = "worker-a") -> Claimer:
-        claimers.append(Claimer(ff_engine, ["default"], worker_id=worker, lease_ttl_ms=ttl_ms))
-        return claimers[-1]
-
-    yield make
-    for made in claimers:
-        made.close()
+def claimer(make_claimer) -> Callable[[int], Claimer]:
+    """A claimer on ``default`` (worker ``worker-a``) for a lease TTL."""
+    return lambda ttl_ms=30_000: make_claimer(worker_id="worker-a", lease_ttl_ms=ttl_ms)
 
 
 def claim(engine, claimer, ttl_ms=30_000, **submit):

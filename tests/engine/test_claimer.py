@@ -4,29 +4,13 @@ waking on new work without polling, resumed claims, capabilities and concurrent 
 import threading
 import time
 
-import pytest
 from conftest import command_calls, subscribers, wait_for
 
-from ff_celery.engine.claimer import Claimer
 from ff_celery.engine.ids import ExecutionId
 from ff_celery.engine.keys import wake_channel
 from ff_celery.engine.notices import Listener
 from ff_celery.engine.policy import ExecutionPolicy, RoutingRequirements
 from ff_celery.engine.scanners import EngineScanners
-
-
-@pytest.fixture
-def make_claimer(ff_engine):
-    made = []
-
-    def make(lanes=("default",), **options) -> Claimer:
-        options.setdefault("worker_id", "worker")
-        made.append(Claimer(ff_engine, lanes, **options))
-        return made[-1]
-
-    yield make
-    for claimer in made:
-        claimer.close()
 
 
 def test_claims_up_to_the_requested_number_and_leaves_the_rest_eligible(ff_engine, make_claimer):
@@ -67,17 +51,24 @@ def test_executions_on_other_partitions_are_found_by_the_rotation(ff_engine, mak
     found.complete()
 
 
-def test_a_waiting_claimer_wakes_when_work_is_submitted_instead_of_polling(ff_engine, make_claimer):
+def test_a_waiting_claimer_wakes_when_work_is_submitted_instead_of_polling(ff_engine, make_claimer, monkeypatch):
     # Unwoken, the claim would look again only when its 60 s timeout ends (the poll interval is
     # longer still), so taking less than half of that is proof of the wake-up without betting
     # on how fast a loaded machine is.
     claimer = make_claimer(poll_interval_s=120.0)
     claimer.listen()
     assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)  # subscribed
+    waiting, wait = threading.Event(), claimer.wait
+
+    def noted_wait(timeout_s: float) -> bool:
+        waiting.set()
+        return wait(timeout_s)
+
+    monkeypatch.setattr(claimer, "wait", noted_wait)
     results = []
     waiter = threading.Thread(target=lambda: results.append((claimer.claim(1, timeout_s=60), time.monotonic())))
     waiter.start()
-    time.sleep(0.3)  # let it block on the wake-up channel
+    assert waiting.wait(timeout=30)  # its probe found nothing: it waits for a wake-up
     submitted_at = time.monotonic()
     ff_engine.submit("default", b"wake up")
     waiter.join(timeout=90)
@@ -127,8 +118,9 @@ def test_an_interrupted_attempt_is_claimed_through_the_resumed_path(ff_engine, m
     claimer = make_claimer()
     ff_engine.submit("default", b"x")
     task = claimer.claim_one(timeout_s=10)
-    task.delay(ff_engine.server_time_ms() + 100)
-    time.sleep(0.15)  # engine time passes the delay (sleeping longer only makes it surer)
+    due = ff_engine.server_time_ms() + 100
+    task.delay(due)
+    assert wait_for(lambda: ff_engine.server_time_ms() > due)  # engine time passes the delay
     EngineScanners(ff_engine).promote_delayed()
     resumed = claimer.claim_one(timeout_s=10)
     assert resumed.execution_id == task.execution_id

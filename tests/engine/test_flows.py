@@ -29,10 +29,8 @@ def flow(ff_engine: Engine) -> FlowRef:
 
 
 @pytest.fixture
-def claimer(ff_engine):
-    claimer = Claimer(ff_engine, [LANE], worker_id="w", lease_ttl_ms=30_000)
-    yield claimer
-    claimer.close()
+def claimer(make_claimer) -> Claimer:
+    return make_claimer([LANE], worker_id="w", lease_ttl_ms=30_000)
 
 
 def member(engine: Engine, flow: FlowRef, *upstream: ExecutionId, lane: str = LANE, **fields) -> ExecutionId:

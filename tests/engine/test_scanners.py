@@ -2,7 +2,6 @@
 expire timed-out executions, with their intervals as settings."""
 
 import threading
-import time
 
 import pytest
 from conftest import engine_time, wait_for
@@ -25,18 +24,32 @@ LEADERSHIP = FAST.model_copy(update={"leader_ttl_s": 3.0})
 
 
 @pytest.fixture
-def claimer(ff_engine):
-    claimer = Claimer(ff_engine, ["default"], worker_id="w", lease_ttl_ms=300)
-    yield claimer
-    claimer.close()
+def claimer(make_claimer) -> Claimer:
+    return make_claimer(worker_id="w", lease_ttl_ms=300)
 
 
-def test_only_one_instance_leads_and_another_takes_over_when_it_stops(ff_engine):
-    first = EngineScanners(ff_engine.fork(), settings=LEADERSHIP).start()
-    second = EngineScanners(ff_engine.fork(), settings=LEADERSHIP).start()
+def leadership_attempts(scanners: EngineScanners, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The outcome of each leadership attempt ``scanners`` makes from now on, in order."""
+    outcomes: list[bool] = []
+    hold = scanners._hold_leadership
+
+    def recorded() -> bool:
+        outcomes.append(hold())
+        return outcomes[-1]
+
+    monkeypatch.setattr(scanners, "_hold_leadership", recorded)
+    return outcomes
+
+
+def test_only_one_instance_leads_and_another_takes_over_when_it_stops(ff_engine, monkeypatch):
+    first = EngineScanners(ff_engine.fork(), settings=LEADERSHIP)
+    second = EngineScanners(ff_engine.fork(), settings=LEADERSHIP)
+    attempts = [leadership_attempts(scanners, monkeypatch) for scanners in (first, second)]
+    first.start()
+    second.start()
     try:
-        assert wait_for(lambda: first.is_leader or second.is_leader)
-        time.sleep(0.3)  # the other one tries too
+        # each has tried twice: its first outcome is in is_leader, and both tried while the lock was held
+        assert wait_for(lambda: all(len(outcomes) >= 2 for outcomes in attempts))
         assert first.is_leader != second.is_leader
         leader, follower = (first, second) if first.is_leader else (second, first)
         assert ff_engine.redis.get(SCANNER_LEADER_KEY).decode() == leader.instance_id

@@ -8,7 +8,6 @@ against engine (server) time.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from conftest import engine_time
@@ -33,12 +32,8 @@ LANE = "default"
 
 
 @pytest.fixture
-def claimer(ff_engine: Engine) -> Iterator[Claimer]:
-    claimer = Claimer(ff_engine, [LANE], worker_id="worker-1", worker_instance_id="worker-1-a", lease_ttl_ms=30_000)
-    try:
-        yield claimer
-    finally:
-        claimer.close()
+def claimer(make_claimer) -> Claimer:
+    return make_claimer([LANE], worker_id="worker-1", worker_instance_id="worker-1-a", lease_ttl_ms=30_000)
 
 
 @pytest.fixture
