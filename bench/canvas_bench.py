@@ -32,7 +32,7 @@ from ff_celery.devserver import DevServer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from celery_bench import percentile, rabbitmq_reachable, start_worker  # noqa: E402
+from celery_bench import contract_only_server, percentile, rabbitmq_reachable, start_worker  # noqa: E402
 
 CHAIN_LENGTH, CHORD_WIDTH = 10, 100
 COLUMNS = ("flows/s", "p50 ms", "p95 ms")
@@ -84,10 +84,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672//")
     args = parser.parse_args()
+    plain = contract_only_server()  # flowfabric:// without the hot-path library
     with DevServer() as server:
         port = server.port
         configurations = {
             "flowfabric://": (f"flowfabric://127.0.0.1:{port}/0", f"flowfabric://127.0.0.1:{port}/0"),
+            " contract calls": (f"flowfabric://127.0.0.1:{plain.port}/0", f"flowfabric://127.0.0.1:{plain.port}/0"),
             "redis://": (f"redis://127.0.0.1:{port}/1", f"redis://127.0.0.1:{port}/2"),
         }
         if rabbitmq_reachable(args.amqp):
@@ -110,6 +112,7 @@ def main() -> None:
             for workload in ("dag", "chord"):
                 medians = [statistics.median(m[workload][c] for m in measured) for c in COLUMNS]
                 print(f"{label:<14} {workload:<6}" + "".join(f"{value:>12.2f}" for value in medians))
+    plain.stop()
 
 
 if __name__ == "__main__":
