@@ -67,14 +67,15 @@ def _task_options(
 ) -> None:
     """``before_task_publish``: each ff_* option goes into the message headers, the call's
     (Celery leaves it among the message properties) over the task's own; a message with no
-    budgets then inherits them (:func:`ff_celery.budgets.inherit_budgets`)."""
+    budgets then inherits them (:func:`ff_celery.budgets.inherit_budgets`). A task's own
+    retention is already there (:func:`ff_celery.retention.carry_retention`)."""
     if headers is None:
         return
     task = _task_named(sender)
     for name in TASK_OPTIONS:
         if properties is not None and name in properties:
             headers[name] = properties.pop(name)
-        elif name not in headers and task is not None and hasattr(task, name):
+        elif name != RETENTION_HEADER and name not in headers and task is not None and hasattr(task, name):
             headers[name] = getattr(task, name)
     if isinstance(headers.get(BUDGETS_HEADER), str):  # ff_budgets="one-budget"
         headers[BUDGETS_HEADER] = [headers[BUDGETS_HEADER]]
