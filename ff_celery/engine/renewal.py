@@ -1,5 +1,7 @@
 """Background lease renewal: one thread on its own connection renews every lease a process
-holds, each every ``ttl / 3``, pipelining the renewals that fall due together.
+holds, each every ``ttl / 3``. When one falls due, every lease past half its interval is
+renewed with it, in the same round trip: the leases a process holds fall into step, one round
+trip per interval however many there are.
 
 A renewal that fails with a terminal error (stale, expired or revoked lease, execution no
 longer active, execution gone) stops renewing that lease and reports it lost; any other
@@ -102,8 +104,10 @@ class LeaseRenewer:
         while not self._stopped.is_set():
             now = time.monotonic()
             with self._lock:
-                due = [task for task, at in list(self._due.items()) if at <= now]
-                upcoming = min(list(self._due.values()), default=now + 1.0)
+                entries = list(self._due.items())
+                upcoming = min((at for _, at in entries), default=now + 1.0)
+                # with the first due, all past half their interval (a renewal early only extends)
+                due = [t for t, at in entries if at - t.renew_interval_s / 2 <= now] if upcoming <= now else []
             if due:
                 self.renew(due)
                 continue

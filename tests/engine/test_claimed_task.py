@@ -248,3 +248,36 @@ def test_a_lease_whose_renewals_stopped_happening_is_unhealthy_whatever_the_thre
         assert task.consecutive_renewal_failures == 0
     finally:
         claimer.close()
+
+
+class RecordingRenewer(LeaseRenewer):
+    """A renewer that remembers which leases each of its round trips renewed."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.round_trips: list[set[str]] = []
+
+    def renew(self, tasks: list) -> None:
+        self.round_trips.append({str(task.execution_id) for task in tasks})
+        super().renew(tasks)
+
+
+def test_leases_claimed_apart_are_renewed_together_in_one_round_trip(ff_engine):
+    """A lease past half its interval rides along with the one due: the second lease, claimed
+    half a second after the first (interval 3 s), is renewed in the first one's round trip."""
+    renewer = RecordingRenewer(ff_engine.fork())
+    first, second = (ff_engine.submit("default", b"x").execution_id for _ in range(2))
+    claimer = Claimer(ff_engine, ["default"], worker_id="w", lease_ttl_ms=9000, renewer=renewer)
+    try:
+        (one,) = claimer.claim(1, timeout_s=10)
+        claimed_at = ff_engine.now_ms()
+        assert wait_for(lambda: ff_engine.now_ms() >= claimed_at + 500)
+        (two,) = claimer.claim(1, timeout_s=10)
+        assert {str(one.execution_id), str(two.execution_id)} == {first, second}
+        assert wait_for(lambda: renewer.round_trips, timeout=30)
+        assert renewer.round_trips[0] == {first, second}
+        one.complete(b"")
+        two.complete(b"")
+    finally:
+        claimer.close()
+        renewer.stop()
