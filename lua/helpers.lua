@@ -258,6 +258,18 @@ local function add_history(history_key, ...)
   redis.call("XADD", history_key, "MAXLEN", "~", HISTORY_MAXLEN, "*", ...)
 end
 
+-- Lease-history "released" event; attempt_id is included only when given.
+local function add_released(history_key, core, attempt_id, reason, now)
+  local fields = {"event", "released",
+    "lease_id", core.current_lease_id or "",
+    "lease_epoch", core.current_lease_epoch or "",
+    "attempt_index", core.current_attempt_index or ""}
+  if attempt_id then
+    put(fields, "attempt_id", attempt_id)
+  end
+  add_history(history_key, unpack(put(fields, "reason", reason, "ts", tostring(now))))
+end
+
 -- Close an attempt's output stream metadata if the stream was ever opened.
 local function close_stream_meta(meta_key, now, reason)
   if redis.call("EXISTS", meta_key) == 1 then
