@@ -237,6 +237,13 @@ redis.register_function('ff_claim_execution', function(keys, args)
     tostring(index), attempt_type)
 end)
 
+-- The indexes a lease holder's execution leaves when it ends (complete, fail):
+-- its lease's, then the execution deadline.
+local function unindex_holder(K, eid)
+  unindex_lease(K, eid)
+  redis.call("ZREM", K.execution_deadline, eid)
+end
+
 redis.register_function('ff_complete_execution', function(keys, args)
   local K = {core = keys[1], attempt = keys[2], lease_expiry = keys[3], worker_leases = keys[4],
     terminal = keys[5], lease_current = keys[6], lease_history = keys[7], active = keys[8],
@@ -256,18 +263,12 @@ redis.register_function('ff_complete_execution', function(keys, args)
   if A.result_payload ~= "" then
     redis.call("SET", K.result, A.result_payload)
   end
-  local fields = put(terminal_state("success", "attempt_terminal", "completed"),
-    "completed_at", tostring(now))
-  put_cleared(fields, LEASE_OWNER_FIELDS)
-  put_cleared(fields, LEASE_TIMING_FIELDS)
-  put_cleared(fields, LEASE_MARKER_FIELDS)
-  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-
-  unindex_lease(K, A.execution_id)
-  redis.call("ZREM", K.execution_deadline, A.execution_id)
-  redis.call("ZADD", K.terminal, now, A.execution_id)
-  add_released(K.lease_history, core, nil, "completed", now)
-  publish_completion(core, A.execution_id, "success")
+  enter_terminal(K.core, core, A.execution_id, now, {
+    outcome = "success", attempt_state = "attempt_terminal", public_state = "completed",
+    cleared = {LEASE_OWNER_FIELDS, LEASE_TIMING_FIELDS, LEASE_MARKER_FIELDS},
+    unindex = function() unindex_holder(K, A.execution_id) end,
+    terminal_key = K.terminal, history_key = K.lease_history, released = "completed", notify = true,
+  })
   return ok("completed")
 end)
 
@@ -506,17 +507,13 @@ redis.register_function('ff_fail_execution', function(keys, args)
     return ok("retry_scheduled", tostring(delay_until))
   end
 
-  local fields = put(terminal_state("failed", "attempt_terminal", "failed"),
-    "failure_reason", A.failure_reason,
-    "completed_at", tostring(now))
-  put_cleared(fields, LEASE_OWNER_FIELDS)
-  put_cleared(fields, LEASE_TIMING_FIELDS)
-  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-  unindex_lease(K, A.execution_id)
-  redis.call("ZREM", K.execution_deadline, A.execution_id)
-  redis.call("ZADD", K.terminal, now, A.execution_id)
-  add_released(K.lease_history, core, nil, "failed_terminal", now)
-  publish_completion(core, A.execution_id, "failed")
+  enter_terminal(K.core, core, A.execution_id, now, {
+    outcome = "failed", attempt_state = "attempt_terminal", public_state = "failed",
+    fields = {"failure_reason", A.failure_reason},
+    cleared = {LEASE_OWNER_FIELDS, LEASE_TIMING_FIELDS},
+    unindex = function() unindex_holder(K, A.execution_id) end,
+    terminal_key = K.terminal, history_key = K.lease_history, released = "failed_terminal", notify = true,
+  })
   return ok("terminal_failed")
 end)
 

@@ -363,6 +363,42 @@ local function authorize_holder(core, A, now, core_key, history_key)
 end
 
 ---------------------------------------------------------------------------
+-- The terminal transition
+---------------------------------------------------------------------------
+
+-- End an execution: every function that makes one terminal (complete, fail, cancel,
+-- expire, reclaim past its cap, a suspension's timeout, a skipped flow child) goes through
+-- here, in this order:
+--  1. exec_core (core_key) gets the terminal state for E.outcome, E.attempt_state and
+--     E.public_state, then E.fields (the caller's extra pairs, e.g. failure_reason, or nil),
+--     completed_at, "" for every field of the name lists in E.cleared (which lease fields
+--     each caller clears differs: spec errata E2), and the transition stamps;
+--  2. E.unindex(): the caller's removals from the indexes the execution leaves, in its order;
+--  3. the execution joins E.terminal_key, its lane's terminal set, scored `now`;
+--  4. when E.released gives a reason: a lease-history 'released' record on E.history_key
+--     for the lease in `core` (exec_core as read before the transition);
+--  5. when E.notify is set: its completion on ff:dag:completions (flow members only).
+-- `now` is server ms, a number or (ff_resolve_dependency's skip) the ARGV string.
+local function enter_terminal(core_key, core, eid, now, E)
+  local fields = state_fields("terminal", "unowned", "not_applicable", "none", "", E.outcome,
+    E.attempt_state, E.public_state)
+  put(fields, unpack(E.fields or {}))
+  put(fields, "completed_at", tostring(now))
+  for _, names in ipairs(E.cleared) do
+    put_cleared(fields, names)
+  end
+  hset(core_key, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
+  E.unindex()
+  redis.call("ZADD", E.terminal_key, tonumber(now), eid)
+  if E.released then
+    add_released(E.history_key, core, nil, E.released, now)
+  end
+  if E.notify then
+    publish_completion(core, eid, E.outcome)
+  end
+end
+
+---------------------------------------------------------------------------
 -- Capabilities (routing requirements)
 ---------------------------------------------------------------------------
 
