@@ -337,26 +337,21 @@ redis.register_function('ff_cancel_execution', function(keys, args)
 
   local attempt_state = present(core.current_attempt_index) and "attempt_terminal"
     or (core.attempt_state or "none")
-  local fields = put(terminal_state("cancelled", attempt_state, "cancelled"),
-    "cancellation_reason", A.reason,
-    "cancelled_by", A.source ~= "" and A.source or A.execution_id,
-    "completed_at", tostring(now))
-  put_cleared(fields, LEASE_OWNER_FIELDS)
-  put_cleared(fields, LEASE_TIMING_FIELDS)
-  put_cleared(fields, WAIT_FIELDS)
-  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-
-  for _, index_key in ipairs({K.eligible, K.delayed, K.active, K.suspended,
-      K.blocked_dependencies, K.blocked_budget, K.blocked_quota, K.blocked_route,
-      K.blocked_operator, K.lease_expiry, K.suspension_timeout, K.attempt_timeout,
-      K.execution_deadline}) do
-    redis.call("ZREM", index_key, A.execution_id)
-  end
-  redis.call("SREM", K.worker_leases, A.execution_id)
-  redis.call("ZADD", K.terminal, now, A.execution_id)
-  if A.source ~= "flow_cascade" then
-    publish_completion(core, A.execution_id, "cancelled")
-  end
+  enter_terminal(K.core, core, A.execution_id, now, {
+    outcome = "cancelled", attempt_state = attempt_state, public_state = "cancelled",
+    fields = {"cancellation_reason", A.reason, "cancelled_by", A.source ~= "" and A.source or A.execution_id},
+    cleared = {LEASE_OWNER_FIELDS, LEASE_TIMING_FIELDS, WAIT_FIELDS},
+    unindex = function()
+      for _, index_key in ipairs({K.eligible, K.delayed, K.active, K.suspended,
+          K.blocked_dependencies, K.blocked_budget, K.blocked_quota, K.blocked_route,
+          K.blocked_operator, K.lease_expiry, K.suspension_timeout, K.attempt_timeout,
+          K.execution_deadline}) do
+        redis.call("ZREM", index_key, A.execution_id)
+      end
+      redis.call("SREM", K.worker_leases, A.execution_id)
+    end,
+    terminal_key = K.terminal, notify = A.source ~= "flow_cascade",
+  })
   return ok("cancelled", phase)
 end)
 
@@ -552,22 +547,23 @@ redis.register_function('ff_reclaim_execution', function(keys, args)
   local old_worker = core.current_worker_instance_id or ""
 
   if reclaim_count >= cap then
-    local fields = put(terminal_state("failed", "attempt_terminal", "failed"),
-      "failure_reason", "max_reclaims_exceeded",
-      "completed_at", tostring(now))
-    put_cleared(fields, LEASE_OWNER_FIELDS)
-    hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-    redis.call("DEL", K.lease_current)
-    redis.call("ZREM", K.lease_expiry, eid)
-    redis.call("SREM", K.worker_leases, eid)
-    if old_worker ~= "" then
-      redis.call("SREM", worker_leases_key(tag, old_worker), eid)
-    end
-    redis.call("ZREM", K.active, eid)
-    redis.call("ZREM", K.attempt_timeout, eid)
-    redis.call("ZREM", K.execution_deadline, eid)
-    local lane = core.lane_id or core.current_lane or "default"
-    redis.call("ZADD", lane_index_key(tag, lane, "terminal"), now, eid)
+    enter_terminal(K.core, core, eid, now, {
+      outcome = "failed", attempt_state = "attempt_terminal", public_state = "failed",
+      fields = {"failure_reason", "max_reclaims_exceeded"},
+      cleared = {LEASE_OWNER_FIELDS},
+      unindex = function()
+        redis.call("DEL", K.lease_current)
+        redis.call("ZREM", K.lease_expiry, eid)
+        redis.call("SREM", K.worker_leases, eid)
+        if old_worker ~= "" then
+          redis.call("SREM", worker_leases_key(tag, old_worker), eid)
+        end
+        redis.call("ZREM", K.active, eid)
+        redis.call("ZREM", K.attempt_timeout, eid)
+        redis.call("ZREM", K.execution_deadline, eid)
+      end,
+      terminal_key = lane_index_key(tag, core.lane_id or core.current_lane or "default", "terminal"),
+    })
     return fail("max_retries_exhausted", tostring(cap))
   end
 
@@ -684,17 +680,16 @@ redis.register_function('ff_expire_execution', function(keys, args)
 
   local attempt_state = present(core.current_attempt_index) and "attempt_terminal"
     or (core.attempt_state or "none")
-  local fields = put(terminal_state("expired", attempt_state, "expired"),
-    "failure_reason", reason,
-    "completed_at", tostring(now))
-  put_cleared(fields, LEASE_OWNER_FIELDS)
-  put_cleared(fields, {"lease_expires_at"})
-  put_cleared(fields, WAIT_FIELDS)
-  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-  redis.call("ZREM", K.attempt_timeout, eid)
-  redis.call("ZREM", K.execution_deadline, eid)
-  redis.call("ZADD", K.terminal, now, eid)
-  publish_completion(core, eid, "expired")
+  enter_terminal(K.core, core, eid, now, {
+    outcome = "expired", attempt_state = attempt_state, public_state = "expired",
+    fields = {"failure_reason", reason},
+    cleared = {LEASE_OWNER_FIELDS, {"lease_expires_at"}, WAIT_FIELDS},
+    unindex = function()
+      redis.call("ZREM", K.attempt_timeout, eid)
+      redis.call("ZREM", K.execution_deadline, eid)
+    end,
+    terminal_key = K.terminal, notify = true,
+  })
   return ok("expired", phase)
 end)
 
