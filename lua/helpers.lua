@@ -179,10 +179,6 @@ local function state_fields(phase, ownership, eligibility, blocking, detail, out
   }
 end
 
-local function terminal_state(outcome, attempt_state, public)
-  return state_fields("terminal", "unowned", "not_applicable", "none", "", outcome, attempt_state, public)
-end
-
 -- Eligible-set score: higher priority first, then FIFO by creation time.
 local function eligible_score(priority, created_at)
   return 0 - (priority * PRIORITY_WEIGHT) + created_at
