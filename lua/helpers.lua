@@ -1,6 +1,7 @@
 -- helpers.lua: library-local helpers shared by every registered function:
 -- reply envelopes, argument parsing, server time, key templates, exec_core
--- state tuples, fencing and lease-history writes. Nothing here is FCALL-able.
+-- state tuples, fencing, lease-history writes and the terminal transition.
+-- Nothing here is FCALL-able.
 
 local CAPS_MAX_BYTES = 4096
 local CAPS_MAX_TOKENS = 256
@@ -375,6 +376,17 @@ end
 --     for the lease in `core` (exec_core as read before the transition);
 --  5. when E.notify is set: its completion on ff:dag:completions (flow members only).
 -- `now` is server ms, a number or (ff_resolve_dependency's skip) the ARGV string.
+-- What each caller passes (outcome; E.fields; E.cleared; E.released; E.notify):
+--   ff_complete_execution: success; -; owner, timing, markers; 'completed'; yes
+--   ff_fail_execution (no retry left): failed; failure_reason; owner, timing; 'failed_terminal'; yes
+--   ff_cancel_execution: cancelled; cancellation_reason, cancelled_by; owner, timing, wait; - (its
+--     record is written earlier, when active); unless the source is flow_cascade
+--   ff_reclaim_execution past its cap: failed; failure_reason; owner; -; no
+--   ff_expire_execution: expired; failure_reason; owner, lease_expires_at, wait; - (written
+--     earlier, when active); yes
+--   ff_expire_suspension (fail/cancel/expire): its outcome; failure_reason; wait; -; yes (its
+--     E.unindex also ends the attempt)
+--   skip_child (flow.lua): skipped; -; nothing; -; when exec_core names its execution_id
 local function enter_terminal(core_key, core, eid, now, E)
   local fields = state_fields("terminal", "unowned", "not_applicable", "none", "", E.outcome,
     E.attempt_state, E.public_state)
