@@ -237,6 +237,13 @@ redis.register_function('ff_claim_execution', function(keys, args)
     tostring(index), attempt_type)
 end)
 
+-- The indexes a lease holder's execution leaves when it ends (complete, fail):
+-- its lease's, then the execution deadline.
+local function unindex_holder(K, eid)
+  unindex_lease(K, eid)
+  redis.call("ZREM", K.execution_deadline, eid)
+end
+
 redis.register_function('ff_complete_execution', function(keys, args)
   local K = {core = keys[1], attempt = keys[2], lease_expiry = keys[3], worker_leases = keys[4],
     terminal = keys[5], lease_current = keys[6], lease_history = keys[7], active = keys[8],
@@ -256,18 +263,12 @@ redis.register_function('ff_complete_execution', function(keys, args)
   if A.result_payload ~= "" then
     redis.call("SET", K.result, A.result_payload)
   end
-  local fields = put(terminal_state("success", "attempt_terminal", "completed"),
-    "completed_at", tostring(now))
-  put_cleared(fields, LEASE_OWNER_FIELDS)
-  put_cleared(fields, LEASE_TIMING_FIELDS)
-  put_cleared(fields, LEASE_MARKER_FIELDS)
-  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-
-  unindex_lease(K, A.execution_id)
-  redis.call("ZREM", K.execution_deadline, A.execution_id)
-  redis.call("ZADD", K.terminal, now, A.execution_id)
-  add_released(K.lease_history, core, nil, "completed", now)
-  publish_completion(core, A.execution_id, "success")
+  enter_terminal(K.core, core, A.execution_id, now, {
+    outcome = "success", attempt_state = "attempt_terminal", public_state = "completed",
+    cleared = {LEASE_OWNER_FIELDS, LEASE_TIMING_FIELDS, LEASE_MARKER_FIELDS},
+    unindex = function() unindex_holder(K, A.execution_id) end,
+    terminal_key = K.terminal, history_key = K.lease_history, released = "completed", notify = true,
+  })
   return ok("completed")
 end)
 
@@ -336,26 +337,21 @@ redis.register_function('ff_cancel_execution', function(keys, args)
 
   local attempt_state = present(core.current_attempt_index) and "attempt_terminal"
     or (core.attempt_state or "none")
-  local fields = put(terminal_state("cancelled", attempt_state, "cancelled"),
-    "cancellation_reason", A.reason,
-    "cancelled_by", A.source ~= "" and A.source or A.execution_id,
-    "completed_at", tostring(now))
-  put_cleared(fields, LEASE_OWNER_FIELDS)
-  put_cleared(fields, LEASE_TIMING_FIELDS)
-  put_cleared(fields, WAIT_FIELDS)
-  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-
-  for _, index_key in ipairs({K.eligible, K.delayed, K.active, K.suspended,
-      K.blocked_dependencies, K.blocked_budget, K.blocked_quota, K.blocked_route,
-      K.blocked_operator, K.lease_expiry, K.suspension_timeout, K.attempt_timeout,
-      K.execution_deadline}) do
-    redis.call("ZREM", index_key, A.execution_id)
-  end
-  redis.call("SREM", K.worker_leases, A.execution_id)
-  redis.call("ZADD", K.terminal, now, A.execution_id)
-  if A.source ~= "flow_cascade" then
-    publish_completion(core, A.execution_id, "cancelled")
-  end
+  enter_terminal(K.core, core, A.execution_id, now, {
+    outcome = "cancelled", attempt_state = attempt_state, public_state = "cancelled",
+    fields = {"cancellation_reason", A.reason, "cancelled_by", A.source ~= "" and A.source or A.execution_id},
+    cleared = {LEASE_OWNER_FIELDS, LEASE_TIMING_FIELDS, WAIT_FIELDS},
+    unindex = function()
+      for _, index_key in ipairs({K.eligible, K.delayed, K.active, K.suspended,
+          K.blocked_dependencies, K.blocked_budget, K.blocked_quota, K.blocked_route,
+          K.blocked_operator, K.lease_expiry, K.suspension_timeout, K.attempt_timeout,
+          K.execution_deadline}) do
+        redis.call("ZREM", index_key, A.execution_id)
+      end
+      redis.call("SREM", K.worker_leases, A.execution_id)
+    end,
+    terminal_key = K.terminal, notify = A.source ~= "flow_cascade",
+  })
   return ok("cancelled", phase)
 end)
 
@@ -506,17 +502,13 @@ redis.register_function('ff_fail_execution', function(keys, args)
     return ok("retry_scheduled", tostring(delay_until))
   end
 
-  local fields = put(terminal_state("failed", "attempt_terminal", "failed"),
-    "failure_reason", A.failure_reason,
-    "completed_at", tostring(now))
-  put_cleared(fields, LEASE_OWNER_FIELDS)
-  put_cleared(fields, LEASE_TIMING_FIELDS)
-  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-  unindex_lease(K, A.execution_id)
-  redis.call("ZREM", K.execution_deadline, A.execution_id)
-  redis.call("ZADD", K.terminal, now, A.execution_id)
-  add_released(K.lease_history, core, nil, "failed_terminal", now)
-  publish_completion(core, A.execution_id, "failed")
+  enter_terminal(K.core, core, A.execution_id, now, {
+    outcome = "failed", attempt_state = "attempt_terminal", public_state = "failed",
+    fields = {"failure_reason", A.failure_reason},
+    cleared = {LEASE_OWNER_FIELDS, LEASE_TIMING_FIELDS},
+    unindex = function() unindex_holder(K, A.execution_id) end,
+    terminal_key = K.terminal, history_key = K.lease_history, released = "failed_terminal", notify = true,
+  })
   return ok("terminal_failed")
 end)
 
@@ -555,22 +547,23 @@ redis.register_function('ff_reclaim_execution', function(keys, args)
   local old_worker = core.current_worker_instance_id or ""
 
   if reclaim_count >= cap then
-    local fields = put(terminal_state("failed", "attempt_terminal", "failed"),
-      "failure_reason", "max_reclaims_exceeded",
-      "completed_at", tostring(now))
-    put_cleared(fields, LEASE_OWNER_FIELDS)
-    hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-    redis.call("DEL", K.lease_current)
-    redis.call("ZREM", K.lease_expiry, eid)
-    redis.call("SREM", K.worker_leases, eid)
-    if old_worker ~= "" then
-      redis.call("SREM", worker_leases_key(tag, old_worker), eid)
-    end
-    redis.call("ZREM", K.active, eid)
-    redis.call("ZREM", K.attempt_timeout, eid)
-    redis.call("ZREM", K.execution_deadline, eid)
-    local lane = core.lane_id or core.current_lane or "default"
-    redis.call("ZADD", lane_index_key(tag, lane, "terminal"), now, eid)
+    enter_terminal(K.core, core, eid, now, {
+      outcome = "failed", attempt_state = "attempt_terminal", public_state = "failed",
+      fields = {"failure_reason", "max_reclaims_exceeded"},
+      cleared = {LEASE_OWNER_FIELDS},
+      unindex = function()
+        redis.call("DEL", K.lease_current)
+        redis.call("ZREM", K.lease_expiry, eid)
+        redis.call("SREM", K.worker_leases, eid)
+        if old_worker ~= "" then
+          redis.call("SREM", worker_leases_key(tag, old_worker), eid)
+        end
+        redis.call("ZREM", K.active, eid)
+        redis.call("ZREM", K.attempt_timeout, eid)
+        redis.call("ZREM", K.execution_deadline, eid)
+      end,
+      terminal_key = lane_index_key(tag, core.lane_id or core.current_lane or "default", "terminal"),
+    })
     return fail("max_retries_exhausted", tostring(cap))
   end
 
@@ -687,17 +680,16 @@ redis.register_function('ff_expire_execution', function(keys, args)
 
   local attempt_state = present(core.current_attempt_index) and "attempt_terminal"
     or (core.attempt_state or "none")
-  local fields = put(terminal_state("expired", attempt_state, "expired"),
-    "failure_reason", reason,
-    "completed_at", tostring(now))
-  put_cleared(fields, LEASE_OWNER_FIELDS)
-  put_cleared(fields, {"lease_expires_at"})
-  put_cleared(fields, WAIT_FIELDS)
-  hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-  redis.call("ZREM", K.attempt_timeout, eid)
-  redis.call("ZREM", K.execution_deadline, eid)
-  redis.call("ZADD", K.terminal, now, eid)
-  publish_completion(core, eid, "expired")
+  enter_terminal(K.core, core, eid, now, {
+    outcome = "expired", attempt_state = attempt_state, public_state = "expired",
+    fields = {"failure_reason", reason},
+    cleared = {LEASE_OWNER_FIELDS, {"lease_expires_at"}, WAIT_FIELDS},
+    unindex = function()
+      redis.call("ZREM", K.attempt_timeout, eid)
+      redis.call("ZREM", K.execution_deadline, eid)
+    end,
+    terminal_key = K.terminal, notify = true,
+  })
   return ok("expired", phase)
 end)
 

@@ -97,14 +97,13 @@ local function skip_child(K, core, now)
   elseif present(attempt_state) and attempt_state ~= "none" then
     attempt_state = "none"
   end
-  hset(K.core, put(terminal_state("skipped", attempt_state, "skipped"),
-    "completed_at", now, "last_transition_at", now, "last_mutation_at", now))
   local eid = core.execution_id or ""
-  redis.call("ZREM", K.blocked, eid)
-  redis.call("ZADD", K.terminal, tonumber(now), eid)
-  if present(core.execution_id) then
-    publish_completion(core, core.execution_id, "skipped")
-  end
+  enter_terminal(K.core, core, eid, now, {
+    outcome = "skipped", attempt_state = attempt_state, public_state = "skipped",
+    cleared = {},
+    unindex = function() redis.call("ZREM", K.blocked, eid) end,
+    terminal_key = K.terminal, notify = present(core.execution_id),
+  })
   return true
 end
 

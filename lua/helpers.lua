@@ -1,6 +1,7 @@
 -- helpers.lua: library-local helpers shared by every registered function:
 -- reply envelopes, argument parsing, server time, key templates, exec_core
--- state tuples, fencing and lease-history writes. Nothing here is FCALL-able.
+-- state tuples, fencing, lease-history writes and the terminal transition.
+-- Nothing here is FCALL-able.
 
 local CAPS_MAX_BYTES = 4096
 local CAPS_MAX_TOKENS = 256
@@ -179,10 +180,6 @@ local function state_fields(phase, ownership, eligibility, blocking, detail, out
   }
 end
 
-local function terminal_state(outcome, attempt_state, public)
-  return state_fields("terminal", "unowned", "not_applicable", "none", "", outcome, attempt_state, public)
-end
-
 -- Eligible-set score: higher priority first, then FIFO by creation time.
 local function eligible_score(priority, created_at)
   return 0 - (priority * PRIORITY_WEIGHT) + created_at
@@ -256,6 +253,18 @@ end
 
 local function add_history(history_key, ...)
   redis.call("XADD", history_key, "MAXLEN", "~", HISTORY_MAXLEN, "*", ...)
+end
+
+-- Lease-history "released" event; attempt_id is included only when given.
+local function add_released(history_key, core, attempt_id, reason, now)
+  local fields = {"event", "released",
+    "lease_id", core.current_lease_id or "",
+    "lease_epoch", core.current_lease_epoch or "",
+    "attempt_index", core.current_attempt_index or ""}
+  if attempt_id then
+    put(fields, "attempt_id", attempt_id)
+  end
+  add_history(history_key, unpack(put(fields, "reason", reason, "ts", tostring(now))))
 end
 
 -- Close an attempt's output stream metadata if the stream was ever opened.
@@ -348,6 +357,53 @@ local function authorize_holder(core, A, now, core_key, history_key)
     return bad
   end
   return check_lease(core, fence, now, core_key, history_key)
+end
+
+---------------------------------------------------------------------------
+-- The terminal transition
+---------------------------------------------------------------------------
+
+-- End an execution: every function that makes one terminal (complete, fail, cancel,
+-- expire, reclaim past its cap, a suspension's timeout, a skipped flow child) goes through
+-- here, in this order:
+--  1. exec_core (core_key) gets the terminal state for E.outcome, E.attempt_state and
+--     E.public_state, then E.fields (the caller's extra pairs, e.g. failure_reason, or nil),
+--     completed_at, "" for every field of the name lists in E.cleared (which lease fields
+--     each caller clears differs: spec errata E2), and the transition stamps;
+--  2. E.unindex(): the caller's removals from the indexes the execution leaves, in its order;
+--  3. the execution joins E.terminal_key, its lane's terminal set, scored `now`;
+--  4. when E.released gives a reason: a lease-history 'released' record on E.history_key
+--     for the lease in `core` (exec_core as read before the transition);
+--  5. when E.notify is set: its completion on ff:dag:completions (flow members only).
+-- `now` is server ms, a number or (ff_resolve_dependency's skip) the ARGV string.
+-- What each caller passes (outcome; E.fields; E.cleared; E.released; E.notify):
+--   ff_complete_execution: success; -; owner, timing, markers; 'completed'; yes
+--   ff_fail_execution (no retry left): failed; failure_reason; owner, timing; 'failed_terminal'; yes
+--   ff_cancel_execution: cancelled; cancellation_reason, cancelled_by; owner, timing, wait; - (its
+--     record is written earlier, when active); unless the source is flow_cascade
+--   ff_reclaim_execution past its cap: failed; failure_reason; owner; -; no
+--   ff_expire_execution: expired; failure_reason; owner, lease_expires_at, wait; - (written
+--     earlier, when active); yes
+--   ff_expire_suspension (fail/cancel/expire): its outcome; failure_reason; wait; -; yes (its
+--     E.unindex also ends the attempt)
+--   skip_child (flow.lua): skipped; -; nothing; -; when exec_core names its execution_id
+local function enter_terminal(core_key, core, eid, now, E)
+  local fields = state_fields("terminal", "unowned", "not_applicable", "none", "", E.outcome,
+    E.attempt_state, E.public_state)
+  put(fields, unpack(E.fields or {}))
+  put(fields, "completed_at", tostring(now))
+  for _, names in ipairs(E.cleared) do
+    put_cleared(fields, names)
+  end
+  hset(core_key, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
+  E.unindex()
+  redis.call("ZADD", E.terminal_key, tonumber(now), eid)
+  if E.released then
+    add_released(E.history_key, core, nil, E.released, now)
+  end
+  if E.notify then
+    publish_completion(core, eid, E.outcome)
+  end
 end
 
 ---------------------------------------------------------------------------

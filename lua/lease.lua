@@ -64,18 +64,6 @@ local function unindex_lease(K, eid)
   redis.call("ZREM", K.attempt_timeout, eid)
 end
 
--- Lease-history "released" event; attempt_id is included only when given.
-local function add_released(history_key, core, attempt_id, reason, now)
-  local fields = {"event", "released",
-    "lease_id", core.current_lease_id or "",
-    "lease_epoch", core.current_lease_epoch or "",
-    "attempt_index", core.current_attempt_index or ""}
-  if attempt_id then
-    put(fields, "attempt_id", attempt_id)
-  end
-  add_history(history_key, unpack(put(fields, "reason", reason, "ts", tostring(now))))
-end
-
 -- Type and lineage fields of the next fresh attempt, from exec_core's pending state.
 local function next_attempt_lineage(core)
   if core.attempt_state == "pending_retry_attempt" then

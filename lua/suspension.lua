@@ -492,22 +492,25 @@ redis.register_function('ff_expire_suspension', function(keys, args)
     local ending = TIMEOUT_OUTCOMES[behavior] or TIMEOUT_FAILS
     close_reason = ending.close_reason
     local failure_reason = "suspension_timeout:" .. behavior
-    local fields = terminal_state(ending.outcome, "attempt_terminal", ending.outcome)
-    put(fields, "failure_reason", failure_reason, "completed_at", tostring(now))
-    put_cleared(fields, WAIT_FIELDS)
-    hset(K.core, put(fields, "last_transition_at", tostring(now), "last_mutation_at", tostring(now)))
-    if present(core.current_attempt_index) then
-      redis.call("HSET", K.attempt,
-        "attempt_state", ending.attempt_state,
-        "ended_at", tostring(now),
-        "failure_reason", failure_reason,
-        "suspended_at", "",
-        "suspension_id", "")
-    end
-    close_stream_meta(K.stream_meta, now, "suspension_timeout")
-    redis.call("ZREM", K.suspended, eid)
-    redis.call("ZADD", K.terminal, now, eid)
-    publish_completion(core, eid, ending.outcome)
+    enter_terminal(K.core, core, eid, now, {
+      outcome = ending.outcome, attempt_state = "attempt_terminal", public_state = ending.outcome,
+      fields = {"failure_reason", failure_reason},
+      cleared = {WAIT_FIELDS},
+      -- the attempt ends here, after exec_core's write, as it always has
+      unindex = function()
+        if present(core.current_attempt_index) then
+          redis.call("HSET", K.attempt,
+            "attempt_state", ending.attempt_state,
+            "ended_at", tostring(now),
+            "failure_reason", failure_reason,
+            "suspended_at", "",
+            "suspension_id", "")
+        end
+        close_stream_meta(K.stream_meta, now, "suspension_timeout")
+        redis.call("ZREM", K.suspended, eid)
+      end,
+      terminal_key = K.terminal, notify = true,
+    })
     result = ok(behavior, ending.outcome)
   end
 
