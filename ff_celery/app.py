@@ -19,7 +19,8 @@ from ff_celery.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER, c
 log = logging.getLogger(__name__)
 
 TASK_CLS = "ff_celery.task:Task"
-STEP = "ff_celery.worker:FlowFabricStep"
+#: The worker bootsteps (:mod:`ff_celery.worker`), by name: the worker is imported only by workers.
+STEPS = tuple(f"ff_celery.worker:{step}" for step in ("Deliveries", "BadMessages", "Scanners", "Metrics", "Tracing"))
 CONTROL_CLS = "ff_celery.control:Control"
 
 #: Defaults that a user's own configuration still overrides.
@@ -88,7 +89,7 @@ def integrate(app: celery.Celery) -> celery.Celery:
     if getattr(app, "_ff_integrated", False):
         return app
     app._ff_integrated = True
-    app.steps["consumer"].add(STEP)
+    app.steps["consumer"].update(STEPS)
     for signal, handler in (
         (signals.task_postrun, outcomes.on_task_postrun),
         (signals.task_success, outcomes.on_task_success),

@@ -1,16 +1,18 @@
-"""The worker bootstep: ties Celery's requests to FlowFabric leases.
+"""The worker's bootsteps, one per concern, added to Celery's consumer by ``ff_celery.install``:
 
-- A request whose lease was lost before it started is dropped instead of run; one that is
+- :class:`Deliveries`: what the ``flowfabric://`` channel asks of the worker consuming from it.
+  A request whose lease was lost before it started is dropped instead of run; one that is
   running is killed (prefork) by the :class:`LeaseWatchdog`, also when no renewal reached the
   server for most of the TTL, so a worker does not knowingly run a task another worker may
-  have. Its late writes are fenced out by the engine either way.
-- A closing channel (warm shutdown, reconnect) hands back only the deliveries that are not
-  running; running ones finish and their ack ends them.
-- Messages Celery cannot run (undecodable, unknown task, invalid) fail their execution with a
-  readable reason instead of looping.
-- ``inspect scheduled`` also lists the tasks the engine holds for their ETA.
-- The engine scanners run here, leader-elected, unless ``flowfabric_scanners = False`` (set
-  that when FlowFabric's own server runs them).
+  have (its late writes are fenced out by the engine either way). A closing channel (warm
+  shutdown, reconnect) hands back only the deliveries that are not running. Blocked tasks
+  become ``task-blocked`` events; a flow member gets its upstream results.
+- :class:`BadMessages`: messages Celery cannot run (undecodable, unknown task, invalid) fail
+  their execution with a readable reason instead of looping.
+- :class:`Scanners`: the engine scanners, leader-elected, unless ``flowfabric_scanners =
+  False`` (set that when FlowFabric's own server runs them); ``inspect scheduled`` also lists
+  the tasks the engine holds for their ETA.
+- :class:`Metrics` and :class:`Tracing`: ``flowfabric_metrics_port`` and ``flowfabric_tracing``.
 """
 
 from __future__ import annotations
@@ -60,31 +62,33 @@ SCANNERS_STOP_WAIT_S = 2.0
 CELERY_SCHEDULED = control.Panel.data["scheduled"]
 
 
-class FlowFabricStep(bootsteps.StartStopStep):
-    """Consumer bootstep added by ``ff_celery.install(app)``."""
+TASKS_STEP = "celery.worker.consumer.tasks:Tasks"
 
-    requires = {"celery.worker.consumer.tasks:Tasks"}
-    #: Whether this process already exports metrics (a consumer restart starts the step again).
-    metrics_served: ClassVar[bool] = False
+
+def flowfabric_channel(c: Consumer) -> Channel | None:
+    """The consumer's channel when it consumes from ``flowfabric://``."""
+    channel = getattr(c.task_consumer, "channel", None)
+    return channel if isinstance(channel, Channel) else None
+
+
+class Deliveries(bootsteps.StartStopStep):
+    """The worker side of the ``flowfabric://`` channel (its ``ConsumingWorker``): requests
+    tied to their leases, lost ones stopped, blocked tasks announced, flow members given their
+    upstream results."""
+
+    requires = (TASKS_STEP,)
 
     def __init__(self, c: Consumer, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.lost: deque[tuple[str, ClaimedTask]] = deque()
-        self.scanners: EngineScanners | None = None
         self.timer_ref: Any = None
         self.watchdog: LeaseWatchdog | None = None
         self.consumer = c
-        self._wrap_consumer(c)
+        self._guard_requests(c)  # before the Tasks step captures the consumer's hook
         if kwargs.get("task_events"):  # -E: pool processes announce suspensions too (ff_celery.waitpoints)
             c.app.conf.worker_send_task_events = True
-        if c.app.conf.get("flowfabric_metrics_port"):
-            measure_tasks()  # before the pool forks, so its processes count their tasks too
-        if c.app.conf.get("flowfabric_tracing"):
-            tracing.trace_worker()
 
-    # -- hooks installed before other steps capture them ----------------------------------
-
-    def _wrap_consumer(self, c: Consumer) -> None:
+    def _guard_requests(self, c: Consumer) -> None:
         run_request = c.on_task_request
 
         def on_task_request(request: Request) -> None:
@@ -97,76 +101,14 @@ class FlowFabricStep(bootsteps.StartStopStep):
             run_request(request)
 
         c.on_task_request = on_task_request
-        self._fail_before(c, "on_decode_error", lambda message, exc: (f"undecodable message: {exc!r}", exc))
-        self._fail_before(c, "on_unknown_message", lambda body, message: ("not a Celery task message", None))
-        self._fail_before(
-            c,
-            "on_unknown_task",
-            lambda body, message, exc: (f"unknown task: {exc!r}", NotRegistered(message.headers.get("task"))),
-        )
-        self._fail_before(c, "on_invalid_task", lambda body, message, exc: (f"invalid task message: {exc!r}", exc))
-
-    @staticmethod
-    def _fail_before(c: Consumer, hook: str, explain: Any) -> None:
-        """Fail the delivery's execution with a readable reason (its Celery result first, so
-        a waiter woken by the failure reads the exception), then let Celery handle it."""
-        original = getattr(c, hook)
-
-        def failing(*args: Any) -> Any:
-            message = next(arg for arg in args if hasattr(arg, "delivery_tag"))
-            channel = _channel_of(message)
-            if channel is not None:
-                reason, exception = explain(*args)
-                task_id = (message.headers or {}).get("id")
-                if task_id and exception is not None and isinstance(c.app.backend, FlowFabricBackend):
-                    c.app.backend.store_result(task_id, exception, states.FAILURE)
-                channel.ff_fail(message.delivery_tag, reason)
-            return original(*args)
-
-        setattr(c, hook, failing)
-
-    # -- lifecycle ------------------------------------------------------------------------
 
     def start(self, c: Consumer) -> None:
-        channel = getattr(c.task_consumer, "channel", None)
-        if isinstance(channel, Channel):
+        channel = flowfabric_channel(c)
+        if channel is not None:
             channel.attach_worker(self)
-            if c.app.conf.get("flowfabric_scanners", True) and self.scanners is None:
-                configured = c.app.conf.get("flowfabric_scanner_settings") or {}
-                lane_retention = {  # a queue spread over several lanes keeps its retention on each
-                    lane: seconds for queue, seconds in queue_retention_of(c.app).items()
-                    for lane in channel.ff_lanes_of(queue)
-                }  # fmt: skip
-                retention = {"retention_s": retention_of(c.app), "lane_retention_s": lane_retention}
-                settings = ScannerSettings(**{**retention, **configured})
-                lanes = [lane for queue in c.task_consumer.queues for lane in channel.ff_lanes_of(queue.name)]
-                self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=lanes).start()
-            self._serve_metrics(c, channel)
         self.timer_ref = c.timer.call_repeatedly(LOST_CHECK_INTERVAL_S, self.stop_lost, (c,), priority=1)
         self.watchdog = LeaseWatchdog(c.pool)
         self.watchdog.start()
-
-    def _serve_metrics(self, c: Consumer, channel: Channel) -> None:
-        """``flowfabric_metrics_port``: this worker's counters and the engine state (read every
-        ``flowfabric_metrics_interval`` seconds) on ``/metrics`` (from its main process; once
-        per process)."""
-        port = c.app.conf.get("flowfabric_metrics_port")
-        if port and not FlowFabricStep.metrics_served:
-            engine, queues = channel.ff_engine.fork(), {queue.name for queue in c.task_consumer.queues}
-            address = c.app.conf.get("flowfabric_metrics_address") or "127.0.0.1"
-            interval = c.app.conf.get("flowfabric_metrics_interval") or exporter.DEFAULT_STATE_INTERVAL_S
-            try:
-                state = exporter.EngineStateCollector(engine, lambda: queues | engine.lanes(), float(interval))
-            except ValueError as exc:
-                raise ImproperlyConfigured(f"flowfabric_metrics_interval={interval!r}: {exc}") from exc
-            exporter.serve(int(port), state, address)
-            FlowFabricStep.metrics_served = True
-            if not exporter.multiprocess_mode() and "prefork" in type(c.pool).__module__:
-                log.warning(
-                    "metrics: tasks run in prefork pool processes, whose counters are exported only in "
-                    "prometheus_client's multiprocess mode: start the worker with %s set to an empty directory",
-                    exporter.MULTIPROCESS_DIR_VARIABLE,
-                )
 
     def stop(self, c: Consumer) -> None:
         if self.timer_ref is not None:
@@ -175,29 +117,6 @@ class FlowFabricStep(bootsteps.StartStopStep):
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
-
-    def shutdown(self, c: Consumer) -> None:
-        self.stop(c)
-        if self.scanners is not None:
-            self.scanners.stop(SCANNERS_STOP_WAIT_S)
-            self.scanners = None
-
-    def held_tasks(self, hostname: str) -> list[dict[str, Any]]:
-        """The tasks the engine holds for their ETA, as ``inspect scheduled`` entries: listed
-        by the worker whose scanners lead (they promote them when due), so each appears once."""
-        if self.scanners is None or not self.scanners.is_leader:
-            return []
-        app = self.consumer.app
-        accept = prepare_accept_content(app.conf.accept_content)
-        entries = []
-        for lane in sorted(self.scanners.lanes()):
-            for held in held_executions(self.scanners.engine, lane):
-                entry = held_task_entry(
-                    held.payload, held.runnable_at, hostname, accept=accept, timezone_name=app.conf.timezone
-                )
-                if entry is not None:
-                    entries.append(entry)
-        return sorted(entries, key=lambda entry: entry["eta"])
 
     # -- admission -------------------------------------------------------------------------
 
@@ -258,6 +177,133 @@ class FlowFabricStep(bootsteps.StartStopStep):
                     log.warning("cannot stop %s in this pool (%r); its writes are fenced out", request.id, exc)
 
 
+class BadMessages(bootsteps.Step):
+    """A message Celery cannot run fails its execution once, with a readable reason (and its
+    Celery result, so a waiter woken by the failure reads the exception); then Celery's own
+    handling runs."""
+
+    requires = (Deliveries,)
+
+    def __init__(self, c: Consumer, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self._fail_before(c, "on_decode_error", lambda message, exc: (f"undecodable message: {exc!r}", exc))
+        self._fail_before(c, "on_unknown_message", lambda body, message: ("not a Celery task message", None))
+        self._fail_before(
+            c,
+            "on_unknown_task",
+            lambda body, message, exc: (f"unknown task: {exc!r}", NotRegistered(message.headers.get("task"))),
+        )
+        self._fail_before(c, "on_invalid_task", lambda body, message, exc: (f"invalid task message: {exc!r}", exc))
+
+    @staticmethod
+    def _fail_before(c: Consumer, hook: str, explain: Any) -> None:
+        original = getattr(c, hook)
+
+        def failing(*args: Any) -> Any:
+            message = next(arg for arg in args if hasattr(arg, "delivery_tag"))
+            channel = _channel_of(message)
+            if channel is not None:
+                reason, exception = explain(*args)
+                task_id = (message.headers or {}).get("id")
+                if task_id and exception is not None and isinstance(c.app.backend, FlowFabricBackend):
+                    c.app.backend.store_result(task_id, exception, states.FAILURE)
+                channel.ff_fail(message.delivery_tag, reason)
+            return original(*args)
+
+        setattr(c, hook, failing)
+
+
+class Scanners(bootsteps.StartStopStep):
+    """The engine scanners of the lanes this worker consumes (leader-elected across workers),
+    unless ``flowfabric_scanners = False``; the tasks they hold for their ETA in ``inspect
+    scheduled``."""
+
+    requires = (Deliveries,)
+
+    def __init__(self, c: Consumer, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.consumer = c
+        self.scanners: EngineScanners | None = None
+
+    def start(self, c: Consumer) -> None:
+        channel = flowfabric_channel(c)
+        if channel is None or not c.app.conf.get("flowfabric_scanners", True) or self.scanners is not None:
+            return
+        configured = c.app.conf.get("flowfabric_scanner_settings") or {}
+        lane_retention = {  # a queue spread over several lanes keeps its retention on each
+            lane: seconds for queue, seconds in queue_retention_of(c.app).items() for lane in channel.ff_lanes_of(queue)
+        }
+        retention = {"retention_s": retention_of(c.app), "lane_retention_s": lane_retention}
+        settings = ScannerSettings(**{**retention, **configured})
+        lanes = [lane for queue in c.task_consumer.queues for lane in channel.ff_lanes_of(queue.name)]
+        self.scanners = EngineScanners(channel.ff_engine.fork(), settings=settings, lanes=lanes).start()
+
+    def shutdown(self, c: Consumer) -> None:
+        if self.scanners is not None:
+            self.scanners.stop(SCANNERS_STOP_WAIT_S)
+            self.scanners = None
+
+    def held_tasks(self, hostname: str) -> list[dict[str, Any]]:
+        """The tasks the engine holds for their ETA, as ``inspect scheduled`` entries: listed
+        by the worker whose scanners lead (they promote them when due), so each appears once."""
+        if self.scanners is None or not self.scanners.is_leader:
+            return []
+        app = self.consumer.app
+        accept = prepare_accept_content(app.conf.accept_content)
+        entries = []
+        for lane in sorted(self.scanners.lanes()):
+            for held in held_executions(self.scanners.engine, lane):
+                entry = held_task_entry(
+                    held.payload, held.runnable_at, hostname, accept=accept, timezone_name=app.conf.timezone
+                )
+                if entry is not None:
+                    entries.append(entry)
+        return sorted(entries, key=lambda entry: entry["eta"])
+
+
+class Metrics(bootsteps.StartStopStep):
+    """``flowfabric_metrics_port``: this worker's counters and the engine state (read every
+    ``flowfabric_metrics_interval`` seconds) on ``/metrics``, from its main process, once per
+    process (a consumer restart starts the step again)."""
+
+    requires = (TASKS_STEP,)
+    served: ClassVar[bool] = False
+
+    def __init__(self, c: Consumer, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        if c.app.conf.get("flowfabric_metrics_port"):
+            measure_tasks()  # before the pool forks, so its processes count their tasks too
+
+    def start(self, c: Consumer) -> None:
+        port, channel = c.app.conf.get("flowfabric_metrics_port"), flowfabric_channel(c)
+        if not port or channel is None or Metrics.served:
+            return
+        engine, queues = channel.ff_engine.fork(), {queue.name for queue in c.task_consumer.queues}
+        address = c.app.conf.get("flowfabric_metrics_address") or "127.0.0.1"
+        interval = c.app.conf.get("flowfabric_metrics_interval") or exporter.DEFAULT_STATE_INTERVAL_S
+        try:
+            state = exporter.EngineStateCollector(engine, lambda: queues | engine.lanes(), float(interval))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"flowfabric_metrics_interval={interval!r}: {exc}") from exc
+        exporter.serve(int(port), state, address)
+        Metrics.served = True
+        if not exporter.multiprocess_mode() and "prefork" in type(c.pool).__module__:
+            log.warning(
+                "metrics: tasks run in prefork pool processes, whose counters are exported only in "
+                "prometheus_client's multiprocess mode: start the worker with %s set to an empty directory",
+                exporter.MULTIPROCESS_DIR_VARIABLE,
+            )
+
+
+class Tracing(bootsteps.Step):
+    """``flowfabric_tracing``: the worker's spans (see :mod:`ff_celery.tracing`)."""
+
+    def __init__(self, c: Consumer, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        if c.app.conf.get("flowfabric_tracing"):
+            tracing.trace_worker()
+
+
 class LeaseWatchdog(threading.Thread):
     """Kills (SIGKILL) the pool process running a task whose lease was lost, or may have
     expired for lack of renewals, so that no other worker runs it at the same time.
@@ -314,9 +360,9 @@ def must_stop(task: ClaimedTask) -> bool:
 @inspect_command(alias="dump_schedule")
 def scheduled(panel: Any, **kwargs: Any) -> list[dict[str, Any]]:
     """Celery's ``inspect scheduled`` (the ETA tasks in this worker's memory), plus the tasks
-    the engine holds for theirs (see :meth:`FlowFabricStep.held_tasks`)."""
+    the engine holds for theirs (see :meth:`Scanners.held_tasks`)."""
     consumer = panel.consumer
-    step = next((step for step in consumer.steps if isinstance(step, FlowFabricStep)), None)
+    step = next((step for step in consumer.steps if isinstance(step, Scanners)), None)
     return CELERY_SCHEDULED(panel, **kwargs) + (step.held_tasks(consumer.hostname) if step else [])
 
 
