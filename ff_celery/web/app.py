@@ -1,0 +1,150 @@
+"""The ASGI application of ``ff-celery serve`` and running it on uvicorn: the console (pages,
+actions, live events, its static files) and ``/metrics``, with ``/healthz``; bound to
+127.0.0.1 unless told otherwise, and usable behind a reverse proxy (a root path, and the
+``X-Forwarded-*`` headers of the proxies it trusts)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import celery
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ff_celery.context import engine_for_url
+from ff_celery.engine import exporter
+from ff_celery.web import actions, pages, sse
+from ff_celery.web.audit import AuditLog
+from ff_celery.web.auth import Operators
+from ff_celery.web.metrics import metrics_route
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_PORT = 8800
+#: Every page's headers: nothing is loaded from elsewhere, no page may frame the console.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+#: Paths anyone may read even when the console asks viewers to sign in.
+OPEN_PATHS = ("/login", "/static/", "/healthz", "/metrics")
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """What ``ff-celery serve`` serves, and for whom."""
+
+    url: str
+    console: bool = True
+    metrics: bool = False
+    operators: Operators = field(default_factory=Operators)
+    audit_log: Path = Path("ff-console-audit.jsonl")
+    login_to_read: bool = False
+    metrics_need_login: bool = False
+    metrics_interval_s: float = exporter.DEFAULT_STATE_INTERVAL_S
+    lanes: tuple[str, ...] = ()
+
+
+def celery_url(url: str) -> str:
+    """``url`` as a ``flowfabric://`` URL (the scheme Celery's result backend and control use)."""
+    scheme, separator, rest = url.partition("://")
+    return {"redis": "flowfabric", "rediss": "flowfabrics"}.get(scheme, scheme) + separator + rest
+
+
+class Guard(BaseHTTPMiddleware):
+    """Security headers on every answer; pages only for signed-in viewers if so configured."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], login_to_read: bool) -> None:
+        super().__init__(app)
+        self.login_to_read = login_to_read
+
+    async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        path = request.url.path[len(request.scope.get("root_path", "")) :] or "/"
+        console = getattr(request.app.state, "console", None)
+        if (
+            self.login_to_read
+            and console is not None
+            and request.method == "GET"
+            and not path.startswith(OPEN_PATHS)
+            and console.sessions.current(request) is None
+        ):
+            return RedirectResponse(f"{request.scope.get('root_path', '')}/login?next={path}", status_code=303)
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+
+def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: WebSettings) -> Starlette:
+    """The ASGI application ``settings`` describe."""
+    engine = engine_for_url(settings.url)
+    routes: list[BaseRoute] = [Route("/healthz", healthz)]
+    state = None
+    if settings.metrics:
+        state = exporter.EngineStateCollector(
+            engine, lambda: set(settings.lanes) | engine.lanes(), settings.metrics_interval_s
+        )
+        routes.append(metrics_route(state, settings.operators, settings.metrics_need_login))
+    console = None
+    if settings.console:
+        app_url = celery_url(settings.url)
+        console = pages.Console(
+            engine=engine,
+            celery_app=celery.Celery("ff-celery-console", broker=app_url, backend=app_url, set_as_current=False),
+            operators=settings.operators,
+            audit=AuditLog(settings.audit_log),
+            login_to_read=settings.login_to_read,
+        )
+        routes += [*pages.ROUTES, *actions.ROUTES, *sse.ROUTES, Mount("/static", StaticFiles(directory=STATIC))]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if state is not None:
+            state.start()
+        try:
+            yield
+        finally:
+            if state is not None:
+                state.stop()
+
+    app = Starlette(
+        routes=routes, middleware=[Middleware(Guard, login_to_read=settings.login_to_read)], lifespan=lifespan
+    )
+    app.state.console = console
+    return app
+
+
+def serve(
+    settings: WebSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    root_path: str = "",
+    forwarded_allow_ips: str = "127.0.0.1",
+) -> None:
+    """Run the app on uvicorn until interrupted."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        root_path=root_path.rstrip("/"),
+        proxy_headers=True,
+        forwarded_allow_ips=forwarded_allow_ips,
+        server_header=False,
+        log_level="info",
+    )
+    uvicorn.Server(config).run()
