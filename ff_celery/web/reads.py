@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import celery
+from celery import states as celery_states
 
 from ff_celery.cli.flows import levels, resolve_flow
 from ff_celery.engine import inspection, signaling
@@ -127,7 +128,8 @@ def celery_task(engine: Engine, app: celery.Celery, report: ExecutionReport) -> 
         args=truncated(str(headers.get("argsrepr", ""))),
         kwargs=truncated(str(headers.get("kwargsrepr", ""))),
         state=state,
-        result=truncated(repr(outcome)) if state not in ("PENDING",) and outcome is not None else "",
+        # only an outcome: a waiting task's info holds its waitpoint token, which is not for viewers
+        result=truncated(repr(outcome)) if state in celery_states.READY_STATES else "",
         traceback=truncated(meta.traceback or "", 4 * MAX_SHOWN_CHARS),
     )
 
