@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlencode
 
 import celery
 import uvicorn
@@ -78,7 +79,9 @@ class Guard(BaseHTTPMiddleware):
             and not path.startswith(OPEN_PATHS)
             and console.sessions.current(request) is None
         ):
-            return RedirectResponse(f"{request.scope.get('root_path', '')}/login?next={path}", status_code=303)
+            wanted = f"{path}?{request.url.query}" if request.url.query else path
+            login = f"{request.scope.get('root_path', '')}/login?{urlencode({'next': wanted})}"
+            return RedirectResponse(login, status_code=303)
         response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
