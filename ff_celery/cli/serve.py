@@ -1,4 +1,5 @@
-"""``ff-celery serve``: the web console and ``/metrics`` on one ASGI server (the ``web`` extra)."""
+"""``ff-celery serve``: the web console, the signal endpoint and ``/metrics`` on one ASGI server
+(the ``web`` extra); ``ff-celery signal-server`` is the signal endpoint alone."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ff_celery.numbers import PORT_OPTION
 @click.command("serve")
 @url_option
 @click.option("--console", "with_console", is_flag=True, help="Serve the web console.")
+@click.option("--signals", "with_signals", is_flag=True, help="Serve POST /v1/signals/... (as signal-server).")
 @click.option("--metrics", "with_metrics", is_flag=True, help="Serve /metrics (Prometheus).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=Number(PORT_OPTION), default=8800, show_default=True)
@@ -27,6 +29,10 @@ from ff_celery.numbers import PORT_OPTION
 @click.option(
     "--operator-password", envvar="FF_CONSOLE_PASSWORD", help="The operator user's password; env FF_CONSOLE_PASSWORD."
 )
+@click.option(
+    "--max-per-client", type=click.IntRange(min=1), default=16, show_default=True,
+    help="Connections open at once from one client address (behind a proxy: all of them).",
+)  # fmt: skip
 @click.option("--login-to-read", is_flag=True, help="Show the pages only to a signed-in operator.")
 @click.option("--metrics-login", is_flag=True, help="Answer /metrics only with the operator's credentials.")
 @click.option(
@@ -39,11 +45,13 @@ from ff_celery.numbers import PORT_OPTION
 def serve(
     url: str,
     with_console: bool,
+    with_signals: bool,
     with_metrics: bool,
     host: str,
     port: int,
     root_path: str,
     forwarded_allow_ips: str,
+    max_per_client: int,
     operator_token: str | None,
     operator_user: str | None,
     operator_password: str | None,
@@ -53,13 +61,11 @@ def serve(
     lanes: tuple[str, ...],
     metrics_interval_s: float,
 ) -> None:
-    """Serve the web console and/or /metrics until interrupted."""
-    try:
-        from ff_celery import web
-    except ImportError as exc:
-        raise click.ClickException(f"serve needs the web extra: pip install 'ff-celery[web]' ({exc})") from None
-    if not (with_console or with_metrics):
-        raise click.UsageError("choose what to serve: --console and/or --metrics")
+    """Serve the web console, the signal endpoint and/or /metrics until interrupted."""
+    from ff_celery import signal_server, web
+
+    if not (with_console or with_signals or with_metrics):
+        raise click.UsageError("choose what to serve: --console, --signals and/or --metrics")
     try:
         operators = web.Operators(token=operator_token, user=operator_user, password=operator_password)
     except ValueError as exc:
@@ -77,7 +83,17 @@ def serve(
         metrics_interval_s=metrics_interval_s,
         lanes=lanes,
     )
-    web.serve(settings, host=host, port=port, root_path=root_path, forwarded_allow_ips=forwarded_allow_ips)
+    try:
+        app = web.create_app(settings, signal_server.ROUTES if with_signals else ())
+    except RuntimeError as exc:  # the console without the web extra, or metrics without prometheus_client
+        raise click.ClickException(str(exc)) from None
+    server = web.WebServer(
+        app, host, port, limits=web.ConnectionLimits(max_per_client=max_per_client),
+        root_path=root_path, forwarded_allow_ips=forwarded_allow_ips,
+        bad_request_body=signal_server.UNREADABLE if with_signals else None,
+    )  # fmt: skip
+    click.echo(f"serving on {server.base_url}{root_path.rstrip('/')}; Ctrl-C to stop")
+    server.run()
 
 
 COMMANDS = [serve]

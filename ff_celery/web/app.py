@@ -1,30 +1,32 @@
 """The ASGI application of ``ff-celery serve`` and running it on uvicorn: the console (pages,
-actions, live events, its static files) and ``/metrics``, with ``/healthz``; bound to
-127.0.0.1 unless told otherwise, and usable behind a reverse proxy (a root path, and the
-``X-Forwarded-*`` headers of the proxies it trusts)."""
+actions, live events, its static files), the signal endpoint (:mod:`ff_celery.signal_server`)
+and ``/metrics``, with ``/healthz``; bound to 127.0.0.1 unless told otherwise, guarded against
+hostile clients (:mod:`ff_celery.web.server`), and usable behind a reverse proxy (a root path,
+and the ``X-Forwarded-*`` headers of the proxies it trusts)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import celery
-import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ff_celery.context import engine_for_url
 from ff_celery.engine import exporter
-from ff_celery.web import actions, pages, sse
-from ff_celery.web.audit import AuditLog
+from ff_celery.engine.client import Engine
 from ff_celery.web.auth import Operators
 from ff_celery.web.metrics import metrics_route
 
@@ -38,7 +40,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 #: Paths anyone may read even when the console asks viewers to sign in.
-OPEN_PATHS = ("/login", "/static/", "/healthz", "/metrics")
+OPEN_PATHS = ("/login", "/static/", "/healthz", "/metrics", "/v1/")
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,43 @@ class Guard(BaseHTTPMiddleware):
         return response
 
 
+def json_answer(document: dict[str, str], status_code: int = 200) -> Response:
+    return Response(json.dumps(document), status_code=status_code, media_type="application/json")
+
+
 def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return json_answer({"status": "ok"})
 
 
-def create_app(settings: WebSettings) -> Starlette:
-    """The ASGI application ``settings`` describe."""
+async def not_found(request: Request, exc: Exception) -> Response:
+    """What a server without the console answers for paths it does not serve."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    return json_answer({"error": "not_found", "detail": "POST /v1/signals/<eid>/<wp>/<name>"}, status)
+
+
+def _console(settings: WebSettings, engine: Engine) -> tuple[Any, list[BaseRoute]]:
+    """The console's shared state and routes (imported here: they need the ``web`` extra)."""
+    try:
+        from ff_celery.web import actions, pages, sse
+        from ff_celery.web.audit import AuditLog
+    except ImportError as exc:
+        raise RuntimeError(f"the console needs the web extra: pip install 'ff-celery[web]' ({exc})") from exc
+    app_url = celery_url(settings.url)
+    console = pages.Console(
+        engine=engine,
+        celery_app=celery.Celery("ff-celery-console", broker=app_url, backend=app_url, set_as_current=False),
+        operators=settings.operators,
+        audit=AuditLog(settings.audit_log),
+        login_to_read=settings.login_to_read,
+    )
+    return console, [*pages.ROUTES, *actions.ROUTES, *sse.ROUTES, Mount("/static", StaticFiles(directory=STATIC))]
+
+
+def create_app(settings: WebSettings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI application ``settings`` describe, with ``extra_routes`` (the signal endpoint's:
+    :data:`ff_celery.signal_server.ROUTES`). Routes find the engine as ``app.state.engine``."""
     engine = engine_for_url(settings.url)
-    routes: list[BaseRoute] = [Route("/healthz", healthz)]
+    routes: list[BaseRoute] = [Route("/healthz", healthz), *extra_routes]
     state = None
     if settings.metrics:
         state = exporter.EngineStateCollector(
@@ -104,15 +135,8 @@ def create_app(settings: WebSettings) -> Starlette:
         routes.append(metrics_route(state, settings.operators, settings.metrics_need_login))
     console = None
     if settings.console:
-        app_url = celery_url(settings.url)
-        console = pages.Console(
-            engine=engine,
-            celery_app=celery.Celery("ff-celery-console", broker=app_url, backend=app_url, set_as_current=False),
-            operators=settings.operators,
-            audit=AuditLog(settings.audit_log),
-            login_to_read=settings.login_to_read,
-        )
-        routes += [*pages.ROUTES, *actions.ROUTES, *sse.ROUTES, Mount("/static", StaticFiles(directory=STATIC))]
+        console, console_routes = _console(settings, engine)
+        routes += console_routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -125,29 +149,11 @@ def create_app(settings: WebSettings) -> Starlette:
                 state.stop()
 
     app = Starlette(
-        routes=routes, middleware=[Middleware(Guard, login_to_read=settings.login_to_read)], lifespan=lifespan
+        routes=routes,
+        middleware=[Middleware(Guard, login_to_read=settings.login_to_read)],
+        lifespan=lifespan,
+        exception_handlers={} if settings.console else {404: not_found, 405: not_found},
     )
     app.state.console = console
+    app.state.engine = engine
     return app
-
-
-def serve(
-    settings: WebSettings,
-    *,
-    host: str = "127.0.0.1",
-    port: int = DEFAULT_PORT,
-    root_path: str = "",
-    forwarded_allow_ips: str = "127.0.0.1",
-) -> None:
-    """Run the app on uvicorn until interrupted."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host=host,
-        port=port,
-        root_path=root_path.rstrip("/"),
-        proxy_headers=True,
-        forwarded_allow_ips=forwarded_allow_ips,
-        server_header=False,
-        log_level="info",
-    )
-    uvicorn.Server(config).run()

@@ -18,9 +18,8 @@ from ff_celery.web.auth import Operators
 
 def metrics_route(state: exporter.EngineStateCollector, operators: Operators, need_login: bool) -> Route:
     """The ``/metrics`` route serving ``state`` (started and stopped with the app)."""
+    registry: Any = exporter.registry_for(state)  # RuntimeError without prometheus_client
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    registry: Any = exporter.registry_for(state)
 
     async def metrics(request: Request) -> Response:
         if need_login and operators.by_header(request.headers.get("authorization", "")) is None:

@@ -1,6 +1,8 @@
 """The console over HTTP, as a reverse proxy and a Prometheus scraper see it: a root path in
 every link and cookie, the proxy's forwarded scheme and client address trusted, pages only
-for a signed-in operator when so configured, and ``/metrics`` behind the same credentials."""
+for a signed-in operator when so configured, ``/metrics`` behind the same credentials, and
+the signal endpoint on the same server, open to callbacks (their waitpoint token is their
+credential)."""
 
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ def proxied(ff_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Con
     home = tmp_path_factory.mktemp("proxied")
     port = free_port()
     command = [
-        sys.executable, "-m", "ff_celery.cli", "serve", "--console", "--metrics", "--url", ff_server.url,
-        "--port", str(port), "--root-path", "/ff", "--login-to-read", "--metrics-login",
+        sys.executable, "-m", "ff_celery.cli", "serve", "--console", "--signals", "--metrics", "--url",
+        ff_server.url, "--port", str(port), "--root-path", "/ff", "--login-to-read", "--metrics-login",
         "--audit-log", str(home / "audit.jsonl"), "--metrics-interval", "1",
     ]  # fmt: skip
     secrets = {"FF_CONSOLE_TOKEN": TOKEN, "FF_CONSOLE_USER": USER, "FF_CONSOLE_PASSWORD": PASSWORD}
@@ -91,3 +93,15 @@ def test_metrics_answer_only_the_operators_credentials(proxied):
         assert scraped.status_code == 200 and "ff_lane_state_age_seconds" in scraped.text
         basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         assert client.get("/metrics", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+
+
+def test_the_signal_endpoint_answers_callbacks_on_the_same_server(ffapp, proxied):
+    waiting = ffapp.await_approval.delay()  # no worker in this module: it stays queued
+    execution_id = ffapp.app.backend.engine.resolve(waiting.id)
+    with httpx.Client(base_url=proxied.base_url) as client:
+        token = {"X-Waitpoint-Token": "k1:0"}
+        answer = client.post(f"/v1/signals/{execution_id}/no-such-waitpoint/approve", headers=token)
+        assert (answer.status_code, answer.json()["error"]) == (403, "invalid_token")
+        unreadable = client.post("/v1/signals/x/y/z", headers={"Transfer-Encoding": "chunked"}, content=b"")
+        assert (unreadable.status_code, unreadable.json()["error"]) == (400, "bad_request")
+    ffapp.app.control.revoke(waiting.id)
