@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from conftest import command_calls
 
+from ff_celery.engine.connection import connect
 from web.conftest import TOKEN, Console, free_port
 
 USER, PASSWORD = "ops", "correct horse"
@@ -30,7 +33,7 @@ def proxied(ff_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Con
     command = [
         sys.executable, "-m", "ff_celery.cli", "serve", "--console", "--signals", "--metrics", "--url",
         ff_server.url, "--port", str(port), "--root-path", "/ff", "--login-to-read", "--metrics-login",
-        "--audit-log", str(home / "audit.jsonl"), "--metrics-interval", "1",
+        "--audit-log", str(home / "audit.jsonl"), "--metrics-interval", "3600",
     ]  # fmt: skip
     secrets = {"FF_CONSOLE_TOKEN": TOKEN, "FF_CONSOLE_USER": USER, "FF_CONSOLE_PASSWORD": PASSWORD}
     with (home / "serve.log").open("wb") as log:
@@ -85,14 +88,19 @@ def test_a_wrong_password_is_refused_and_audited(proxied):
     assert (last["who"], last["action"], last["outcome"]) == (USER, "sign in", "refused")
 
 
-def test_metrics_answer_only_the_operators_credentials(proxied):
+def test_metrics_answer_only_the_operators_credentials_and_a_scrape_costs_the_server_no_command(proxied, ff_server):
     with httpx.Client(base_url=proxied.base_url) as client:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
         scraped = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert scraped.status_code == 200 and "ff_lane_state_age_seconds" in scraped.text
+        assert scraped.status_code == 200 and re.search(r"^ff_lane_state_age_seconds \d", scraped.text, re.M)
         basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         assert client.get("/metrics", headers={"Authorization": f"Basic {basic}"}).status_code == 200
+        store = connect(ff_server.url)
+        counted = command_calls(store, "zcard")  # what reading the lanes' state costs, per lane index
+        for _ in range(5):
+            assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert command_calls(store, "zcard") == counted  # served from the background reading
 
 
 def test_the_signal_endpoint_answers_callbacks_on_the_same_server(ffapp, proxied):
