@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,14 @@ from urllib.parse import urlencode
 
 import celery
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ff_celery.context import engine_for_url
 from ff_celery.engine import exporter
@@ -64,16 +65,21 @@ def celery_url(url: str) -> str:
     return {"redis": "flowfabric", "rediss": "flowfabrics"}.get(scheme, scheme) + separator + rest
 
 
-class Guard(BaseHTTPMiddleware):
-    """Security headers on every answer; pages only for signed-in viewers if so configured."""
+class Guard:
+    """Security headers on every answer; pages only for signed-in viewers if so configured (an
+    ASGI middleware: live event streams pass through untouched)."""
 
-    def __init__(self, app: Callable[..., Awaitable[None]], login_to_read: bool) -> None:
-        super().__init__(app)
-        self.login_to_read = login_to_read
+    def __init__(self, app: ASGIApp, login_to_read: bool) -> None:
+        self.app, self.login_to_read = app, login_to_read
 
-    async def dispatch(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        path = request.url.path[len(request.scope.get("root_path", "")) :] or "/"
-        console = getattr(request.app.state, "console", None)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        root = scope.get("root_path", "")
+        path = request.url.path[len(root) :] or "/"
+        console = request.app.state.console
         if (
             self.login_to_read
             and console is not None
@@ -82,12 +88,17 @@ class Guard(BaseHTTPMiddleware):
             and console.sessions.current(request) is None
         ):
             wanted = f"{path}?{request.url.query}" if request.url.query else path
-            login = f"{request.scope.get('root_path', '')}/login?{urlencode({'next': wanted})}"
-            return RedirectResponse(login, status_code=303)
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+            await RedirectResponse(f"{root}/login?{urlencode({'next': wanted})}", status_code=303)(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def json_answer(document: dict[str, str], status_code: int = 200) -> Response:

@@ -144,4 +144,8 @@ def test_an_unauthenticated_visitor_is_refused_every_action(ffapp, page, console
         ("sign in", "signed in"),
         *((action, "refused: bad or missing CSRF token") for action in attempts),
     ]
-    ffapp.app.control.revoke(waiting.id)
+    page.goto(f"/execution?id={waiting.id}")  # the operator, from the page, with its token
+    page.click("#revoke")
+    assert "revoke: revoked" in page.inner_text("#done")
+    assert wait_for(lambda: execution(ffapp, waiting.id).public_state == "cancelled")
+    assert ffapp.app.AsyncResult(waiting.id).state == "REVOKED"
