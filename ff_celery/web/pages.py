@@ -158,7 +158,9 @@ async def login(request: Request) -> Response:
     console.audit.record(who=operator, address=address, action="sign in", target="", outcome="signed in")
     base = request.scope.get("root_path", "")
     next_page = str(form.get("next", ""))
-    response = RedirectResponse(base + (next_page if next_page.startswith("/") else "/"), status_code=303)
+    if not next_page.startswith("/") or next_page.startswith("//") or "\\" in next_page:
+        next_page = "/"  # only a page of this console: never another site's (//host, /\\host)
+    response = RedirectResponse(base + next_page, status_code=303)
     response.set_cookie(
         SESSION_COOKIE, console.sessions.issue(operator), max_age=console.sessions.ttl_s, path=base or "/",
         httponly=True, samesite="strict", secure=request.url.scheme == "https",

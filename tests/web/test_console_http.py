@@ -80,6 +80,13 @@ def test_behind_a_proxy_links_and_cookies_carry_the_root_path_and_the_forwarded_
     assert {"who": USER, "action": "sign in", "address": "203.0.113.7"}.items() <= entries[-1].items()
 
 
+@pytest.mark.parametrize("elsewhere", ["//evil.example/x", "/\\evil.example", "https://evil.example/"])
+def test_signing_in_never_sends_the_browser_to_another_site(proxied, elsewhere):
+    with httpx.Client(base_url=proxied.base_url) as client:
+        login = client.post("/login", data={"token": TOKEN, "next": elsewhere})
+    assert login.status_code == 303 and login.headers["location"] == "/ff/"
+
+
 def test_a_wrong_password_is_refused_and_audited(proxied):
     with httpx.Client(base_url=proxied.base_url) as client:
         refused = client.post("/login", data={"user": USER, "password": "wrong"})
