@@ -32,6 +32,8 @@ class Drawing:
     height: int
     nodes: list[Node]
     edges: list[Edge]
+    node_width: int = NODE_WIDTH
+    node_height: int = NODE_HEIGHT
 
 
 def draw(members: list[FlowMember]) -> Drawing:
