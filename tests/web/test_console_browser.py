@@ -23,33 +23,40 @@ pytestmark = pytest.mark.usefixtures("console_worker")
 
 
 def test_a_chain_is_drawn_and_its_members_turn_green_as_they_run(ffapp, page, screenshots):
-    steps = chain(ffapp.tracked_sleep.s(0.8), ffapp.tracked_sleep.s(), ffapp.tracked_sleep.s())
-    result = steps.apply_async()
-    page.goto(f"/flow?id={result.id}")
-    nodes = page.locator("svg.dag g.node")
-    assert nodes.count() == 3
+    task_ids = [str(uuid.uuid4()) for _ in range(3)]  # each step runs until the test opens its gate
+    result = chain(*(ffapp.gated.si().set(task_id=task_id) for task_id in task_ids)).apply_async()
+    page.goto(f"/flow?id={task_ids[0]}")
+    assert page.locator("svg.dag g.node").count() == 3
     assert page.locator("svg.dag line.edge").count() == 2
     page.evaluate("window.loadedOnce = true")  # a reload would drop it: the states below come live
-    page.wait_for_selector('svg.dag g.node[data-state="completed"]')
-    assert page.locator('svg.dag g.node[data-state="completed"]').count() < 3  # green one by one, as they run
-    page.screenshot(path=screenshots / "flow-running.png", full_page=True)
-    expect(page.locator('svg.dag g.node[data-state="completed"]')).to_have_count(3, timeout=20_000)
+
+    def states() -> list[str]:
+        return page.eval_on_selector_all("svg.dag g.node", "nodes => nodes.map(node => node.dataset.state)")
+
+    for step, task_id in enumerate(task_ids):  # the members drawn in chain order, one column each
+        assert "completed" not in states()[step:]
+        ffapp.runs().set(f"ffapp:go:{task_id}", "1")
+        expect(page.locator("svg.dag g.node").nth(step)).to_have_attribute("data-state", "completed")
+        assert "completed" not in states()[step + 1 :]  # green one by one, as they run
+        if step == 0:
+            page.screenshot(path=screenshots / "flow-running.png", full_page=True)
     assert page.evaluate("window.loadedOnce") is True
     fills = page.eval_on_selector_all("svg.dag g.node rect", "rects => rects.map(r => getComputedStyle(r).fill)")
     assert fills == [GREEN] * 3
-    assert result.get(timeout=15) == 0.8
+    assert result.get(timeout=15) == "opened"
     page.screenshot(path=screenshots / "flow.png", full_page=True)
 
 
 def test_an_executions_frames_and_progress_stream_into_its_page(ffapp, page, screenshots):
-    report = ffapp.streaming_report.delay(6, 0.3)
-    page.goto(f"/execution?id={report.id}")
+    report = ffapp.streaming_report.delay(10, 0.5)
+    assert wait_for(lambda: execution(ffapp, report.id).core.get("progress_pct"), timeout=20)  # step 1 written
+    page.goto(f"/execution?id={report.id}")  # seconds before it ends
     page.evaluate("window.loadedOnce = true")
-    expect(page.locator("#frames li", has_text="log: line 6")).to_have_count(1)
+    expect(page.locator("#frames li", has_text="log: line 3")).to_have_count(1)
     assert page.evaluate("window.loadedOnce") is True  # the frames came live, not by a reload
-    assert page.locator("#frames li", has_text="log: line").count() == 6
-    page.wait_for_selector('#live-state[data-state="completed"]')
-    assert page.get_attribute("#progress", "value") == "100"
+    page.wait_for_selector('#live-state[data-state="completed"]')  # then it reloads once, with the result
+    expect(page.locator("#frames li", has_text="log: line")).to_have_count(10)
+    expect(page.locator("#progress")).to_have_js_property("value", 100)
     page.screenshot(path=screenshots / "execution-frames.png", full_page=True)
 
 
