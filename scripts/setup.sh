@@ -25,3 +25,16 @@ if ! .venv/bin/python -c 'from ff_celery.devserver import find_server_binary; fi
     exit 1
   fi
 fi
+
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  # the console's browser tests (tests/web) drive Debian's chromium through Playwright
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "installing Debian's chromium (for the console's browser tests)"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  else
+    echo "warning: no chromium: the browser tests in tests/web will fail; install chromium" >&2
+  fi
+fi

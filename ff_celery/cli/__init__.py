@@ -17,7 +17,7 @@ import logging
 import click
 
 #: Modules of ff_celery.cli whose COMMANDS make up the command line.
-COMMAND_MODULES = ("setup", "executions", "flows", "signals", "budgets")
+COMMAND_MODULES = ("setup", "executions", "flows", "signals", "budgets", "serve")
 
 
 class LazyGroup(click.Group):

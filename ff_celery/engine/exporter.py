@@ -132,10 +132,8 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROCESS_DIR_VARIABLE))
 
 
-def serve(port: int, state: EngineStateCollector, address: str = "127.0.0.1") -> Exporter:
-    """Export the counters (of every process, in multiprocess mode) and the engine state (read
-    by ``state`` once per interval from now on) on ``http://address:port/metrics`` (daemon
-    threads)."""
+def registry_for(state: EngineStateCollector) -> Any:
+    """A registry of the counters (of every process, in multiprocess mode) and ``state``."""
     if prometheus_client is None:
         raise RuntimeError("metrics need prometheus_client: pip install 'ff-celery[metrics]'")
     registry = prometheus_client.CollectorRegistry()
@@ -144,6 +142,14 @@ def serve(port: int, state: EngineStateCollector, address: str = "127.0.0.1") ->
     else:
         registry.register(prometheus_client.REGISTRY)
     registry.register(state)
+    return registry
+
+
+def serve(port: int, state: EngineStateCollector, address: str = "127.0.0.1") -> Exporter:
+    """Export the counters (of every process, in multiprocess mode) and the engine state (read
+    by ``state`` once per interval from now on) on ``http://address:port/metrics`` (daemon
+    threads)."""
+    registry = registry_for(state)
     state.start()
     try:
         server, _ = prometheus_client.start_http_server(port, addr=address, registry=registry)

@@ -54,6 +54,10 @@ EXEMPT = {
     "lua/                   FlowFabric's": "the repository's layout, not code",
     "(your code, unchanged)": "a drawing of the layers (docs/architecture.md), not code",
     "ff-celery library source|load|status": "a synopsis of the setup commands (tests/e2e/test_operator_cli.py)",
+    "export FF_CONSOLE_TOKEN": "serves on a fixed port until interrupted; tests/web starts ff-celery serve so",
+    '"who": "token", "address"': "an audit log line, not code (tests/web checks the log's entries)",
+    "--root-path /ff --forwarded-allow-ips": "serves until interrupted; tests/web/test_console_http.py runs it so",
+    "location /ff/ {": "an nginx configuration, not code",
 }
 #: Blocks run by a test below: marker -> the test's name.
 RUNNERS: dict[str, str] = {}
