@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import click
@@ -56,11 +55,7 @@ def signal(
             raise error_for_code("waitpoint_not_found", [waitpoint_id])
         token = record.token
     body = b"" if payload is None else payload.encode()
-    try:
-        json.loads(body or b"null")
-        encoding = "json"
-    except ValueError:
-        encoding = "text"
+    encoding = signaling.text_encoding(body)
     outcome = signaling.deliver_signal(
         engine,
         execution_id,

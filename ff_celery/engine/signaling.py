@@ -162,6 +162,16 @@ def call_with_keystore(engine: Engine, request: fn.Fcall[R]) -> R:
 # -- signals ----------------------------------------------------------------------------------
 
 
+def text_encoding(payload: bytes) -> str:
+    """The encoding a payload typed by a person is recorded with: ``json`` when it parses as
+    JSON (empty counts as null), else ``text``."""
+    try:
+        json.loads(payload or b"null")
+    except ValueError:
+        return "text"
+    return "json"
+
+
 def deliver_signal(
     engine: Engine,
     execution_id: ExecutionId,

@@ -5,7 +5,6 @@ log, refused ones included; a refused action answers 403 and changes nothing."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlencode
 
@@ -31,11 +30,7 @@ def _signal(console: Console, execution_id: ExecutionId, form: Form, who: str) -
     if record is None:
         raise error_for_code("waitpoint_not_found", [waitpoint_id or "no waitpoint given"])
     body = form.get("payload", "").encode()
-    try:
-        json.loads(body or b"null")
-        encoding = "json"
-    except ValueError:
-        encoding = "text"
+    encoding = signaling.text_encoding(body)
     outcome = signaling.deliver_signal(
         console.engine,
         execution_id,

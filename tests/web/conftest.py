@@ -6,9 +6,9 @@ browser). Screenshots of each page go to a directory of the test run, printed at
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +20,13 @@ import httpx
 import pytest
 from e2e.conftest import Worker, app_url, ffapp  # noqa: F401 (fixtures used here)
 
+from ff_celery.devserver import free_port
+
 HERE = Path(__file__).resolve().parent
 E2E = HERE.parent / "e2e"
 CHROMIUM = os.environ.get("FF_CHROMIUM", "/usr/bin/chromium")
 #: The operator's token the console under test is started with.
 TOKEN = "operator-token-for-tests"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -45,35 +41,47 @@ class Console:
         return self.audit_log.read_text()
 
 
-@pytest.fixture(scope="module")
-def console(ff_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    home = tmp_path_factory.mktemp("console")
+def _up(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@contextlib.contextmanager
+def serving(url: str, home: Path, *options: str, secrets: dict[str, str] | None = None) -> Iterator[Console]:
+    """``ff-celery serve --url url *options`` on a free port (its audit log and output in
+    ``home``), once it answers ``/healthz``; stopped afterwards."""
     port = free_port()
-    command = [
-        sys.executable, "-m", "ff_celery.cli", "serve", "--console", "--metrics", "--url", ff_server.url,
-        "--port", str(port), "--audit-log", str(home / "audit.jsonl"), "--metrics-interval", "1",
-    ]  # fmt: skip
-    log = (home / "serve.log").open("wb")
-    process = subprocess.Popen(command, env={**os.environ, "FF_CONSOLE_TOKEN": TOKEN}, stdout=log, stderr=log)
+    command = [sys.executable, "-m", "ff_celery.cli", "serve", "--url", url, "--port", str(port),
+               "--audit-log", str(home / "audit.jsonl"), *options]  # fmt: skip
+    env = {**os.environ, "FF_CONSOLE_TOKEN": TOKEN, **(secrets or {})}
+    with (home / "serve.log").open("wb") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
+    while not _up(base_url):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"ff-celery serve did not start:\n{(home / 'serve.log').read_text()}")
         time.sleep(0.1)
-    yield Console(base_url, home / "audit.jsonl", process)
-    process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+        yield Console(base_url, home / "audit.jsonl", process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def console(ff_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    with serving(
+        ff_server.url, tmp_path_factory.mktemp("console"), "--console", "--metrics", "--metrics-interval", "1"
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -20,7 +16,7 @@ import pytest
 from conftest import command_calls
 
 from ff_celery.engine.connection import connect
-from web.conftest import TOKEN, Console, free_port
+from web.conftest import TOKEN, Console, serving
 
 USER, PASSWORD = "ops", "correct horse"
 
@@ -28,33 +24,11 @@ USER, PASSWORD = "ops", "correct horse"
 @pytest.fixture(scope="module")
 def proxied(ff_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     """``ff-celery serve`` as run behind a proxy that serves it under /ff (and strips /ff)."""
-    home = tmp_path_factory.mktemp("proxied")
-    port = free_port()
-    command = [
-        sys.executable, "-m", "ff_celery.cli", "serve", "--console", "--signals", "--metrics", "--url",
-        ff_server.url, "--port", str(port), "--root-path", "/ff", "--login-to-read", "--metrics-login",
-        "--audit-log", str(home / "audit.jsonl"), "--metrics-interval", "3600",
-    ]  # fmt: skip
-    secrets = {"FF_CONSOLE_TOKEN": TOKEN, "FF_CONSOLE_USER": USER, "FF_CONSOLE_PASSWORD": PASSWORD}
-    with (home / "serve.log").open("wb") as log:
-        process = subprocess.Popen(command, env={**os.environ, **secrets}, stdout=log, stderr=log)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not _up(base_url):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"ff-celery serve did not start:\n{(home / 'serve.log').read_text()}")
-        time.sleep(0.1)
-    yield Console(base_url, home / "audit.jsonl", process)
-    process.terminate()
-    process.wait(timeout=10)
-
-
-def _up(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+    options = ("--console", "--signals", "--metrics", "--root-path", "/ff", "--login-to-read", "--metrics-login",
+               "--metrics-interval", "3600")  # fmt: skip
+    secrets = {"FF_CONSOLE_USER": USER, "FF_CONSOLE_PASSWORD": PASSWORD}
+    with serving(ff_server.url, tmp_path_factory.mktemp("proxied"), *options, secrets=secrets) as running:
+        yield running
 
 
 FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
