@@ -30,9 +30,9 @@ from celery import current_task
 from celery.utils.dispatch import Signal
 
 from ff_celery import context
-from ff_celery.engine import limits
-from ff_celery.engine.limits import BudgetStatus, QuotaPolicy
-from ff_celery.engine.work_index import read_plan
+from ff_celery.engine.core.work_index import read_plan
+from ff_celery.engine.work import budgets as limits
+from ff_celery.engine.work.budgets import BudgetStatus, QuotaPolicy
 from ff_celery.messages import BUDGETS_HEADER
 
 log = logging.getLogger(__name__)

@@ -12,13 +12,13 @@ from typing import Any
 import celery
 from celery import current_task
 
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import connect
+from ff_celery.engine.core.connection import connect
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import done_channel
 from ff_celery.engine.functions import Lease
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import done_channel
-from ff_celery.engine.registry import shared_engine
+from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine.work.registry import shared_engine
 from ff_celery.messages import FENCE_HEADER, NAMESPACE
 
 #: Attempts that run a task's code again from the top, as the attempt before them did.
@@ -30,7 +30,7 @@ class NotAFlowFabricTask(RuntimeError):
 
 
 def engine_for_url(url: str) -> Engine:
-    """This process's engine for the server at ``url`` (:mod:`ff_celery.engine.registry`)."""
+    """This process's engine for the server at ``url`` (:mod:`ff_celery.engine.work.registry`)."""
     return shared_engine(url, lambda: connect(url), NAMESPACE)
 
 

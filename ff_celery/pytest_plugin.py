@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from ff_celery.devserver import CLUSTER_VARIABLE, DevCluster, DevServer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import connect
+from ff_celery.engine.core.connection import connect
+from ff_celery.engine.core.engine import Engine
 
 
 def pytest_report_header() -> str:

@@ -33,9 +33,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ff_celery.context import engine_for_url
-from ff_celery.engine import signaling
-from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.core.errors import EngineError, TransportError
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.work import signals as signaling
 
 log = logging.getLogger(__name__)
 

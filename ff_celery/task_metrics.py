@@ -9,7 +9,7 @@
   delivered by ``flowfabric://``.
 
 Attempts run in the pool: a prefork worker exports them in prometheus_client's
-multiprocess mode (see :mod:`ff_celery.engine.exporter`).
+multiprocess mode (see :mod:`ff_celery.engine.duties.exporter`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 
 from ff_celery.context import fence_of
-from ff_celery.engine.metrics import metric
+from ff_celery.engine.core.metrics import metric
 from ff_celery.states import SUSPENDED
 from ff_celery.waitpoints import Suspended
 

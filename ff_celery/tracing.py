@@ -25,7 +25,7 @@ import celery
 from celery import signals, states
 
 from ff_celery.context import fence_of
-from ff_celery.engine.claim import ClaimedTask
+from ff_celery.engine.work.claimed_task import ClaimedTask
 
 if TYPE_CHECKING:
     from celery import Task

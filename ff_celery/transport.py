@@ -34,17 +34,17 @@ from kombu.transport import virtual
 
 from ff_celery import tracing
 from ff_celery.context import plan_republished_retry, publisher_repeats
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import CONNECT_TIMEOUT_S, cluster_aware, packed_by_hiredis, refresh_slot_map
-from ff_celery.engine.errors import EngineError, TransportError, retry_transport_for
-from ff_celery.engine.flows import FlowRef
+from ff_celery.engine.core.connection import CONNECT_TIMEOUT_S, cluster_aware, packed_by_hiredis, refresh_slot_map
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import EngineError, TransportError, retry_transport_for
+from ff_celery.engine.core.flows import FlowRef
+from ff_celery.engine.core.ids import ExecutionId
 from ff_celery.engine.functions import BlockExecutionForAdmission, Created
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.lane_shards import shard_lanes
-from ff_celery.engine.registry import shared_engine, shared_renewer
-from ff_celery.engine.renewal import LeaseRenewer
+from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine.work.claimer import Claimer
+from ff_celery.engine.work.lane_shards import shard_lanes
+from ff_celery.engine.work.registry import shared_engine, shared_renewer
+from ff_celery.engine.work.renewal import LeaseRenewer
 from ff_celery.flow_publication import FlowPublication
 from ff_celery.messages import (
     FLOW_HEADER,
@@ -138,7 +138,7 @@ class Channel(kombu_redis.Channel):
     #: Lane -> quota (name or id) for executions published without one.
     lane_quotas: dict[str, str] = {}
     #: Queue -> how many lanes it is spread over, round-robin by each publisher; consumers
-    #: claim the best head across them (:mod:`ff_celery.engine.lane_shards`).
+    #: claim the best head across them (:mod:`ff_celery.engine.work.lane_shards`).
     queue_shards: dict[str, int] = {}
     #: Channels closed (a reconnect) while early-acknowledged tasks of theirs ran: kept, and
     #: those tasks' leases renewed, until they end (any channel of the process releases them).
@@ -186,7 +186,7 @@ class Channel(kombu_redis.Channel):
 
     @property
     def _ff_shared(self) -> tuple[Engine, LeaseRenewer]:
-        """This process's engine for the server (:mod:`ff_celery.engine.registry`) and its
+        """This process's engine for the server (:mod:`ff_celery.engine.work.registry`) and its
         lease renewer: leases outlive channels, a task running when its channel closes keeps
         its lease until acknowledged."""
         cached = self.__dict__.get("_ff_shared_cache")

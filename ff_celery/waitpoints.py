@@ -29,9 +29,9 @@ from pydantic import BaseModel
 
 from ff_celery import context
 from ff_celery.engine import functions as fn
-from ff_celery.engine import signaling
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.work import signals as signaling
+from ff_celery.engine.work.claimed_task import ClaimedTask
 from ff_celery.states import SUSPENDED, suspended_info
 
 #: How long a waitpoint created ahead of the wait stays open by default (7 days).

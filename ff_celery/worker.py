@@ -31,11 +31,11 @@ from kombu.serialization import prepare_accept_content
 from ff_celery import tracing
 from ff_celery.backend import FlowFabricBackend
 from ff_celery.canvas import with_upstream_results
-from ff_celery.engine import exporter
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.errors import NotFoundError
-from ff_celery.engine.inspection import held_executions
-from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.core.errors import NotFoundError
+from ff_celery.engine.duties import exporter
+from ff_celery.engine.duties.inspection import held_executions
+from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.work.claimed_task import ClaimedTask
 from ff_celery.messages import celery_task_of, held_task_entry
 from ff_celery.retention import queue_retention_of, retention_of
 from ff_celery.task_metrics import measure_tasks
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from celery.worker.request import Request
     from kombu.message import Message
 
-    from ff_celery.engine.client import Engine
+    from ff_celery.engine.core.engine import Engine
     from ff_celery.engine.functions import BlockExecutionForAdmission
 
 

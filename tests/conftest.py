@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from ff_celery.devserver import CLUSTER_VARIABLE
-from ff_celery.engine.client import Engine
+from ff_celery.engine.core.engine import Engine
 
 pytest_plugins = ["ff_celery.pytest_plugin"]
 

@@ -16,8 +16,8 @@ from ff_celery.devserver import (
     form_cluster,
     packaged_valkey_server,
 )
-from ff_celery.engine.connection import connect
-from ff_celery.engine.library import library_version, loaded_version
+from ff_celery.engine.core.connection import connect
+from ff_celery.engine.core.library import library_version, loaded_version
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,8 +16,8 @@ from ff_celery.cli.common import (
     url_option,
     when,
 )
-from ff_celery.engine import limits
-from ff_celery.engine.errors import error_for_code
+from ff_celery.engine.core.errors import error_for_code
+from ff_celery.engine.work import budgets as limits
 from ff_celery.numbers import COUNT_OPTION, POSITIVE_COUNT_OPTION, SECONDS_OPTION
 
 limit_options = [

@@ -13,9 +13,9 @@ import click
 from pydantic import BaseModel
 
 from ff_celery.context import engine_for_url
-from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import redis_url
-from ff_celery.engine.errors import EngineError
+from ff_celery.engine.core.connection import redis_url
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import EngineError
 from ff_celery.numbers import COUNT_OPTION, Bound, OutOfRange
 
 

@@ -10,8 +10,10 @@ import time
 import click
 
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, table, url_option, when
-from ff_celery.engine import frames, inspection, signaling
-from ff_celery.engine.inspection import ExecutionReport
+from ff_celery.engine.duties import inspection
+from ff_celery.engine.duties.inspection import ExecutionReport
+from ff_celery.engine.work import signals as signaling
+from ff_celery.engine.work import streams
 from ff_celery.numbers import BLOCK_OPTION, COUNT_OPTION, MILLIS_OPTION, POSITIVE_COUNT_OPTION, WAIT_OPTION
 
 target_argument = click.argument("target", metavar="TASK_ID|EXECUTION_ID")
@@ -175,7 +177,7 @@ def tail(target: str, block_s: float, url: str, as_json: bool) -> None:
     execution_id = inspection.resolve_target(engine, target)
     live = sys.stdout.isatty() and not as_json
     bar = ""
-    for attempt, frame in frames.follow_execution(engine, execution_id, block_ms=int(block_s * 1000)):
+    for attempt, frame in streams.follow_execution(engine, execution_id, block_ms=int(block_s * 1000)):
         if as_json:
             click.echo(json.dumps({"attempt": attempt, "id": frame.id, **frame.fields}))
             continue

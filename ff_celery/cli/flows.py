@@ -6,11 +6,11 @@ from __future__ import annotations
 import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option
-from ff_celery.engine import inspection
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import error_for_code
-from ff_celery.engine.flows import FlowRef, FlowView
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import error_for_code
+from ff_celery.engine.core.flows import FlowRef, FlowView
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.duties import inspection
 
 flow_target = click.argument("target", metavar="FLOW_ID|TASK_ID|EXECUTION_ID")
 

@@ -15,10 +15,11 @@ import redis
 
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, table, url_option, when
 from ff_celery.devserver import DevCluster, DevServer, form_cluster
-from ff_celery.engine import exporter, signaling
-from ff_celery.engine.client import Engine
-from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
-from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.library import ensure_library, library_source, library_version, loaded_version
+from ff_celery.engine.duties import exporter
+from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.work import signals
 from ff_celery.numbers import COUNT_OPTION, MILLIS_OPTION, PORT_OPTION, WAIT_OPTION, OutOfRange
 
 
@@ -185,13 +186,13 @@ def secret_seed(url: str, secret_file: TextIO | None, secret_on_argv: str | None
     else FF_WAITPOINT_HMAC_SECRET, else one is generated; never from the command line."""
     if secret_on_argv is not None:
         raise click.UsageError(
-            f"--secret is refused (other users can read a command line): set {signaling.SECRET_ENV} "
+            f"--secret is refused (other users can read a command line): set {signals.SECRET_ENV} "
             "or pass --secret-file PATH ('-' for standard input)"
         )
     secret_hex = secret_file.readline().strip() if secret_file is not None else None
     if secret_file is not None and not secret_hex:
         raise click.UsageError("--secret-file gave no secret")
-    signaling.seed_waitpoint_secret(engine_for(url), secret_hex)
+    signals.seed_waitpoint_secret(engine_for(url), secret_hex)
     click.echo("seeded (partitions that had a key keep it)")
 
 
@@ -203,7 +204,7 @@ NEW_SECRET_ENV = "FF_WAITPOINT_HMAC_NEW_SECRET"
 @secret.command("rotate")
 @url_option
 @click.option("--kid", required=True, help="The new key id (no ':').")
-@click.option("--grace-ms", type=Number(MILLIS_OPTION), default=signaling.DEFAULT_GRACE_MS, show_default=True,
+@click.option("--grace-ms", type=Number(MILLIS_OPTION), default=signals.DEFAULT_GRACE_MS, show_default=True,
               help="How long tokens of the previous key stay valid.")  # fmt: skip
 @reports_errors
 def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
@@ -212,7 +213,7 @@ def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
     secret_hex = os.environ.get(NEW_SECRET_ENV) or sys.stdin.readline().strip()
     if not secret_hex:
         raise click.UsageError(f"no secret: set {NEW_SECRET_ENV} or write it to standard input")
-    outcomes = signaling.rotate_waitpoint_secret(engine_for(url), kid, secret_hex, grace_ms)
+    outcomes = signals.rotate_waitpoint_secret(engine_for(url), kid, secret_hex, grace_ms)
     rotated = sum(1 for outcome in outcomes if outcome.outcome == "rotated")
     click.echo(f"{kid}: rotated on {rotated} partitions, already current on {len(outcomes) - rotated}")
 
@@ -223,7 +224,7 @@ def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
 @reports_errors
 def secret_kids(url: str, as_json: bool) -> None:
     """The current signing key and the previous keys still in their grace period."""
-    keystore = signaling.waitpoint_kids(engine_for(url))
+    keystore = signals.waitpoint_kids(engine_for(url))
     if as_json:
         emit_json(keystore)
         return

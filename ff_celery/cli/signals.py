@@ -10,8 +10,9 @@ import click
 
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, url_option
 from ff_celery.cli.setup import metrics_interval_option, serve_metrics, wait_for_interrupt
-from ff_celery.engine import inspection, signaling
-from ff_celery.engine.errors import error_for_code
+from ff_celery.engine.core.errors import error_for_code
+from ff_celery.engine.duties import inspection
+from ff_celery.engine.work import signals as signaling
 from ff_celery.numbers import PORT_OPTION
 from ff_celery.signal_server import DEFAULT_MAX_PER_CLIENT, DEFAULT_PORT, SignalServer
 from ff_celery.waitpoints import waitpoint_id_for

@@ -8,9 +8,9 @@ import kombu
 import pytest
 
 from ff_celery.devserver import DevServer
-from ff_celery.engine.connection import connect
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import PartitionKeys
+from ff_celery.engine.core.connection import connect
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import PartitionKeys
 from ff_celery.messages import NAMESPACE
 from ff_celery.transport import KOMBU_HASH_TAG
 

@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from ff_celery.engine.policy import KEEP_FOREVER_MS
+from ff_celery.engine.core.policy import KEEP_FOREVER_MS
 from ff_celery.messages import PublishError, held_task_entry, submission_for
 
 

@@ -9,7 +9,7 @@ from celery import chain
 
 from ff_celery import budgets, streams
 from ff_celery.budgets import BudgetExceeded
-from ff_celery.engine.limits import budget_id_for
+from ff_celery.engine.work.budgets import budget_id_for
 
 from .conftest import execution, runs, wait_for
 

@@ -9,8 +9,8 @@ from unittest.mock import ANY
 import pytest
 
 import ff_celery
-from ff_celery.engine.errors import EngineError, ValidationError
-from ff_celery.engine.signaling import resume, rotate_waitpoint_secret
+from ff_celery.engine.core.errors import EngineError, ValidationError
+from ff_celery.engine.work.signals import resume, rotate_waitpoint_secret
 from ff_celery.signal_server import SignalServer
 from ff_celery.waitpoints import suspended_waitpoint
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from ff_celery.context import engine_for_url
-from ff_celery.engine import limits
+from ff_celery.engine.work.budgets import budget_id_for
 
 from .conftest import publish, wait_for
 
@@ -44,7 +44,7 @@ def test_budget_options_work_on_celerys_own_task_class(split_databases):
     engine = app.backend.engine
     print(json.dumps(engine.read_core(engine.resolve(result.id), "budget_ids")["budget_ids"]))
     """
-    assert publish(split_databases, code) == limits.budget_id_for("plain-tokens")
+    assert publish(split_databases, code) == budget_id_for("plain-tokens")
 
 
 def test_a_tasks_own_budget_is_enforced_on_celerys_own_task_class(split_databases):

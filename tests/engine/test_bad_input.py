@@ -17,17 +17,17 @@ import redis
 from contract.support import keyspace
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import (
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import (
     EngineError,
     ErrorClass,
     NotFoundError,
     TransportError,
     ValidationError,
 )
-from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ExecKeys
-from ff_celery.engine.policy import ExecutionPolicy, RoutingRequirements
+from ff_celery.engine.core.ids import ExecutionId, new_uuid
+from ff_celery.engine.core.keys import ExecKeys
+from ff_celery.engine.core.policy import ExecutionPolicy, RoutingRequirements
 
 LANE = "default"
 WORKER = "worker-1"

@@ -13,11 +13,11 @@ from prometheus_client import REGISTRY
 
 from ff_celery.devserver import DevServer
 from ff_celery.engine import functions as fn
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import ExecutionNotActiveError, StateError
-from ff_celery.engine.policy import ExecutionPolicy, FixedBackoff, RetryPolicy
-from ff_celery.engine.renewal import LeaseRenewer
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import ExecutionNotActiveError, StateError
+from ff_celery.engine.core.policy import ExecutionPolicy, FixedBackoff, RetryPolicy
+from ff_celery.engine.work.claimer import Claimer
+from ff_celery.engine.work.renewal import LeaseRenewer
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_a_renewal_that_finds_the_attempts_own_outcome_ends_the_handle_without_a
     eid, lost = str(task.execution_id), []
     task.on_lease_lost = lambda handle, error: lost.append(error.code)
     ff_engine.call(own_outcome(**task._holder()))  # the outcome, recorded by the process that ran it
-    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.claim"):
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.work.claimed_task"):
         task._renewer.renew([task])  # a renewal sent before the holder heard of it
         assert task.finished and task.lease_lost is None and not lost
         assert task._renewer.tracked == 0
@@ -204,7 +204,7 @@ def test_an_abandoned_handle_logs_a_warning_and_its_lease_expires(ff_engine, cla
     eid = ff_engine.submit("default", b"x").execution_id
     task = made.claim_one(timeout_s=10)
     assert made.renewer.tracked == 1
-    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.claim"):
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.work.claimed_task"):
         del task
         gc.collect()
     assert "dropped without a terminal operation" in caplog.text

@@ -6,11 +6,11 @@ import time
 
 from conftest import command_calls, subscribers, wait_for
 
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import wake_channel
-from ff_celery.engine.notices import Listener
-from ff_celery.engine.policy import ExecutionPolicy, RoutingRequirements
-from ff_celery.engine.scanners import EngineScanners
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import wake_channel
+from ff_celery.engine.core.notices import Listener
+from ff_celery.engine.core.policy import ExecutionPolicy, RoutingRequirements
+from ff_celery.engine.duties.scanners import EngineScanners
 
 
 def test_claims_up_to_the_requested_number_and_leaves_the_rest_eligible(ff_engine, make_claimer):
@@ -79,7 +79,7 @@ def test_a_waiting_claimer_wakes_when_work_is_submitted_instead_of_polling(ff_en
 
 
 def test_a_wake_up_naming_the_submitted_execution_is_claimed_without_probing(ff_engine, make_claimer, monkeypatch):
-    monkeypatch.setattr("ff_celery.engine.claimer.CANDIDATE_TTL_S", 600.0)  # the last probe stays recent
+    monkeypatch.setattr("ff_celery.engine.work.claimer.CANDIDATE_TTL_S", 600.0)  # the last probe stays recent
     claimer = make_claimer()
     claimer.listen()
     assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)
@@ -98,7 +98,7 @@ def test_a_wake_up_naming_the_submitted_execution_is_claimed_without_probing(ff_
 def test_a_wake_up_naming_an_execution_that_is_not_eligible_costs_one_claim_attempt(
     ff_engine, make_claimer, monkeypatch
 ):
-    monkeypatch.setattr("ff_celery.engine.claimer.CANDIDATE_TTL_S", 600.0)
+    monkeypatch.setattr("ff_celery.engine.work.claimer.CANDIDATE_TTL_S", 600.0)
     claimer = make_claimer()
     claimer.listen()
     assert wait_for(lambda: subscribers(ff_engine.redis, wake_channel("default")) >= 1)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ff_celery.engine.errors import (
+from ff_celery.engine.core.errors import (
     CODES,
     BugError,
     ConflictError,

@@ -14,9 +14,9 @@ from prometheus_client import REGISTRY
 
 import ff_celery.task_metrics  # noqa: F401  (registers the per-task series)
 from ff_celery.devserver import free_port
-from ff_celery.engine.exporter import EngineStateCollector, serve
-from ff_celery.engine.inspection import lane_states
-from ff_celery.engine.keys import PartitionKeys
+from ff_celery.engine.core.keys import PartitionKeys
+from ff_celery.engine.duties.exporter import EngineStateCollector, serve
+from ff_celery.engine.duties.inspection import lane_states
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

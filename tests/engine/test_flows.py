@@ -10,13 +10,13 @@ import pytest
 from conftest import subscribers, wait_for
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.flows import FlowRef
-from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ADMISSION_LANES_KEY, PartitionKeys, wake_channel
-from ff_celery.engine.notices import Listener
-from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.flows import FlowRef
+from ff_celery.engine.core.ids import ExecutionId, new_uuid
+from ff_celery.engine.core.keys import ADMISSION_LANES_KEY, PartitionKeys, wake_channel
+from ff_celery.engine.core.notices import Listener
+from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.work.claimer import Claimer
 
 LANE = "default"
 

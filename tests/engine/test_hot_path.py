@@ -8,8 +8,8 @@ import pytest
 import redis
 from redis.connection import Connection
 
-from ff_celery.engine.connection import HiredisPacker, connect
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.core.connection import HiredisPacker, connect
+from ff_celery.engine.core.ids import ExecutionId
 
 EID = ExecutionId.mint(7)
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from ff_celery.engine.errors import ValidationError
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import ExecKeys, PartitionKeys, alias_key, wake_channel
+from ff_celery.engine.core.errors import ValidationError
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import ExecKeys, PartitionKeys, alias_key, wake_channel
 
 EID = "{fp:7}:550e8400-e29b-41d4-a716-446655440000"
 

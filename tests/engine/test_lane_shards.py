@@ -1,7 +1,7 @@
 """Spreading a lane over lanes in separate slices of the cluster slot space."""
 
-from ff_celery.engine.lane_shards import SLOTS, partition_slot, shard_lanes
-from ff_celery.engine.partitions import PartitionConfig
+from ff_celery.engine.core.partitions import PartitionConfig
+from ff_celery.engine.work.lane_shards import SLOTS, partition_slot, shard_lanes
 
 PARTITIONS = PartitionConfig()
 

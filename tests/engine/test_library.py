@@ -8,10 +8,9 @@ from click.testing import CliRunner
 from ff_celery.cli import main
 from ff_celery.devserver import DevServer
 from ff_celery.engine import functions as fn
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import UnavailableError
-from ff_celery.engine.library import (
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import UnavailableError
+from ff_celery.engine.core.library import (
     FLOWFABRIC_VERSION,
     HOT_PATH_LIBRARY,
     ensure_library,
@@ -21,6 +20,7 @@ from ff_celery.engine.library import (
     library_version,
     loaded_version,
 )
+from ff_celery.engine.work.claimer import Claimer
 
 CORE_FUNCTIONS = {
     "ff_version", "ff_create_execution", "ff_issue_claim_grant", "ff_claim_execution",

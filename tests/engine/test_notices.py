@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import each_node, subscribers, wait_for
 
-from ff_celery.engine.notices import Listener, Notice
+from ff_celery.engine.core.notices import Listener, Notice
 
 CHANNELS = [f"ffc:wake:notices-{n}" for n in range(12)]  # slots spread over every shard
 

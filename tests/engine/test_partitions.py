@@ -2,7 +2,7 @@
 
 import pytest
 
-from ff_celery.engine.partitions import PartitionConfig, crc16, fnv1a64
+from ff_celery.engine.core.partitions import PartitionConfig, crc16, fnv1a64
 
 
 def test_crc16_is_xmodem_with_its_check_value():

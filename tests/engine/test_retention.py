@@ -5,11 +5,11 @@ kept long never holds back the rest of its lane."""
 from conftest import engine_time, wait_for
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import signaling
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.keys import PartitionKeys, alias_key
-from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
-from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.core.keys import PartitionKeys, alias_key
+from ff_celery.engine.core.policy import KEEP_FOREVER_MS, ExecutionPolicy
+from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
+from ff_celery.engine.work import signals
+from ff_celery.engine.work.claimer import Claimer
 
 HOUR_MS = 3_600_000
 
@@ -28,7 +28,7 @@ def exists(engine, execution_id) -> bool:
 
 
 def test_expired_terminal_executions_go_with_every_key_alias_and_idempotency_key(ff_engine, ff_redis):
-    signaling.seed_waitpoint_secret(ff_engine, "ab" * 32)
+    signals.seed_waitpoint_secret(ff_engine, "ab" * 32)
     baseline = set(ff_redis.keys())
     worker = Claimer(ff_engine, ["default"], worker_id="w", lease_ttl_ms=30_000)
     try:
@@ -37,7 +37,7 @@ def test_expired_terminal_executions_go_with_every_key_alias_and_idempotency_key
         signalled = ff_engine.submit("default", b"signalled").execution_id
         task = worker.claim_one(timeout_s=10)
         token = task.suspend("wp-1", fn.ResumeCondition(signal_names=("go",))).waitpoint.token
-        signaling.deliver_signal(ff_engine, signalled, "wp-1", token, "go", b'{"ok": 1}')
+        signals.deliver_signal(ff_engine, signalled, "wp-1", token, "go", b'{"ok": 1}')
         worker.claim_one(timeout_s=10).complete(b"after the signal")  # a second attempt
         cutoff = ff_engine.server_time_ms()
         assert wait_for(lambda: ff_engine.server_time_ms() > cutoff)
@@ -115,8 +115,8 @@ def test_a_replaced_tasks_alias_stays_with_its_successor(ff_engine, ff_redis):
 def test_a_flow_goes_with_its_last_member_and_each_member_takes_its_edges(ff_engine, ff_redis):
     from dataclasses import replace
 
-    from ff_celery.engine.flows import FlowRef
-    from ff_celery.engine.ids import ExecutionId
+    from ff_celery.engine.core.flows import FlowRef
+    from ff_celery.engine.core.ids import ExecutionId
 
     baseline = set(ff_redis.keys())
     partition = ff_engine.partitions.lane_partition("default")
@@ -155,8 +155,8 @@ def test_one_trim_deletes_every_expired_execution_of_a_lane_page_after_page(ff_e
 def test_an_upstream_result_stays_until_every_member_waiting_for_it_has_run(ff_engine):
     from dataclasses import replace
 
-    from ff_celery.engine.flows import FlowRef
-    from ff_celery.engine.ids import ExecutionId
+    from ff_celery.engine.core.flows import FlowRef
+    from ff_celery.engine.core.ids import ExecutionId
 
     partition = ff_engine.partitions.lane_partition("default")
     flow = FlowRef(ff_engine.partitions.new_flow_id(partition), partition)
@@ -190,9 +190,9 @@ def test_an_upstream_result_stays_until_every_member_waiting_for_it_has_run(ff_e
 def test_aliases_idempotency_records_and_next_attempt_payloads_last_as_long_as_their_execution(ff_engine, ff_redis):
     from dataclasses import replace
 
-    from ff_celery.engine.flows import FlowRef
-    from ff_celery.engine.ids import ExecutionId
-    from ff_celery.engine.keys import next_attempt_payload_key
+    from ff_celery.engine.core.flows import FlowRef
+    from ff_celery.engine.core.ids import ExecutionId
+    from ff_celery.engine.core.keys import next_attempt_payload_key
 
     solo = ff_engine.submit("default", b"x", alias="solo", idempotency_key="solo:0").execution_id
     partition = ff_engine.partitions.lane_partition("default")
@@ -220,8 +220,8 @@ def test_aliases_idempotency_records_and_next_attempt_payloads_last_as_long_as_t
 
 
 def test_a_replay_between_the_trimmers_read_and_its_delete_makes_the_delete_a_no_op(ff_engine, monkeypatch):
-    from ff_celery.engine.executor import Batch
-    from ff_celery.engine.keys import ExecKeys
+    from ff_celery.engine.core.executor import Batch
+    from ff_celery.engine.core.keys import ExecKeys
 
     replayed = ff_engine.submit("default", b"payload").execution_id
     complete_all(ff_engine, ["default"], 1)

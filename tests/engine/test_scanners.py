@@ -6,10 +6,10 @@ import threading
 import pytest
 from conftest import engine_time, wait_for
 
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.keys import SCANNER_LEADER_KEY, ExecKeys, PartitionKeys
-from ff_celery.engine.policy import ExecutionPolicy
-from ff_celery.engine.scanners import EngineScanners, Scanner, ScannerSettings
+from ff_celery.engine.core.keys import SCANNER_LEADER_KEY, ExecKeys, PartitionKeys
+from ff_celery.engine.core.policy import ExecutionPolicy
+from ff_celery.engine.duties.scanners import EngineScanners, Scanner, ScannerSettings
+from ff_celery.engine.work.claimer import Claimer
 
 FAST = ScannerSettings(
     promote_interval_s=0.1,

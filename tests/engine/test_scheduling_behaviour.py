@@ -13,20 +13,20 @@ import pytest
 from conftest import engine_time
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import DELAY_SAFETY_MS, Engine
-from ff_celery.engine.errors import ExecutionNotActiveError, ValidationError
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import PartitionKeys
-from ff_celery.engine.policy import (
+from ff_celery.engine.core.engine import DELAY_SAFETY_MS, Engine
+from ff_celery.engine.core.errors import ExecutionNotActiveError, ValidationError
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import PartitionKeys
+from ff_celery.engine.core.policy import (
     ExecutionPolicy,
     ExponentialBackoff,
     FixedBackoff,
     RetryPolicy,
     TimeoutPolicy,
 )
-from ff_celery.engine.scanners import EngineScanners
+from ff_celery.engine.duties.scanners import EngineScanners
+from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine.work.claimer import Claimer
 
 LANE = "default"
 

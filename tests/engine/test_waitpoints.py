@@ -1,6 +1,6 @@
 """The Python layer over waitpoints and signals, on a real server.
 
-``ff_celery/engine/signaling.py``: seeding the waitpoint HMAC keystore on every flow partition
+``ff_celery/engine/work/signals.py``: seeding the waitpoint HMAC keystore on every flow partition
 (argument, ``FF_WAITPOINT_HMAC_SECRET``, an already seeded secret or a generated one; torn-write
 repair; a partition keeps its own secret), rotation fanned out to every partition, signal
 delivery (falling back to buffering for a pending waitpoint, the 256 KiB payload limit,
@@ -28,14 +28,14 @@ from conftest import subscribers, wait_for
 from contract.support import keyspace
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import signaling
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import ConflictError, EngineError, NotFoundError, StateError, ValidationError
-from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ExecKeys, PartitionKeys, wake_channel
-from ff_celery.engine.notices import Listener
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import ConflictError, EngineError, NotFoundError, StateError, ValidationError
+from ff_celery.engine.core.ids import ExecutionId, new_uuid
+from ff_celery.engine.core.keys import ExecKeys, PartitionKeys, wake_channel
+from ff_celery.engine.core.notices import Listener
+from ff_celery.engine.work import signals
+from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine.work.claimer import Claimer
 
 LANE = "default"
 SECRET = "5e" * 32
@@ -48,7 +48,7 @@ NUM_PARTITIONS = 256
 
 @pytest.fixture(autouse=True)
 def no_secret_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(signaling.SECRET_ENV, raising=False)
+    monkeypatch.delenv(signals.SECRET_ENV, raising=False)
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def claimer(ff_engine: Engine) -> Iterator[Any]:
 
 @pytest.fixture
 def seeded(ff_engine: Engine) -> str:
-    return signaling.seed_waitpoint_secret(ff_engine, SECRET)
+    return signals.seed_waitpoint_secret(ff_engine, SECRET)
 
 
 def claim(engine: Engine, claimer: Any, ttl_ms: int = 30_000) -> ClaimedTask:
@@ -121,54 +121,54 @@ def public_state(engine: Engine, eid: ExecutionId) -> str:
 
 
 def test_seeding_gives_every_flow_partition_k1_and_the_secret(ff_engine, ff_redis):
-    assert signaling.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
+    assert signals.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
     assert stores(ff_redis) == [{"current_kid": "k1", "secret:k1": SECRET}] * NUM_PARTITIONS
 
 
 def test_seeding_takes_the_secret_from_ff_waitpoint_hmac_secret(ff_engine, ff_redis, monkeypatch):
     monkeypatch.setenv("FF_WAITPOINT_HMAC_SECRET", SECRET_B)
-    assert signaling.seed_waitpoint_secret(ff_engine) == SECRET_B
+    assert signals.seed_waitpoint_secret(ff_engine) == SECRET_B
     assert {store["secret:k1"] for store in stores(ff_redis)} == {SECRET_B}
 
 
 def test_an_explicit_secret_wins_over_the_environment(ff_engine, ff_redis, monkeypatch):
     monkeypatch.setenv("FF_WAITPOINT_HMAC_SECRET", SECRET_B)
-    assert signaling.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
+    assert signals.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
     assert {store["secret:k1"] for store in stores(ff_redis)} == {SECRET}
 
 
 def test_seeding_without_a_configured_secret_generates_one_that_every_process_reuses(ff_engine, ff_redis, caplog):
-    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.signaling"):
-        generated = signaling.seed_waitpoint_secret(ff_engine)
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.work.signals"):
+        generated = signals.seed_waitpoint_secret(ff_engine)
     assert len(generated) == 64 and bytes.fromhex(generated)
     assert "FF_WAITPOINT_HMAC_SECRET" in caplog.text
     other = Engine(ff_engine.redis)
-    assert signaling.seed_waitpoint_secret(other) == generated
+    assert signals.seed_waitpoint_secret(other) == generated
     assert {store["secret:k1"] for store in stores(ff_redis)} == {generated}
 
 
 def test_seeding_reuses_a_secret_already_seeded_on_another_partition(ff_engine, ff_redis):
     ff_redis.hset(PartitionKeys(200).waitpoint_hmac, mapping={"current_kid": "k1", "secret:k1": SECRET_B})
-    assert signaling.seed_waitpoint_secret(ff_engine) == SECRET_B
+    assert signals.seed_waitpoint_secret(ff_engine) == SECRET_B
     assert {store["secret:k1"] for store in stores(ff_redis)} == {SECRET_B}
 
 
 def test_seeding_with_a_custom_kid(ff_engine, ff_redis):
-    signaling.seed_waitpoint_secret(ff_engine, SECRET, kid="boot")
+    signals.seed_waitpoint_secret(ff_engine, SECRET, kid="boot")
     assert stores(ff_redis)[86] == {"current_kid": "boot", "secret:boot": SECRET}
 
 
 def test_seeding_repairs_a_torn_write(ff_engine, ff_redis):
     ff_redis.hset(PartitionKeys(5).waitpoint_hmac, "current_kid", "k7")
-    signaling.seed_waitpoint_secret(ff_engine, SECRET)
+    signals.seed_waitpoint_secret(ff_engine, SECRET)
     assert stores(ff_redis)[5] == {"current_kid": "k7", "secret:k7": SECRET}
 
 
 def test_a_partition_with_another_secret_keeps_its_own(ff_engine, ff_redis, caplog):
     own = {"current_kid": "k1", "secret:k1": SECRET_B, "secret:k0": "00", "expires_at:k0": "1"}
     ff_redis.hset(PartitionKeys(9).waitpoint_hmac, mapping=own)
-    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.signaling"):
-        assert signaling.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
+    with caplog.at_level(logging.WARNING, logger="ff_celery.engine.work.signals"):
+        assert signals.seed_waitpoint_secret(ff_engine, SECRET) == SECRET
     assert "partition 9 keeps its own waitpoint secret" in caplog.text
     everything = stores(ff_redis)
     assert everything[9] == own
@@ -176,9 +176,9 @@ def test_a_partition_with_another_secret_keeps_its_own(ff_engine, ff_redis, capl
 
 
 def test_seeding_twice_changes_nothing(ff_engine, ff_redis):
-    signaling.seed_waitpoint_secret(ff_engine, SECRET)
+    signals.seed_waitpoint_secret(ff_engine, SECRET)
     before = keyspace(ff_redis)
-    signaling.seed_waitpoint_secret(ff_engine, SECRET)
+    signals.seed_waitpoint_secret(ff_engine, SECRET)
     assert keyspace(ff_redis) == before
 
 
@@ -186,7 +186,7 @@ def test_seeding_twice_changes_nothing(ff_engine, ff_redis):
 def test_seeding_rejects_a_secret_that_is_not_even_length_hex(ff_engine, ff_redis, bad):
     before = keyspace(ff_redis)
     with pytest.raises(ValidationError) as raised:
-        signaling.seed_waitpoint_secret(ff_engine, bad)
+        signals.seed_waitpoint_secret(ff_engine, bad)
     assert raised.value.code == "invalid_secret_hex"
     assert keyspace(ff_redis) == before
 
@@ -202,7 +202,7 @@ def test_a_seeded_keystore_mints_tokens_a_client_can_verify(ff_engine, ff_redis,
 
 
 def test_rotation_fans_out_to_every_flow_partition(ff_engine, ff_redis, seeded):
-    outcomes = signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=1000)
+    outcomes = signals.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=1000)
     assert len(outcomes) == NUM_PARTITIONS
     assert (
         outcomes == [fn.Rotation(outcome="rotated", new_kid="k2", previous_kid="k1", forgotten_kids=0)] * NUM_PARTITIONS
@@ -214,36 +214,36 @@ def test_rotation_fans_out_to_every_flow_partition(ff_engine, ff_redis, seeded):
 
 def test_rotation_uses_flowfabrics_default_grace_of_a_day(ff_engine, ff_redis, seeded):
     low = ff_engine.server_time_ms()
-    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
+    signals.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
     expires = int(stores(ff_redis)[0]["expires_at:k1"])
     assert low + 86_400_000 <= expires <= ff_engine.server_time_ms() + 86_400_000
 
 
 def test_repeating_a_rotation_is_a_noop_everywhere(ff_engine, seeded):
-    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
-    outcomes = signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
+    signals.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
+    outcomes = signals.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
     assert outcomes == [fn.Rotation(outcome="noop", new_kid="k2")] * NUM_PARTITIONS
 
 
 def test_a_conflicting_rotation_raises_rotation_conflict(ff_engine, seeded):
-    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
+    signals.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B)
     with pytest.raises(ConflictError) as raised:
-        signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET)
+        signals.rotate_waitpoint_secret(ff_engine, "k2", SECRET)
     assert (raised.value.code, raised.value.details) == ("rotation_conflict", ["k2"])
 
 
 def test_a_malformed_rotation_raises_the_engines_validation_error(ff_engine, ff_redis, seeded):
     before = keyspace(ff_redis)
     with pytest.raises(ValidationError) as raised:
-        signaling.rotate_waitpoint_secret(ff_engine, "k:2", SECRET_B)
+        signals.rotate_waitpoint_secret(ff_engine, "k:2", SECRET_B)
     assert raised.value.code == "invalid_kid"
     assert keyspace(ff_redis) == before
 
 
 def test_waitpoint_kids_lists_the_current_kid_and_those_in_grace(ff_engine, ff_redis, seeded):
-    assert signaling.waitpoint_kids(ff_engine, 3) == fn.Keystore(current_kid="k1", verifying={})
-    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=60_000)
-    listed = signaling.waitpoint_kids(ff_engine, 3)
+    assert signals.waitpoint_kids(ff_engine, 3) == fn.Keystore(current_kid="k1", verifying={})
+    signals.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=60_000)
+    listed = signals.waitpoint_kids(ff_engine, 3)
     assert listed.current_kid == "k2"
     assert listed.verifying == {"k1": int(stores(ff_redis)[3]["expires_at:k1"])}
 
@@ -251,8 +251,8 @@ def test_waitpoint_kids_lists_the_current_kid_and_those_in_grace(ff_engine, ff_r
 def test_a_token_of_the_rotated_out_key_still_delivers_inside_its_grace(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition())
-    signaling.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=60_000)
-    outcome = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go")
+    signals.rotate_waitpoint_secret(ff_engine, "k2", SECRET_B, grace_ms=60_000)
+    outcome = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go")
     assert outcome.resumed
 
 
@@ -263,7 +263,7 @@ def test_a_signal_that_resumes_the_execution_wakes_the_lane(ff_engine, seeded, c
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("approve",)))
     with wake_listener(ff_engine) as pubsub:
-        outcome = signaling.deliver_signal(
+        outcome = signals.deliver_signal(
             ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "approve", b'{"ok":1}'
         )
         assert woken(pubsub)
@@ -275,7 +275,7 @@ def test_a_signal_that_does_not_resume_wakes_nobody(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("a", "b"), match="all"))
     with wake_listener(ff_engine) as pubsub:
-        outcome = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "a")
+        outcome = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "a")
         assert not woken(pubsub, 0.15)
     assert (outcome.resumed, outcome.effect) == (False, "appended_to_waitpoint")
     assert public_state(ff_engine, task.execution_id) == "suspended"
@@ -284,7 +284,7 @@ def test_a_signal_that_does_not_resume_wakes_nobody(ff_engine, seeded, claimer):
 def test_a_signal_for_a_pending_waitpoint_is_buffered_and_counts_at_suspend(ff_engine, ff_redis, seeded, claimer):
     task = claim(ff_engine, claimer)
     ticket = task.create_pending_waitpoint("wp-p", "key-p", ff_engine.server_time_ms() + 60_000)
-    outcome = signaling.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"early")
+    outcome = signals.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"early")
     assert (outcome.effect, outcome.resumed) == ("buffered_for_pending_waitpoint", False)
     keys = ExecKeys(task.execution_id)
     assert ff_redis.hget(keys.signal(outcome.signal_id), "observed_effect") == b"buffered_for_pending_waitpoint"
@@ -307,7 +307,7 @@ def test_deliver_signal_passes_the_signal_metadata_and_its_idempotency_key(ff_en
         "payload_encoding": "binary",
     }
     token = suspension.waitpoint.token
-    first = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "hello", b"x", **common)
+    first = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "hello", b"x", **common)
     signal = {
         k.decode(): v.decode() for k, v in ff_redis.hgetall(ExecKeys(task.execution_id).signal(first.signal_id)).items()
     }
@@ -322,7 +322,7 @@ def test_deliver_signal_passes_the_signal_metadata_and_its_idempotency_key(ff_en
         "corr",
         "binary",
     )
-    again = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "hello", b"x", **common)
+    again = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "hello", b"x", **common)
     assert (again.duplicate, again.signal_id, again.effect) == (True, first.signal_id, None)
 
 
@@ -331,7 +331,7 @@ def test_a_payload_over_256_kib_raises_payload_too_large_and_writes_nothing(ff_e
     suspension = task.suspend("wp-1", fn.ResumeCondition())
     before = keyspace(ff_redis)
     with pytest.raises(ValidationError) as raised:
-        signaling.deliver_signal(
+        signals.deliver_signal(
             ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go", b"x" * (256 * 1024 + 1)
         )
     assert raised.value.code == "payload_too_large"
@@ -342,7 +342,7 @@ def test_a_payload_of_exactly_256_kib_is_delivered(ff_engine, ff_redis, seeded, 
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition())
     payload = b"y" * (256 * 1024)
-    outcome = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go", payload)
+    outcome = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "go", payload)
     assert outcome.resumed
     assert ff_redis.get(ExecKeys(task.execution_id).signal_payload(outcome.signal_id)) == payload
 
@@ -351,7 +351,7 @@ def test_deliver_signal_with_a_wrong_token_raises_invalid_token(ff_engine, seede
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition())
     with pytest.raises(ValidationError) as raised:
-        signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", "k1:" + "0" * 40, "go")
+        signals.deliver_signal(ff_engine, task.execution_id, "wp-1", "k1:" + "0" * 40, "go")
     assert raised.value.code == "invalid_token"
     assert public_state(ff_engine, task.execution_id) == "suspended"
 
@@ -361,10 +361,10 @@ def test_a_token_of_one_execution_cannot_resume_another_on_the_same_partition(ff
     token = first.suspend("wp-a", fn.ResumeCondition()).waitpoint.token
     second.suspend("wp-b", fn.ResumeCondition())
     with pytest.raises(ValidationError) as raised:  # answered as for an unknown waitpoint
-        signaling.deliver_signal(ff_engine, second.execution_id, "wp-a", token, "go")
+        signals.deliver_signal(ff_engine, second.execution_id, "wp-a", token, "go")
     assert raised.value.code == "invalid_token"
     assert public_state(ff_engine, second.execution_id) == public_state(ff_engine, first.execution_id) == "suspended"
-    assert signaling.read_waitpoint(ff_engine, first.execution_id, "wp-a").state == "active"
+    assert signals.read_waitpoint(ff_engine, first.execution_id, "wp-a").state == "active"
 
 
 def test_a_pending_waitpoint_of_one_execution_buffers_nothing_for_another(ff_engine, ff_redis, seeded, claimer):
@@ -372,7 +372,7 @@ def test_a_pending_waitpoint_of_one_execution_buffers_nothing_for_another(ff_eng
     ticket = first.create_pending_waitpoint("wp-a", "approval", ff_engine.now_ms() + 60_000)
     before = keyspace(ff_redis)
     with pytest.raises(ValidationError) as raised:
-        signaling.deliver_signal(ff_engine, second.execution_id, "wp-a", ticket.token, "go")
+        signals.deliver_signal(ff_engine, second.execution_id, "wp-a", ticket.token, "go")
     assert raised.value.code == "invalid_token"
     buffering = fn.BufferSignal(
         execution_id=second.execution_id, signal_id=new_uuid(), waitpoint_id="wp-a", signal_name="go",
@@ -387,7 +387,7 @@ def test_a_pending_waitpoint_of_one_execution_buffers_nothing_for_another(ff_eng
 
 def test_deliver_signal_to_a_missing_execution_raises_execution_not_found(ff_engine, seeded):
     with pytest.raises(NotFoundError) as raised:
-        signaling.deliver_signal(ff_engine, ExecutionId.mint(86), "wp", "k1:" + "0" * 40, "go")
+        signals.deliver_signal(ff_engine, ExecutionId.mint(86), "wp", "k1:" + "0" * 40, "go")
     assert raised.value.code == "execution_not_found"
 
 
@@ -398,7 +398,7 @@ def test_an_operator_resume_wakes_the_lane_and_the_same_attempt_is_claimed_again
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition(signal_names=("never",)))
     with wake_listener(ff_engine) as pubsub:
-        assert signaling.resume(ff_engine, task.execution_id) == "waiting"
+        assert signals.resume(ff_engine, task.execution_id) == "waiting"
         assert woken(pubsub)
     again = claimer().claim_one(timeout_s=10)
     assert again is not None and again.execution_id == task.execution_id
@@ -414,7 +414,7 @@ def test_an_operator_resume_wakes_the_lane_and_the_same_attempt_is_claimed_again
 def test_an_operator_resume_with_a_delay_answers_delayed(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition())
-    assert signaling.resume(ff_engine, task.execution_id, resume_delay_ms=60_000) == "delayed"
+    assert signals.resume(ff_engine, task.execution_id, resume_delay_ms=60_000) == "delayed"
     assert public_state(ff_engine, task.execution_id) == "delayed"
 
 
@@ -422,7 +422,7 @@ def test_resuming_an_execution_that_is_not_suspended_raises_execution_not_suspen
     task = claim(ff_engine, claimer)
     for eid in (task.execution_id, ExecutionId.mint(86)):
         with pytest.raises(StateError) as raised:
-            signaling.resume(ff_engine, eid)
+            signals.resume(ff_engine, eid)
         assert raised.value.code == "execution_not_suspended"
     task.complete()
 
@@ -436,10 +436,10 @@ def test_read_waitpoint_reports_the_hash_and_the_matched_signals(ff_engine, ff_r
     suspension = task.suspend(
         "wp-1", fn.ResumeCondition(signal_names=("a", "b"), match="all"), waitpoint_key="key-1", timeout_at=timeout_at
     )
-    first = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "a")
-    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-1")
+    first = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "a")
+    record = signals.read_waitpoint(ff_engine, task.execution_id, "wp-1")
     assert record is not None
-    assert record == signaling.WaitpointRecord(
+    assert record == signals.WaitpointRecord(
         waitpoint_id="wp-1",
         waitpoint_key="key-1",
         execution_id=task.execution_id,
@@ -454,8 +454,8 @@ def test_read_waitpoint_reports_the_hash_and_the_matched_signals(ff_engine, ff_r
     )
     assert not record.resumed
     assert record.ticket() == suspension.waitpoint
-    second = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "b")
-    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-1")
+    second = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", suspension.waitpoint.token, "b")
+    record = signals.read_waitpoint(ff_engine, task.execution_id, "wp-1")
     assert record is not None and record.resumed
     assert record.matched_signal_ids == [first.signal_id, second.signal_id]
 
@@ -464,28 +464,28 @@ def test_read_waitpoint_of_a_pending_waitpoint_without_an_expiry_or_condition(ff
     task = claim(ff_engine, claimer)
     task.create_pending_waitpoint("wp-p", "key-p", 4_102_444_800_000)
     ff_redis.hset(ExecKeys(task.execution_id).waitpoint("wp-p"), "expires_at", "")
-    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-p")
+    record = signals.read_waitpoint(ff_engine, task.execution_id, "wp-p")
     assert record is not None
     assert (record.state, record.expires_at, record.matched_signal_ids) == ("pending", None, [])
     task.complete()
 
 
 def test_read_waitpoint_of_a_missing_waitpoint_is_none(ff_engine):
-    assert signaling.read_waitpoint(ff_engine, ExecutionId.mint(86), "nope") is None
+    assert signals.read_waitpoint(ff_engine, ExecutionId.mint(86), "nope") is None
 
 
 def test_read_signals_keeps_the_order_given_and_skips_missing_ones(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("one", "two", "never"), match="all"))
     token = suspension.waitpoint.token
-    one = signaling.deliver_signal(
+    one = signals.deliver_signal(
         ff_engine, task.execution_id, "wp-1", token, "one", b"p1", source_identity="svc", correlation_id="c"
     )
-    two = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "two")
-    signals = signaling.read_signals(ff_engine, task.execution_id, [two.signal_id, "missing", one.signal_id])
-    assert [s.signal_id for s in signals] == [two.signal_id, one.signal_id]
-    assert (signals[0].name, signals[0].payload) == ("two", None)
-    first = signals[1]
+    two = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "two")
+    received = signals.read_signals(ff_engine, task.execution_id, [two.signal_id, "missing", one.signal_id])
+    assert [s.signal_id for s in received] == [two.signal_id, one.signal_id]
+    assert (received[0].name, received[0].payload) == ("two", None)
+    first = received[1]
     assert (first.name, first.category, first.source_type, first.source_identity, first.correlation_id) == (
         "one",
         "signal",
@@ -494,7 +494,7 @@ def test_read_signals_keeps_the_order_given_and_skips_missing_ones(ff_engine, se
         "c",
     )
     assert first.payload == b"p1" and first.accepted_at > 0
-    assert signaling.read_signals(ff_engine, task.execution_id, []) == []
+    assert signals.read_signals(ff_engine, task.execution_id, []) == []
 
 
 # -- resume_signals (§4.12) -------------------------------------------------------------------------
@@ -504,15 +504,15 @@ def test_resume_signals_are_the_matched_signals_in_matcher_order(ff_engine, seed
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("a", "b"), match="all"))
     token = suspension.waitpoint.token
-    signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "zzz")
-    b = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "b", b"second")
-    a = signaling.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "a", b"first")
-    signals = signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index)
-    assert [(s.signal_id, s.name, s.payload) for s in signals] == [
+    signals.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "zzz")
+    b = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "b", b"second")
+    a = signals.deliver_signal(ff_engine, task.execution_id, "wp-1", token, "a", b"first")
+    received = signals.resume_signals(ff_engine, task.execution_id, task.attempt_index)
+    assert [(s.signal_id, s.name, s.payload) for s in received] == [
         (a.signal_id, "a", b"first"),
         (b.signal_id, "b", b"second"),
     ]
-    assert signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index + 1) == []
+    assert signals.resume_signals(ff_engine, task.execution_id, task.attempt_index + 1) == []
 
 
 def test_resume_signals_of_a_composite_resume_are_all_its_satisfiers(ff_engine, seeded, claimer):
@@ -536,11 +536,11 @@ def test_resume_signals_of_a_composite_resume_are_all_its_satisfiers(ff_engine, 
         )
     )
     task.release()
-    one = signaling.deliver_signal(ff_engine, task.execution_id, "wp-a", suspension.waitpoint.token, "x")
-    two = signaling.deliver_signal(ff_engine, task.execution_id, "wp-b", suspension.extra_waitpoints[0].token, "y")
+    one = signals.deliver_signal(ff_engine, task.execution_id, "wp-a", suspension.waitpoint.token, "x")
+    two = signals.deliver_signal(ff_engine, task.execution_id, "wp-b", suspension.extra_waitpoints[0].token, "y")
     assert two.resumed
-    signals = signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index)
-    assert {s.signal_id for s in signals} == {one.signal_id, two.signal_id}  # SMEMBERS order is unspecified
+    received = signals.resume_signals(ff_engine, task.execution_id, task.attempt_index)
+    assert {s.signal_id for s in received} == {one.signal_id, two.signal_id}  # SMEMBERS order is unspecified
 
 
 def test_resume_signals_after_a_timeout_auto_resume_are_empty(ff_engine, ff_redis, seeded, claimer):
@@ -554,20 +554,20 @@ def test_resume_signals_after_a_timeout_auto_resume_are_empty(ff_engine, ff_redi
         )
     )
     assert outcome == ("auto_resume", "waiting")
-    assert signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
+    assert signals.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
 
 
 def test_resume_signals_with_an_empty_satisfier_list_are_empty(ff_engine, ff_redis, seeded, claimer):
     # §11.16: cjson encodes an empty Lua table as {}
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition())
-    signaling.resume(ff_engine, task.execution_id)
+    signals.resume(ff_engine, task.execution_id)
     ff_redis.hset(ExecKeys(task.execution_id).suspension_current, "all_satisfier_signals", "{}")
-    assert signaling.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
+    assert signals.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
 
 
 def test_resume_signals_without_a_suspension_record_are_empty(ff_engine):
-    assert signaling.resume_signals(ff_engine, ExecutionId.mint(86), 0) == []
+    assert signals.resume_signals(ff_engine, ExecutionId.mint(86), 0) == []
 
 
 # -- ClaimedTask.suspend, create_pending_waitpoint, resume_signals ---------------------------------------------
@@ -628,7 +628,7 @@ def test_a_suspend_with_a_timeout_records_it_and_the_behaviour(ff_engine, ff_red
 def test_an_already_satisfied_suspend_keeps_the_lease_renewing(ff_engine, ff_redis, seeded, claimer):
     task = claim(ff_engine, claimer, ttl_ms=1200)  # renewed every 400 ms
     ticket = task.create_pending_waitpoint("wp-p", "key-p", ff_engine.server_time_ms() + 60_000)
-    signal = signaling.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"ready")
+    signal = signals.deliver_signal(ff_engine, task.execution_id, "wp-p", ticket.token, "go", b"ready")
     first_expiry = task.lease_expires_at
     suspension = task.suspend("wp-p", fn.ResumeCondition(signal_names=("go",)), use_pending=True)
     assert suspension.already_satisfied
@@ -643,7 +643,7 @@ def test_an_already_satisfied_suspend_keeps_the_lease_renewing(ff_engine, ff_red
     assert ff_engine.call(fn.MarkLeaseExpiredIfDue(execution_id=task.execution_id)).reason == "not_yet_expired"
     # no suspension record exists, so the task reads the condition itself (§4.12)
     assert task.resume_signals() == []
-    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-p")
+    record = signals.read_waitpoint(ff_engine, task.execution_id, "wp-p")
     assert record is not None and record.matched_signal_ids == [signal.signal_id]
     task.complete(b"done")
     assert public_state(ff_engine, task.execution_id) == "completed"
@@ -677,7 +677,7 @@ def test_create_pending_waitpoint_binds_the_tasks_attempt(ff_engine, ff_redis, s
     expires_at = ff_engine.server_time_ms() + 60_000
     ticket = task.create_pending_waitpoint("wp-p", "key-p", expires_at)
     assert (ticket.waitpoint_id, ticket.waitpoint_key) == ("wp-p", "key-p")
-    record = signaling.read_waitpoint(ff_engine, task.execution_id, "wp-p")
+    record = signals.read_waitpoint(ff_engine, task.execution_id, "wp-p")
     assert record is not None
     assert (record.state, record.execution_id, record.attempt_index, record.expires_at) == (
         "pending",
@@ -711,7 +711,7 @@ def test_a_suspend_refused_for_another_reason_keeps_the_task_holding_its_lease(f
 def test_the_resumed_task_reads_the_signals_that_resumed_it(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     suspension = task.suspend("wp-1", fn.ResumeCondition(signal_names=("approve",)))
-    signal = signaling.deliver_signal(
+    signal = signals.deliver_signal(
         ff_engine,
         task.execution_id,
         "wp-1",

@@ -12,13 +12,13 @@ from dataclasses import replace
 import pytest
 from conftest import each_node, engine_time, wait_for
 
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.flows import FlowRef
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import PARTITION_CONFIG_KEY, PARTITIONS_IN_USE_KEY, PartitionKeys
-from ff_celery.engine.scanners import EngineScanners, Scanner, ScannerSettings
-from ff_celery.engine.work_index import forget_unused_partitions, partitions_of, recorded_partitions
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.flows import FlowRef
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import PARTITION_CONFIG_KEY, PARTITIONS_IN_USE_KEY, PartitionKeys
+from ff_celery.engine.core.work_index import forget_unused_partitions, partitions_of, recorded_partitions
+from ff_celery.engine.duties.scanners import EngineScanners, Scanner, ScannerSettings
+from ff_celery.engine.work.claimer import Claimer
 
 LANE = "default"
 FAST = ScannerSettings(promote_interval_s=0.1, lease_expiry_interval_s=0.1, full_sweep_interval_s=0.3)

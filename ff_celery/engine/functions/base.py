@@ -12,10 +12,10 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ff_celery.engine.decoding import text
-from ff_celery.engine.errors import TransportError, error_for_code
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import ExecKeys, PartitionKeys
+from ff_celery.engine.core.decoding import text
+from ff_celery.engine.core.errors import TransportError, error_for_code
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import ExecKeys, PartitionKeys
 
 ResultT = TypeVar("ResultT")
 

@@ -3,12 +3,12 @@ FlowFabric's server: promoting due delayed executions, marking lapsed leases exp
 requeueing them, expiring executions past their attempt timeout or deadline, applying
 suspension timeouts, closing pending waitpoints nobody suspended on, unblocking executions
 whose budget or quota has room again, resetting budgets on schedule, recounting quota
-concurrency from live admissions, and the flow duties (:mod:`ff_celery.engine.flow_scanners`:
+concurrency from live admissions, and the flow duties (:mod:`ff_celery.engine.duties.flows`:
 the completion cascade and the flow reconcilers).
 
 Any process may run them; a leader lock (``ffc:leader:scanners``) makes only one instance
 active at a time, so N workers do not multiply the load. A cycle reads only where work may be
-(:mod:`ff_celery.engine.work_index`): each lane's own partition and the partitions ff_celery
+(:mod:`ff_celery.engine.core.work_index`): each lane's own partition and the partitions ff_celery
 recorded for flows; every ``full_sweep_interval_s`` (and first) each scanner reads every
 partition instead, for work other FlowFabric clients wrote elsewhere. A cycle that finds
 nothing costs one command (an ``EXISTS`` over the indexes it would read; one per partition on
@@ -37,14 +37,12 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import limits, metrics
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import compare_and_set
-from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.flow_scanners import FlowDuties
-from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
-from ff_celery.engine.keys import (
+from ff_celery.engine.core import metrics
+from ff_celery.engine.core.connection import compare_and_set
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import EngineError, TransportError
+from ff_celery.engine.core.ids import ExecutionId, new_uuid, valid_execution_ids
+from ff_celery.engine.core.keys import (
     BLOCKED_SUFFIXES,
     LANE_REGISTRY_KEY,
     LANE_STATES,
@@ -57,8 +55,11 @@ from ff_celery.engine.keys import (
     retention_cursor_key,
     retention_due_key,
 )
-from ff_celery.engine.retention import RetentionRules, RetentionTrimmer
-from ff_celery.engine.work_index import ScanPlan, forget_unused_partitions, occupied, present, read_plan
+from ff_celery.engine.core.work_index import ScanPlan, forget_unused_partitions, occupied, present, read_plan
+from ff_celery.engine.duties.flows import FlowDuties
+from ff_celery.engine.duties.retention import RetentionRules, RetentionTrimmer
+from ff_celery.engine.work import budgets
+from ff_celery.engine.work.claimed_task import ClaimedTask
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class EngineScanners:
             Scanner("edge_cancel_reconciler", s.edge_cancel_reconcile_interval_s, self.flows.reconcile_sibling_cancels),
             Scanner("flow_projector", s.flow_projector_interval_s, self.flows.project_flows),
         ]
-        self.admission = limits.Admission(engine)
+        self.admission = budgets.Admission(engine)
         rules = RetentionRules(s.retention_s, s.lane_retention_s)
         self.trimmer = RetentionTrimmer(engine, rules, self.plan, s.batch_size)
         self._failures: dict[str, int] = defaultdict(int)
@@ -378,7 +379,7 @@ class EngineScanners:
         return len(requests)
 
     def trim_retained(self) -> int:
-        """FlowFabric's retention trimmer (see :mod:`ff_celery.engine.retention`): answers how
+        """FlowFabric's retention trimmer (see :mod:`ff_celery.engine.duties.retention`): answers how
         many terminal executions were deleted. Not run when no partition of the plan holds a
         terminal execution or one due for deletion (a full sweep always runs it)."""
         plan = self.plan()

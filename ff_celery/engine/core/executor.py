@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.connection import clone_client, connect
-from ff_celery.engine.errors import EngineError, TransportError, UnavailableError
-from ff_celery.engine.ids import new_uuid
-from ff_celery.engine.keys import LANE_REGISTRY_KEY, PARTITION_CONFIG_KEY
-from ff_celery.engine.library import LibraryState, ensure_library, hot_path_loaded, is_missing_function
-from ff_celery.engine.notices import publish_command
-from ff_celery.engine.partitions import PartitionConfig
+from ff_celery.engine.core.connection import clone_client, connect
+from ff_celery.engine.core.errors import EngineError, TransportError, UnavailableError
+from ff_celery.engine.core.ids import new_uuid
+from ff_celery.engine.core.keys import LANE_REGISTRY_KEY, PARTITION_CONFIG_KEY
+from ff_celery.engine.core.library import LibraryState, ensure_library, hot_path_loaded, is_missing_function
+from ff_celery.engine.core.notices import publish_command
+from ff_celery.engine.core.partitions import PartitionConfig
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self from Python 3.11
@@ -242,7 +242,7 @@ class Batch:
         self._queued.append((name, (*args, kwargs), None))
 
     def notify(self, channel: str, data: str | bytes) -> None:
-        """Queue a notice on ``channel`` (see :mod:`ff_celery.engine.notices`)."""
+        """Queue a notice on ``channel`` (see :mod:`ff_celery.engine.core.notices`)."""
         self.command(publish_command(self.engine.redis), channel, data)
 
     def queue_on(self, pipe: redis.client.Pipeline) -> None:

@@ -2,7 +2,7 @@
 
 Solo executions of a lane all live on the lane's own partition, so every probe reads that
 partition's eligible set first (spec §8.3); flow members hash elsewhere: the partitions
-ff_celery recorded for them (:mod:`ff_celery.engine.work_index`) are probed, 32 at a time, at
+ff_celery recorded for them (:mod:`ff_celery.engine.core.work_index`) are probed, 32 at a time, at
 most every ``flow_scan_interval_s``, and every partition, 32 at a time, every
 ``partition_sweep_interval_s`` (flows other FlowFabric clients created). A probe after one that
 found nothing, with no wake-up since, first asks whether any of those eligible sets exists (one
@@ -10,7 +10,7 @@ command; one per partition on a cluster) and reads them only if one does. A prob
 is one pipelined round trip, and so is claiming a batch: each candidate's claim grant (which
 checks capabilities) and its claim travel in the same pipeline, with the reads the handle
 needs; an interrupted attempt takes one more round trip for its resumed claim. On lanes with
-budgets or quotas, candidates pass admission first (``limits.Admission``). When nothing
+budgets or quotas, candidates pass admission first (``budgets.Admission``). When nothing
 is eligible the claimer sleeps on the lane's wake-up channel
 (published by ff_celery's submitters and scanners) and falls back to polling every
 ``poll_interval_s`` for work that arrived by other means. Attempt timeouts are the worker's
@@ -31,16 +31,17 @@ from typing import Any
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import limits, metrics
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.client import Engine
-from ff_celery.engine.decoding import decode_hash, text
-from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
-from ff_celery.engine.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
-from ff_celery.engine.notices import Listener, Notice
-from ff_celery.engine.renewal import LeaseRenewer
-from ff_celery.engine.work_index import occupied, recorded_partitions
+from ff_celery.engine.core import metrics
+from ff_celery.engine.core.decoding import decode_hash, text
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.ids import ExecutionId, new_uuid, valid_execution_ids
+from ff_celery.engine.core.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
+from ff_celery.engine.core.notices import Listener, Notice
+from ff_celery.engine.core.work_index import occupied, recorded_partitions
+from ff_celery.engine.work import budgets
+from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine.work.renewal import LeaseRenewer
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class Claimer:
         self._hinted: list[tuple[ExecutionId, str]] = []
         self._lanes_by_channel = {wake_channel(lane): lane for lane in self.lanes}
         self._probed_at = 0.0
-        self.admission = limits.Admission(engine)
+        self.admission = budgets.Admission(engine)
         for lane in self.lanes:
             engine.register_lane(lane)
 
@@ -154,7 +155,7 @@ class Claimer:
             lanes = dict(wave)
             lost = set(admitted.quota_of) - {str(task.execution_id) for task in tasks}
             for eid in lost:  # admitted but claimed by someone else: give the slot back
-                limits.release_admission(self.engine, admitted.quota_of[eid], ExecutionId(eid), lanes[eid])
+                budgets.release_admission(self.engine, admitted.quota_of[eid], ExecutionId(eid), lanes[eid])
             claimed += tasks
         return claimed
 

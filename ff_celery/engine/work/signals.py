@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import metrics
-from ff_celery.engine.decoding import decode_hash, optional_integer, text
-from ff_celery.engine.errors import EngineError, error_for_code
-from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ExecKeys, PartitionKeys
+from ff_celery.engine.core import metrics
+from ff_celery.engine.core.decoding import decode_hash, optional_integer, text
+from ff_celery.engine.core.errors import EngineError, error_for_code
+from ff_celery.engine.core.ids import ExecutionId, new_uuid
+from ff_celery.engine.core.keys import ExecKeys, PartitionKeys
 
 if TYPE_CHECKING:
-    from ff_celery.engine.client import Engine
+    from ff_celery.engine.core.engine import Engine
 
 try:
     from opentelemetry import trace as otel_trace

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.partitions import PARTITION_CONFIG_KEY, budget_tag, flow_tag, quota_tag  # noqa: F401
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.partitions import PARTITION_CONFIG_KEY, budget_tag, flow_tag, quota_tag  # noqa: F401
 
 LANE_REGISTRY_KEY = "ff:idx:lanes"
 DAG_COMPLETIONS_CHANNEL = "ff:dag:completions"
@@ -436,7 +436,7 @@ SCANNER_LEADER_KEY = "ffc:leader:scanners"
 #: Lanes with executions under budgets or quotas: claims there go through admission.
 ADMISSION_LANES_KEY = "ffc:admission:lanes"
 #: Partitions where ff_celery put executions off their lane's own partition (flow members),
-#: scored by when it last did (a zset; see :mod:`ff_celery.engine.work_index`).
+#: scored by when it last did (a zset; see :mod:`ff_celery.engine.core.work_index`).
 PARTITIONS_IN_USE_KEY = "ffc:idx:partitions"
 #: Tags ff_celery adds at submit, so retention can remove the keys that name the execution
 #: from outside its own (its alias and FlowFabric's idempotency key).

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.errors import error_for_code
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import ExecKeys
+from ff_celery.engine.core.errors import error_for_code
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import ExecKeys
 
 if TYPE_CHECKING:
-    from ff_celery.engine.client import Engine
+    from ff_celery.engine.core.engine import Engine
 
 #: FlowFabric's ceilings: frames per read, and how long one tail call may block.
 MAX_READ_COUNT = 10_000

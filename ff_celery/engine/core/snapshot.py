@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from ff_celery.engine.decoding import decode_hash
-from ff_celery.engine.policy import ExecutionPolicy
+from ff_celery.engine.core.decoding import decode_hash
+from ff_celery.engine.core.policy import ExecutionPolicy
 
 
 class AttemptSnapshot(BaseModel):

@@ -1,5 +1,5 @@
 """The engine client: FlowFabric operations built on the FCALL executor
-(:mod:`ff_celery.engine.executor`): submit (with ff_celery's aliases), cancel, revoke,
+(:mod:`ff_celery.engine.core.executor`): submit (with ff_celery's aliases), cancel, revoke,
 expire, replay, priority, tags, reads of an execution and of a lane.
 """
 
@@ -13,13 +13,13 @@ from typing import Any
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.connection import compare_and_set
-from ff_celery.engine.decoding import decode_fields, decode_hash, text
-from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.executor import Batch, Executor, transport_error
-from ff_celery.engine.flows import FlowRef, Flows, NewExecution
-from ff_celery.engine.ids import ExecutionId, attachment_fields
-from ff_celery.engine.keys import (
+from ff_celery.engine.core.connection import compare_and_set
+from ff_celery.engine.core.decoding import decode_fields, decode_hash, text
+from ff_celery.engine.core.errors import EngineError, TransportError
+from ff_celery.engine.core.executor import Batch, Executor, transport_error
+from ff_celery.engine.core.flows import FlowRef, Flows, NewExecution
+from ff_celery.engine.core.ids import ExecutionId, attachment_fields
+from ff_celery.engine.core.keys import (
     ADMISSION_LANES_KEY,
     ALIAS_TAG,
     IDEMPOTENCY_KEY_TAG,
@@ -32,10 +32,10 @@ from ff_celery.engine.keys import (
     next_attempt_payload_key,
     wake_channel,
 )
-from ff_celery.engine.notices import publish_command
-from ff_celery.engine.policy import ExecutionPolicy
-from ff_celery.engine.snapshot import ExecutionSnapshot
-from ff_celery.engine.work_index import record_partition
+from ff_celery.engine.core.notices import publish_command
+from ff_celery.engine.core.policy import ExecutionPolicy
+from ff_celery.engine.core.snapshot import ExecutionSnapshot
+from ff_celery.engine.core.work_index import record_partition
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ class Engine(Executor):
         self.notify(wake_channel(lane), str(execution_id or WAKE_ANY))
 
     def notify(self, channel: str, data: str | bytes) -> int:
-        """Publish a notice on ``channel`` (see :mod:`ff_celery.engine.notices`); answers how
+        """Publish a notice on ``channel`` (see :mod:`ff_celery.engine.core.notices`); answers how
         many listeners it reached."""
         return self._guard(lambda: getattr(self.redis, publish_command(self.redis))(channel, data))
 

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from ff_celery.engine import limits, signaling
-from ff_celery.engine.decoding import text
-from ff_celery.engine.errors import error_for_code
-from ff_celery.engine.ids import ExecutionId, valid_execution_ids
-from ff_celery.engine.keys import BLOCKED_SUFFIXES, LANE_STATES, ExecKeys, PartitionKeys
-from ff_celery.engine.limits import BudgetStatus, QuotaPolicy
-from ff_celery.engine.signaling import ReceivedSignal
-from ff_celery.engine.snapshot import ExecutionSnapshot
+from ff_celery.engine.core.decoding import text
+from ff_celery.engine.core.errors import error_for_code
+from ff_celery.engine.core.ids import ExecutionId, valid_execution_ids
+from ff_celery.engine.core.keys import BLOCKED_SUFFIXES, LANE_STATES, ExecKeys, PartitionKeys
+from ff_celery.engine.core.snapshot import ExecutionSnapshot
+from ff_celery.engine.work import budgets, signals
+from ff_celery.engine.work.budgets import BudgetStatus, QuotaPolicy
+from ff_celery.engine.work.signals import ReceivedSignal
 
 if TYPE_CHECKING:
-    from ff_celery.engine.client import Engine
+    from ff_celery.engine.core.engine import Engine
 
 #: ``list`` states -> the lane index holding them (terminal ones filtered by public state).
 STATE_INDEXES = {
@@ -84,7 +84,7 @@ def describe(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
     waitpoint_ids = sorted({m.decode() for m in members or ()} | {core.get("current_waitpoint_id") or ""} - {""})
     views = []
     for waitpoint_id in waitpoint_ids:
-        record = signaling.read_waitpoint(engine, execution_id, waitpoint_id)
+        record = signals.read_waitpoint(engine, execution_id, waitpoint_id)
         if record is not None:
             views.append(
                 WaitpointView(
@@ -93,7 +93,7 @@ def describe(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
                     state=record.state,
                     close_reason=record.close_reason,
                     expires_at=record.expires_at,
-                    signals=signaling.read_signals(engine, execution_id, record.matched_signal_ids),
+                    signals=signals.read_signals(engine, execution_id, record.matched_signal_ids),
                 )
             )
     budget_ids = [b for b in core.get("budget_ids", "").split(",") if b]
@@ -102,8 +102,8 @@ def describe(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
         execution_id=str(execution_id),
         snapshot=snapshot,
         waitpoints=views,
-        budgets=[s for s in limits.budget_statuses(engine, budget_ids).values() if s is not None],
-        quota=limits.quota_policies(engine, [quota_id])[quota_id] if quota_id else None,
+        budgets=[s for s in budgets.budget_statuses(engine, budget_ids).values() if s is not None],
+        quota=budgets.quota_policies(engine, [quota_id])[quota_id] if quota_id else None,
         stream_frames=int(frame_count or 0),
         stream_closed_reason=(closed_reason or b"").decode(),
     )

@@ -14,9 +14,9 @@ from collections.abc import Callable, Hashable
 
 import redis
 
-from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import server_identity
-from ff_celery.engine.renewal import LeaseRenewer
+from ff_celery.engine.core.connection import server_identity
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.work.renewal import LeaseRenewer
 
 _lock = threading.Lock()
 #: By (pid, server identity) and by (pid, the way a caller reaches it).

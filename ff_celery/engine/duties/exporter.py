@@ -1,4 +1,4 @@
-"""The Prometheus endpoint: this process's counters (:mod:`ff_celery.engine.metrics`) and
+"""The Prometheus endpoint: this process's counters (:mod:`ff_celery.engine.core.metrics`) and
 the engine state: executions per lane and state (``ff_lane_executions``), how long the next
 execution of each lane has been waiting (``ff_lane_head_wait_seconds``), whoever runs the
 work, and how old that reading is (``ff_lane_state_age_seconds``).
@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ff_celery.engine.client import Engine
-from ff_celery.engine.inspection import LaneState, lane_states
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.duties.inspection import LaneState, lane_states
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ FIRST_READING_WAIT_S = 10.0
 
 class EngineStateCollector:
     """Executions per lane and state, and each lane's head wait, as last read by :meth:`read`
-    (:func:`~ff_celery.engine.inspection.lane_states`); :meth:`start` reads once per interval."""
+    (:func:`~ff_celery.engine.duties.inspection.lane_states`); :meth:`start` reads once per interval."""
 
     def __init__(
         self, engine: Engine, lanes: Callable[[], Iterable[str]], interval_s: float = DEFAULT_STATE_INTERVAL_S

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import redis
 
-from ff_celery.engine.executor import Batch, Executor, transport_error
-from ff_celery.engine.keys import LANE_REGISTRY_KEY, PARTITIONS_IN_USE_KEY, PartitionKeys
+from ff_celery.engine.core.executor import Batch, Executor, transport_error
+from ff_celery.engine.core.keys import LANE_REGISTRY_KEY, PARTITIONS_IN_USE_KEY, PartitionKeys
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import limits, metrics, signaling
-from ff_celery.engine.errors import (
+from ff_celery.engine.core import metrics
+from ff_celery.engine.core.errors import (
     LEASE_LOST_CODES,
     EngineError,
     ExecutionNotActiveError,
@@ -26,14 +26,15 @@ from ff_celery.engine.errors import (
     error_for_code,
     retry_transport,
 )
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import DONE_NOTICE, wake_channel
-from ff_celery.engine.notices import is_sharded
-from ff_celery.engine.policy import ExecutionPolicy, RetryPolicy
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import DONE_NOTICE, wake_channel
+from ff_celery.engine.core.notices import is_sharded
+from ff_celery.engine.core.policy import ExecutionPolicy, RetryPolicy
+from ff_celery.engine.work import budgets, signals
 
 if TYPE_CHECKING:
-    from ff_celery.engine.client import Engine
-    from ff_celery.engine.renewal import LeaseRenewer
+    from ff_celery.engine.core.engine import Engine
+    from ff_celery.engine.work.renewal import LeaseRenewer
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class ClaimedTask:
         quota_policy_id = self.core.get("quota_policy_id")
         if quota_policy_id:  # the attempt no longer runs: free its slot for the next one waiting
             try:
-                limits.release_admission(self.engine, quota_policy_id, self.execution_id, self.lane_id)
+                budgets.release_admission(self.engine, quota_policy_id, self.execution_id, self.lane_id)
             except EngineError as exc:
                 log.warning("quota admission of %s not released: %s", self.execution_id, exc)
 
@@ -447,7 +448,7 @@ class ClaimedTask:
         )
         try:
             suspension = retry_transport(
-                lambda: signaling.call_with_keystore(self.engine, request), TERMINAL_RETRY_BACKOFF
+                lambda: signals.call_with_keystore(self.engine, request), TERMINAL_RETRY_BACKOFF
             )
         except TransportError:
             raise
@@ -470,11 +471,11 @@ class ClaimedTask:
             waitpoint_key=waitpoint_key,
             expires_at=expires_at,
         )
-        return signaling.call_with_keystore(self.engine, request)
+        return signals.call_with_keystore(self.engine, request)
 
-    def resume_signals(self) -> list[signaling.ReceivedSignal]:
+    def resume_signals(self) -> list[signals.ReceivedSignal]:
         """The signals that resumed this attempt (empty after a timeout or operator resume)."""
-        return signaling.resume_signals(self.engine, self.execution_id, self.attempt_index)
+        return signals.resume_signals(self.engine, self.execution_id, self.attempt_index)
 
     # -- non-terminal ------------------------------------------------------------------------
 
@@ -528,7 +529,7 @@ class ClaimedTask:
         if not budget_ids:
             return {}
         dedup_id = f"{self.execution_id}:{dedup_key}" if dedup_key else None
-        return limits.report_usage(self.engine, budget_ids, usage, dedup_id=dedup_id)
+        return budgets.report_usage(self.engine, budget_ids, usage, dedup_id=dedup_id)
 
     def __del__(self) -> None:
         if not getattr(self, "_finished", True):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from ff_celery.engine.errors import UnavailableError
+from ff_celery.engine.core.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ HOT_PATH_REVISION = re.compile(r"^ffcelery-(\d+)$")
 
 def lua_dir() -> Path:
     """Directory holding the Lua modules: inside the wheel, or ``lua/`` of a source checkout."""
-    package = Path(__file__).resolve().parent.parent
+    package = Path(__file__).resolve().parents[2]  # ff_celery/
     for candidate in (package / "lua", package.parent / "lua"):
         if (candidate / "helpers.lua").is_file():
             return candidate

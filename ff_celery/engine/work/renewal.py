@@ -15,8 +15,8 @@ import weakref
 from typing import TYPE_CHECKING, Protocol
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import metrics
-from ff_celery.engine.errors import (
+from ff_celery.engine.core import metrics
+from ff_celery.engine.core.errors import (
     LEASE_LOST_CODES,
     EngineError,
     ExecutionNotActiveError,
@@ -24,10 +24,10 @@ from ff_celery.engine.errors import (
     StateError,
     TransportError,
 )
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine.core.ids import ExecutionId
 
 if TYPE_CHECKING:
-    from ff_celery.engine.client import Engine
+    from ff_celery.engine.core.engine import Engine
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The flow duties of FlowFabric's engine, for deployments without its server (run by
-:class:`ff_celery.engine.scanners.EngineScanners`, on its leader):
+:class:`ff_celery.engine.duties.scanners.EngineScanners`, on its leader):
 
 - the completion listener: every message on ``ff:dag:completions`` (a flow member ended)
   runs the cascade (:meth:`Flows.cascade`);
@@ -12,7 +12,7 @@
 - the flow projector: each indexed flow's member states are sampled into its summary.
 
 Flows live on the partitions of the plan's ``others`` (those ff_celery recorded, or every one
-on a full sweep: :mod:`ff_celery.engine.work_index`); a scanner that finds none of its indexes
+on a full sweep: :mod:`ff_celery.engine.core.work_index`); a scanner that finds none of its indexes
 there costs one command.
 """
 
@@ -29,14 +29,14 @@ from typing import Any
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import refresh_slot_map
-from ff_celery.engine.decoding import text
-from ff_celery.engine.errors import EngineError
-from ff_celery.engine.flows import SETTLED_CANCEL_CODES, FlowRef
-from ff_celery.engine.ids import ExecutionId, valid_execution_ids
-from ff_celery.engine.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, FlowKeys, PartitionKeys
-from ff_celery.engine.work_index import ScanPlan, present
+from ff_celery.engine.core.connection import refresh_slot_map
+from ff_celery.engine.core.decoding import text
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.flows import SETTLED_CANCEL_CODES, FlowRef
+from ff_celery.engine.core.ids import ExecutionId, valid_execution_ids
+from ff_celery.engine.core.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, FlowKeys, PartitionKeys
+from ff_celery.engine.core.work_index import ScanPlan, present
 
 log = logging.getLogger(__name__)
 

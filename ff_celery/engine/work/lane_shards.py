@@ -10,7 +10,7 @@ computes the same names; FlowFabric's own workers see ordinary lanes.
 
 from __future__ import annotations
 
-from ff_celery.engine.partitions import PartitionConfig, crc16, flow_tag
+from ff_celery.engine.core.partitions import PartitionConfig, crc16, flow_tag
 
 SEPARATOR = "~"
 SLOTS = 16384

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.decoding import decode_fields, text
-from ff_celery.engine.errors import EngineError, TransportError
-from ff_celery.engine.executor import Batch
-from ff_celery.engine.ids import ExecutionId, new_uuid, valid_execution_ids
-from ff_celery.engine.keys import ExecKeys, FlowKeys
+from ff_celery.engine.core.decoding import decode_fields, text
+from ff_celery.engine.core.errors import EngineError, TransportError
+from ff_celery.engine.core.executor import Batch
+from ff_celery.engine.core.ids import ExecutionId, new_uuid, valid_execution_ids
+from ff_celery.engine.core.keys import ExecKeys, FlowKeys
 
 R = TypeVar("R")
 
@@ -61,7 +61,7 @@ class NewExecution:
 
 
 class FlowEngine(Protocol):
-    """What flow operations use of the engine (:class:`ff_celery.engine.client.Engine`)."""
+    """What flow operations use of the engine (:class:`ff_celery.engine.core.engine.Engine`)."""
 
     def batch(self) -> Batch: ...
 

@@ -6,7 +6,7 @@ Counters of this process, moved where the work happens: claims and claim times b
   reported, signals delivered or refused, late writes fenced out. Names follow FlowFabric's
   where they overlap (``ff_lease_renewal_total``, ``ff_scanner_cycle_duration_seconds``,
   ``ff_claim_from_grant_duration_seconds``, ``ff_budget_hit_total``, ``ff_quota_hit_total``);
-- the engine state, read once per interval and served to every scrape, is :mod:`ff_celery.engine.exporter`'s.
+- the engine state, read once per interval and served to every scrape, is :mod:`ff_celery.engine.duties.exporter`'s.
 
 Without ``prometheus_client`` these counters do nothing.
 """

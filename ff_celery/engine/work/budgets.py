@@ -26,21 +26,21 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pydantic import BaseModel, Field
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine import metrics
-from ff_celery.engine.decoding import decode_hash, optional_integer
-from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import (  # noqa: F401 (attachment_fields: part of this module's API)
+from ff_celery.engine.core import metrics
+from ff_celery.engine.core.decoding import decode_hash, optional_integer
+from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.ids import (  # noqa: F401 (attachment_fields: part of this module's API)
     ExecutionId,
     attachment_fields,
     budget_id_for,
     quota_id_for,
     valid_execution_ids,
 )
-from ff_celery.engine.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
-from ff_celery.engine.work_index import ScanPlan, present
+from ff_celery.engine.core.keys import ADMISSION_LANES_KEY, BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
+from ff_celery.engine.core.work_index import ScanPlan, present
 
 if TYPE_CHECKING:
-    from ff_celery.engine.client import Engine
+    from ff_celery.engine.core.engine import Engine
 
 log = logging.getLogger(__name__)
 

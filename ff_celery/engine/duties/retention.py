@@ -29,12 +29,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ff_celery.engine.client import Engine
-from ff_celery.engine.decoding import text
-from ff_celery.engine.executor import Batch
-from ff_celery.engine.flows import FlowRef
-from ff_celery.engine.ids import ExecutionId, valid_execution_ids
-from ff_celery.engine.keys import (
+from ff_celery.engine.core.decoding import text
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.executor import Batch
+from ff_celery.engine.core.flows import FlowRef
+from ff_celery.engine.core.ids import ExecutionId, valid_execution_ids
+from ff_celery.engine.core.keys import (
     ALIAS_TAG,
     IDEMPOTENCY_KEY_TAG,
     ExecKeys,
@@ -44,8 +44,8 @@ from ff_celery.engine.keys import (
     retention_cursor_key,
     retention_due_key,
 )
-from ff_celery.engine.policy import KEEP_FOREVER_MS, ExecutionPolicy
-from ff_celery.engine.work_index import ScanPlan
+from ff_celery.engine.core.policy import KEEP_FOREVER_MS, ExecutionPolicy
+from ff_celery.engine.core.work_index import ScanPlan
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class RetentionRules:
 
 class RetentionTrimmer:
     """The two passes over the partitions and lanes of ``plan()`` (where executions may be:
-    :mod:`ff_celery.engine.work_index`), ``batch_size`` entries per zset and page; each goes
+    :mod:`ff_celery.engine.core.work_index`), ``batch_size`` entries per zset and page; each goes
     on, page after page, where pages come back full."""
 
     def __init__(self, engine: Engine, rules: RetentionRules, plan: Callable[[], ScanPlan], batch_size: int) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-from ff_celery.engine.errors import ValidationError
-from ff_celery.engine.partitions import flow_tag
+from ff_celery.engine.core.errors import ValidationError
+from ff_celery.engine.core.partitions import flow_tag
 
 log = logging.getLogger(__name__)
 
