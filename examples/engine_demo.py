@@ -11,10 +11,15 @@ import argparse
 import time
 
 from ff_celery.devserver import DevServer
-from ff_celery.engine.core.engine import Engine
-from ff_celery.engine.core.policy import ExecutionPolicy, ExponentialBackoff, RetryPolicy
-from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
-from ff_celery.engine.work.claimer import Claimer
+from ff_celery.engine import (
+    Claimer,
+    Engine,
+    EngineScanners,
+    ExecutionPolicy,
+    ExponentialBackoff,
+    RetryPolicy,
+    ScannerSettings,
+)
 
 LANE = "demo"
 

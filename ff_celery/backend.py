@@ -37,16 +37,21 @@ from kombu.utils.encoding import bytes_to_str
 from ff_celery.app import integrate
 from ff_celery.canvas import fail_chord_body
 from ff_celery.context import engine_for_url, fence_of
-from ff_celery.engine.core.connection import refresh_slot_map
-from ff_celery.engine.core.engine import Engine
-from ff_celery.engine.core.errors import EngineError, TransportError
-from ff_celery.engine.core.executor import RETRYABLE_REDIS_ERRORS
-from ff_celery.engine.core.ids import ExecutionId
-from ff_celery.engine.core.keys import DONE_NOTICE, chord_failure_key, done_channel
-from ff_celery.engine.core.notices import Listener
-from ff_celery.engine.functions import FailOutcome
-from ff_celery.engine.work.claimed_task import lease_given_up
-from ff_celery.engine.work.signals import read_waitpoint
+from ff_celery.engine import (
+    DONE_NOTICE,
+    RETRYABLE_REDIS_ERRORS,
+    Engine,
+    EngineError,
+    ExecutionId,
+    FailOutcome,
+    Listener,
+    TransportError,
+    chord_failure_key,
+    done_channel,
+    lease_given_up,
+    read_waitpoint,
+    refresh_slot_map,
+)
 from ff_celery.messages import NAMESPACE, celery_task_of
 from ff_celery.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
 from ff_celery.states import BLOCKED, SUSPENDED, celery_state, suspended_info

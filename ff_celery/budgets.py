@@ -30,9 +30,19 @@ from celery import current_task
 from celery.utils.dispatch import Signal
 
 from ff_celery import context
-from ff_celery.engine.core.work_index import read_plan
-from ff_celery.engine.work import budgets as limits
-from ff_celery.engine.work.budgets import BudgetStatus, QuotaPolicy
+from ff_celery.engine import (
+    Admission,
+    BudgetStatus,
+    QuotaPolicy,
+    budget_status as engine_budget_status,
+    create_budget as engine_create_budget,
+    create_quota as engine_create_quota,
+    quota_id_for,
+    quota_policies,
+    read_plan,
+    reset_budget as engine_reset_budget,
+    set_budget_limits,
+)
 from ff_celery.messages import BUDGETS_HEADER
 
 log = logging.getLogger(__name__)
@@ -115,7 +125,7 @@ def report_usage(*, dedup_key: str | None = None, **usage: float) -> dict[str, A
         )
     for budget_id, report in reports.items():
         if report.status == "HARD_BREACH":
-            status = limits.budget_status(claim.engine, budget_id)  # for its name (the scope id)
+            status = engine_budget_status(claim.engine, budget_id)  # for its name (the scope id)
             name = status.scope_id if status else ""
             raise BudgetExceeded(budget_id, report.dimension or "", report.current or 0, report.limit or 0, name)
         if report.status == "SOFT_BREACH":
@@ -144,21 +154,21 @@ def create_budget(
 ) -> str:
     """Create a budget (kept as is if it exists): hard/soft limits per dimension, optionally
     reset every ``reset_every`` seconds. Answers its id."""
-    return limits.create_budget(
+    return engine_create_budget(
         context.engine_for(app_or_url), name, hard=hard, soft=soft, reset_interval_s=reset_every
     )
 
 
 def budget_status(app_or_url: celery.Celery | str, name: str) -> BudgetStatus | None:
-    return limits.budget_status(context.engine_for(app_or_url), name)
+    return engine_budget_status(context.engine_for(app_or_url), name)
 
 
 def reset_budget(app_or_url: celery.Celery | str, name: str) -> int:
     """Zero the budget's usage; executions waiting on it are unblocked at once (answers how
     many were)."""
     engine = context.engine_for(app_or_url)
-    limits.reset_budget(engine, name)
-    return limits.Admission(engine).unblock_cleared(read_plan(engine, ()))
+    engine_reset_budget(engine, name)
+    return Admission(engine).unblock_cleared(read_plan(engine, ()))
 
 
 def raise_budget(
@@ -171,8 +181,8 @@ def raise_budget(
     """Change the budget's limits; executions it no longer blocks are unblocked at once
     (answers how many were)."""
     engine = context.engine_for(app_or_url)
-    limits.set_budget_limits(engine, name, hard=hard, soft=soft)
-    return limits.Admission(engine).unblock_cleared(read_plan(engine, ()))
+    set_budget_limits(engine, name, hard=hard, soft=soft)
+    return Admission(engine).unblock_cleared(read_plan(engine, ()))
 
 
 def create_quota(
@@ -185,7 +195,7 @@ def create_quota(
 ) -> str:
     """Create a quota (kept as is if it exists): at most ``max_requests_per_window`` claims per
     ``window_seconds`` and ``max_concurrent`` running at once (0 = no limit). Answers its id."""
-    return limits.create_quota(
+    return engine_create_quota(
         context.engine_for(app_or_url),
         name,
         max_requests_per_window=max_requests_per_window,
@@ -195,5 +205,5 @@ def create_quota(
 
 
 def quota_status(app_or_url: celery.Celery | str, name: str) -> QuotaPolicy | None:
-    quota_policy_id = limits.quota_id_for(name)
-    return limits.quota_policies(context.engine_for(app_or_url), [quota_policy_id])[quota_policy_id]
+    quota_policy_id = quota_id_for(name)
+    return quota_policies(context.engine_for(app_or_url), [quota_policy_id])[quota_policy_id]

@@ -40,8 +40,7 @@ from celery.utils import uuid
 from kombu.serialization import dumps, loads, prepare_accept_content, registry
 
 from ff_celery.context import engine_for_app, fence_of
-from ff_celery.engine.core.flows import FlowRef
-from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine import ExecutionId, FlowRef
 from ff_celery.flow_publication import FlowPublication
 from ff_celery.messages import FLOW_HEADER, FlowStep
 

@@ -12,13 +12,7 @@ from typing import Any
 import celery
 from celery import current_task
 
-from ff_celery.engine.core.connection import connect
-from ff_celery.engine.core.engine import Engine
-from ff_celery.engine.core.ids import ExecutionId
-from ff_celery.engine.core.keys import done_channel
-from ff_celery.engine.functions import Lease
-from ff_celery.engine.work.claimed_task import ClaimedTask
-from ff_celery.engine.work.registry import shared_engine
+from ff_celery.engine import ClaimedTask, Engine, ExecutionId, Lease, connect, done_channel, shared_engine
 from ff_celery.messages import FENCE_HEADER, NAMESPACE
 
 #: Attempts that run a task's code again from the top, as the attempt before them did.

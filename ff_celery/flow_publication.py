@@ -9,8 +9,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from ff_celery.engine.core.engine import Engine
-from ff_celery.engine.core.flows import FlowRef, NewExecution
+from ff_celery.engine import Engine, FlowRef, NewExecution
 from ff_celery.messages import PublishError
 
 

@@ -23,10 +23,7 @@ from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.serialization import loads
 from kombu.utils import json
 
-from ff_celery.engine.core.errors import ValidationError
-from ff_celery.engine.core.ids import canonical_uuid
-from ff_celery.engine.core.policy import KEEP_FOREVER_MS, ExecutionPolicy
-from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine import KEEP_FOREVER_MS, ClaimedTask, ExecutionPolicy, ValidationError, canonical_uuid
 from ff_celery.numbers import (
     DELAY_S,
     EXPIRATION_MS,

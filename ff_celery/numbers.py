@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ff_celery.engine.core.policy import UNLIMITED_RETRIES
+from ff_celery.engine import UNLIMITED_RETRIES
 
 #: The longest delay or duration, in seconds: a thousand years, beyond any real one and short
 #: of ``datetime``'s limit when added to now (Celery makes an ``eta`` of a ``countdown``).

@@ -17,11 +17,17 @@ from celery import states
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from ff_celery.context import claimed_task, engine_for_app, fence_of
-from ff_celery.engine.core.engine import Engine
-from ff_celery.engine.core.errors import EngineError, StateError
-from ff_celery.engine.core.policy import UNLIMITED_RETRIES, FixedBackoff, RetryPolicy
-from ff_celery.engine.functions import FailOutcome
-from ff_celery.engine.work.claimed_task import LEASE_GONE_CODES, ClaimedTask
+from ff_celery.engine import (
+    LEASE_GONE_CODES,
+    UNLIMITED_RETRIES,
+    ClaimedTask,
+    Engine,
+    EngineError,
+    FailOutcome,
+    FixedBackoff,
+    RetryPolicy,
+    StateError,
+)
 from ff_celery.messages import FLOW_HEADER
 from ff_celery.waitpoints import Suspended
 

@@ -10,8 +10,7 @@ import pytest
 import redis
 
 from ff_celery.devserver import CLUSTER_VARIABLE, DevCluster, DevServer
-from ff_celery.engine.core.connection import connect
-from ff_celery.engine.core.engine import Engine
+from ff_celery.engine import Engine, connect
 
 
 def pytest_report_header() -> str:

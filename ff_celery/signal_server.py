@@ -33,9 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ff_celery.context import engine_for_url
-from ff_celery.engine.core.errors import EngineError, TransportError
-from ff_celery.engine.core.ids import ExecutionId
-from ff_celery.engine.work import signals as signaling
+from ff_celery.engine import MAX_SIGNAL_PAYLOAD_BYTES, EngineError, ExecutionId, TransportError, deliver_signal
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +138,10 @@ class SignalHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._answer(HTTPStatus.BAD_REQUEST, {"error": "bad_request", "detail": str(exc)})
             return
-        if length > signaling.MAX_SIGNAL_PAYLOAD_BYTES:
+        if length > MAX_SIGNAL_PAYLOAD_BYTES:
             self._answer(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                {"error": "payload_too_large", "detail": f"{length} bytes > {signaling.MAX_SIGNAL_PAYLOAD_BYTES}"},
+                {"error": "payload_too_large", "detail": f"{length} bytes > {MAX_SIGNAL_PAYLOAD_BYTES}"},
             )
             self.close_connection = True
             return
@@ -151,7 +149,7 @@ class SignalHandler(BaseHTTPRequestHandler):
         token = self.headers.get("X-Waitpoint-Token") or parse_qs(parts.query).get("token", [""])[0]
         is_json = (self.headers.get("Content-Type") or "").startswith("application/json")
         try:
-            outcome = signaling.deliver_signal(
+            outcome = deliver_signal(
                 self.server.engine,
                 ExecutionId(execution_id),
                 waitpoint_id,

@@ -19,11 +19,17 @@ from typing import Any
 import celery
 
 from ff_celery import context
-from ff_celery.engine.core.engine import Engine
-from ff_celery.engine.core.errors import error_for_code
-from ff_celery.engine.core.ids import ExecutionId
-from ff_celery.engine.functions import Appended, Frame, StreamMode, StreamRead
-from ff_celery.engine.work import streams
+from ff_celery.engine import (
+    Appended,
+    Engine,
+    ExecutionId,
+    Frame,
+    StreamMode,
+    StreamRead,
+    error_for_code,
+    follow_execution,
+    read_frames as engine_read_frames,
+)
 
 #: Celery state that :func:`progress` records.
 PROGRESS = "PROGRESS"
@@ -66,11 +72,11 @@ def read_frames(
     execution_id = _execution(engine, task_id)
     if attempt is None:
         attempt = int(engine.read_core(execution_id, "current_attempt_index").get("current_attempt_index") or 0)
-    return streams.read_frames(engine, execution_id, attempt, after=after, count=count)
+    return engine_read_frames(engine, execution_id, attempt, after=after, count=count)
 
 
 def follow(app_or_url: celery.Celery | str, task_id: str, *, block_s: float = 5.0) -> Iterator[tuple[int, Frame]]:
     """Yield (attempt index, frame) as the task writes them, from its current attempt on,
     until its execution ends."""
     engine = context.engine_for(app_or_url)
-    yield from streams.follow_execution(engine, _execution(engine, task_id), block_ms=int(block_s * 1000))
+    yield from follow_execution(engine, _execution(engine, task_id), block_ms=int(block_s * 1000))

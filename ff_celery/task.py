@@ -18,13 +18,7 @@ import celery
 from celery.exceptions import Retry
 from celery.utils.serialization import raise_with_context
 
-from ff_celery.engine.core.policy import (
-    UNLIMITED_RETRIES,
-    ExecutionPolicy,
-    ExponentialBackoff,
-    FixedBackoff,
-    RetryPolicy,
-)
+from ff_celery.engine import UNLIMITED_RETRIES, ExecutionPolicy, ExponentialBackoff, FixedBackoff, RetryPolicy
 from ff_celery.messages import FENCE_HEADER, POLICY_HEADER
 
 #: Celery's "retry forever" (max_retries=None) as a FlowFabric count.

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from celery import signals
 
 from ff_celery.context import fence_of
-from ff_celery.engine.core.metrics import metric
+from ff_celery.engine import metric
 from ff_celery.states import SUSPENDED
 from ff_celery.waitpoints import Suspended
 

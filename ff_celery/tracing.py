@@ -11,7 +11,7 @@ continue the same trace. Spans:
   (the queue wait), with the lease it was claimed under;
 - ``run <task>`` (consumer), around each attempt in the pool, with its Celery state;
 - ``signal <name>``, wherever a signal is delivered (``send_signal``, the signal server,
-  ``ff-celery signal``), whatever the setting (``engine.signaling.deliver_signal``).
+  ``ff-celery signal``), whatever the setting (the engine's ``deliver_signal``).
 
 Spans go to the tracer provider the process configured (OpenTelemetry's SDK and exporter of
 your choice); without one, or without ``opentelemetry-api``, nothing is recorded.
@@ -25,15 +25,14 @@ import celery
 from celery import signals, states
 
 from ff_celery.context import fence_of
-from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine import ClaimedTask
 
 if TYPE_CHECKING:
     from celery import Task
 
 
 try:
-    from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
+    from opentelemetry import context as otel_context, propagate, trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError:  # the optional extra is not installed
     trace = None

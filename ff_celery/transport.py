@@ -29,22 +29,30 @@ from typing import Any, ClassVar, Protocol
 
 import redis
 from kombu.exceptions import OperationalError
-from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
+from kombu.transport import redis as kombu_redis, virtual
 
 from ff_celery import tracing
 from ff_celery.context import plan_republished_retry, publisher_repeats
-from ff_celery.engine.core.connection import CONNECT_TIMEOUT_S, cluster_aware, packed_by_hiredis, refresh_slot_map
-from ff_celery.engine.core.engine import Engine
-from ff_celery.engine.core.errors import EngineError, TransportError, retry_transport_for
-from ff_celery.engine.core.flows import FlowRef
-from ff_celery.engine.core.ids import ExecutionId
-from ff_celery.engine.functions import BlockExecutionForAdmission, Created
-from ff_celery.engine.work.claimed_task import ClaimedTask
-from ff_celery.engine.work.claimer import Claimer
-from ff_celery.engine.work.lane_shards import shard_lanes
-from ff_celery.engine.work.registry import shared_engine, shared_renewer
-from ff_celery.engine.work.renewal import LeaseRenewer
+from ff_celery.engine import (
+    CONNECT_TIMEOUT_S,
+    BlockExecutionForAdmission,
+    ClaimedTask,
+    Claimer,
+    Created,
+    Engine,
+    EngineError,
+    ExecutionId,
+    FlowRef,
+    LeaseRenewer,
+    TransportError,
+    cluster_aware,
+    packed_by_hiredis,
+    refresh_slot_map,
+    retry_transport_for,
+    shard_lanes,
+    shared_engine,
+    shared_renewer,
+)
 from ff_celery.flow_publication import FlowPublication
 from ff_celery.messages import (
     FLOW_HEADER,

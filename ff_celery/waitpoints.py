@@ -28,10 +28,20 @@ from celery.exceptions import Ignore
 from pydantic import BaseModel
 
 from ff_celery import context
-from ff_celery.engine import functions as fn
-from ff_celery.engine.core.ids import ExecutionId
-from ff_celery.engine.work import signals as signaling
-from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine import (
+    ClaimedTask,
+    CloseWaitpoint,
+    ExecutionId,
+    ReceivedSignal,
+    ResumeCondition,
+    SignalOutcome,
+    TimeoutBehavior,
+    WaitpointRecord,
+    WaitpointTicket,
+    deliver_signal,
+    read_signals,
+    read_waitpoint,
+)
 from ff_celery.states import SUSPENDED, suspended_info
 
 #: How long a waitpoint created ahead of the wait stays open by default (7 days).
@@ -76,7 +86,7 @@ class Signals(list[Signal]):
         return next((signal for signal in self if signal.name == name), None)
 
 
-def _decoded(signal: signaling.ReceivedSignal) -> Signal:
+def _decoded(signal: ReceivedSignal) -> Signal:
     payload: Any = signal.payload
     if payload is not None and signal.payload_encoding == "json":
         with contextlib.suppress(ValueError):
@@ -130,16 +140,16 @@ class Waitpoint(BaseModel):
         return wait_for_signal(*signal_names, name=self.name, match=match, timeout=timeout, on_timeout=on_timeout)
 
 
-def _record(claim: ClaimedTask, name: str) -> signaling.WaitpointRecord | None:
-    return signaling.read_waitpoint(claim.engine, claim.execution_id, waitpoint_id_for(claim.execution_id, name))
+def _record(claim: ClaimedTask, name: str) -> WaitpointRecord | None:
+    return read_waitpoint(claim.engine, claim.execution_id, waitpoint_id_for(claim.execution_id, name))
 
 
-def _received(claim: ClaimedTask, record: signaling.WaitpointRecord) -> Signals:
-    signals = signaling.read_signals(claim.engine, claim.execution_id, record.matched_signal_ids)
+def _received(claim: ClaimedTask, record: WaitpointRecord) -> Signals:
+    signals = read_signals(claim.engine, claim.execution_id, record.matched_signal_ids)
     return Signals([_decoded(signal) for signal in signals])
 
 
-def _waitpoint(task: celery.Task, claim: ClaimedTask, name: str, ticket: fn.WaitpointTicket) -> Waitpoint:
+def _waitpoint(task: celery.Task, claim: ClaimedTask, name: str, ticket: WaitpointTicket) -> Waitpoint:
     return Waitpoint(
         name=name,
         execution_id=str(claim.execution_id),
@@ -149,7 +159,7 @@ def _waitpoint(task: celery.Task, claim: ClaimedTask, name: str, ticket: fn.Wait
     )
 
 
-def _usable_pending(record: signaling.WaitpointRecord | None, claim: ClaimedTask, now_ms: int) -> bool:
+def _usable_pending(record: WaitpointRecord | None, claim: ClaimedTask, now_ms: int) -> bool:
     return (
         record is not None
         and record.state == "pending"
@@ -158,11 +168,11 @@ def _usable_pending(record: signaling.WaitpointRecord | None, claim: ClaimedTask
     )
 
 
-def _retire(claim: ClaimedTask, record: signaling.WaitpointRecord | None) -> None:
+def _retire(claim: ClaimedTask, record: WaitpointRecord | None) -> None:
     """Close an open waitpoint of an earlier attempt so this attempt can use its id."""
     if record is not None and record.state in ("pending", "active"):
         claim.engine.call(
-            fn.CloseWaitpoint(execution_id=claim.execution_id, waitpoint_id=record.waitpoint_id, reason="superseded")
+            CloseWaitpoint(execution_id=claim.execution_id, waitpoint_id=record.waitpoint_id, reason="superseded")
         )
 
 
@@ -207,8 +217,8 @@ def wait_for_signal(
     use_pending = _usable_pending(record, claim, engine.now_ms())
     if not use_pending:
         _retire(claim, record)
-    behavior: fn.TimeoutBehavior = "auto_resume_with_timeout_signal" if on_timeout == "auto_resume" else on_timeout
-    condition = fn.ResumeCondition(signal_names=signal_names, match=match, timeout_behavior=behavior)
+    behavior: TimeoutBehavior = "auto_resume_with_timeout_signal" if on_timeout == "auto_resume" else on_timeout
+    condition = ResumeCondition(signal_names=signal_names, match=match, timeout_behavior=behavior)
     timeout_at = engine.now_ms() + int(timeout * 1000) if timeout is not None else None
     suspension = claim.suspend(
         waitpoint_id_for(claim.execution_id, name),
@@ -249,12 +259,12 @@ def send_signal(
     source_identity: str = "",
     source_type: str = "external",
     correlation_id: str = "",
-) -> fn.SignalOutcome:
+) -> SignalOutcome:
     """Deliver a signal to a waitpoint from any process (``url``: the Valkey/Redis, as
     ``redis://`` or ``flowfabric://``). ``payload`` is sent as JSON unless it is bytes. A
     wrong, forged, expired or rotated-out token raises the engine's ``ValidationError``."""
     raw = payload if isinstance(payload, bytes) else b"" if payload is None else json.dumps(payload).encode()
-    return signaling.deliver_signal(
+    return deliver_signal(
         context.engine_for_url(url),
         ExecutionId(execution_id),
         waitpoint_id,

@@ -31,11 +31,18 @@ from kombu.serialization import prepare_accept_content
 from ff_celery import tracing
 from ff_celery.backend import FlowFabricBackend
 from ff_celery.canvas import with_upstream_results
-from ff_celery.engine.core.errors import NotFoundError
-from ff_celery.engine.duties import exporter
-from ff_celery.engine.duties.inspection import held_executions
-from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
-from ff_celery.engine.work.claimed_task import ClaimedTask
+from ff_celery.engine import (
+    DEFAULT_STATE_INTERVAL_S,
+    MULTIPROCESS_DIR_VARIABLE,
+    ClaimedTask,
+    EngineScanners,
+    EngineStateCollector,
+    NotFoundError,
+    ScannerSettings,
+    held_executions,
+    multiprocess_mode,
+    serve_exporter,
+)
 from ff_celery.messages import celery_task_of, held_task_entry
 from ff_celery.retention import queue_retention_of, retention_of
 from ff_celery.task_metrics import measure_tasks
@@ -46,8 +53,7 @@ if TYPE_CHECKING:
     from celery.worker.request import Request
     from kombu.message import Message
 
-    from ff_celery.engine.core.engine import Engine
-    from ff_celery.engine.functions import BlockExecutionForAdmission
+    from ff_celery.engine import BlockExecutionForAdmission, Engine
 
 
 log = logging.getLogger(__name__)
@@ -154,18 +160,18 @@ class FlowFabricStep(bootsteps.StartStopStep):
         if port and not FlowFabricStep.metrics_served:
             engine, queues = channel.ff_engine.fork(), {queue.name for queue in c.task_consumer.queues}
             address = c.app.conf.get("flowfabric_metrics_address") or "127.0.0.1"
-            interval = c.app.conf.get("flowfabric_metrics_interval") or exporter.DEFAULT_STATE_INTERVAL_S
+            interval = c.app.conf.get("flowfabric_metrics_interval") or DEFAULT_STATE_INTERVAL_S
             try:
-                state = exporter.EngineStateCollector(engine, lambda: queues | engine.lanes(), float(interval))
+                state = EngineStateCollector(engine, lambda: queues | engine.lanes(), float(interval))
             except ValueError as exc:
                 raise ImproperlyConfigured(f"flowfabric_metrics_interval={interval!r}: {exc}") from exc
-            exporter.serve(int(port), state, address)
+            serve_exporter(int(port), state, address)
             FlowFabricStep.metrics_served = True
-            if not exporter.multiprocess_mode() and "prefork" in type(c.pool).__module__:
+            if not multiprocess_mode() and "prefork" in type(c.pool).__module__:
                 log.warning(
                     "metrics: tasks run in prefork pool processes, whose counters are exported only in "
                     "prometheus_client's multiprocess mode: start the worker with %s set to an empty directory",
-                    exporter.MULTIPROCESS_DIR_VARIABLE,
+                    MULTIPROCESS_DIR_VARIABLE,
                 )
 
     def stop(self, c: Consumer) -> None:

@@ -13,9 +13,7 @@ import click
 from pydantic import BaseModel
 
 from ff_celery.context import engine_for_url
-from ff_celery.engine.core.connection import redis_url
-from ff_celery.engine.core.engine import Engine
-from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine import Engine, EngineError, redis_url
 from ff_celery.numbers import COUNT_OPTION, Bound, OutOfRange
 
 

@@ -100,7 +100,7 @@ def test_an_unexpected_error_answers_a_bare_500(endpoint, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("internal detail: redis://10.0.0.1:6379")
 
-    monkeypatch.setattr("ff_celery.signal_server.signaling.deliver_signal", broken)
+    monkeypatch.setattr("ff_celery.signal_server.deliver_signal", broken)
     answer = exchange(endpoint, post(b"Content-Length: 2\r\n", b"{}"))
     assert b" 500 " in answer.split(b"\r\n")[0] and b'"error": "internal_error"' in answer
     assert b"10.0.0.1" not in answer and b"internal detail" not in answer

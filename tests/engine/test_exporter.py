@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 import ff_celery.task_metrics  # noqa: F401  (registers the per-task series)
 from ff_celery.devserver import free_port
 from ff_celery.engine.core.keys import PartitionKeys
-from ff_celery.engine.duties.exporter import EngineStateCollector, serve
+from ff_celery.engine.duties.exporter import EngineStateCollector, serve_exporter
 from ff_celery.engine.duties.inspection import lane_states
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json"
@@ -65,7 +65,7 @@ OTHERS = 10
 def test_a_scrape_costs_the_server_no_command_whatever_the_number_of_lanes(ff_engine, ff_redis, lane_count):
     lanes = {f"scraped-{n}" for n in range(lane_count)}
     port = free_port()
-    exporter = serve(
+    exporter = serve_exporter(
         port, EngineStateCollector(ff_engine.fork(), lambda: lanes, interval_s=3600)
     )  # one reading: at the start
     try:
@@ -93,7 +93,7 @@ def test_concurrent_scrapes_cost_one_reading_of_the_engine_state(ff_engine, ff_r
         return scrape(port)
 
     before = engine_commands(ff_redis)
-    exporter = serve(port, EngineStateCollector(engine, lambda: lanes, interval_s=3600))
+    exporter = serve_exporter(port, EngineStateCollector(engine, lambda: lanes, interval_s=3600))
     try:
         with ThreadPoolExecutor(scrapes) as pool:
             pages = list(pool.map(lambda _: scrape_with_the_others(), range(scrapes)))
@@ -107,7 +107,7 @@ def test_concurrent_scrapes_cost_one_reading_of_the_engine_state(ff_engine, ff_r
 
 def test_the_engine_state_is_read_again_each_interval_and_its_age_exported(ff_engine, ff_redis):
     lane, port = "reread", free_port()
-    exporter = serve(port, EngineStateCollector(ff_engine.fork(), lambda: {lane}, interval_s=0.2))
+    exporter = serve_exporter(port, EngineStateCollector(ff_engine.fork(), lambda: {lane}, interval_s=0.2))
     try:
         assert f'ff_lane_executions{{lane="{lane}",state="delayed"}} 0.0' in scrape(port)
         ff_redis.zadd(PartitionKeys(0).delayed(lane), {"an-execution": 0})

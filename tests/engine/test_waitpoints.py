@@ -398,7 +398,7 @@ def test_an_operator_resume_wakes_the_lane_and_the_same_attempt_is_claimed_again
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition(signal_names=("never",)))
     with wake_listener(ff_engine) as pubsub:
-        assert signals.resume(ff_engine, task.execution_id) == "waiting"
+        assert signals.resume_execution(ff_engine, task.execution_id) == "waiting"
         assert woken(pubsub)
     again = claimer().claim_one(timeout_s=10)
     assert again is not None and again.execution_id == task.execution_id
@@ -414,7 +414,7 @@ def test_an_operator_resume_wakes_the_lane_and_the_same_attempt_is_claimed_again
 def test_an_operator_resume_with_a_delay_answers_delayed(ff_engine, seeded, claimer):
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition())
-    assert signals.resume(ff_engine, task.execution_id, resume_delay_ms=60_000) == "delayed"
+    assert signals.resume_execution(ff_engine, task.execution_id, resume_delay_ms=60_000) == "delayed"
     assert public_state(ff_engine, task.execution_id) == "delayed"
 
 
@@ -422,7 +422,7 @@ def test_resuming_an_execution_that_is_not_suspended_raises_execution_not_suspen
     task = claim(ff_engine, claimer)
     for eid in (task.execution_id, ExecutionId.mint(86)):
         with pytest.raises(StateError) as raised:
-            signals.resume(ff_engine, eid)
+            signals.resume_execution(ff_engine, eid)
         assert raised.value.code == "execution_not_suspended"
     task.complete()
 
@@ -561,7 +561,7 @@ def test_resume_signals_with_an_empty_satisfier_list_are_empty(ff_engine, ff_red
     # §11.16: cjson encodes an empty Lua table as {}
     task = claim(ff_engine, claimer)
     task.suspend("wp-1", fn.ResumeCondition())
-    signals.resume(ff_engine, task.execution_id)
+    signals.resume_execution(ff_engine, task.execution_id)
     ff_redis.hset(ExecKeys(task.execution_id).suspension_current, "all_satisfier_signals", "{}")
     assert signals.resume_signals(ff_engine, task.execution_id, task.attempt_index) == []
 

@@ -132,7 +132,7 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROCESS_DIR_VARIABLE))
 
 
-def serve(port: int, state: EngineStateCollector, address: str = "127.0.0.1") -> Exporter:
+def serve_exporter(port: int, state: EngineStateCollector, address: str = "127.0.0.1") -> Exporter:
     """Export the counters (of every process, in multiprocess mode) and the engine state (read
     by ``state`` once per interval from now on) on ``http://address:port/metrics`` (daemon
     threads)."""

@@ -71,7 +71,7 @@ class ExecutionReport(BaseModel):
     stream_closed_reason: str = ""
 
 
-def describe(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
+def describe_execution(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
     snapshot = engine.snapshot(execution_id)
     if snapshot is None:
         raise error_for_code("execution_not_found", [], execution_id=execution_id)

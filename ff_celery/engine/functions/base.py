@@ -19,6 +19,21 @@ from ff_celery.engine.core.keys import ExecKeys, PartitionKeys
 
 ResultT = TypeVar("ResultT")
 
+__all__ = [
+    "DEFAULT_DEDUP_TTL_MS",
+    "OPERATOR_OVERRIDE",
+    "ExecutionFcall",
+    "Fcall",
+    "Fence",
+    "Reply",
+    "ResultT",
+    "Settled",
+    "decode_reply",
+    "fence_argv",
+    "number",
+    "optional_number",
+]
+
 #: FlowFabric's dedup window for idempotency keys (Rust always sends 24 h).
 DEFAULT_DEDUP_TTL_MS = 86_400_000
 OPERATOR_OVERRIDE = "operator_override"

@@ -246,7 +246,7 @@ def _deliver(
     return outcome
 
 
-def resume(engine: Engine, execution_id: ExecutionId, resume_delay_ms: int = 0) -> str:
+def resume_execution(engine: Engine, execution_id: ExecutionId, resume_delay_ms: int = 0) -> str:
     """Operator resume of a suspended execution (no signal); answers waiting / delayed."""
     core = engine.read_core(execution_id, "lane_id", "current_waitpoint_id")
     if not core.get("current_waitpoint_id"):
