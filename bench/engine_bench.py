@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import redis
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.work.claimer import Claimer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from celery import group
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.duties.scanners import EngineScanners
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("engine submit", "celery apply_async", "claim + complete", "result state read")

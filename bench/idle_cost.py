@@ -24,7 +24,7 @@ from collections import Counter
 import redis
 from celery_bench import HERE, cpu_seconds, start_worker
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine.core.keys import SCANNER_LEADER_KEY, wake_channel
 
 TOP = 10

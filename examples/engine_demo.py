@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine import (
     Claimer,
     Engine,

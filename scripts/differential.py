@@ -40,7 +40,7 @@ from typing import Any
 
 import redis
 
-from ff_celery.devserver import DevServer, find_server_binary
+from ff_celery.devtools.devserver import DevServer, find_server_binary
 from ff_celery.engine.core.ids import ExecutionId
 from ff_celery.engine.core.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, PartitionKeys
 from ff_celery.engine.core.partitions import PARTITION_CONFIG_KEY, PartitionConfig, flow_tag

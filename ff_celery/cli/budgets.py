@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ff_celery import budgets
 from ff_celery.cli.common import (
     Number,
     dimensions,
@@ -25,7 +24,8 @@ from ff_celery.engine import (
     quota_id_for,
     quota_policies,
 )
-from ff_celery.numbers import COUNT_OPTION, POSITIVE_COUNT_OPTION, SECONDS_OPTION
+from ff_celery.features import budgets
+from ff_celery.mapping.numbers import COUNT_OPTION, POSITIVE_COUNT_OPTION, SECONDS_OPTION
 
 limit_options = [
     click.option("--hard", multiple=True, metavar="DIM=N", help="Hard limit (repeatable); 0 = none."),

@@ -20,7 +20,7 @@ from ff_celery.engine import (
     resolve_target,
     resume_execution,
 )
-from ff_celery.numbers import BLOCK_OPTION, COUNT_OPTION, MILLIS_OPTION, POSITIVE_COUNT_OPTION, WAIT_OPTION
+from ff_celery.mapping.numbers import BLOCK_OPTION, COUNT_OPTION, MILLIS_OPTION, POSITIVE_COUNT_OPTION, WAIT_OPTION
 
 target_argument = click.argument("target", metavar="TASK_ID|EXECUTION_ID")
 

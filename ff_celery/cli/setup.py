@@ -14,7 +14,7 @@ import click
 import redis
 
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, table, url_option, when
-from ff_celery.devserver import DevCluster, DevServer, form_cluster
+from ff_celery.devtools.devserver import DevCluster, DevServer, form_cluster
 from ff_celery.engine import (
     DEFAULT_GRACE_MS,
     DEFAULT_STATE_INTERVAL_S,
@@ -32,7 +32,7 @@ from ff_celery.engine import (
     serve_exporter,
     waitpoint_kids,
 )
-from ff_celery.numbers import COUNT_OPTION, MILLIS_OPTION, PORT_OPTION, WAIT_OPTION, OutOfRange
+from ff_celery.mapping.numbers import COUNT_OPTION, MILLIS_OPTION, PORT_OPTION, WAIT_OPTION, OutOfRange
 
 
 def wait_for_interrupt() -> None:

@@ -11,9 +11,9 @@ import click
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, url_option
 from ff_celery.cli.setup import metrics_interval_option, serve_metrics, wait_for_interrupt
 from ff_celery.engine import deliver_signal, error_for_code, read_waitpoint, resolve_target
-from ff_celery.numbers import PORT_OPTION
-from ff_celery.signal_server import DEFAULT_MAX_PER_CLIENT, DEFAULT_PORT, SignalServer
-from ff_celery.waitpoints import waitpoint_id_for
+from ff_celery.features.signals import waitpoint_id_for
+from ff_celery.mapping.numbers import PORT_OPTION
+from ff_celery.observability.signal_server import DEFAULT_MAX_PER_CLIENT, DEFAULT_PORT, SignalServer
 
 
 @click.command("signal")

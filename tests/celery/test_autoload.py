@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 
-HOOK = ["ff_celery", "ff_celery.autoload"]
+HOOK = ["ff_celery", "ff_celery.integration", "ff_celery.integration.autoload"]
 
 
 def run_python(code: str) -> dict[str, object]:
@@ -55,7 +55,7 @@ def test_finalizing_a_redis_app_imports_nothing_of_ours():
         ours = Celery("ours", broker="flowfabric://127.0.0.1:1/0", backend="redis://127.0.0.1:1/1")
         ours.finalize()
         print(json.dumps({"after_redis": after_redis, "result": add.apply((2, 3)).get(),
-                          "ours_set_up": "ff_celery.worker:FlowFabricStep" in ours.steps["consumer"]}))
+                          "ours_set_up": "ff_celery.integration.worker:FlowFabricStep" in ours.steps["consumer"]}))
         """
     )
     assert seen["after_redis"] == HOOK

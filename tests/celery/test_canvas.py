@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from celery import Celery, chain, chord, group
 
-from ff_celery.canvas import expressible, first_task
-from ff_celery.messages import FLOW_HEADER, FlowStep, PublishError, submission_for
+from ff_celery.mapping.canvas import expressible, first_task
+from ff_celery.mapping.messages import FLOW_HEADER, FlowStep, PublishError, submission_for
 
 FLOW_ID = "5d3c1a2b-7e8f-4a9b-8c0d-1e2f3a4b5c6d"
 

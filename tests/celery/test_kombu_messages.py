@@ -7,12 +7,12 @@ import time
 import kombu
 import pytest
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine.core.connection import connect
 from ff_celery.engine.core.ids import ExecutionId
 from ff_celery.engine.core.keys import PartitionKeys
-from ff_celery.messages import NAMESPACE
-from ff_celery.transport import KOMBU_HASH_TAG
+from ff_celery.integration.transport import KOMBU_HASH_TAG
+from ff_celery.mapping.messages import NAMESPACE
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from ff_celery.engine.core.policy import KEEP_FOREVER_MS
-from ff_celery.messages import PublishError, held_task_entry, submission_for
+from ff_celery.mapping.messages import PublishError, held_task_entry, submission_for
 
 
 def message(headers=None, properties=None) -> dict:

@@ -2,7 +2,7 @@
 
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
-from ff_celery.outcomes import describe, failure_category
+from ff_celery.mapping.outcomes import describe, failure_category
 
 
 def test_an_exception_raw_or_encoded_by_celery_reads_as_type_and_message():

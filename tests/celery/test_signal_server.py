@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 from conftest import wait_for
 
-from ff_celery.signal_server import SignalServer
+from ff_celery.observability.signal_server import SignalServer
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_requests_over_the_cap_are_closed_at_once_and_served_again_when_slots_fr
 
 
 def test_the_access_log_and_server_header_give_nothing_away(endpoint, caplog):
-    caplog.set_level(logging.INFO, logger="ff_celery.signal_server")
+    caplog.set_level(logging.INFO, logger="ff_celery.observability.signal_server")
     request = b"POST /v1/signals/eid/wp/go?token=k1%3Asecret-token HTTP/1.1\r\nHost: x\r\n"
     answer = exchange(endpoint, request + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
     assert b"Python" not in answer and b"secret-token" not in answer
@@ -100,7 +100,7 @@ def test_an_unexpected_error_answers_a_bare_500(endpoint, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("internal detail: redis://10.0.0.1:6379")
 
-    monkeypatch.setattr("ff_celery.signal_server.deliver_signal", broken)
+    monkeypatch.setattr("ff_celery.observability.signal_server.deliver_signal", broken)
     answer = exchange(endpoint, post(b"Content-Length: 2\r\n", b"{}"))
     assert b" 500 " in answer.split(b"\r\n")[0] and b'"error": "internal_error"' in answer
     assert b"10.0.0.1" not in answer and b"internal detail" not in answer

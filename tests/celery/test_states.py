@@ -1,10 +1,10 @@
 """The Celery state of an execution that has not completed, from its exec_core fields and
-what its worker recorded (``ff_celery.states.celery_state``)."""
+what its worker recorded (``ff_celery.mapping.states.celery_state``)."""
 
 import pytest
 from celery import states
 
-from ff_celery.states import BLOCKED, SUSPENDED, celery_state
+from ff_celery.mapping.states import BLOCKED, SUSPENDED, celery_state
 
 RUNNING = {"public_state": "active", "lifecycle_phase": "active"}
 

@@ -6,8 +6,8 @@ import uuid
 import pytest
 from celery import Celery
 
-from ff_celery.context import engine_for_url
 from ff_celery.engine.work.budgets import budget_id_for, quota_id_for
+from ff_celery.integration.context import engine_for_url
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine import functions as fn
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.errors import EngineError

@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 
-from ff_celery.devserver import DevCluster
+from ff_celery.devtools.devserver import DevCluster
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.ids import ExecutionId
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from ff_celery.cli import main
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.keys import PartitionKeys
 from ff_celery.engine.work.signals import SECRET_ENV

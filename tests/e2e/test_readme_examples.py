@@ -25,7 +25,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from ff_celery.devserver import DevServer, free_port
+from ff_celery.devtools.devserver import DevServer, free_port
 from ff_celery.engine.duties.scanners import SCANNER_LEADER_KEY, ScannerSettings
 from ff_celery.engine.work.budgets import budget_id_for, quota_id_for
 from ff_celery.engine.work.lane_shards import shard_lanes

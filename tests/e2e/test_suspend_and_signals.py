@@ -11,8 +11,8 @@ import pytest
 import ff_celery
 from ff_celery.engine.core.errors import EngineError, ValidationError
 from ff_celery.engine.work.signals import resume_execution, rotate_waitpoint_secret
-from ff_celery.signal_server import SignalServer
-from ff_celery.waitpoints import suspended_waitpoint
+from ff_celery.features.signals import suspended_waitpoint
+from ff_celery.observability.signal_server import SignalServer
 
 from .conftest import execution, runs, wait_for
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import wait_for
 from prometheus_client import REGISTRY
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine import functions as fn
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.errors import ExecutionNotActiveError, StateError

@@ -7,7 +7,7 @@ import kombu
 import pytest
 
 import ff_celery  # noqa: F401  (registers flowfabric://)
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine.core.connection import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, connect, redis_url
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.errors import TransportError

@@ -12,8 +12,8 @@ import pytest
 from conftest import each_node, wait_for
 from prometheus_client import REGISTRY
 
-import ff_celery.task_metrics  # noqa: F401  (registers the per-task series)
-from ff_celery.devserver import free_port
+import ff_celery.observability.task_metrics  # noqa: F401  (registers the per-task series)
+from ff_celery.devtools.devserver import free_port
 from ff_celery.engine.core.keys import PartitionKeys
 from ff_celery.engine.duties.exporter import EngineStateCollector, serve_exporter
 from ff_celery.engine.duties.inspection import lane_states

@@ -6,7 +6,7 @@ import redis
 from click.testing import CliRunner
 
 from ff_celery.cli import main
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine import functions as fn
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.errors import UnavailableError

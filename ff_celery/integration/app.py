@@ -1,5 +1,5 @@
 """Setting up a Celery app for FlowFabric. Every app whose broker or backend is
-``flowfabric://`` is integrated by itself when it is finalized (see :mod:`ff_celery.autoload`);
+``flowfabric://`` is integrated by itself when it is finalized (see :mod:`ff_celery.integration.autoload`);
 ``install(app)`` also makes ff_celery's task class the app's base, and is harmless to repeat."""
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ import celery
 from celery import signals
 from celery._state import _get_active_apps
 
-from ff_celery import canvas, outcomes, retention, tracing
-from ff_celery.budgets import inherit_budgets
-from ff_celery.context import restore_eta
-from ff_celery.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER, check_publish_options
+from ff_celery.features.budgets import inherit_budgets
+from ff_celery.integration.context import restore_eta
+from ff_celery.mapping import canvas, outcomes, retention
+from ff_celery.mapping.messages import BUDGETS_HEADER, QUOTA_HEADER, RETENTION_HEADER, check_publish_options
+from ff_celery.observability import tracing
 
 log = logging.getLogger(__name__)
 
-TASK_CLS = "ff_celery.task:Task"
-STEP = "ff_celery.worker:FlowFabricStep"
-CONTROL_CLS = "ff_celery.control:Control"
+TASK_CLS = "ff_celery.integration.task:Task"
+STEP = "ff_celery.integration.worker:FlowFabricStep"
+CONTROL_CLS = "ff_celery.integration.control:Control"
 
 #: Defaults that a user's own configuration still overrides.
 DEFAULTS = {
@@ -67,7 +68,7 @@ def _task_options(
 ) -> None:
     """``before_task_publish``: each ff_* option goes into the message headers, the call's
     (Celery leaves it among the message properties) over the task's own; a message with no
-    budgets then inherits them (:func:`ff_celery.budgets.inherit_budgets`)."""
+    budgets then inherits them (:func:`ff_celery.features.budgets.inherit_budgets`)."""
     if headers is None:
         return
     task = _task_named(sender)
@@ -94,12 +95,16 @@ def integrate(app: celery.Celery) -> celery.Celery:
         (signals.task_failure, outcomes.on_task_failure),
         (signals.task_retry, outcomes.on_task_retry),
     ):
-        signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.outcomes.{handler.__name__}")
-    signals.task_prerun.connect(restore_eta, weak=False, dispatch_uid="ff_celery.context.restore_eta")
+        signal.connect(handler, weak=False, dispatch_uid=f"ff_celery.mapping.outcomes.{handler.__name__}")
+    signals.task_prerun.connect(restore_eta, weak=False, dispatch_uid="ff_celery.integration.context.restore_eta")
     signals.before_task_publish.connect(_task_options, weak=False, dispatch_uid="ff_celery.task_options")
     if tracing.available():  # flowfabric_tracing, read at each publish
-        signals.before_task_publish.connect(tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.tracing")
-        signals.after_task_publish.connect(tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.tracing")
+        signals.before_task_publish.connect(
+            tracing.on_before_publish, weak=False, dispatch_uid="ff_celery.observability.tracing"
+        )
+        signals.after_task_publish.connect(
+            tracing.on_after_publish, weak=False, dispatch_uid="ff_celery.observability.tracing"
+        )
     canvas.install()
     _check_options_before_celery(app)
     retention.carry_retention(app)

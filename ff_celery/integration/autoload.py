@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # typing is not imported at interpreter start
     from celery import Celery
 
 SCHEMES = ("flowfabric", "flowfabrics")
-TRANSPORT = "ff_celery.transport:Transport"
+TRANSPORT = "ff_celery.integration.transport:Transport"
 
 _reported = False
 
@@ -56,7 +56,7 @@ def _on_app_finalize(app: "Celery") -> None:
         _report_failure("reading the broker and backend URLs of a Celery app", exc)
         return
     if used:  # the app runs on FlowFabric: a failure here must stop it
-        from ff_celery.app import integrate
+        from ff_celery.integration.app import integrate
 
         integrate(app)
 

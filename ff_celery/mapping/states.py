@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import states
 
-#: Celery state of a task waiting on a waitpoint (see ff_celery.waitpoints).
+#: Celery state of a task waiting on a waitpoint (see ff_celery.features.signals).
 SUSPENDED = "SUSPENDED"
 #: Celery state of a task held back by its budget or quota; ``info`` says which and why.
 BLOCKED = "BLOCKED"

@@ -19,7 +19,7 @@ from celery.exceptions import Retry
 from celery.utils.serialization import raise_with_context
 
 from ff_celery.engine import UNLIMITED_RETRIES, ExecutionPolicy, ExponentialBackoff, FixedBackoff, RetryPolicy
-from ff_celery.messages import FENCE_HEADER, POLICY_HEADER
+from ff_celery.mapping.messages import FENCE_HEADER, POLICY_HEADER
 
 #: Celery's "retry forever" (max_retries=None) as a FlowFabric count.
 
@@ -63,7 +63,7 @@ class Task(celery.Task):
     @classmethod
     def on_bound(cls, app: celery.Celery) -> None:
         super().on_bound(app)
-        from ff_celery.app import integrate
+        from ff_celery.integration.app import integrate
 
         integrate(app)
 
@@ -78,7 +78,7 @@ class Task(celery.Task):
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """Celery's, plus the execution policy in the headers (ff_* options, the task's and
-        the call's, are carried as for any task class: :mod:`ff_celery.app`)."""
+        the call's, are carried as for any task class: :mod:`ff_celery.integration.app`)."""
         headers = dict(options.pop("headers", None) or {})
         headers.setdefault(POLICY_HEADER, self.ff_policy_json())
         return super().apply_async(args, kwargs, headers=headers, **options)

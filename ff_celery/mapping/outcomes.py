@@ -16,7 +16,6 @@ from typing import Any
 from celery import states
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
-from ff_celery.context import claimed_task, engine_for_app, fence_of
 from ff_celery.engine import (
     LEASE_GONE_CODES,
     UNLIMITED_RETRIES,
@@ -28,8 +27,9 @@ from ff_celery.engine import (
     RetryPolicy,
     StateError,
 )
-from ff_celery.messages import FLOW_HEADER
-from ff_celery.waitpoints import Suspended
+from ff_celery.features.signals import Suspended
+from ff_celery.integration.context import claimed_task, engine_for_app, fence_of
+from ff_celery.mapping.messages import FLOW_HEADER
 
 log = logging.getLogger(__name__)
 

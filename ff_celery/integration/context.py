@@ -13,7 +13,7 @@ import celery
 from celery import current_task
 
 from ff_celery.engine import ClaimedTask, Engine, ExecutionId, Lease, connect, done_channel, shared_engine
-from ff_celery.messages import FENCE_HEADER, NAMESPACE
+from ff_celery.mapping.messages import FENCE_HEADER, NAMESPACE
 
 #: Attempts that run a task's code again from the top, as the attempt before them did.
 REPEATING_ATTEMPTS = frozenset({"reclaim", "resumed"})

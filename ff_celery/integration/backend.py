@@ -34,9 +34,6 @@ from celery.backends.base import BaseKeyValueStoreBackend, SyncBackendMixin
 from celery.exceptions import TaskRevokedError, TimeoutError
 from kombu.utils.encoding import bytes_to_str
 
-from ff_celery.app import integrate
-from ff_celery.canvas import fail_chord_body
-from ff_celery.context import engine_for_url, fence_of
 from ff_celery.engine import (
     DONE_NOTICE,
     RETRYABLE_REDIS_ERRORS,
@@ -52,10 +49,13 @@ from ff_celery.engine import (
     read_waitpoint,
     refresh_slot_map,
 )
-from ff_celery.messages import NAMESPACE, celery_task_of
-from ff_celery.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
-from ff_celery.states import BLOCKED, SUSPENDED, celery_state, suspended_info
-from ff_celery.waitpoints import Waitpoint
+from ff_celery.features.signals import Waitpoint
+from ff_celery.integration.app import integrate
+from ff_celery.integration.context import engine_for_url, fence_of
+from ff_celery.mapping.canvas import fail_chord_body
+from ff_celery.mapping.messages import NAMESPACE, celery_task_of
+from ff_celery.mapping.outcomes import describe, end_attempt, failure_category, record_failure, record_retry
+from ff_celery.mapping.states import BLOCKED, SUSPENDED, celery_state, suspended_info
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
     group_keyprefix = "ffc:celery-taskset-meta-"
     chord_keyprefix = "ffc:chord-unlock-"
     implements_incr = True
-    #: Outcomes are recorded on executions here, not by ff_celery.outcomes' signal handlers.
+    #: Outcomes are recorded on executions here, not by ff_celery.mapping.outcomes' signal handlers.
     records_outcomes = True
     supports_native_join = True
     supports_autoexpire = True

@@ -8,7 +8,7 @@ from typing import Any
 from celery.app import control
 from kombu.utils.functional import maybe_list
 
-from ff_celery.backend import FlowFabricBackend
+from ff_celery.integration.backend import FlowFabricBackend
 
 
 class Control(control.Control):

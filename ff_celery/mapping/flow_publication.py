@@ -1,6 +1,6 @@
 """The tasks of one canvas published together: the transport collects them while a
 publication is open and creates them as one flow in one transaction when it closes (see
-:mod:`ff_celery.canvas`). Kept apart from the transport so that applying a canvas needs no
+:mod:`ff_celery.mapping.canvas`). Kept apart from the transport so that applying a canvas needs no
 import of it before the first publish."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from ff_celery.engine import Engine, FlowRef, NewExecution
-from ff_celery.messages import PublishError
+from ff_celery.mapping.messages import PublishError
 
 
 class FlowPublication:

@@ -31,8 +31,6 @@ import redis
 from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis, virtual
 
-from ff_celery import tracing
-from ff_celery.context import plan_republished_retry, publisher_repeats
 from ff_celery.engine import (
     CONNECT_TIMEOUT_S,
     BlockExecutionForAdmission,
@@ -53,8 +51,9 @@ from ff_celery.engine import (
     shared_engine,
     shared_renewer,
 )
-from ff_celery.flow_publication import FlowPublication
-from ff_celery.messages import (
+from ff_celery.integration.context import plan_republished_retry, publisher_repeats
+from ff_celery.mapping.flow_publication import FlowPublication
+from ff_celery.mapping.messages import (
     FLOW_HEADER,
     NAMESPACE,
     FlowStep,
@@ -64,6 +63,7 @@ from ff_celery.messages import (
     is_celery_task,
     submission_for,
 )
+from ff_celery.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class Channel(kombu_redis.Channel):
         execution lives is that execution; published after it ended, it is a new run of the
         task (Celery's brokers run every message: a frozen canvas applied again runs again),
         unless the publisher repeats work whose messages went out already
-        (:func:`~ff_celery.context.publisher_repeats`): a step re-sent after a crash runs once;
+        (:func:`~ff_celery.integration.context.publisher_repeats`): a step re-sent after a crash runs once;
         or the task was revoked: a revoked task id stays revoked, as Celery's workers keep it."""
         engine, key = self.ff_engine, fields["idempotency_key"]
         created = engine.submit(submission.lane, submission.payload, alias_replaces=submission.alias_replaces, **fields)
@@ -478,7 +478,7 @@ class Channel(kombu_redis.Channel):
 
     def attach_worker(self, worker: ConsumingWorker) -> None:
         """A Celery worker consumes from this channel: Celery tasks' outcomes are recorded in
-        the worker (by the FlowFabric result backend or ff_celery.outcomes), so an ack only
+        the worker (by the FlowFabric result backend or ff_celery.mapping.outcomes), so an ack only
         releases the lease; running deliveries are not handed back when the channel closes."""
         self._ff_worker = worker
 

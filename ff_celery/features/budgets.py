@@ -29,7 +29,6 @@ import celery
 from celery import current_task
 from celery.utils.dispatch import Signal
 
-from ff_celery import context
 from ff_celery.engine import (
     Admission,
     BudgetStatus,
@@ -43,7 +42,8 @@ from ff_celery.engine import (
     reset_budget as engine_reset_budget,
     set_budget_limits,
 )
-from ff_celery.messages import BUDGETS_HEADER
+from ff_celery.integration import context
+from ff_celery.mapping.messages import BUDGETS_HEADER
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ code before it runs again on resume (keep it idempotent) and a satisfied wait st
 satisfied for later attempts (retries, crash recovery).
 
 Signals are delivered with :func:`send_signal` (no Celery app needed), the ``ff-celery
-signal`` command, or the HTTP endpoint of :mod:`ff_celery.signal_server`; each is
+signal`` command, or the HTTP endpoint of :mod:`ff_celery.observability.signal_server`; each is
 authenticated by the waitpoint's HMAC token.
 """
 
@@ -27,7 +27,6 @@ import celery.result
 from celery.exceptions import Ignore
 from pydantic import BaseModel
 
-from ff_celery import context
 from ff_celery.engine import (
     ClaimedTask,
     CloseWaitpoint,
@@ -42,7 +41,8 @@ from ff_celery.engine import (
     read_signals,
     read_waitpoint,
 )
-from ff_celery.states import SUSPENDED, suspended_info
+from ff_celery.integration import context
+from ff_celery.mapping.states import SUSPENDED, suspended_info
 
 #: How long a waitpoint created ahead of the wait stays open by default (7 days).
 DEFAULT_PENDING_EXPIRY_S = 7 * 86_400
@@ -122,7 +122,7 @@ class Waitpoint(BaseModel):
         return f"{self.execution_id}/{self.waitpoint_id}"
 
     def callback_url(self, base_url: str, signal_name: str) -> str:
-        """A URL that delivers ``signal_name`` through :mod:`ff_celery.signal_server` (the
+        """A URL that delivers ``signal_name`` through :mod:`ff_celery.observability.signal_server` (the
         token travels in the query string, for webhook callers that cannot set headers)."""
         return (
             f"{base_url.rstrip('/')}/v1/signals/{quote(self.execution_id, safe='')}/{self.waitpoint_id}/"

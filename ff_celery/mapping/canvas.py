@@ -39,10 +39,10 @@ from celery.result import AsyncResult, GroupResult
 from celery.utils import uuid
 from kombu.serialization import dumps, loads, prepare_accept_content, registry
 
-from ff_celery.context import engine_for_app, fence_of
 from ff_celery.engine import ExecutionId, FlowRef
-from ff_celery.flow_publication import FlowPublication
-from ff_celery.messages import FLOW_HEADER, FlowStep
+from ff_celery.integration.context import engine_for_app, fence_of
+from ff_celery.mapping.flow_publication import FlowPublication
+from ff_celery.mapping.messages import FLOW_HEADER, FlowStep
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
-from ff_celery.context import fence_of
 from ff_celery.engine import metric
-from ff_celery.states import SUSPENDED
-from ff_celery.waitpoints import Suspended
+from ff_celery.features.signals import Suspended
+from ff_celery.integration.context import fence_of
+from ff_celery.mapping.states import SUSPENDED
 
 if TYPE_CHECKING:
     from celery import Task
@@ -62,6 +62,6 @@ def _on_revoked(sender: Task, **_: Any) -> None:
 
 def measure_tasks() -> None:
     """Count and time every task this worker runs (its pool processes included). Idempotent."""
-    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="ff_celery.task_metrics.prerun")
-    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="ff_celery.task_metrics.postrun")
-    signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="ff_celery.task_metrics.revoked")
+    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="ff_celery.observability.task_metrics.prerun")
+    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="ff_celery.observability.task_metrics.postrun")
+    signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="ff_celery.observability.task_metrics.revoked")

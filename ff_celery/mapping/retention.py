@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from ff_celery.messages import RETENTION_HEADER
+from ff_celery.mapping.messages import RETENTION_HEADER
 
 #: How a number of seconds (or a timedelta) may be configured.
 Duration = float | timedelta | None

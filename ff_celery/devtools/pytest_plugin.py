@@ -1,5 +1,5 @@
 """pytest fixtures for code that runs on ff_celery: an embedded Valkey/Redis server and an
-engine bound to it. Enable with ``pytest_plugins = ["ff_celery.pytest_plugin"]``."""
+engine bound to it. Enable with ``pytest_plugins = ["ff_celery.devtools.pytest_plugin"]``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ff_celery.devserver import CLUSTER_VARIABLE, DevCluster, DevServer
+from ff_celery.devtools.devserver import CLUSTER_VARIABLE, DevCluster, DevServer
 from ff_celery.engine import Engine, connect
 
 
@@ -91,4 +91,4 @@ def celery_config(ff_celery_config: dict[str, object]) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def celery_parameters() -> dict[str, object]:
     """Test apps get ff_celery's task base class, which installs the rest on first use."""
-    return {"task_cls": "ff_celery.task:Task"}
+    return {"task_cls": "ff_celery.integration.task:Task"}

@@ -4,7 +4,7 @@ Publishing: a raw kombu message (Celery task or not) becomes one execution on th
 after its queue; the whole message is the payload so it can be delivered verbatim. Celery's
 priority, ``eta`` (from ``countdown``/``eta``) and ``expires`` become FlowFabric priority, a
 delayed execution and a deadline; the task's retry options arrive in the ``ff_policy``
-header (set by :class:`ff_celery.task.Task`).
+header (set by :class:`ff_celery.integration.task.Task`).
 
 Delivering: the claimed execution's fence goes into the ``ff`` header (the task sees it as
 ``self.request.ff``), ``retries`` is the engine's retry count, ``eta`` is cleared (the engine
@@ -24,7 +24,7 @@ from kombu.serialization import loads
 from kombu.utils import json
 
 from ff_celery.engine import KEEP_FOREVER_MS, ClaimedTask, ExecutionPolicy, ValidationError, canonical_uuid
-from ff_celery.numbers import (
+from ff_celery.mapping.numbers import (
     DELAY_S,
     EXPIRATION_MS,
     EXPIRATION_S,
@@ -46,7 +46,7 @@ BUDGETS_HEADER = "ff_budgets"
 QUOTA_HEADER = "ff_quota"
 #: Header (or ``apply_async`` option) with the task's retention in seconds; None: forever.
 RETENTION_HEADER = "ff_retention"
-#: Header making the task a member of a flow (:class:`FlowStep`, set by ff_celery.canvas).
+#: Header making the task a member of a flow (:class:`FlowStep`, set by ff_celery.mapping.canvas).
 FLOW_HEADER = "ff_flow"
 #: Tag marking executions that are Celery tasks (their name is the value).
 TASK_TAG = "celery.task"
@@ -153,7 +153,7 @@ def _epoch_ms(value: Any, what: str) -> int | None:
 
 @dataclass(frozen=True)
 class MessageNumbers:
-    """The numbers a message carries, each checked against its range (:mod:`ff_celery.numbers`)."""
+    """The numbers a message carries, each checked against its range (:mod:`ff_celery.mapping.numbers`)."""
 
     priority: int
     expiration_ms: int | None
@@ -214,7 +214,7 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
         priority=numbers.priority,
         creator_identity=str(headers.get("origin") or ""),
     )
-    # Celery publishers carry them in the headers (ff_celery.app); a kombu publisher may
+    # Celery publishers carry them in the headers (ff_celery.integration.app); a kombu publisher may
     # set them as message properties
     given_as_options = {name: properties[name] for name in (BUDGETS_HEADER, QUOTA_HEADER) if name in properties}
     submission.budget_ids, submission.quota_policy_id = _admission_headers({**given_as_options, **headers})

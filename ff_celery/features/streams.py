@@ -18,7 +18,6 @@ from typing import Any
 
 import celery
 
-from ff_celery import context
 from ff_celery.engine import (
     Appended,
     Engine,
@@ -30,6 +29,7 @@ from ff_celery.engine import (
     follow_execution,
     read_frames as engine_read_frames,
 )
+from ff_celery.integration import context
 
 #: Celery state that :func:`progress` records.
 PROGRESS = "PROGRESS"

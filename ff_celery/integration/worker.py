@@ -28,9 +28,6 @@ from celery.worker import control, state
 from celery.worker.control import inspect_command
 from kombu.serialization import prepare_accept_content
 
-from ff_celery import tracing
-from ff_celery.backend import FlowFabricBackend
-from ff_celery.canvas import with_upstream_results
 from ff_celery.engine import (
     DEFAULT_STATE_INTERVAL_S,
     MULTIPROCESS_DIR_VARIABLE,
@@ -43,10 +40,13 @@ from ff_celery.engine import (
     multiprocess_mode,
     serve_exporter,
 )
-from ff_celery.messages import celery_task_of, held_task_entry
-from ff_celery.retention import queue_retention_of, retention_of
-from ff_celery.task_metrics import measure_tasks
-from ff_celery.transport import Channel
+from ff_celery.integration.backend import FlowFabricBackend
+from ff_celery.integration.transport import Channel
+from ff_celery.mapping.canvas import with_upstream_results
+from ff_celery.mapping.messages import celery_task_of, held_task_entry
+from ff_celery.mapping.retention import queue_retention_of, retention_of
+from ff_celery.observability import tracing
+from ff_celery.observability.task_metrics import measure_tasks
 
 if TYPE_CHECKING:
     from celery.worker.consumer import Consumer
@@ -81,7 +81,7 @@ class FlowFabricStep(bootsteps.StartStopStep):
         self.watchdog: LeaseWatchdog | None = None
         self.consumer = c
         self._wrap_consumer(c)
-        if kwargs.get("task_events"):  # -E: pool processes announce suspensions too (ff_celery.waitpoints)
+        if kwargs.get("task_events"):  # -E: pool processes announce suspensions too (ff_celery.features.signals)
             c.app.conf.worker_send_task_events = True
         if c.app.conf.get("flowfabric_metrics_port"):
             measure_tasks()  # before the pool forks, so its processes count their tasks too

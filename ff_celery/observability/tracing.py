@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 import celery
 from celery import signals, states
 
-from ff_celery.context import fence_of
 from ff_celery.engine import ClaimedTask
+from ff_celery.integration.context import fence_of
 
 if TYPE_CHECKING:
     from celery import Task
@@ -133,8 +133,8 @@ def trace_worker() -> None:
     if trace is None or _tracing:
         return
     _tracing = True
-    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="ff_celery.tracing.prerun")
-    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="ff_celery.tracing.postrun")
+    signals.task_prerun.connect(_on_prerun, weak=False, dispatch_uid="ff_celery.observability.tracing.prerun")
+    signals.task_postrun.connect(_on_postrun, weak=False, dispatch_uid="ff_celery.observability.tracing.postrun")
 
 
 def record_claim(headers: dict[str, Any], task: ClaimedTask) -> None:

@@ -32,8 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ff_celery.context import engine_for_url
 from ff_celery.engine import MAX_SIGNAL_PAYLOAD_BYTES, EngineError, ExecutionId, TransportError, deliver_signal
+from ff_celery.integration.context import engine_for_url
 
 log = logging.getLogger(__name__)
 
