@@ -18,7 +18,7 @@ from ff_celery.engine.core.keys import PartitionKeys
 from ff_celery.engine.duties.exporter import EngineStateCollector, serve_exporter
 from ff_celery.engine.duties.inspection import lane_states
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[3] / "examples" / "grafana-dashboard.json"
 SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
 
 
