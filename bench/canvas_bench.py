@@ -28,7 +28,7 @@ from pathlib import Path
 
 from celery import chain, chord
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

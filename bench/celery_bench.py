@@ -42,8 +42,8 @@ from pathlib import Path
 import kombu
 import redis
 
-from ff_celery.devserver import DevCluster, DevServer, free_port
-from ff_celery.engine.library import FLOWFABRIC_VERSION, library_source, library_version
+from ff_celery.devtools.devserver import DevCluster, DevServer, free_port
+from ff_celery.engine.core.library import FLOWFABRIC_VERSION, library_source, library_version
 
 HERE = Path(__file__).resolve().parent
 

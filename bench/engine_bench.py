@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import redis
 
-from ff_celery.devserver import DevServer
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
+from ff_celery.devtools.devserver import DevServer
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.work.claimer import Claimer
 
 
 def timed(label: str, count: int, run: Callable[[], None]) -> float:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from celery import group
 
-from ff_celery.devserver import DevServer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.scanners import EngineScanners
+from ff_celery.devtools.devserver import DevServer
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.duties.scanners import EngineScanners
 
 HERE = Path(__file__).resolve().parent
 DAY_MS = 86_400_000

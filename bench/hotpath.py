@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("engine submit", "celery apply_async", "claim + complete", "result state read")
@@ -48,8 +48,8 @@ def one_round(url: str, count: int, lane: str) -> dict[str, tuple[float, float]]
     from celery import Celery
 
     import ff_celery
-    from ff_celery.engine.claimer import Claimer
-    from ff_celery.engine.client import Engine
+    from ff_celery.engine.core.engine import Engine
+    from ff_celery.engine.work.claimer import Claimer
 
     engine = Engine.from_url(url)
     engine.bootstrap()

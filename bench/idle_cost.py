@@ -24,8 +24,8 @@ from collections import Counter
 import redis
 from celery_bench import HERE, cpu_seconds, start_worker
 
-from ff_celery.devserver import DevServer
-from ff_celery.engine.keys import SCANNER_LEADER_KEY, wake_channel
+from ff_celery.devtools.devserver import DevServer
+from ff_celery.engine.core.keys import SCANNER_LEADER_KEY, wake_channel
 
 TOP = 10
 READY_TIMEOUT_S = 120.0

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import redis
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 HERE = Path(__file__).resolve().parent
 

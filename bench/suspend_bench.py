@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 import ff_celery
-from ff_celery.devserver import DevServer
-from ff_celery.waitpoints import suspended_waitpoint
+from ff_celery.devtools.devserver import DevServer
+from ff_celery.features.signals import suspended_waitpoint
 
 HERE = Path(__file__).resolve().parent
 #: FlowFabric's published p50 for its own suspend -> signal -> resume.

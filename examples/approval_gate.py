@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,8 +57,8 @@ def main() -> None:
         from showcase import launch
         from showcase.tasks import MAILBOX, add, request_approval, store
 
-        from ff_celery.signal_server import SignalServer
-        from ff_celery.waitpoints import suspended_waitpoint
+        from ff_celery.features.signals import suspended_waitpoint
+        from ff_celery.web.signals import SignalServer
 
         print(f"embedded server {server.url} (pid {server.pid})")
         callbacks = SignalServer(url, host="127.0.0.1", port=0).start()

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from ff_celery.devserver import DevServer
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.policy import ExecutionPolicy, ExponentialBackoff, RetryPolicy
-from ff_celery.engine.scanners import EngineScanners, ScannerSettings
+from ff_celery.devtools.devserver import DevServer
+from ff_celery.engine import (
+    Claimer,
+    Engine,
+    EngineScanners,
+    ExecutionPolicy,
+    ExponentialBackoff,
+    RetryPolicy,
+    ScannerSettings,
+)
 
 LANE = "demo"
 

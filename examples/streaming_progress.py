@@ -5,7 +5,7 @@ frame (``ff_celery.append_frame``) and reports progress (``ff_celery.progress``:
 execution, as a ``progress`` frame, and as Celery's ``PROGRESS`` state). This script starts
 an embedded Valkey/Redis and a real ``celery -A showcase worker``, submits the task and:
 
-- follows its output stream live with ``ff_celery.streams.follow``, drawing a progress bar
+- follows its output stream live with ``ff_celery.features.streams.follow``, drawing a progress bar
   from the progress frames and printing the log frames as they arrive;
 - notes the Celery state (``AsyncResult.state`` / ``.info``) seen while it ran: ``PROGRESS``;
 - after it finished, reads the whole stream again with ``read_frames`` (closed, with the
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 HERE = Path(__file__).resolve().parent
 DOCUMENTS = [
@@ -55,7 +55,7 @@ def main() -> None:
         from showcase.celery import app
         from showcase.tasks import build_index
 
-        from ff_celery.streams import follow, read_frames
+        from ff_celery.features.streams import follow, read_frames
 
         print(f"embedded server {server.url} (pid {server.pid})")
         with launch.worker(url, concurrency=1, name="indexer"):

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 HERE = Path(__file__).resolve().parent
 BUDGET = "llm-tokens"
@@ -43,7 +43,7 @@ def main() -> None:
         from showcase.celery import app
         from showcase.tasks import llm_call
 
-        from ff_celery.budgets import BudgetExceeded, budget_scope, budget_status, create_budget, reset_budget
+        from ff_celery.features.budgets import BudgetExceeded, budget_scope, budget_status, create_budget, reset_budget
 
         engine = app.backend.engine
 

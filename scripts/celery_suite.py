@@ -19,7 +19,7 @@ from pathlib import Path
 
 import celery
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "celery-suite"

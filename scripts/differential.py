@@ -40,7 +40,10 @@ from typing import Any
 
 import redis
 
-from ff_celery.devserver import DevServer, find_server_binary
+from ff_celery.devtools.devserver import DevServer, find_server_binary
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, PartitionKeys
+from ff_celery.engine.core.partitions import PARTITION_CONFIG_KEY, PartitionConfig, flow_tag
 from ff_celery.engine.functions.base import Fcall, Fence
 from ff_celery.engine.functions.execution import (
     CancelExecution,
@@ -50,9 +53,6 @@ from ff_celery.engine.functions.execution import (
     FailExecution,
 )
 from ff_celery.engine.functions.scheduling import IssueClaimGrant
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, PartitionKeys
-from ff_celery.engine.partitions import PARTITION_CONFIG_KEY, PartitionConfig, flow_tag
 
 # -- what is deliberately not compared (documented additions of ff_celery) ----------------------
 
@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ours is not None:
         ours_text = args.ours.read_text(encoding="utf-8")
     else:
-        from ff_celery.engine.library import library_source
+        from ff_celery.engine.core.library import library_source
 
         ours_text = library_source()
     norm = Normalizer(enabled=not args.no_normalize)

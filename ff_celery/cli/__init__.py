@@ -16,6 +16,8 @@ import logging
 
 import click
 
+__all__ = ["COMMAND_MODULES", "LazyGroup", "main"]
+
 #: Modules of ff_celery.cli whose COMMANDS make up the command line.
 COMMAND_MODULES = ("setup", "executions", "flows", "signals", "budgets", "serve")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ff_celery import budgets
 from ff_celery.cli.common import (
     Number,
     dimensions,
@@ -16,9 +15,17 @@ from ff_celery.cli.common import (
     url_option,
     when,
 )
-from ff_celery.engine import limits
-from ff_celery.engine.errors import error_for_code
-from ff_celery.numbers import COUNT_OPTION, POSITIVE_COUNT_OPTION, SECONDS_OPTION
+from ff_celery.engine import (
+    BudgetStatus,
+    budget_status,
+    create_budget,
+    create_quota,
+    error_for_code,
+    quota_id_for,
+    quota_policies,
+)
+from ff_celery.features import budgets
+from ff_celery.mapping.numbers import COUNT_OPTION, POSITIVE_COUNT_OPTION, SECONDS_OPTION
 
 limit_options = [
     click.option("--hard", multiple=True, metavar="DIM=N", help="Hard limit (repeatable); 0 = none."),
@@ -45,14 +52,14 @@ def budget() -> None:
 @reports_errors
 def budget_create(name: str, hard: tuple[str, ...], soft: tuple[str, ...], reset_every: float, url: str) -> None:
     """Create budget NAME (kept as it is if it exists)."""
-    budget_id = limits.create_budget(
+    budget_id = create_budget(
         engine_for(url), name, hard=dimensions(hard), soft=dimensions(soft), reset_interval_s=reset_every
     )
     click.echo(f"budget {name}: {budget_id}")
 
 
-def _status(url: str, name: str) -> limits.BudgetStatus:
-    status = limits.budget_status(engine_for(url), name)
+def _status(url: str, name: str) -> BudgetStatus:
+    status = budget_status(engine_for(url), name)
     if status is None:
         raise error_for_code("budget_not_found", [name])
     return status
@@ -117,7 +124,7 @@ def quota() -> None:
 @reports_errors
 def quota_create(name: str, rate: int, window: int, concurrency: int, url: str) -> None:
     """Create quota NAME (kept as it is if it exists)."""
-    quota_policy_id = limits.create_quota(
+    quota_policy_id = create_quota(
         engine_for(url), name, max_requests_per_window=rate, window_seconds=window, max_concurrent=concurrency
     )
     click.echo(f"quota {name}: {quota_policy_id}")
@@ -130,8 +137,8 @@ def quota_create(name: str, rate: int, window: int, concurrency: int, url: str) 
 @reports_errors
 def quota_show(name: str, url: str, as_json: bool) -> None:
     """The quota's limits and what it admits now."""
-    quota_policy_id = limits.quota_id_for(name)
-    policy = limits.quota_policies(engine_for(url), [quota_policy_id])[quota_policy_id]
+    quota_policy_id = quota_id_for(name)
+    policy = quota_policies(engine_for(url), [quota_policy_id])[quota_policy_id]
     if policy is None:
         raise error_for_code("quota_policy_not_found", [name])
     if as_json:

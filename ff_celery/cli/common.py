@@ -12,15 +12,13 @@ from typing import Any
 import click
 from pydantic import BaseModel
 
-from ff_celery.context import engine_for_url
-from ff_celery.engine.client import Engine
-from ff_celery.engine.connection import redis_url
-from ff_celery.engine.errors import EngineError
-from ff_celery.numbers import COUNT_OPTION, Bound, OutOfRange
+from ff_celery.engine import Engine, EngineError, redis_url
+from ff_celery.integration.context import engine_for_url
+from ff_celery.mapping.numbers import COUNT_OPTION, Bound, OutOfRange
 
 
 class Number(click.ParamType):
-    """A command-line number within its range (:mod:`ff_celery.numbers`): NaN, infinities and
+    """A command-line number within its range (:mod:`ff_celery.mapping.numbers`): NaN, infinities and
     values out of range are usage errors naming the option."""
 
     name = "number"

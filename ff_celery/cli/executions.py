@@ -10,9 +10,17 @@ import time
 import click
 
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, table, url_option, when
-from ff_celery.engine import frames, inspection, signaling
-from ff_celery.engine.inspection import ExecutionReport
-from ff_celery.numbers import BLOCK_OPTION, COUNT_OPTION, MILLIS_OPTION, POSITIVE_COUNT_OPTION, WAIT_OPTION
+from ff_celery.engine import (
+    STATE_INDEXES,
+    ExecutionReport,
+    describe_execution,
+    follow_execution,
+    lane_states,
+    list_executions,
+    resolve_target,
+    resume_execution,
+)
+from ff_celery.mapping.numbers import BLOCK_OPTION, COUNT_OPTION, MILLIS_OPTION, POSITIVE_COUNT_OPTION, WAIT_OPTION
 
 target_argument = click.argument("target", metavar="TASK_ID|EXECUTION_ID")
 
@@ -89,7 +97,7 @@ def _print_report(report: ExecutionReport) -> None:
 def show(target: str, url: str, as_json: bool) -> None:
     """Show an execution: state, attempts, lease, waitpoints, budgets, stream, tags."""
     engine = engine_for(url)
-    report = inspection.describe(engine, inspection.resolve_target(engine, target))
+    report = describe_execution(engine, resolve_target(engine, target))
     if as_json:
         emit_json(report)
     else:
@@ -99,7 +107,7 @@ def show(target: str, url: str, as_json: bool) -> None:
 @click.command("list")
 @click.option("--lane", default="celery", show_default=True, help="Lane (Celery queue).")
 @click.option(
-    "--state", "states", multiple=True, type=click.Choice(sorted(inspection.STATE_INDEXES)),
+    "--state", "states", multiple=True, type=click.Choice(sorted(STATE_INDEXES)),
     help="States to list (repeatable; default: every non-terminal one).",
 )  # fmt: skip
 @click.option("--limit", type=Number(POSITIVE_COUNT_OPTION), default=50, show_default=True)
@@ -110,7 +118,7 @@ def show(target: str, url: str, as_json: bool) -> None:
 def list_command(lane: str, states: tuple[str, ...], limit: int, all_partitions: bool, url: str, as_json: bool) -> None:
     """List a lane's executions by state, newest first."""
     wanted = list(states) or ["waiting", "delayed", "active", "suspended", "rate_limited", "waiting_children"]
-    found = inspection.list_executions(engine_for(url), lane, wanted, limit=limit, all_partitions=all_partitions)
+    found = list_executions(engine_for(url), lane, wanted, limit=limit, all_partitions=all_partitions)
     if as_json:
         emit_json([summary.model_dump() for summary in found])
         return
@@ -127,7 +135,7 @@ def list_command(lane: str, states: tuple[str, ...], limit: int, all_partitions:
 def cancel(target: str, reason: str, url: str) -> None:
     """Cancel an execution in any phase (a running one loses its lease and is stopped)."""
     engine = engine_for(url)
-    execution_id = inspection.resolve_target(engine, target)
+    execution_id = resolve_target(engine, target)
     phase = engine.cancel(execution_id, reason)
     click.echo(f"{execution_id}: cancelled (was {phase})")
 
@@ -139,7 +147,7 @@ def cancel(target: str, reason: str, url: str) -> None:
 def replay(target: str, url: str) -> None:
     """Run an ended (failed, cancelled, expired) execution again, as a new attempt."""
     engine = engine_for(url)
-    execution_id = inspection.resolve_target(engine, target)
+    execution_id = resolve_target(engine, target)
     engine.replay(execution_id)
     click.echo(f"{execution_id}: replay scheduled")
 
@@ -152,8 +160,8 @@ def replay(target: str, url: str) -> None:
 def resume(target: str, delay_ms: int, url: str) -> None:
     """Resume a suspended execution without a signal (e.g. after an escalated timeout)."""
     engine = engine_for(url)
-    execution_id = inspection.resolve_target(engine, target)
-    click.echo(f"{execution_id}: {signaling.resume(engine, execution_id, delay_ms)}")
+    execution_id = resolve_target(engine, target)
+    click.echo(f"{execution_id}: {resume_execution(engine, execution_id, delay_ms)}")
 
 
 def _bar(percent: float, message: str, width: int = 30) -> str:
@@ -172,10 +180,10 @@ def _bar(percent: float, message: str, width: int = 30) -> str:
 def tail(target: str, block_s: float, url: str, as_json: bool) -> None:
     """Follow an execution's output frames live, with a progress bar, until it ends."""
     engine = engine_for(url)
-    execution_id = inspection.resolve_target(engine, target)
+    execution_id = resolve_target(engine, target)
     live = sys.stdout.isatty() and not as_json
     bar = ""
-    for attempt, frame in frames.follow_execution(engine, execution_id, block_ms=int(block_s * 1000)):
+    for attempt, frame in follow_execution(engine, execution_id, block_ms=int(block_s * 1000)):
         if as_json:
             click.echo(json.dumps({"attempt": attempt, "id": frame.id, **frame.fields}))
             continue
@@ -212,7 +220,7 @@ def top(lanes: tuple[str, ...], interval: float, iterations: int, url: str) -> N
     refresh, last_read = 0, 0.0
     try:
         while True:
-            states = inspection.lane_states(engine, set(lanes) | engine.lanes())
+            states = lane_states(engine, set(lanes) | engine.lanes())
             now = time.monotonic()
             elapsed, last_read = now - last_read, now
             rows = []

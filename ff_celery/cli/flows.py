@@ -6,11 +6,7 @@ from __future__ import annotations
 import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option
-from ff_celery.engine import inspection
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import error_for_code
-from ff_celery.engine.flows import FlowRef, FlowView
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine import Engine, ExecutionId, FlowRef, FlowView, error_for_code, resolve_target
 
 flow_target = click.argument("target", metavar="FLOW_ID|TASK_ID|EXECUTION_ID")
 
@@ -21,7 +17,7 @@ def resolve_flow(engine: Engine, target: str) -> FlowRef:
         flow = FlowRef(target, engine.partitions.flow_partition(target))
         if engine.flows.exists(flow):
             return flow
-    flow = engine.flows.flow_of(inspection.resolve_target(engine, target))
+    flow = engine.flows.flow_of(resolve_target(engine, target))
     if flow is None:
         raise error_for_code("flow_not_found", [f"{target} is not a flow nor a member of one"])
     return flow

@@ -9,7 +9,7 @@ import click
 
 from ff_celery.cli.common import Number, reports_errors, url_option
 from ff_celery.cli.setup import metrics_interval_option
-from ff_celery.numbers import PORT_OPTION
+from ff_celery.mapping.numbers import PORT_OPTION
 
 
 @click.command("serve")
@@ -62,7 +62,8 @@ def serve(
     metrics_interval_s: float,
 ) -> None:
     """Serve the web console, the signal endpoint and/or /metrics until interrupted."""
-    from ff_celery import signal_server, web
+    from ff_celery import web
+    from ff_celery.web import signals as signal_endpoint
 
     if not (with_console or with_signals or with_metrics):
         raise click.UsageError("choose what to serve: --console, --signals and/or --metrics")
@@ -84,13 +85,13 @@ def serve(
         lanes=lanes,
     )
     try:
-        app = web.create_app(settings, signal_server.ROUTES if with_signals else ())
+        app = web.create_app(settings, signal_endpoint.ROUTES if with_signals else ())
     except RuntimeError as exc:  # the console without the web extra, or metrics without prometheus_client
         raise click.ClickException(str(exc)) from None
     server = web.WebServer(
         app, host, port, limits=web.ConnectionLimits(max_per_client=max_per_client),
         root_path=root_path, forwarded_allow_ips=forwarded_allow_ips,
-        bad_request_body=signal_server.UNREADABLE if with_signals else None,
+        bad_request_body=signal_endpoint.UNREADABLE if with_signals else None,
     )  # fmt: skip
     click.echo(f"serving on {server.base_url}{root_path.rstrip('/')}; Ctrl-C to stop")
     server.run()

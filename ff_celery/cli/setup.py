@@ -14,12 +14,25 @@ import click
 import redis
 
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, table, url_option, when
-from ff_celery.devserver import DevCluster, DevServer, form_cluster
-from ff_celery.engine import exporter, signaling
-from ff_celery.engine.client import Engine
-from ff_celery.engine.library import ensure_library, library_source, library_version, loaded_version
-from ff_celery.engine.scanners import EngineScanners, ScannerSettings
-from ff_celery.numbers import COUNT_OPTION, MILLIS_OPTION, PORT_OPTION, WAIT_OPTION, OutOfRange
+from ff_celery.devtools.devserver import DevCluster, DevServer, form_cluster
+from ff_celery.engine import (
+    DEFAULT_GRACE_MS,
+    DEFAULT_STATE_INTERVAL_S,
+    SECRET_ENV,
+    Engine,
+    EngineScanners,
+    EngineStateCollector,
+    ScannerSettings,
+    ensure_library,
+    library_source,
+    library_version,
+    loaded_version,
+    rotate_waitpoint_secret,
+    seed_waitpoint_secret,
+    serve_exporter,
+    waitpoint_kids,
+)
+from ff_celery.mapping.numbers import COUNT_OPTION, MILLIS_OPTION, PORT_OPTION, WAIT_OPTION, OutOfRange
 
 
 def wait_for_interrupt() -> None:
@@ -136,9 +149,7 @@ def serve_metrics(url: str, port: int, address: str, interval_s: float, lanes: t
     ``http://address:port/metrics``."""
     engine = engine_for(url)
     try:
-        exporter.serve(
-            port, exporter.EngineStateCollector(engine, lambda: set(lanes) | engine.lanes(), interval_s), address
-        )
+        serve_exporter(port, EngineStateCollector(engine, lambda: set(lanes) | engine.lanes(), interval_s), address)
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -146,7 +157,7 @@ def serve_metrics(url: str, port: int, address: str, interval_s: float, lanes: t
 def metrics_interval_option(flag: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """The option ``flag``: seconds between two readings of the engine state."""
     return click.option(
-        flag, "metrics_interval_s", type=float, default=exporter.DEFAULT_STATE_INTERVAL_S, show_default=True,
+        flag, "metrics_interval_s", type=float, default=DEFAULT_STATE_INTERVAL_S, show_default=True,
         help="Seconds between two readings of the engine state (scrapes serve the last one).",
     )  # fmt: skip
 
@@ -185,13 +196,13 @@ def secret_seed(url: str, secret_file: TextIO | None, secret_on_argv: str | None
     else FF_WAITPOINT_HMAC_SECRET, else one is generated; never from the command line."""
     if secret_on_argv is not None:
         raise click.UsageError(
-            f"--secret is refused (other users can read a command line): set {signaling.SECRET_ENV} "
+            f"--secret is refused (other users can read a command line): set {SECRET_ENV} "
             "or pass --secret-file PATH ('-' for standard input)"
         )
     secret_hex = secret_file.readline().strip() if secret_file is not None else None
     if secret_file is not None and not secret_hex:
         raise click.UsageError("--secret-file gave no secret")
-    signaling.seed_waitpoint_secret(engine_for(url), secret_hex)
+    seed_waitpoint_secret(engine_for(url), secret_hex)
     click.echo("seeded (partitions that had a key keep it)")
 
 
@@ -203,7 +214,7 @@ NEW_SECRET_ENV = "FF_WAITPOINT_HMAC_NEW_SECRET"
 @secret.command("rotate")
 @url_option
 @click.option("--kid", required=True, help="The new key id (no ':').")
-@click.option("--grace-ms", type=Number(MILLIS_OPTION), default=signaling.DEFAULT_GRACE_MS, show_default=True,
+@click.option("--grace-ms", type=Number(MILLIS_OPTION), default=DEFAULT_GRACE_MS, show_default=True,
               help="How long tokens of the previous key stay valid.")  # fmt: skip
 @reports_errors
 def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
@@ -212,7 +223,7 @@ def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
     secret_hex = os.environ.get(NEW_SECRET_ENV) or sys.stdin.readline().strip()
     if not secret_hex:
         raise click.UsageError(f"no secret: set {NEW_SECRET_ENV} or write it to standard input")
-    outcomes = signaling.rotate_waitpoint_secret(engine_for(url), kid, secret_hex, grace_ms)
+    outcomes = rotate_waitpoint_secret(engine_for(url), kid, secret_hex, grace_ms)
     rotated = sum(1 for outcome in outcomes if outcome.outcome == "rotated")
     click.echo(f"{kid}: rotated on {rotated} partitions, already current on {len(outcomes) - rotated}")
 
@@ -223,7 +234,7 @@ def secret_rotate(url: str, kid: str, grace_ms: int) -> None:
 @reports_errors
 def secret_kids(url: str, as_json: bool) -> None:
     """The current signing key and the previous keys still in their grace period."""
-    keystore = signaling.waitpoint_kids(engine_for(url))
+    keystore = waitpoint_kids(engine_for(url))
     if as_json:
         emit_json(keystore)
         return

@@ -9,11 +9,10 @@ import click
 
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, url_option
 from ff_celery.cli.setup import metrics_interval_option, serve_metrics, wait_for_interrupt
-from ff_celery.engine import inspection, signaling
-from ff_celery.engine.errors import error_for_code
-from ff_celery.numbers import PORT_OPTION
-from ff_celery.signal_server import DEFAULT_MAX_PER_CLIENT, DEFAULT_PORT, SignalServer
-from ff_celery.waitpoints import waitpoint_id_for
+from ff_celery.engine import deliver_signal, error_for_code, read_waitpoint, resolve_target, text_encoding
+from ff_celery.features.signals import waitpoint_id_for
+from ff_celery.mapping.numbers import PORT_OPTION
+from ff_celery.web.signals import DEFAULT_MAX_PER_CLIENT, DEFAULT_PORT, SignalServer
 
 
 @click.command("signal")
@@ -40,7 +39,7 @@ def signal(
 ) -> None:
     """Deliver signal NAME to a waiting task."""
     engine = engine_for(url)
-    execution_id = inspection.resolve_target(engine, target)
+    execution_id = resolve_target(engine, target)
     waitpoint_id = waitpoint or engine.read_core(execution_id, "current_waitpoint_id").get("current_waitpoint_id")
     if not waitpoint_id:
         raise error_for_code("execution_not_suspended", [f"{target} waits on no waitpoint; pass --waitpoint"])
@@ -50,13 +49,13 @@ def signal(
         waitpoint_id = waitpoint_id_for(execution_id, waitpoint_id)  # a wait name
     operator = token is None
     if operator:
-        record = signaling.read_waitpoint(engine, execution_id, waitpoint_id)
+        record = read_waitpoint(engine, execution_id, waitpoint_id)
         if record is None:
             raise error_for_code("waitpoint_not_found", [waitpoint_id])
         token = record.token
     body = b"" if payload is None else payload.encode()
-    encoding = signaling.text_encoding(body)
-    outcome = signaling.deliver_signal(
+    encoding = text_encoding(body)
+    outcome = deliver_signal(
         engine,
         execution_id,
         waitpoint_id,

@@ -13,9 +13,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from ff_celery.engine import inspection, signaling
-from ff_celery.engine.errors import EngineError, error_for_code
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine import (
+    EngineError,
+    ExecutionId,
+    deliver_signal,
+    error_for_code,
+    read_waitpoint,
+    resolve_target,
+    text_encoding,
+)
 from ff_celery.web.auth import CSRF_FIELD
 from ff_celery.web.pages import Console, render
 
@@ -26,12 +32,12 @@ def _signal(console: Console, execution_id: ExecutionId, form: Form, who: str) -
     """Deliver the form's signal to the waitpoint it names, as the operator (the token is read
     from the waitpoint, as ``ff-celery signal`` does without ``--token``)."""
     waitpoint_id = form.get("waitpoint_id", "")
-    record = signaling.read_waitpoint(console.engine, execution_id, waitpoint_id) if waitpoint_id else None
+    record = read_waitpoint(console.engine, execution_id, waitpoint_id) if waitpoint_id else None
     if record is None:
         raise error_for_code("waitpoint_not_found", [waitpoint_id or "no waitpoint given"])
     body = form.get("payload", "").encode()
-    encoding = signaling.text_encoding(body)
-    outcome = signaling.deliver_signal(
+    encoding = text_encoding(body)
+    outcome = deliver_signal(
         console.engine,
         execution_id,
         waitpoint_id,
@@ -73,7 +79,7 @@ ACTIONS: dict[str, Callable[[Console, ExecutionId, Form, str], str]] = {
 
 def _act(name: str, console: Console, target: str, form: Form, who: str) -> tuple[ExecutionId, str]:
     """Run action ``name`` on the execution of ``target`` (a task or execution id)."""
-    execution_id = inspection.resolve_target(console.engine, target)
+    execution_id = resolve_target(console.engine, target)
     return execution_id, ACTIONS[name](console, execution_id, form, who)
 
 

@@ -1,5 +1,5 @@
 """The ASGI application of ``ff-celery serve`` and running it on uvicorn: the console (pages,
-actions, live events, its static files), the signal endpoint (:mod:`ff_celery.signal_server`)
+actions, live events, its static files), the signal endpoint (:mod:`ff_celery.web.signals`)
 and ``/metrics``, with ``/healthz``; bound to 127.0.0.1 unless told otherwise, guarded against
 hostile clients (:mod:`ff_celery.web.server`), and usable behind a reverse proxy (a root path,
 and the ``X-Forwarded-*`` headers of the proxies it trusts)."""
@@ -25,9 +25,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ff_celery.context import engine_for_url
-from ff_celery.engine import exporter
-from ff_celery.engine.client import Engine
+from ff_celery.engine import DEFAULT_STATE_INTERVAL_S, Engine, EngineStateCollector
+from ff_celery.integration.context import engine_for_url
 from ff_celery.web.auth import Operators
 from ff_celery.web.metrics import metrics_route
 
@@ -55,7 +54,7 @@ class WebSettings:
     audit_log: Path = Path("ff-console-audit.jsonl")
     login_to_read: bool = False
     metrics_need_login: bool = False
-    metrics_interval_s: float = exporter.DEFAULT_STATE_INTERVAL_S
+    metrics_interval_s: float = DEFAULT_STATE_INTERVAL_S
     lanes: tuple[str, ...] = ()
 
 
@@ -135,14 +134,12 @@ def _console(settings: WebSettings, engine: Engine) -> tuple[Any, list[BaseRoute
 
 def create_app(settings: WebSettings, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
     """The ASGI application ``settings`` describe, with ``extra_routes`` (the signal endpoint's:
-    :data:`ff_celery.signal_server.ROUTES`). Routes find the engine as ``app.state.engine``."""
+    :data:`ff_celery.web.signals.ROUTES`). Routes find the engine as ``app.state.engine``."""
     engine = engine_for_url(settings.url)
     routes: list[BaseRoute] = [Route("/healthz", healthz), *extra_routes]
     state = None
     if settings.metrics:
-        state = exporter.EngineStateCollector(
-            engine, lambda: set(settings.lanes) | engine.lanes(), settings.metrics_interval_s
-        )
+        state = EngineStateCollector(engine, lambda: set(settings.lanes) | engine.lanes(), settings.metrics_interval_s)
         routes.append(metrics_route(state, settings.operators, settings.metrics_need_login))
     console = None
     if settings.console:

@@ -1,5 +1,5 @@
 """``GET /metrics`` on the console's app: this process's counters and the engine state as
-the background collector last read it (:class:`~ff_celery.engine.exporter.EngineStateCollector`),
+the background collector last read it (:class:`~ff_celery.engine.EngineStateCollector`),
 so a scrape costs the server no command; optionally only for the operator's credentials
 (``Authorization: Bearer <token>`` or Basic)."""
 
@@ -12,13 +12,13 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ff_celery.engine import exporter
+from ff_celery.engine import EngineStateCollector, registry_for
 from ff_celery.web.auth import Operators
 
 
-def metrics_route(state: exporter.EngineStateCollector, operators: Operators, need_login: bool) -> Route:
+def metrics_route(state: EngineStateCollector, operators: Operators, need_login: bool) -> Route:
     """The ``/metrics`` route serving ``state`` (started and stopped with the app)."""
-    registry: Any = exporter.registry_for(state)  # RuntimeError without prometheus_client
+    registry: Any = registry_for(state)  # RuntimeError without prometheus_client
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     async def metrics(request: Request) -> Response:

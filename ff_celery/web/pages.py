@@ -16,10 +16,16 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from ff_celery.cli.common import when
-from ff_celery.engine import inspection, signaling
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine import (
+    STATE_INDEXES,
+    Engine,
+    EngineError,
+    ExecutionId,
+    describe_execution,
+    lease_history,
+    read_waitpoint,
+    resolve_target,
+)
 from ff_celery.web import dag, reads
 from ff_celery.web.audit import AuditLog
 from ff_celery.web.auth import CSRF_FIELD, SESSION_COOKIE, Operators, Sessions
@@ -82,12 +88,12 @@ def executions(request: Request) -> Response:
             return RedirectResponse(f"{request.scope.get('root_path', '')}/execution?{urlencode({'id': found})}", 303)
     known_lanes = sorted(console.engine.lanes())
     lane = params.get("lane", "")
-    states = [s for s in params.getlist("state") if s in inspection.STATE_INDEXES] or list(reads.OPEN_STATES)
+    states = [s for s in params.getlist("state") if s in STATE_INDEXES] or list(reads.OPEN_STATES)
     found_executions = reads.find_executions(console.engine, [lane] if lane else known_lanes, states, query, LIST_LIMIT)
     context = {
         "lanes": known_lanes,
         "lane": lane,
-        "all_states": sorted(inspection.STATE_INDEXES),
+        "all_states": sorted(STATE_INDEXES),
         "states": states,
         "query": query,
         "executions": found_executions,
@@ -102,12 +108,12 @@ def _missing(request: Request, what: str, error: Exception) -> Response:
 def execution(request: Request) -> Response:
     console, target = _console(request), request.query_params.get("id", "")
     try:
-        execution_id = inspection.resolve_target(console.engine, target)
-        report = inspection.describe(console.engine, execution_id)
+        execution_id = resolve_target(console.engine, target)
+        report = describe_execution(console.engine, execution_id)
     except EngineError as exc:
         return _missing(request, f"execution {target}", exc)
     open_waitpoints = {
-        view.waitpoint_id: signaling.read_waitpoint(console.engine, execution_id, view.waitpoint_id)
+        view.waitpoint_id: read_waitpoint(console.engine, execution_id, view.waitpoint_id)
         for view in report.waitpoints
         if view.state in ("pending", "active")
     }
@@ -115,7 +121,7 @@ def execution(request: Request) -> Response:
         "report": report,
         "core": report.snapshot.core,
         "task": reads.celery_task(console.engine, console.celery_app, report),
-        "lease_history": reads.lease_history(console.engine, ExecutionId(report.execution_id)),
+        "lease_history": lease_history(console.engine, ExecutionId(report.execution_id), reads.LEASE_HISTORY_SHOWN),
         "open_waitpoints": {k: v for k, v in open_waitpoints.items() if v is not None},
         "done": request.query_params.get("done", ""),
     }

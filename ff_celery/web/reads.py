@@ -1,6 +1,5 @@
 """What the console's pages show, read through the engine's own read functions
-(:mod:`ff_celery.engine.inspection`, :class:`~ff_celery.engine.flows.Flows`,
-:mod:`ff_celery.engine.signaling`) and Celery's result backend: the lanes, executions found
+(:mod:`ff_celery.engine`'s inspection, flows and signals) and Celery's result backend: the lanes, executions found
 by state, task id or task name, one execution in full, a flow and the waiting tasks."""
 
 from __future__ import annotations
@@ -15,13 +14,20 @@ import celery
 from celery import states as celery_states
 
 from ff_celery.cli.flows import levels, resolve_flow
-from ff_celery.engine import inspection, signaling
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError
-from ff_celery.engine.flows import FlowView
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.inspection import ExecutionReport, ExecutionSummary
-from ff_celery.engine.keys import ExecKeys
+from ff_celery.engine import (
+    Engine,
+    EngineError,
+    ExecutionId,
+    ExecutionReport,
+    ExecutionSummary,
+    FlowView,
+    WaitpointRecord,
+    current_waitpoints,
+    lane_states,
+    list_executions,
+    read_waitpoint,
+    resolve_target,
+)
 
 #: How much of an argument list, result or traceback a page shows.
 MAX_SHOWN_CHARS = 2000
@@ -65,7 +71,7 @@ def lanes_overview(engine: Engine, rates: LaneRates) -> list[LaneRow]:
     """Every lane's executions by state, completions per second and the head's wait (what
     ``ff-celery top`` shows)."""
     rows = []
-    for lane, state in inspection.lane_states(engine, engine.lanes()).items():
+    for lane, state in lane_states(engine, engine.lanes()).items():
         counts = state.executions
         blocked = sum(total for name, total in counts.items() if name.startswith("blocked_"))
         rows.append(LaneRow(lane, counts, blocked, rates.rate(lane, counts["terminal"]), state.head_wait_s))
@@ -79,7 +85,7 @@ def find_executions(
     first, whose task name contains ``query`` (any if empty)."""
     found: list[ExecutionSummary] = []
     for lane in lanes:
-        found += inspection.list_executions(engine, lane, states, limit=limit, all_partitions=True)
+        found += list_executions(engine, lane, states, limit=limit, all_partitions=True)
     wanted = query.strip().lower()
     matching = [summary for summary in found if wanted in summary.task_name.lower()]
     matching.sort(key=lambda summary: summary.created_at, reverse=True)
@@ -89,7 +95,7 @@ def find_executions(
 def resolve(engine: Engine, target: str) -> ExecutionId | None:
     """The execution of a Celery task id or execution id, or None."""
     try:
-        return inspection.resolve_target(engine, target.strip())
+        return resolve_target(engine, target.strip())
     except EngineError:
         return None
 
@@ -132,15 +138,6 @@ def celery_task(engine: Engine, app: celery.Celery, report: ExecutionReport) -> 
         result=truncated(repr(outcome)) if state in celery_states.READY_STATES else "",
         traceback=truncated(meta.traceback or "", 4 * MAX_SHOWN_CHARS),
     )
-
-
-def lease_history(engine: Engine, execution_id: ExecutionId) -> list[dict[str, str]]:
-    """The execution's lease events (granted, renewed, released, expired, revoked), newest first."""
-    entries = engine.redis.xrevrange(ExecKeys(execution_id).lease_history, count=LEASE_HISTORY_SHOWN)
-    return [
-        {"id": entry_id.decode(), **{k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}}
-        for entry_id, fields in entries
-    ]
 
 
 @dataclass
@@ -198,21 +195,16 @@ def member_states(engine: Engine, flow_id: str) -> dict[str, str]:
 @dataclass
 class WaitingTask:
     summary: ExecutionSummary
-    waitpoint: signaling.WaitpointRecord | None
+    waitpoint: WaitpointRecord | None
 
 
 def waiting_tasks(engine: Engine, limit: int = 200) -> list[WaitingTask]:
     """The suspended executions of every lane (flow members too), with the waitpoint each
     waits on: its name, the signal names it waits for and when it times out."""
     waiting = find_executions(engine, sorted(engine.lanes()), ["suspended"], "", limit)
-    current = engine.batch()
-    for summary in waiting:
-        current.command("hget", ExecKeys(ExecutionId(summary.execution_id)).core, "current_waitpoint_id")
-    waitpoint_ids = current.execute() if waiting else []
+    waitpoint_ids = current_waitpoints(engine, [ExecutionId(summary.execution_id) for summary in waiting])
     tasks = []
     for summary, waitpoint_id in zip(waiting, waitpoint_ids):
-        record = None
-        if waitpoint_id:
-            record = signaling.read_waitpoint(engine, ExecutionId(summary.execution_id), waitpoint_id.decode())
+        record = read_waitpoint(engine, ExecutionId(summary.execution_id), waitpoint_id) if waitpoint_id else None
         tasks.append(WaitingTask(summary=summary, waitpoint=record))
     return tasks

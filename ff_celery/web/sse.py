@@ -15,10 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ff_celery.engine import frames, inspection
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.engine import Engine, EngineError, ExecutionId, read_frames, resolve_target
 from ff_celery.web import reads
 
 #: Seconds between two reads of a live stream.
@@ -50,9 +47,7 @@ class ExecutionFollower:
             self.attempt, self.last_frame = attempt, ""
         if attempt is None:
             return core, []
-        read = frames.read_frames(
-            self.engine, self.execution_id, attempt, after=self.last_frame or "-", count=FRAMES_PER_READ
-        )
+        read = read_frames(self.engine, self.execution_id, attempt, after=self.last_frame or "-", count=FRAMES_PER_READ)
         new = [frame for frame in read.frames if frame.id != self.last_frame]  # ``after`` is inclusive
         if new:
             self.last_frame = new[-1].id
@@ -77,7 +72,7 @@ async def _execution_events(request: Request, follower: ExecutionFollower) -> As
 def execution_events(request: Request) -> Response:
     console = request.app.state.console
     try:
-        execution_id = inspection.resolve_target(console.engine, request.query_params.get("id", ""))
+        execution_id = resolve_target(console.engine, request.query_params.get("id", ""))
     except EngineError as exc:
         return Response(str(exc), status_code=404)
     follower = ExecutionFollower(console.engine, execution_id)

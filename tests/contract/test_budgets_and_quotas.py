@@ -18,11 +18,11 @@ import pytest
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import ExecutionNotActiveError, ValidationError
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
-from ff_celery.engine.partitions import PartitionConfig
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import ExecutionNotActiveError, ValidationError
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import BudgetKeys, ExecKeys, PartitionKeys, QuotaKeys
+from ff_celery.engine.core.partitions import PartitionConfig
 
 from .support import expect_error, grant_and_claim, hash_of, keyspace, raw
 

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.errors import ContentionError, EngineError, NotFoundError, ValidationError
-from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ExecKeys, PartitionKeys, worker_alive_key, worker_caps_key, worker_index_key
-from ff_celery.engine.library import library_version
+from ff_celery.engine.core.errors import ContentionError, EngineError, NotFoundError, ValidationError
+from ff_celery.engine.core.ids import ExecutionId, new_uuid
+from ff_celery.engine.core.keys import ExecKeys, PartitionKeys, worker_alive_key, worker_caps_key, worker_index_key
+from ff_celery.engine.core.library import library_version
 
 from .support import LANE, PARTITION, create, create_request, decode, hash_of, history, keyspace, seven
 

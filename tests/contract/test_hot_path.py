@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 import redis
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 from ff_celery.engine import functions as fn
-from ff_celery.engine.claim import ClaimedTask
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError
-from ff_celery.engine.flows import FlowRef
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import ExecKeys
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.flows import FlowRef
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import ExecKeys
+from ff_celery.engine.work.claimed_task import ClaimedTask
 
 from .support import keyspace
 
@@ -107,7 +107,7 @@ def sides() -> Iterator[tuple[Side, Side]]:
 def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     """Edge ids (minted while a flow is written) the same on both servers."""
     counter = itertools.count()
-    monkeypatch.setattr("ff_celery.engine.flows.new_uuid", lambda: str(uuid.UUID(int=next(counter))))
+    monkeypatch.setattr("ff_celery.engine.core.flows.new_uuid", lambda: str(uuid.UUID(int=next(counter))))
 
 
 def same(contract: Side, combined: Side, step: str, answers: tuple[Any, Any] = (None, None)) -> None:

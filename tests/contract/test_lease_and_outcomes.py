@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import ExecutionNotActiveError
-from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ExecKeys, PartitionKeys
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import ExecutionNotActiveError
+from ff_celery.engine.core.ids import ExecutionId, new_uuid
+from ff_celery.engine.core.keys import ExecKeys, PartitionKeys
 
 from .support import LANE, PARTITION, create, expect_error, hash_of, history, raw, seven
 

@@ -20,10 +20,10 @@ import pytest
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.client import Engine
-from ff_celery.engine.errors import EngineError
-from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ExecKeys
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.ids import ExecutionId, new_uuid
+from ff_celery.engine.core.keys import ExecKeys
 
 from .support import expect_error, grant_and_claim, hash_of, keyspace, raw
 

@@ -24,9 +24,9 @@ import pytest
 import redis
 
 from ff_celery.engine import functions as fn
-from ff_celery.engine.client import Engine
-from ff_celery.engine.ids import ExecutionId, new_uuid
-from ff_celery.engine.keys import ExecKeys, PartitionKeys
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.ids import ExecutionId, new_uuid
+from ff_celery.engine.core.keys import ExecKeys, PartitionKeys
 
 from .support import LANE, PARTITION, create, decode, expect_error, grant_and_claim, hash_of, keyspace, raw, server_ms
 

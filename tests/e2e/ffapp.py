@@ -14,7 +14,7 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
 import ff_celery
-from ff_celery.engine.connection import connect
+from ff_celery.engine.core.connection import connect
 
 URL = os.environ.get("FFAPP_URL", "flowfabric://127.0.0.1:6379/0")
 SCAN_S = float(os.environ.get("FFAPP_SCAN_S", "0.2"))

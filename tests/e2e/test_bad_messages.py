@@ -9,9 +9,9 @@ import kombu
 import pytest
 from celery.exceptions import NotRegistered
 
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import PartitionKeys
-from ff_celery.messages import PublishError
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import PartitionKeys
+from ff_celery.mapping.messages import PublishError
 
 from .conftest import wait_for
 

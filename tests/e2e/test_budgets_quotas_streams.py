@@ -7,9 +7,9 @@ import uuid
 import pytest
 from celery import chain
 
-from ff_celery import budgets, streams
-from ff_celery.budgets import BudgetExceeded
-from ff_celery.engine.limits import budget_id_for
+from ff_celery.engine.work.budgets import budget_id_for
+from ff_celery.features import budgets, streams
+from ff_celery.features.budgets import BudgetExceeded
 
 from .conftest import execution, runs, wait_for
 

@@ -14,10 +14,10 @@ from celery import chain, chord, group
 from celery.exceptions import ChordError, TaskRevokedError
 
 import ff_celery
-from ff_celery import budgets
-from ff_celery.budgets import BudgetExceeded
-from ff_celery.messages import FLOW_HEADER
-from ff_celery.waitpoints import suspended_waitpoint
+from ff_celery.features import budgets
+from ff_celery.features.budgets import BudgetExceeded
+from ff_celery.features.signals import suspended_waitpoint
+from ff_celery.mapping.messages import FLOW_HEADER
 
 from .conftest import execution, runs, wait_for
 

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis
 
-from ff_celery.context import engine_for_url
+from ff_celery.integration.context import engine_for_url
 
 from .conftest import HERE, Worker, layout, publish, wait_for
 

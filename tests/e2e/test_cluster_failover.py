@@ -19,12 +19,12 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from ff_celery.devserver import DevCluster, DevServer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import done_channel
-from ff_celery.messages import NAMESPACE
-from ff_celery.transport import KOMBU_HASH_TAG
+from ff_celery.devtools.devserver import DevCluster, DevServer
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import done_channel
+from ff_celery.integration.transport import KOMBU_HASH_TAG
+from ff_celery.mapping.messages import NAMESPACE
 
 from .conftest import Worker, wait_for
 

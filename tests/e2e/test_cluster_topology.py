@@ -14,9 +14,9 @@ import pytest
 import redis
 from celery import Celery
 
-from ff_celery.devserver import DevCluster
-from ff_celery.engine.client import Engine
-from ff_celery.engine.ids import ExecutionId
+from ff_celery.devtools.devserver import DevCluster
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.ids import ExecutionId
 
 from .conftest import Worker, assert_one_run_at_a_time, wait_for
 

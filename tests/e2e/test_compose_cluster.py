@@ -15,7 +15,7 @@ import redis
 import yaml
 from celery import Celery
 
-from ff_celery.devserver import DevServer, free_port
+from ff_celery.devtools.devserver import DevServer, free_port
 
 from .conftest import Worker, wait_for
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 from celery import Celery
 
-from ff_celery.devserver import DevServer, free_port
+from ff_celery.devtools.devserver import DevServer, free_port
 
 from .conftest import Worker, assert_one_run_at_a_time, wait_for
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ff_celery import budgets
-from ff_celery.devserver import free_port
+from ff_celery.devtools.devserver import free_port
+from ff_celery.features import budgets
 
 from .conftest import HERE, wait_for
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 from .conftest import Worker, assert_one_run_at_a_time, wait_for
 

@@ -14,10 +14,10 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ff_celery import budgets
-from ff_celery.budgets import BudgetExceeded
-from ff_celery.devserver import free_port
-from ff_celery.waitpoints import suspended_waitpoint
+from ff_celery.devtools.devserver import free_port
+from ff_celery.features import budgets
+from ff_celery.features.budgets import BudgetExceeded
+from ff_celery.features.signals import suspended_waitpoint
 
 from .conftest import runs, wait_for
 

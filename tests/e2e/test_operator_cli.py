@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from ff_celery.cli import main
-from ff_celery.devserver import DevServer
-from ff_celery.engine.client import Engine
-from ff_celery.engine.keys import PartitionKeys
-from ff_celery.engine.signaling import SECRET_ENV
+from ff_celery.devtools.devserver import DevServer
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.keys import PartitionKeys
+from ff_celery.engine.work.signals import SECRET_ENV
 
 from .conftest import execution, wait_for
 

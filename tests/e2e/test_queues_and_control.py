@@ -9,8 +9,8 @@ import pytest
 from celery import Celery
 from celery.exceptions import TaskRevokedError
 
-from ff_celery.engine.client import Engine
-from ff_celery.engine.lane_shards import shard_lanes
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.work.lane_shards import shard_lanes
 
 from .conftest import HERE, execution, runs, wait_for
 

@@ -25,10 +25,10 @@ from urllib.parse import quote
 import pytest
 import redis
 
-from ff_celery.devserver import DevServer, free_port
-from ff_celery.engine import limits
-from ff_celery.engine.lane_shards import shard_lanes
-from ff_celery.engine.scanners import SCANNER_LEADER_KEY, ScannerSettings
+from ff_celery.devtools.devserver import DevServer, free_port
+from ff_celery.engine.duties.scanners import SCANNER_LEADER_KEY, ScannerSettings
+from ff_celery.engine.work.budgets import budget_id_for, quota_id_for
+from ff_celery.engine.work.lane_shards import shard_lanes
 
 from .conftest import HERE, Worker, wait_for
 from .readme_blocks import ROOT, Block, at_address, blocks, is_definition, run
@@ -246,8 +246,8 @@ def test_budget_stops_the_call_over_its_hard_limit_and_holds_the_next_until_a_re
     assert late.state == "BLOCKED"
     assert late.info["reason"] == "waiting_for_budget"
     execution = engine.resolve(late.id)
-    assert engine.read_core(execution, "budget_ids")["budget_ids"] == limits.budget_id_for("llm-tokens")
-    assert engine.read_core(execution, "quota_policy_id")["quota_policy_id"] == limits.quota_id_for("openai")
+    assert engine.read_core(execution, "budget_ids")["budget_ids"] == budget_id_for("llm-tokens")
+    assert engine.read_core(execution, "quota_policy_id")["quota_policy_id"] == quota_id_for("openai")
     budgets.reset_budget(app, "llm-tokens")
     assert late.get(timeout=30) == "summary: summarize doc-3"
 

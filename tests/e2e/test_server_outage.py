@@ -12,7 +12,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from ff_celery.devserver import DevServer
+from ff_celery.devtools.devserver import DevServer
 
 from .conftest import Worker, wait_for
 

@@ -9,10 +9,10 @@ from unittest.mock import ANY
 import pytest
 
 import ff_celery
-from ff_celery.engine.errors import EngineError, ValidationError
-from ff_celery.engine.signaling import resume, rotate_waitpoint_secret
-from ff_celery.signal_server import SignalServer
-from ff_celery.waitpoints import suspended_waitpoint
+from ff_celery.engine.core.errors import EngineError, ValidationError
+from ff_celery.engine.work.signals import resume_execution, rotate_waitpoint_secret
+from ff_celery.features.signals import suspended_waitpoint
+from ff_celery.web.signals import SignalServer
 
 from .conftest import execution, runs, wait_for
 
@@ -72,7 +72,7 @@ def test_a_rotated_out_token_is_rejected_once_its_grace_ends(ffapp, app_url, wor
     assert wait_for(lambda: engine.server_time_ms() > rotated_by, interval=0.001)
     with pytest.raises(ValidationError, match="token_expired"):
         ff_celery.send_signal(app_url, point.execution_id, point.waitpoint_id, point.token, "approve")
-    resume(engine, execution(ffapp, result.id).execution_id)  # an operator can still resume it
+    resume_execution(engine, execution(ffapp, result.id).execution_id)  # an operator can still resume it
     assert result.get(timeout=15) == {"signals": []}
 
 

@@ -13,9 +13,9 @@ import pytest
 from celery import chain, chord, group
 from celery.exceptions import TaskRevokedError
 
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.inspection import STATE_INDEXES, list_executions
-from ff_celery.engine.keys import PartitionKeys
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import PartitionKeys
+from ff_celery.engine.duties.inspection import STATE_INDEXES, list_executions
 
 from .conftest import HERE, execution, runs, wait_for
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import ff_celery
-from ff_celery.waitpoints import suspended_waitpoint
+from ff_celery.features.signals import suspended_waitpoint
 
 from .conftest import HERE, runs, wait_for
 

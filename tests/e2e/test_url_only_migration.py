@@ -11,8 +11,8 @@ import uuid
 import pytest
 import redis
 
-from ff_celery.context import engine_for_url
-from ff_celery.engine import limits
+from ff_celery.engine.work.budgets import budget_id_for
+from ff_celery.integration.context import engine_for_url
 
 from .conftest import publish, wait_for
 
@@ -28,9 +28,9 @@ def split_databases(plainapp_worker) -> dict[str, str]:
 def test_the_app_module_never_imports_ff_celery_yet_the_publisher_uses_it(split_databases):
     code = """
     import sys
-    before = "ff_celery.transport" in sys.modules
+    before = "ff_celery.integration.transport" in sys.modules
     value = add.delay(2, 3).get(timeout=30)
-    from ff_celery.app import STEPS
+    from ff_celery.integration.app import STEPS
     print(json.dumps([before, value, app.steps["consumer"] == set(STEPS)]))
     """
     assert publish(split_databases, code) == [False, 5, True]
@@ -38,20 +38,20 @@ def test_the_app_module_never_imports_ff_celery_yet_the_publisher_uses_it(split_
 
 def test_budget_options_work_on_celerys_own_task_class(split_databases):
     code = """
-    from ff_celery import budgets
+    from ff_celery.features import budgets
     budgets.create_budget(app, "plain-tokens", hard={"tokens": 100})
     result = add.apply_async((1, 1), ff_budgets=["plain-tokens"])
     result.get(timeout=30)
     engine = app.backend.engine
     print(json.dumps(engine.read_core(engine.resolve(result.id), "budget_ids")["budget_ids"]))
     """
-    assert publish(split_databases, code) == limits.budget_id_for("plain-tokens")
+    assert publish(split_databases, code) == budget_id_for("plain-tokens")
 
 
 def test_a_tasks_own_budget_is_enforced_on_celerys_own_task_class(split_databases):
     code = """
     import time
-    from ff_celery import budgets
+    from ff_celery.features import budgets
     budgets.create_budget(app, "plainapp-tokens", hard={"tokens": 100})
     spent = [spend_tokens.delay(40).get(timeout=30), spend_tokens.delay(30).get(timeout=30)]
     refused = spend_tokens.delay(50)
@@ -98,7 +98,7 @@ def assert_never_two_at_once(runs: list[list[float]]) -> None:
 def test_a_tasks_own_quota_is_enforced_on_celerys_own_task_class(ff_server, split_databases):
     key = uuid.uuid4().hex
     code = f"""
-    from ff_celery import budgets
+    from ff_celery.features import budgets
     budgets.create_quota(app, "plainapp-one-at-a-time", max_concurrent=1)
     results = [one_at_a_time.delay("{key}", 0.5) for _ in range(4)]
     print(json.dumps([result.get(timeout=60) for result in results]))
@@ -115,7 +115,7 @@ def test_a_slot_given_back_admits_the_next_task_without_the_unblock_scanner(ff_s
     env = plainapp_worker(12, "flowfabric://{base}/13", PLAINAPP_SCANNER_SETTINGS=hourly)
     key = uuid.uuid4().hex
     code = f"""
-    from ff_celery import budgets
+    from ff_celery.features import budgets
     budgets.create_quota(app, "{key}", max_concurrent=1)
     results = [one_at_a_time.apply_async(("{key}", 0.2), ff_quota="{key}") for _ in range(4)]
     print(json.dumps([result.get(timeout=60) for result in results]))
@@ -176,7 +176,7 @@ def test_a_redis_result_backend_with_the_flowfabric_broker(ff_server, plainapp_w
     env = plainapp_worker(3, "redis://{base}/4")
     code = """
     import time
-    from ff_celery.context import engine_for_url
+    from ff_celery.integration.context import engine_for_url
     failed = fails.delay("bad")
     failed.get(timeout=30, propagate=False)
     engine = engine_for_url(app.conf.broker_url)

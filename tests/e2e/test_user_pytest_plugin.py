@@ -4,7 +4,7 @@ worker fixtures (celery.contrib.pytest, re-exported by pytest-celery) use the em
 pytest_plugins = ["pytester"]
 
 USER_TESTS = """
-pytest_plugins = ["ff_celery.pytest_plugin"]
+pytest_plugins = ["ff_celery.devtools.pytest_plugin"]
 
 
 def test_tasks_run_as_flowfabric_executions(celery_session_app, celery_session_worker):
@@ -45,7 +45,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["ff_celery.pytest_plugin"]
+pytest_plugins = ["ff_celery.devtools.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from ff_celery.engine.claimer import Claimer
-from ff_celery.engine.client import Engine
+from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.work.claimer import Claimer
 
 
 @pytest.fixture

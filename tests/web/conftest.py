@@ -20,11 +20,13 @@ import httpx
 import pytest
 from e2e.conftest import Worker, app_url, ffapp  # noqa: F401 (fixtures used here)
 
-from ff_celery.devserver import free_port
+from ff_celery.devtools.devserver import free_port
 
 HERE = Path(__file__).resolve().parent
 E2E = HERE.parent / "e2e"
 CHROMIUM = os.environ.get("FF_CHROMIUM", "/usr/bin/chromium")
+#: How long a page action or assertion waits for the page (live updates under a loaded CI).
+PAGE_TIMEOUT_MS = 30_000
 #: The operator's token the console under test is started with.
 TOKEN = "operator-token-for-tests"
 
@@ -104,8 +106,9 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)  # assertions wait as long as page actions
     if not (shutil.which(CHROMIUM) or Path(CHROMIUM).exists()):
         pytest.fail(f"no chromium at {CHROMIUM}: scripts/setup.sh installs Debian's (apt-get install chromium)")
     with sync_playwright() as playwright:
@@ -118,7 +121,7 @@ def browser() -> Iterator[object]:
 def page(browser, console: Console) -> Iterator[object]:
     """A fresh browser context (no cookies) on the console."""
     context = browser.new_context(base_url=console.base_url, viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(20_000)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
     opened = context.new_page()
     yield opened
     context.close()

@@ -13,7 +13,7 @@ from celery import chain
 from e2e.conftest import execution, wait_for
 from playwright.sync_api import expect
 
-from ff_celery import budgets
+from ff_celery.features import budgets
 
 from .conftest import sign_in
 

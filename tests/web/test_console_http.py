@@ -15,7 +15,7 @@ import httpx
 import pytest
 from conftest import command_calls
 
-from ff_celery.engine.connection import connect
+from ff_celery.engine.core.connection import connect
 from web.conftest import TOKEN, Console, serving
 
 USER, PASSWORD = "ops", "correct horse"

@@ -12,12 +12,27 @@ from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ff_celery.engine.decoding import text
-from ff_celery.engine.errors import TransportError, error_for_code
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import ExecKeys, PartitionKeys
+from ff_celery.engine.core.decoding import text
+from ff_celery.engine.core.errors import TransportError, error_for_code
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import ExecKeys, PartitionKeys
 
 ResultT = TypeVar("ResultT")
+
+__all__ = [
+    "DEFAULT_DEDUP_TTL_MS",
+    "OPERATOR_OVERRIDE",
+    "ExecutionFcall",
+    "Fcall",
+    "Fence",
+    "Reply",
+    "ResultT",
+    "Settled",
+    "decode_reply",
+    "fence_argv",
+    "number",
+    "optional_number",
+]
 
 #: FlowFabric's dedup window for idempotency keys (Rust always sends 24 h).
 DEFAULT_DEDUP_TTL_MS = 86_400_000

@@ -12,11 +12,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from ff_celery.engine.decoding import lua_integer
-from ff_celery.engine.errors import ValidationError
+from ff_celery.engine.core.decoding import lua_integer
+from ff_celery.engine.core.errors import ValidationError
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import BudgetKeys
 from ff_celery.engine.functions.base import ExecutionFcall, Fcall, Reply, ResultT, Settled
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import BudgetKeys
 
 __all__ = [
     "BLOCKED_INDEX",

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ff_celery.engine.core.ids import ExecutionId
 from ff_celery.engine.functions.base import (
     DEFAULT_DEDUP_TTL_MS,
     ExecutionFcall,
@@ -21,7 +22,6 @@ from ff_celery.engine.functions.base import (
     optional_number,
 )
 from ff_celery.engine.functions.lease import ClaimRequest, Lease, lease_from_reply
-from ff_celery.engine.ids import ExecutionId
 
 __all__ = [
     "CancelExecution",

@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import ExecKeys, FlowKeys, PartitionKeys
 from ff_celery.engine.functions.base import ExecutionFcall, Fcall, Reply, ResultT, optional_number
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import ExecKeys, FlowKeys, PartitionKeys
 
 __all__ = [
     "AckCancelMember",

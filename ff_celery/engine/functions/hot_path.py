@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ff_celery.engine.decoding import text
-from ff_celery.engine.errors import EngineError
+from ff_celery.engine.core.decoding import text
+from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.keys import WAKE_ANY, ExecKeys, wake_channel
 from ff_celery.engine.functions.base import Fcall, decode_reply
 from ff_celery.engine.functions.execution import ClaimExecution, CompleteExecution
 from ff_celery.engine.functions.lease import Lease
 from ff_celery.engine.functions.scheduling import IssueClaimGrant
-from ff_celery.engine.keys import WAKE_ANY, ExecKeys, wake_channel
 
 __all__ = ["ClaimReads", "ClaimWithReads", "CompleteAndResolve"]
 

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ff_celery.engine.decoding import text
-from ff_celery.engine.errors import TransportError
+from ff_celery.engine.core.decoding import text
+from ff_celery.engine.core.errors import TransportError
+from ff_celery.engine.core.ids import ExecutionId
+from ff_celery.engine.core.keys import QuotaKeys
 from ff_celery.engine.functions.base import Fcall, Reply, ResultT, Settled, decode_reply
-from ff_celery.engine.ids import ExecutionId
-from ff_celery.engine.keys import QuotaKeys
 
 __all__ = [
     "Admission",

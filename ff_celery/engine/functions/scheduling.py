@@ -5,6 +5,7 @@ deployments).
 
 from __future__ import annotations
 
+from ff_celery.engine.core.keys import worker_alive_key, worker_caps_key, worker_index_key
 from ff_celery.engine.functions.base import (
     ExecutionFcall,
     Fcall,
@@ -14,7 +15,6 @@ from ff_celery.engine.functions.base import (
     optional_number,
 )
 from ff_celery.engine.functions.lease import ClaimRequest, Lease
-from ff_celery.engine.keys import worker_alive_key, worker_caps_key, worker_index_key
 
 __all__ = [
     "ChangePriority",

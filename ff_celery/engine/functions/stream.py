@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ff_celery.engine.decoding import text
+from ff_celery.engine.core.decoding import text
 from ff_celery.engine.functions.base import ExecutionFcall, Fence, Reply, decode_reply, optional_number
 
 __all__ = [

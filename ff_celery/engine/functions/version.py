@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ff_celery.engine.decoding import text
+from ff_celery.engine.core.decoding import text
 from ff_celery.engine.functions.base import Fcall
 
 __all__ = ["Version"]

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ff_celery.engine.core.keys import PartitionKeys
 from ff_celery.engine.functions.base import Fcall, Reply, ResultT
-from ff_celery.engine.keys import PartitionKeys
 
 __all__ = ["Keystore", "KeystoreFcall", "ListWaitpointKids", "RotateWaitpointSecret", "Rotation"]
 

@@ -1,0 +1,1 @@
+"""Tests of ff_celery/engine/duties/: scanners, retention, the exporter."""
