@@ -6,36 +6,9 @@ from __future__ import annotations
 import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option
-from ff_celery.engine import Engine, ExecutionId, FlowRef, FlowView, error_for_code, resolve_target
+from ff_celery.engine import resolve_flow
 
 flow_target = click.argument("target", metavar="FLOW_ID|TASK_ID|EXECUTION_ID")
-
-
-def resolve_flow(engine: Engine, target: str) -> FlowRef:
-    """A flow id as given, or the flow of a task or execution."""
-    if len(target) == 36 and not target.startswith("{"):
-        flow = FlowRef(target, engine.partitions.flow_partition(target))
-        if engine.flows.exists(flow):
-            return flow
-    flow = engine.flows.flow_of(resolve_target(engine, target))
-    if flow is None:
-        raise error_for_code("flow_not_found", [f"{target} is not a flow nor a member of one"])
-    return flow
-
-
-def levels(view: FlowView) -> dict[ExecutionId, int]:
-    """Each member's depth: 0 for members that wait for nothing, else one more than the
-    deepest member it waits for."""
-    depth: dict[ExecutionId, int] = {}
-    remaining = set(view.members)
-    while remaining:
-        ready = {m for m in remaining if all(up in depth for up in view.upstream_of(m))}
-        if not ready:  # not a DAG (cannot happen through FlowFabric's functions): put the rest last
-            ready = remaining
-        for member in ready:
-            depth[member] = 1 + max((depth.get(up, -1) for up in view.upstream_of(member)), default=-1)
-        remaining -= ready
-    return depth
 
 
 @click.command("flow")
@@ -50,7 +23,7 @@ def flow(target: str, url: str, as_json: bool) -> None:
     members = sorted(view.members)
     tags = dict(zip(members, engine.read_tags(members)))
     names = {m: tags[m].get("celery.id", m) for m in members}
-    depth = levels(view)
+    depth = view.levels()
     ordered = sorted(members, key=lambda m: (depth[m], tags[m].get("celery.id", m)))
     if as_json:
         emit_json(

@@ -81,6 +81,7 @@ from ff_celery.engine.duties.inspection import (
     lane_states,
     lease_history,
     list_executions,
+    resolve_flow,
     resolve_target,
 )
 from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
@@ -239,6 +240,7 @@ __all__ = [
     "refresh_slot_map",
     "registry_for",
     "reset_budget",
+    "resolve_flow",
     "resolve_target",
     "resume_execution",
     "resume_signals",

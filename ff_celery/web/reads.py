@@ -13,7 +13,6 @@ from typing import Any
 import celery
 from celery import states as celery_states
 
-from ff_celery.cli.flows import levels, resolve_flow
 from ff_celery.engine import (
     Engine,
     EngineError,
@@ -26,6 +25,7 @@ from ff_celery.engine import (
     lane_states,
     list_executions,
     read_waitpoint,
+    resolve_flow,
     resolve_target,
 )
 
@@ -164,7 +164,7 @@ def flow_page(engine: Engine, target: str) -> FlowPage:
     view = engine.flows.describe(resolve_flow(engine, target))
     ids = sorted(view.members)
     tags = dict(zip(ids, engine.read_tags(ids)))
-    depth = levels(view)
+    depth = view.levels()
     ordered = sorted(ids, key=lambda m: (depth[m], tags[m].get("celery.id", m)))
     rows: dict[int, int] = {}
     members = []

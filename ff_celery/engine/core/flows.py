@@ -436,3 +436,17 @@ class FlowView:
 
     def upstream_of(self, member: ExecutionId) -> list[ExecutionId]:
         return [up for up, down in self.edges if down == member]
+
+    def levels(self) -> dict[ExecutionId, int]:
+        """Each member's depth: 0 for members that wait for nothing, else one more than the
+        deepest member it waits for."""
+        depth: dict[ExecutionId, int] = {}
+        remaining = set(self.members)
+        while remaining:
+            ready = {m for m in remaining if all(up in depth for up in self.upstream_of(m))}
+            if not ready:  # not a DAG (cannot happen through FlowFabric's functions): put the rest last
+                ready = remaining
+            for member in ready:
+                depth[member] = 1 + max((depth.get(up, -1) for up in self.upstream_of(member)), default=-1)
+            remaining -= ready
+        return depth

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from ff_celery.engine.core.decoding import text
 from ff_celery.engine.core.errors import error_for_code
+from ff_celery.engine.core.flows import FlowRef
 from ff_celery.engine.core.ids import ExecutionId, valid_execution_ids
 from ff_celery.engine.core.keys import BLOCKED_SUFFIXES, LANE_STATES, ExecKeys, PartitionKeys
 from ff_celery.engine.core.snapshot import ExecutionSnapshot
@@ -69,6 +70,18 @@ class ExecutionReport(BaseModel):
     quota: QuotaPolicy | None = None
     stream_frames: int = 0
     stream_closed_reason: str = ""
+
+
+def resolve_flow(engine: Engine, target: str) -> FlowRef:
+    """A flow id as given, or the flow of a task or execution."""
+    if len(target) == 36 and not target.startswith("{"):
+        flow = FlowRef(target, engine.partitions.flow_partition(target))
+        if engine.flows.exists(flow):
+            return flow
+    flow = engine.flows.flow_of(resolve_target(engine, target))
+    if flow is None:
+        raise error_for_code("flow_not_found", [f"{target} is not a flow nor a member of one"])
+    return flow
 
 
 def describe_execution(engine: Engine, execution_id: ExecutionId) -> ExecutionReport:
