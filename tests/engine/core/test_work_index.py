@@ -180,9 +180,10 @@ def all_calls(client) -> int:
 IDLE_LANES = [f"queue{n}" for n in range(11)]
 #: Seconds measured; an upper bound holds however slow a loaded machine makes the threads.
 IDLE_WINDOW_S = 5.0
-#: A generous bound: ~15 a second on one server, ~80 on a cluster (one EXISTS per lane's
-#: partition per cycle); reading every partition costs thousands.
-IDLE_COMMANDS_PER_S = 150
+#: Generous bounds, one server and a cluster: measured ~15 a second on one server, 65-180 on
+#: a 3+3 cluster (one EXISTS per lane's partition per cycle, counted on every node, replicas
+#: included); reading every partition (1 024 here) costs thousands a second either way.
+IDLE_COMMANDS_PER_S = {False: 150, True: 400}
 
 
 @pytest.mark.parametrize("partitions", [64, 1024])
@@ -212,4 +213,4 @@ def test_idle_scanners_and_claimer_cost_a_few_commands_a_second_however_many_par
         stop.set()
         polling.join(timeout=30)
         claimer.close()
-    assert spent / IDLE_WINDOW_S < IDLE_COMMANDS_PER_S
+    assert spent / IDLE_WINDOW_S < IDLE_COMMANDS_PER_S[len(each_node(ff_engine.redis)) > 1]
