@@ -70,10 +70,9 @@ local function resolve_outgoing(tag, eid, flow_id, wake_prefix, wake_any, publis
     local child = redis.call("HGET", flow .. "edge:" .. edge_id, "downstream_execution_id")
     if present(child) then
       local child_exec = exec .. child .. ":"
-      local lane = redis.call("HGET", child_exec .. "core", "lane_id")
-      local attempt_index = redis.call("HGET", child_exec .. "core", "current_attempt_index")
-      lane = present(lane) and lane or "default"
-      attempt_index = present(attempt_index) and attempt_index or "0"
+      local found = redis.call("HMGET", child_exec .. "core", "lane_id", "current_attempt_index")
+      local lane = present(found[1]) and found[1] or "default"
+      local attempt_index = present(found[2]) and found[2] or "0"
       if redis.call("HGET", child_exec .. "dep:" .. edge_id, "state") == "unsatisfied" then
         local resolved = contract.ff_resolve_dependency({
           child_exec .. "core", child_exec .. "deps:meta", child_exec .. "deps:unresolved",
@@ -132,5 +131,5 @@ end)
 -- The revision of this library (the loader replaces an older one); bump it whenever a
 -- function here changes.
 redis.register_function('ffc_version', function(keys, args)
-  return 'ffcelery-1'
+  return 'ffcelery-2'
 end)

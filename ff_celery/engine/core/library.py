@@ -134,7 +134,8 @@ def loaded_version(client: redis.Redis, function: str = "ff_version") -> str | N
         versions = [loaded_version(client.get_redis_connection(node), function) for node in client.get_primaries()]
         if None in versions:
             return None
-        return min((v for v in versions if v is not None), key=lambda v: (_revision(v) or 0, v))
+        revision = (lambda v: _revision(v, HOT_PATH_REVISION)) if function == "ffc_version" else _revision
+        return min((v for v in versions if v is not None), key=lambda v: (revision(v) or 0, v))
     try:
         value = client.fcall(function, 0)
     except redis.ResponseError as exc:
