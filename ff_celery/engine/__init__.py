@@ -45,11 +45,12 @@ from ff_celery.engine.core.errors import (
     retry_transport_for,
 )
 from ff_celery.engine.core.executor import RETRYABLE_REDIS_ERRORS
-from ff_celery.engine.core.flows import FlowRef, FlowView, NewExecution
+from ff_celery.engine.core.flows import FlowRef, FlowView
 from ff_celery.engine.core.ids import ExecutionId, budget_id_for, canonical_uuid, quota_id_for
 from ff_celery.engine.core.keys import DONE_NOTICE, chord_failure_key, done_channel, wake_channel
 from ff_celery.engine.core.library import ensure_library, library_source, library_version, loaded_version
 from ff_celery.engine.core.metrics import metric
+from ff_celery.engine.core.new_execution import ExecutionSpec, NewExecution
 from ff_celery.engine.core.notices import Listener
 from ff_celery.engine.core.policy import (
     KEEP_FOREVER_MS,
@@ -172,6 +173,7 @@ __all__ = [
     "ExecutionPolicy",
     "ExecutionReport",
     "ExecutionSnapshot",
+    "ExecutionSpec",
     "ExecutionSummary",
     "ExponentialBackoff",
     "Exporter",

@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar, Protocol
 
 import redis
@@ -40,6 +41,7 @@ from ff_celery.engine import (
     Engine,
     EngineError,
     ExecutionId,
+    ExecutionSpec,
     FlowRef,
     LeaseRenewer,
     TransportError,
@@ -58,7 +60,6 @@ from ff_celery.mapping.messages import (
     NAMESPACE,
     FlowStep,
     PublishError,
-    Submission,
     delivery_message,
     is_celery_task,
     submission_for,
@@ -260,24 +261,13 @@ class Channel(kombu_redis.Channel):
         engine = self.ff_engine
         now_ms = engine.now_ms()
         submission = submission_for(lane, message, now_ms=now_ms, max_size=self.max_message_size)
-        fields = {
-            "execution_kind": submission.execution_kind,
-            "priority": submission.priority,
-            "policy": submission.policy,
-            "delay_until": submission.delay_until,
-            "deadline_at": submission.deadline_at,
-            "idempotency_key": submission.idempotency_key,
-            "tags": submission.tags,
-            "alias": submission.alias,
-            "creator_identity": submission.creator_identity,
-            "budget_ids": submission.budget_ids,
-            "quota_policy_id": submission.quota_policy_id or self.lane_quotas.get(queue),
-        }
+        spec = submission.spec
+        if spec.quota_policy_id is None and queue in self.lane_quotas:
+            spec = replace(spec, quota_policy_id=self.lane_quotas[queue])
         if submission.flow is not None:
             step = submission.flow
             flow = FlowRef(step.flow_id, engine.partitions.flow_partition(step.flow_id))
-            eid = ExecutionId.mint(flow.partition)
-            member = engine.new_execution(submission.lane, submission.payload, eid, **fields)
+            member = engine.new_execution(spec, ExecutionId.mint(flow.partition))
             publication = FlowPublication.current(step.flow_id)
             if publication is not None:
                 publication.add(engine, flow, member, step.after)
@@ -286,32 +276,32 @@ class Channel(kombu_redis.Channel):
             publication.add(engine, flow, member, step.after)
             created = publication.commit()[0]
         else:
-            created = self._ff_submit(submission, fields)
+            created = self._ff_submit(spec)
         headers = message.get("headers") or {}
         if created.duplicate and headers.get("retries"):
             # Celery's Task.retry of a running task: its delay and its arguments are the next attempt's
-            plan_republished_retry(str(headers.get("id")), max(0, (submission.delay_until or now_ms) - now_ms))
-            engine.set_next_attempt_payload(created.execution_id, submission.payload)
+            plan_republished_retry(str(headers.get("id")), max(0, (spec.delay_until or now_ms) - now_ms))
+            engine.set_next_attempt_payload(created.execution_id, spec.input_payload)
 
-    def _ff_submit(self, submission: Submission, fields: dict[str, Any]) -> Created:
+    def _ff_submit(self, spec: ExecutionSpec) -> Created:
         """Submit a message that is not a flow member. A task id published again while its
         execution lives is that execution; published after it ended, it is a new run of the
         task (Celery's brokers run every message: a frozen canvas applied again runs again),
         unless the publisher repeats work whose messages went out already
         (:func:`~ff_celery.integration.context.publisher_repeats`): a step re-sent after a crash runs once;
         or the task was revoked: a revoked task id stays revoked, as Celery's workers keep it."""
-        engine, key = self.ff_engine, fields["idempotency_key"]
-        created = engine.submit(submission.lane, submission.payload, alias_replaces=submission.alias_replaces, **fields)
+        engine, key = self.ff_engine, spec.idempotency_key
+        created = engine.create(spec)
         while (
             created.duplicate
-            and submission.alias
+            and spec.alias
             and not publisher_repeats()
             and engine.ended(created.execution_id) not in (None, "cancelled")
         ):
             # each run's key names the run before it: publishers racing to start the next run
             # start one
-            fields["idempotency_key"] = f"{key}:after:{created.execution_id}"
-            created = engine.submit(submission.lane, submission.payload, alias_replaces=True, **fields)
+            spec = replace(spec, idempotency_key=f"{key}:after:{created.execution_id}", alias_replaces=True)
+            created = engine.create(spec)
         return created
 
     def ff_lanes_of(self, queue: str) -> list[str]:

@@ -14,7 +14,7 @@ already held the execution until it was due), and the delivery tag names the lea
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
@@ -23,7 +23,14 @@ from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.serialization import loads
 from kombu.utils import json
 
-from ff_celery.engine import KEEP_FOREVER_MS, ClaimedTask, ExecutionPolicy, ValidationError, canonical_uuid
+from ff_celery.engine import (
+    KEEP_FOREVER_MS,
+    ClaimedTask,
+    ExecutionPolicy,
+    ExecutionSpec,
+    ValidationError,
+    canonical_uuid,
+)
 from ff_celery.mapping.numbers import (
     DELAY_S,
     EXPIRATION_MS,
@@ -117,24 +124,12 @@ class FlowStep:
         return due if due > now_ms else None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Submission:
-    """What a published message becomes: the arguments of ``Engine.submit``."""
+    """What a published message becomes: the execution to create and, for a canvas member,
+    its place in its flow."""
 
-    lane: str
-    payload: bytes
-    execution_kind: str
-    priority: int = 0
-    delay_until: int | None = None
-    deadline_at: int | None = None
-    idempotency_key: str | None = None
-    alias: str | None = None
-    alias_replaces: bool = False
-    policy: ExecutionPolicy = field(default_factory=ExecutionPolicy)
-    tags: dict[str, str] = field(default_factory=dict)
-    creator_identity: str = ""
-    budget_ids: tuple[str, ...] = ()
-    quota_policy_id: str | None = None
+    spec: ExecutionSpec
     flow: FlowStep | None = None
 
 
@@ -207,40 +202,51 @@ def submission_for(queue: str, message: dict[str, Any], *, now_ms: int, max_size
         numbers = MessageNumbers.of(headers, properties)
     except OutOfRange as exc:
         raise PublishError(str(exc)) from None
-    submission = Submission(
-        lane=queue,
-        payload=payload,
-        execution_kind="kombu.message",
-        priority=numbers.priority,
-        creator_identity=str(headers.get("origin") or ""),
-    )
     # Celery publishers carry them in the headers (ff_celery.integration.app); a kombu publisher may
     # set them as message properties
     given_as_options = {name: properties[name] for name in (BUDGETS_HEADER, QUOTA_HEADER) if name in properties}
-    submission.budget_ids, submission.quota_policy_id = _admission_headers({**given_as_options, **headers})
-    if numbers.expiration_ms is not None:
-        submission.deadline_at = now_ms + numbers.expiration_ms
-
+    budget_ids, quota_policy_id = _admission_headers({**given_as_options, **headers})
+    spec = ExecutionSpec(
+        lane_id=queue,
+        input_payload=payload,
+        execution_kind="kombu.message",
+        priority=numbers.priority,
+        execution_deadline_at=None if numbers.expiration_ms is None else now_ms + numbers.expiration_ms,
+        creator_identity=str(headers.get("origin") or ""),
+        budget_ids=budget_ids,
+        quota_policy_id=quota_policy_id,
+    )
+    flow = None
     task_name, task_id = headers.get("task"), headers.get("id")
     if task_name and task_id:
-        submission.execution_kind = str(task_name)
-        submission.delay_until = _epoch_ms(headers.get("eta"), "eta")
-        submission.deadline_at = _epoch_ms(headers.get("expires"), "expires") or submission.deadline_at
-        # A task replacing itself (Task.replace) reuses its id with a higher nesting level.
-        submission.idempotency_key = f"{task_id}:{numbers.nesting}"
-        submission.alias, submission.alias_replaces = str(task_id), numbers.nesting > 0
-        submission.tags = {TASK_TAG: str(task_name), TASK_ID_TAG: str(task_id), "celery.queue": queue}
-        if headers.get("root_id"):
-            submission.tags["celery.root_id"] = str(headers["root_id"])
-        if headers.get("group"):
-            submission.tags["celery.group"] = str(headers["group"])
+        spec = replace(
+            spec,
+            execution_kind=str(task_name),
+            delay_until=_epoch_ms(headers.get("eta"), "eta"),
+            execution_deadline_at=_epoch_ms(headers.get("expires"), "expires") or spec.execution_deadline_at,
+            # A task replacing itself (Task.replace) reuses its id with a higher nesting level.
+            idempotency_key=f"{task_id}:{numbers.nesting}",
+            alias=str(task_id),
+            alias_replaces=numbers.nesting > 0,
+            tags=_task_tags(queue, str(task_name), str(task_id), headers),
+        )
         if headers.get(POLICY_HEADER):
-            submission.policy = _policy_from_header(headers[POLICY_HEADER])
-        submission.flow = FlowStep.from_header(headers.get(FLOW_HEADER))
+            spec = replace(spec, policy=_policy_from_header(headers[POLICY_HEADER]))
+        flow = FlowStep.from_header(headers.get(FLOW_HEADER))
     for given in (headers, properties):  # an apply_async option wins over the task's own
         if RETENTION_HEADER in given:
-            submission.policy = submission.policy.with_retention(_retention_ms(given[RETENTION_HEADER]))
-    return submission
+            spec = replace(spec, policy=spec.policy.with_retention(_retention_ms(given[RETENTION_HEADER])))
+    return Submission(spec, flow)
+
+
+def _task_tags(queue: str, task_name: str, task_id: str, headers: dict[str, Any]) -> dict[str, str]:
+    """The tags naming a Celery task's execution: its task, id, queue, root and group."""
+    tags = {TASK_TAG: task_name, TASK_ID_TAG: task_id, "celery.queue": queue}
+    if headers.get("root_id"):
+        tags["celery.root_id"] = str(headers["root_id"])
+    if headers.get("group"):
+        tags["celery.group"] = str(headers["group"])
+    return tags
 
 
 def _retention_ms(seconds: Any) -> int:

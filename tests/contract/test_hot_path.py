@@ -25,6 +25,7 @@ from ff_celery.engine.core.errors import EngineError
 from ff_celery.engine.core.flows import FlowRef
 from ff_celery.engine.core.ids import ExecutionId
 from ff_celery.engine.core.keys import ExecKeys
+from ff_celery.engine.core.new_execution import ExecutionSpec
 from ff_celery.engine.work.claimed_task import ClaimedTask
 
 from .support import keyspace
@@ -172,7 +173,10 @@ def test_claims_and_completions_leave_what_the_contract_calls_leave(sides, monke
         fixed_ids(monkeypatch)
         engine = side.engine
         engine.submit(LANE, b"solo", execution_id=solo, tags={"celery.task": "add"})
-        members = [engine.new_execution(LANE, b"step-" + eid.encode(), eid) for eid in (first, left, right, join)]
+        members = [
+            engine.new_execution(ExecutionSpec(LANE, b"step-" + eid.encode()), eid)
+            for eid in (first, left, right, join)
+        ]
         upstream = {left: (first,), right: (first,), join: (left, right)}
         engine.submit_flow(flow, [replace(m, upstream=upstream.get(m.request.execution_id, ())) for m in members])
     same(contract, combined, "created")

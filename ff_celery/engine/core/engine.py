@@ -17,7 +17,7 @@ from ff_celery.engine.core.connection import compare_and_set
 from ff_celery.engine.core.decoding import decode_fields, decode_hash, text
 from ff_celery.engine.core.errors import EngineError, TransportError
 from ff_celery.engine.core.executor import Batch, Executor, transport_error
-from ff_celery.engine.core.flows import FlowRef, Flows, NewExecution
+from ff_celery.engine.core.flows import FlowRef, Flows
 from ff_celery.engine.core.ids import ExecutionId, attachment_fields
 from ff_celery.engine.core.keys import (
     ADMISSION_LANES_KEY,
@@ -32,8 +32,8 @@ from ff_celery.engine.core.keys import (
     next_attempt_payload_key,
     wake_channel,
 )
+from ff_celery.engine.core.new_execution import ExecutionSpec, NewExecution
 from ff_celery.engine.core.notices import publish_command
-from ff_celery.engine.core.policy import ExecutionPolicy
 from ff_celery.engine.core.snapshot import ExecutionSnapshot
 from ff_celery.engine.core.work_index import record_partition
 
@@ -70,75 +70,50 @@ class Engine(Executor):
     # -- composite operations -----------------------------------------------------------------
 
     def submit(
-        self,
-        lane: str,
-        payload: bytes = b"",
-        *,
-        execution_id: ExecutionId | None = None,
-        alias: str | None = None,
-        alias_replaces: bool = False,
-        **fields: Any,
+        self, lane: str, payload: bytes = b"", *, execution_id: ExecutionId | None = None, **fields: Any
     ) -> fn.Created:
-        """Create a solo execution on ``lane`` (its partition is the lane's).
+        """:meth:`create` of ``ExecutionSpec(lane, payload, **fields)``."""
+        return self.create(ExecutionSpec(lane, payload, **fields), execution_id)
 
-        A ``delay_until`` less than a second ahead of engine time runs now. ``alias`` (e.g. a
-        Celery task id) is indexed, for as long as the execution exists, so :meth:`resolve`
-        finds the execution without knowing its lane; ``alias_replaces`` repoints an existing alias (a
-        task that replaced itself). ``budget_ids`` / ``quota_policy_id`` (ids or names) put the
-        execution under budgets and a quota, checked when it is claimed. Wakes idle claimers
-        when the lane had no eligible work. The other ``fields`` are :meth:`new_execution`'s.
-        """
-        partition = self.partitions.lane_partition(lane)
+    def create(self, spec: ExecutionSpec, execution_id: ExecutionId | None = None) -> fn.Created:
+        """Create ``spec`` as a solo execution (its partition is its lane's unless
+        ``execution_id`` names another). A ``delay_until`` less than a second ahead of engine
+        time runs now. Wakes idle claimers when the lane had no eligible work."""
+        partition = self.partitions.lane_partition(spec.lane_id)
         for _ in range(2):
-            eid = execution_id or ExecutionId.mint(partition)
-            new = self.new_execution(lane, payload, eid, alias=alias, **fields)
-            created = self._create(new.request, new.attachment, alias, alias_replaces, minted=execution_id is None)
+            new = self.new_execution(spec, execution_id or ExecutionId.mint(partition))
+            created = self._create(new, minted=execution_id is None)
             if created is not None:
                 return created
         raise TransportError("the execution could not be created: the function library kept disappearing")
 
-    def new_execution(
-        self,
-        lane: str,
-        payload: bytes,
-        execution_id: ExecutionId,
-        *,
-        execution_kind: str = "task",
-        priority: float = 0,
-        policy: ExecutionPolicy | None = None,
-        delay_until: int | None = None,
-        deadline_at: int | None = None,
-        idempotency_key: str | None = None,
-        tags: dict[str, str] | None = None,
-        alias: str | None = None,
-        creator_identity: str = "",
-        budget_ids: Sequence[str] = (),
-        quota_policy_id: str | None = None,
-    ) -> NewExecution:
-        """What creating an execution sends: its ``ff_create_execution`` and the budget and
-        quota fields it carries from the start."""
+    def new_execution(self, spec: ExecutionSpec, execution_id: ExecutionId) -> NewExecution:
+        """What creating ``spec`` as ``execution_id`` sends: its ``ff_create_execution`` and
+        the budget and quota fields it carries from the start."""
+        delay_until = spec.delay_until
         if delay_until is not None and delay_until <= self.now_ms() + DELAY_SAFETY_MS:
             delay_until = None
-        tags = dict(tags or {})  # and what retention needs to remove the keys naming it
-        if alias:
-            tags[ALIAS_TAG] = alias
-        if idempotency_key:
-            tags[IDEMPOTENCY_KEY_TAG] = idempotency_key
+        tags = dict(spec.tags)  # and what retention needs to remove the keys naming it
+        if spec.alias:
+            tags[ALIAS_TAG] = spec.alias
+        if spec.idempotency_key:
+            tags[IDEMPOTENCY_KEY_TAG] = spec.idempotency_key
         request = fn.CreateExecution(
             execution_id=execution_id,
             namespace=self.namespace,
-            lane_id=lane,
-            execution_kind=execution_kind,
-            priority=priority,
-            creator_identity=creator_identity,
-            policy_json=(policy or ExecutionPolicy()).to_json(),
-            input_payload=payload,
+            lane_id=spec.lane_id,
+            execution_kind=spec.execution_kind,
+            priority=spec.priority,
+            creator_identity=spec.creator_identity,
+            policy_json=spec.policy.to_json(),
+            input_payload=spec.input_payload,
             delay_until=delay_until,
-            idempotency_key=idempotency_key,
+            idempotency_key=spec.idempotency_key,
             tags=tags,
-            execution_deadline_at=deadline_at,
+            execution_deadline_at=spec.execution_deadline_at,
         )
-        return NewExecution(request, attachment_fields(budget_ids, quota_policy_id), alias)
+        attachment = attachment_fields(spec.budget_ids, spec.quota_policy_id)
+        return NewExecution(request, attachment, spec.alias, spec.alias_replaces)
 
     def submit_flow(self, flow: FlowRef, members: Sequence[NewExecution]) -> list[fn.Created]:
         """Create ``members`` (made with :meth:`new_execution` on the flow's partition, each
@@ -171,20 +146,13 @@ class Engine(Executor):
                 self._remember_alias(member.alias, outcome.execution_id)
         return created
 
-    def _create(
-        self,
-        request: fn.CreateExecution,
-        attachment: dict[str, str],
-        alias: str | None,
-        alias_replaces: bool,
-        *,
-        minted: bool,
-    ) -> fn.Created | None:
-        """:meth:`submit` in one round trip: the lane in the registry (every time: idle lanes
+    def _create(self, new: NewExecution, *, minted: bool) -> fn.Created | None:
+        """:meth:`create` in one round trip: the lane in the registry (every time: idle lanes
         leave it, see EngineScanners.forget_idle_lanes) and, for an id minted off the lane's
         partition, that partition in ``ffc:idx:partitions``, the FCALL, the budget attachment,
         the alias (kept if a duplicate already set it) and the size of the lane's eligible
         set. None when it must be tried again with a fresh id."""
+        request, attachment, alias = new.request, new.attachment, new.alias
         eid, lane = request.execution_id, request.lane_id
         batch = self.batch()
         batch.command("sadd", LANE_REGISTRY_KEY, lane)
@@ -197,7 +165,7 @@ class Engine(Executor):
             batch.command("sadd", ADMISSION_LANES_KEY, lane)
         self._keep_idempotency_record(batch, request)
         if alias:
-            batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not alias_replaces)
+            batch.command("set", alias_key(self.namespace, alias), str(eid), nx=not new.alias_replaces)
         # an execution under budgets or a quota must pass admission, which a claimer only knows
         # its lane needs after a probe: its wake-up names nothing, so the claimer probes
         named = None if attachment else eid

@@ -23,6 +23,7 @@ from ff_celery.engine.core.errors import EngineError, TransportError
 from ff_celery.engine.core.executor import Batch
 from ff_celery.engine.core.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.core.keys import ExecKeys, FlowKeys
+from ff_celery.engine.core.new_execution import NewExecution
 
 R = TypeVar("R")
 
@@ -46,18 +47,6 @@ class FlowRef:
     @property
     def keys(self) -> FlowKeys:
         return FlowKeys(self.flow_id, self.partition)
-
-
-@dataclass(frozen=True)
-class NewExecution:
-    """An execution to create: its ``ff_create_execution``, the budget and quota fields it
-    carries from the start, its alias, and (as a flow member) the members it waits for, all
-    to succeed, before it becomes eligible."""
-
-    request: fn.CreateExecution
-    attachment: dict[str, str]
-    alias: str | None = None
-    upstream: tuple[ExecutionId, ...] = ()
 
 
 class FlowEngine(Protocol):

@@ -17,7 +17,7 @@ def message(headers=None, properties=None) -> dict:
 
 
 def retention_of(**parts) -> int | None:
-    return submission_for("celery", message(**parts), now_ms=0, max_size=1 << 20).policy.retention_ms
+    return submission_for("celery", message(**parts), now_ms=0, max_size=1 << 20).spec.policy.retention_ms
 
 
 def test_a_task_or_call_retention_becomes_the_executions_and_the_call_wins():

@@ -14,6 +14,7 @@ from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.flows import FlowRef
 from ff_celery.engine.core.ids import ExecutionId, new_uuid
 from ff_celery.engine.core.keys import ADMISSION_LANES_KEY, PartitionKeys, wake_channel
+from ff_celery.engine.core.new_execution import ExecutionSpec
 from ff_celery.engine.core.notices import Listener
 from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
 from ff_celery.engine.work.claimer import Claimer
@@ -35,7 +36,7 @@ def claimer(make_claimer) -> Claimer:
 
 def member(engine: Engine, flow: FlowRef, *upstream: ExecutionId, lane: str = LANE, **fields) -> ExecutionId:
     """A new member of ``flow`` waiting for ``upstream``."""
-    new = engine.new_execution(lane, b"step", ExecutionId.mint(flow.partition), **fields)
+    new = engine.new_execution(ExecutionSpec(lane, b"step", **fields), ExecutionId.mint(flow.partition))
     (created,) = engine.submit_flow(flow, [replace(new, upstream=tuple(upstream))])
     return created.execution_id
 
@@ -64,8 +65,8 @@ def test_new_flow_ids_land_on_the_asked_partition(ff_engine):
 
 def test_members_created_together_wait_for_each_other_from_the_start(ff_engine, flow):
     partition = flow.partition
-    first = ff_engine.new_execution(LANE, b"1", ExecutionId.mint(partition), alias="task-1")
-    second = ff_engine.new_execution(LANE, b"2", ExecutionId.mint(partition), alias="task-2")
+    first = ff_engine.new_execution(ExecutionSpec(LANE, b"1", alias="task-1"), ExecutionId.mint(partition))
+    second = ff_engine.new_execution(ExecutionSpec(LANE, b"2", alias="task-2"), ExecutionId.mint(partition))
     second = replace(second, upstream=(first.request.execution_id,))
     created = ff_engine.submit_flow(flow, [first, second])
     assert [c.public_state for c in created] == ["waiting", "waiting"]

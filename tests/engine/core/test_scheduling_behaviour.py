@@ -442,7 +442,7 @@ def test_claimed_task_sees_the_tags(ff_engine, claimer):
 
 def test_execution_past_its_deadline_is_expired_by_the_deadline_scanner(ff_engine, claimer, scanners):
     deadline = ff_engine.server_time_ms() + 150
-    eid = ff_engine.submit(LANE, b"", deadline_at=deadline).execution_id
+    eid = ff_engine.submit(LANE, b"", execution_deadline_at=deadline).execution_id
     deadline_index = PartitionKeys(eid.partition).execution_deadline
     assert ff_engine.redis.zscore(deadline_index, eid) == deadline
 
@@ -466,7 +466,7 @@ def test_execution_past_its_deadline_is_expired_by_the_deadline_scanner(ff_engin
 
 def test_running_execution_past_its_deadline_is_expired_and_loses_its_lease(ff_engine, claimer, scanners):
     deadline = ff_engine.server_time_ms() + 150
-    eid = ff_engine.submit(LANE, b"", deadline_at=deadline).execution_id
+    eid = ff_engine.submit(LANE, b"", execution_deadline_at=deadline).execution_id
     task = claim_now(claimer)
     assert task is not None
 

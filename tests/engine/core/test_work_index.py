@@ -16,6 +16,7 @@ from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.flows import FlowRef
 from ff_celery.engine.core.ids import ExecutionId
 from ff_celery.engine.core.keys import PARTITION_CONFIG_KEY, PARTITIONS_IN_USE_KEY, PartitionKeys
+from ff_celery.engine.core.new_execution import ExecutionSpec
 from ff_celery.engine.core.work_index import forget_unused_partitions, partitions_of, recorded_partitions
 from ff_celery.engine.duties.scanners import EngineScanners, Scanner, ScannerSettings
 from ff_celery.engine.work.claimer import Claimer
@@ -37,7 +38,7 @@ def flow(ff_engine: Engine) -> FlowRef:
 
 
 def member(engine: Engine, flow: FlowRef, *upstream: ExecutionId, **fields) -> ExecutionId:
-    new = engine.new_execution(LANE, b"step", ExecutionId.mint(flow.partition), **fields)
+    new = engine.new_execution(ExecutionSpec(LANE, b"step", **fields), ExecutionId.mint(flow.partition))
     (created,) = engine.submit_flow(flow, [replace(new, upstream=upstream)])
     return created.execution_id
 
@@ -48,7 +49,7 @@ def state(engine: Engine, eid: ExecutionId) -> str:
 
 def written_by_another_client(engine: Engine, partition: int, **fields) -> ExecutionId:
     """An execution of LANE created on ``partition`` with the bare FCALL, recording nothing."""
-    request = engine.new_execution(LANE, b"foreign", ExecutionId.mint(partition), **fields).request
+    request = engine.new_execution(ExecutionSpec(LANE, b"foreign", **fields), ExecutionId.mint(partition)).request
     return engine.call(request).execution_id
 
 
@@ -69,7 +70,7 @@ def test_a_delayed_member_off_its_lanes_partition_is_promoted(ff_engine, flow):
 
 
 def test_a_member_off_its_lanes_partition_expires_at_its_deadline(ff_engine, flow):
-    eid = member(ff_engine, flow, deadline_at=ff_engine.server_time_ms() + 300)
+    eid = member(ff_engine, flow, execution_deadline_at=ff_engine.server_time_ms() + 300)
     scanners = EngineScanners(ff_engine)
     assert wait_for(lambda: scanners.expire_due("execution_deadline") == 1)  # once the server's clock passed it
     assert ff_engine.read_core(eid, "public_state", "failure_reason") == {

@@ -6,6 +6,7 @@ from conftest import engine_time, wait_for
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.core.keys import PartitionKeys, alias_key
+from ff_celery.engine.core.new_execution import ExecutionSpec
 from ff_celery.engine.core.policy import KEEP_FOREVER_MS, ExecutionPolicy
 from ff_celery.engine.duties.scanners import EngineScanners, ScannerSettings
 from ff_celery.engine.work import signals
@@ -68,7 +69,7 @@ def test_expired_terminal_executions_go_with_every_key_alias_and_idempotency_key
 
 def test_each_execution_keeps_its_own_retention_then_its_lanes_then_the_default(ff_engine):
     def submit(lane, retention_ms=None):
-        policy = ExecutionPolicy().with_retention(retention_ms) if retention_ms is not None else None
+        policy = ExecutionPolicy() if retention_ms is None else ExecutionPolicy().with_retention(retention_ms)
         return ff_engine.submit(lane, b"x", policy=policy).execution_id
 
     forever_first = [submit("short", KEEP_FOREVER_MS) for _ in range(3)]  # at the head of the lane
@@ -121,7 +122,9 @@ def test_a_flow_goes_with_its_last_member_and_each_member_takes_its_edges(ff_eng
     baseline = set(ff_redis.keys())
     partition = ff_engine.partitions.lane_partition("default")
     flow = FlowRef(ff_engine.partitions.new_flow_id(partition), partition)
-    members = [ff_engine.new_execution("default", b"step", ExecutionId.mint(partition)) for _ in range(2)]
+    members = [
+        ff_engine.new_execution(ExecutionSpec("default", b"step"), ExecutionId.mint(partition)) for _ in range(2)
+    ]
     members[1] = replace(members[1], upstream=(members[0].request.execution_id,))
     first, second = (created.execution_id for created in ff_engine.submit_flow(flow, members))
     scanners = EngineScanners(ff_engine, settings=ScannerSettings(retention_s=3600))
@@ -161,9 +164,11 @@ def test_an_upstream_result_stays_until_every_member_waiting_for_it_has_run(ff_e
     partition = ff_engine.partitions.lane_partition("default")
     flow = FlowRef(ff_engine.partitions.new_flow_id(partition), partition)
     brief = ExecutionPolicy().with_retention(0)
-    members = [ff_engine.new_execution("default", b"step", ExecutionId.mint(partition), policy=brief)]
+    members = [ff_engine.new_execution(ExecutionSpec("default", b"step", policy=brief), ExecutionId.mint(partition))]
     for _ in range(2):  # a chord body and a chain step waiting for it, each with their own lanes
-        members.append(ff_engine.new_execution("later", b"step", ExecutionId.mint(partition), policy=brief))
+        members.append(
+            ff_engine.new_execution(ExecutionSpec("later", b"step", policy=brief), ExecutionId.mint(partition))
+        )
     members[1] = replace(members[1], upstream=(members[0].request.execution_id,))
     members[2] = replace(members[2], upstream=(members[0].request.execution_id,))
     upstream, first, second = (created.execution_id for created in ff_engine.submit_flow(flow, members))
@@ -198,7 +203,7 @@ def test_aliases_idempotency_records_and_next_attempt_payloads_last_as_long_as_t
     partition = ff_engine.partitions.lane_partition("default")
     flow = FlowRef(ff_engine.partitions.new_flow_id(partition), partition)
     member = ff_engine.new_execution(
-        "default", b"y", ExecutionId.mint(partition), alias="member", idempotency_key="member:0"
+        ExecutionSpec("default", b"y", alias="member", idempotency_key="member:0"), ExecutionId.mint(partition)
     )
     (flowed,) = (created.execution_id for created in ff_engine.submit_flow(flow, [replace(member)]))
     ff_engine.set_next_attempt_payload(solo, b"retried with new arguments")

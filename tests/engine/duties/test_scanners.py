@@ -174,7 +174,7 @@ def test_repeated_crashes_end_in_failure_at_the_reclaim_cap(ff_engine, claimer):
 
 
 def test_the_background_thread_expires_executions_past_their_deadline(ff_engine):
-    eid = ff_engine.submit("default", b"x", deadline_at=ff_engine.server_time_ms() + 300).execution_id
+    eid = ff_engine.submit("default", b"x", execution_deadline_at=ff_engine.server_time_ms() + 300).execution_id
     scanners = EngineScanners(ff_engine, settings=FAST).start()
     try:
         assert wait_for(lambda: ff_engine.read_core(eid, "public_state")["public_state"] == "expired")
