@@ -12,6 +12,7 @@ import click
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, table, url_option, when
 from ff_celery.engine import (
     STATE_INDEXES,
+    CoreField,
     ExecutionReport,
     describe_execution,
     follow_execution,
@@ -29,23 +30,24 @@ def _print_report(report: ExecutionReport) -> None:
     snapshot = report.snapshot
     core, tags = snapshot.core, snapshot.tags
     field = core.get
-    state = (
-        f"{snapshot.public_state}  (phase {field('lifecycle_phase')}, ownership {field('ownership_state')}, "
-        f"eligibility {field('eligibility_state')})"
-    )
-    outcome = " ".join(filter(None, [field("terminal_outcome"), field("failure_reason"), field("cancellation_reason")]))
+    phase, ownership = field(CoreField.LIFECYCLE_PHASE), field(CoreField.OWNERSHIP_STATE)
+    eligibility = field(CoreField.ELIGIBILITY_STATE)
+    state = f"{snapshot.public_state}  (phase {phase}, ownership {ownership}, eligibility {eligibility})"
+    ending = (CoreField.TERMINAL_OUTCOME, CoreField.FAILURE_REASON, CoreField.CANCELLATION_REASON)
+    outcome = " ".join(filter(None, map(field, ending)))
+    flow_id = field(CoreField.FLOW_ID)
     lines = [
         ("execution", report.execution_id),
         ("task", f"{tags['celery.task']} [{tags.get('celery.id', '')}]" if "celery.task" in tags else ""),
-        ("lane", field("lane_id", "")),
-        ("flow", f"{field('flow_id')}  (ff-celery flow {field('flow_id')})" if field("flow_id") else ""),
+        ("lane", field(CoreField.LANE_ID, "")),
+        ("flow", f"{flow_id}  (ff-celery flow {flow_id})" if flow_id else ""),
         ("state", state),
-        ("blocking", f"{field('blocking_reason', '')} {field('blocking_detail', '')}".strip()),
+        ("blocking", f"{field(CoreField.BLOCKING_REASON, '')} {field(CoreField.BLOCKING_DETAIL, '')}".strip()),
         ("outcome", outcome),
-        ("created", when(field("created_at"))),
-        ("completed", when(field("completed_at"))),
-        ("retries", field("retry_count", "0")),
-        ("progress", f"{field('progress_pct', '')}% {field('progress_message', '')}".strip(" %")),
+        ("created", when(field(CoreField.CREATED_AT))),
+        ("completed", when(field(CoreField.COMPLETED_AT))),
+        ("retries", field(CoreField.RETRY_COUNT, "0")),
+        ("progress", f"{field(CoreField.PROGRESS_PCT, '')}% {field(CoreField.PROGRESS_MESSAGE, '')}".strip(" %")),
         ("stream", f"{report.stream_frames} frames {report.stream_closed_reason}".strip()),
     ]
     lease = snapshot.lease
@@ -197,7 +199,7 @@ def tail(target: str, block_s: float, url: str, as_json: bool) -> None:
             continue
         line = f"[{attempt}] {frame.frame_type}: {frame.payload}"
         click.echo(("\r" + line.ljust(len(bar)) + "\n" + bar) if live and bar else line, nl=not (live and bar))
-    state = engine.read_core(execution_id, "public_state").get("public_state", "gone")
+    state = engine.read_field(execution_id, CoreField.PUBLIC_STATE, "gone")
     if as_json:
         click.echo(json.dumps({"execution_id": str(execution_id), "public_state": state}))
     else:

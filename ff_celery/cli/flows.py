@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from ff_celery.cli.common import emit_json, engine_for, json_option, reports_errors, table, url_option
-from ff_celery.engine import resolve_flow
+from ff_celery.engine import CoreField, resolve_flow
 
 flow_target = click.argument("target", metavar="FLOW_ID|TASK_ID|EXECUTION_ID")
 
@@ -43,7 +43,7 @@ def flow(target: str, url: str, as_json: bool) -> None:
         f"{record.get('node_count', 0)} members, {record.get('edge_count', 0)} edges"
     )
     rows = [
-        [depth[m], "  " * depth[m] + view.members[m].get("public_state", "?"), tags[m].get("celery.task", ""),
+        [depth[m], "  " * depth[m] + view.members[m].get(CoreField.PUBLIC_STATE, "?"), tags[m].get("celery.task", ""),
          names[m], ", ".join(names[up] for up in view.upstream_of(m))]
         for m in ordered
     ]  # fmt: skip

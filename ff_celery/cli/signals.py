@@ -9,7 +9,7 @@ import click
 
 from ff_celery.cli.common import Number, emit_json, engine_for, json_option, reports_errors, url_option
 from ff_celery.cli.setup import metrics_interval_option, serve_metrics, wait_for_interrupt
-from ff_celery.engine import deliver_signal, error_for_code, read_waitpoint, resolve_target, text_encoding
+from ff_celery.engine import CoreField, deliver_signal, error_for_code, read_waitpoint, resolve_target, text_encoding
 from ff_celery.features.signals import waitpoint_id_for
 from ff_celery.mapping.numbers import PORT_OPTION
 from ff_celery.web.signals import DEFAULT_MAX_PER_CLIENT, DEFAULT_PORT, SignalServer
@@ -40,7 +40,7 @@ def signal(
     """Deliver signal NAME to a waiting task."""
     engine = engine_for(url)
     execution_id = resolve_target(engine, target)
-    waitpoint_id = waitpoint or engine.read_core(execution_id, "current_waitpoint_id").get("current_waitpoint_id")
+    waitpoint_id = waitpoint or engine.read_field(execution_id, CoreField.CURRENT_WAITPOINT_ID)
     if not waitpoint_id:
         raise error_for_code("execution_not_suspended", [f"{target} waits on no waitpoint; pass --waitpoint"])
     try:

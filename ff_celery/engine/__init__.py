@@ -44,6 +44,7 @@ from ff_celery.engine.core.errors import (
     error_for_code,
     retry_transport_for,
 )
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.executor import RETRYABLE_REDIS_ERRORS
 from ff_celery.engine.core.flows import FlowRef, FlowView
 from ff_celery.engine.core.ids import ExecutionId, budget_id_for, canonical_uuid, quota_id_for
@@ -161,6 +162,7 @@ __all__ = [
     "CloseWaitpoint",
     "ConflictError",
     "ContentionError",
+    "CoreField",
     "Created",
     "Engine",
     "EngineError",

@@ -20,6 +20,7 @@ import celery
 
 from ff_celery.engine import (
     Appended,
+    CoreField,
     Engine,
     ExecutionId,
     Frame,
@@ -71,7 +72,7 @@ def read_frames(
     engine = context.engine_for(app_or_url)
     execution_id = _execution(engine, task_id)
     if attempt is None:
-        attempt = int(engine.read_core(execution_id, "current_attempt_index").get("current_attempt_index") or 0)
+        attempt = int(engine.read_field(execution_id, CoreField.CURRENT_ATTEMPT_INDEX) or 0)
     return engine_read_frames(engine, execution_id, attempt, after=after, count=count)
 
 

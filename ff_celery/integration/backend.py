@@ -37,6 +37,7 @@ from kombu.utils.encoding import bytes_to_str
 from ff_celery.engine import (
     DONE_NOTICE,
     RETRYABLE_REDIS_ERRORS,
+    CoreField,
     Engine,
     EngineError,
     ExecutionId,
@@ -64,15 +65,15 @@ CHORD_FAILURE_TTL_S = 86_400
 
 #: The exec_core fields a result read needs.
 CORE_FIELDS = (
-    "public_state",
-    "lifecycle_phase",
-    "attempt_state",
-    "completed_at",
-    "failure_reason",
-    "cancellation_reason",
-    "blocking_reason",
-    "blocking_detail",
-    "current_waitpoint_id",
+    CoreField.PUBLIC_STATE,
+    CoreField.LIFECYCLE_PHASE,
+    CoreField.ATTEMPT_STATE,
+    CoreField.COMPLETED_AT,
+    CoreField.FAILURE_REASON,
+    CoreField.CANCELLATION_REASON,
+    CoreField.BLOCKING_REASON,
+    CoreField.BLOCKING_DETAIL,
+    CoreField.CURRENT_WAITPOINT_ID,
 )
 
 
@@ -271,7 +272,7 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
         same_store = self.store is engine.redis  # then the Celery meta comes in the same round trip
         read = engine.read_aliased(task_id, CORE_FIELDS, also_get=[meta_key] if same_store else [])
         eid, core, result = read.execution_id, read.core, read.result
-        if core.get("public_state") == "completed":
+        if core.get(CoreField.PUBLIC_STATE) == "completed":
             # completed without a result: ignore_result, so PENDING as Celery answers
             meta = self.decode_result(result) if result else {"status": states.PENDING, "result": None}
         else:
@@ -281,32 +282,32 @@ class FlowFabricBackend(BaseKeyValueStoreBackend, SyncBackendMixin):
                 return stored or {"status": states.PENDING, "result": None}
             meta = self._meta_from_execution(eid, core, stored, task_id)
         meta["task_id"] = task_id
-        if core.get("completed_at"):
-            meta.setdefault("date_done", datetime.fromtimestamp(int(core["completed_at"]) / 1000, timezone.utc))
+        if core.get(CoreField.COMPLETED_AT):
+            meta.setdefault("date_done", datetime.fromtimestamp(int(core[CoreField.COMPLETED_AT]) / 1000, timezone.utc))
         return meta
 
     def _meta_from_execution(
         self, eid: ExecutionId, core: dict[str, str], stored: dict[str, Any] | None, task_id: str
     ) -> dict[str, Any]:
         """Celery meta of an execution that has not completed (its state: :func:`celery_state`)."""
-        if core.get("public_state") == "skipped":
+        if core.get(CoreField.PUBLIC_STATE) == "skipped":
             return stored if stored and stored["status"] in states.READY_STATES else self._skipped_meta(eid)
         state = celery_state(core, stored["status"] if stored else None)
         if stored and stored["status"] == state and state not in (SUSPENDED, BLOCKED):
             return stored  # with what the worker recorded: the exception, a custom state's meta
         if state in (states.FAILURE, states.REVOKED):
             if state == states.FAILURE:
-                exc: BaseException = ExecutionFailed(core.get("failure_reason") or "execution failed")
+                exc: BaseException = ExecutionFailed(core.get(CoreField.FAILURE_REASON) or "execution failed")
             else:
-                exc = TaskRevokedError(core.get("cancellation_reason") or core["public_state"])
+                exc = TaskRevokedError(core.get(CoreField.CANCELLATION_REASON) or core[CoreField.PUBLIC_STATE])
             return self.meta_from_decoded(
                 {"status": state, "result": self.prepare_exception(exc), "traceback": None, "children": []}
             )
         if state == BLOCKED:
-            return {"status": BLOCKED, "result": {"reason": core.get("blocking_reason", ""),
-                                                  "detail": core.get("blocking_detail", "")}}  # fmt: skip
+            return {"status": BLOCKED, "result": {"reason": core.get(CoreField.BLOCKING_REASON, ""),
+                                                  "detail": core.get(CoreField.BLOCKING_DETAIL, "")}}  # fmt: skip
         if state == SUSPENDED:
-            return self._suspended_meta(eid, core.get("current_waitpoint_id", ""), task_id)
+            return self._suspended_meta(eid, core.get(CoreField.CURRENT_WAITPOINT_ID, ""), task_id)
         return {"status": state, "result": None}
 
     def _skipped_meta(self, eid: ExecutionId) -> dict[str, Any]:

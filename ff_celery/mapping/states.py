@@ -8,6 +8,8 @@ from typing import Any
 
 from celery import states
 
+from ff_celery.engine import CoreField
+
 #: Celery state of a task waiting on a waitpoint (see ff_celery.features.signals).
 SUSPENDED = "SUSPENDED"
 #: Celery state of a task held back by its budget or quota; ``info`` says which and why.
@@ -35,17 +37,17 @@ def celery_state(core: Mapping[str, str], recorded: str | None) -> str:
     held back by a budget or quota -> BLOCKED; suspended -> SUSPENDED; running -> the state
     its worker announced (STARTED, a custom state such as PROGRESS), else PENDING.
     """
-    ended = TERMINAL_STATES.get(core.get("public_state", ""))
+    ended = TERMINAL_STATES.get(core.get(CoreField.PUBLIC_STATE, ""))
     if ended is not None:
         return ended
-    if core.get("attempt_state") == "pending_retry_attempt":
+    if core.get(CoreField.ATTEMPT_STATE) == "pending_retry_attempt":
         return states.RETRY
-    if core.get("public_state") == "rate_limited":
+    if core.get(CoreField.PUBLIC_STATE) == "rate_limited":
         return BLOCKED
-    if core.get("lifecycle_phase") == "suspended":
+    if core.get(CoreField.LIFECYCLE_PHASE) == "suspended":
         return SUSPENDED
     if recorded == SUSPENDED:
         recorded = None  # it resumed since
-    if core.get("lifecycle_phase") == "active" and recorded and recorded not in states.READY_STATES:
+    if core.get(CoreField.LIFECYCLE_PHASE) == "active" and recorded and recorded not in states.READY_STATES:
         return recorded
     return states.RETRY if recorded == states.RETRY else states.PENDING

@@ -14,6 +14,7 @@ import celery
 from celery import states as celery_states
 
 from ff_celery.engine import (
+    CoreField,
     Engine,
     EngineError,
     ExecutionId,
@@ -176,11 +177,11 @@ def flow_page(engine: Engine, target: str) -> FlowPage:
                 execution_id=member,
                 task_id=tags[member].get("celery.id", ""),
                 task=tags[member].get("celery.task", ""),
-                state=fields.get("public_state", ""),
+                state=fields.get(CoreField.PUBLIC_STATE, ""),
                 depth=depth[member],
                 row=row,
                 waits_for=[str(up) for up in view.upstream_of(member)],
-                detail=fields.get("blocking_detail", ""),
+                detail=fields.get(CoreField.BLOCKING_DETAIL, ""),
             )
         )
     return FlowPage(view=view, members=members)
@@ -189,7 +190,7 @@ def flow_page(engine: Engine, target: str) -> FlowPage:
 def member_states(engine: Engine, flow_id: str) -> dict[str, str]:
     """Each member's public state now (what the flow page updates live)."""
     view = engine.flows.describe(resolve_flow(engine, flow_id))
-    return {str(member): fields.get("public_state", "") for member, fields in view.members.items()}
+    return {str(member): fields.get(CoreField.PUBLIC_STATE, "") for member, fields in view.members.items()}
 
 
 @dataclass

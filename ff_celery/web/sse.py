@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ff_celery.engine import Engine, EngineError, ExecutionId, read_frames, resolve_target
+from ff_celery.engine import CoreField, Engine, EngineError, ExecutionId, read_frames, resolve_target
 from ff_celery.web import reads
 
 #: Seconds between two reads of a live stream.
@@ -40,9 +40,13 @@ class ExecutionFollower:
 
     def read(self) -> tuple[dict[str, str], list[dict[str, str]]]:
         core = self.engine.read_core(
-            self.execution_id, "public_state", "current_attempt_index", "progress_pct", "progress_message"
+            self.execution_id,
+            CoreField.PUBLIC_STATE,
+            CoreField.CURRENT_ATTEMPT_INDEX,
+            CoreField.PROGRESS_PCT,
+            CoreField.PROGRESS_MESSAGE,
         )
-        attempt = int(core["current_attempt_index"]) if core.get("current_attempt_index") else None
+        attempt = int(core[CoreField.CURRENT_ATTEMPT_INDEX]) if core.get(CoreField.CURRENT_ATTEMPT_INDEX) else None
         if attempt != self.attempt:
             self.attempt, self.last_frame = attempt, ""
         if attempt is None:
@@ -63,7 +67,7 @@ async def _execution_events(request: Request, follower: ExecutionFollower) -> As
         if core != shown:
             shown = core
             yield event("state", core)
-        if core.get("public_state", "") in ENDED and not new_frames:
+        if core.get(CoreField.PUBLIC_STATE, "") in ENDED and not new_frames:
             yield event("end", {})
             return
         await asyncio.sleep(POLL_S)

@@ -16,6 +16,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine.core.connection import compare_and_set
 from ff_celery.engine.core.decoding import decode_fields, decode_hash, text
 from ff_celery.engine.core.errors import EngineError, TransportError
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.executor import Batch, Executor, transport_error
 from ff_celery.engine.core.flows import FlowRef, Flows
 from ff_celery.engine.core.ids import ExecutionId, attachment_fields
@@ -268,12 +269,12 @@ class Engine(Executor):
     def ended(self, execution_id: ExecutionId) -> str | None:
         """How the execution ended (its terminal outcome, ``"gone"`` once its retention
         passed), or None while it lives."""
-        core = self.read_core(execution_id, "lifecycle_phase", "terminal_outcome")
-        if "lifecycle_phase" not in core:
+        core = self.read_core(execution_id, CoreField.LIFECYCLE_PHASE, CoreField.TERMINAL_OUTCOME)
+        if CoreField.LIFECYCLE_PHASE not in core:
             return "gone"
-        if core["lifecycle_phase"] != "terminal":
+        if core[CoreField.LIFECYCLE_PHASE] != "terminal":
             return None
-        return core.get("terminal_outcome") or "ended"
+        return core.get(CoreField.TERMINAL_OUTCOME) or "ended"
 
     def read_core(self, execution_id: ExecutionId, *fields: str) -> dict[str, str]:
         """exec_core, whole or the named fields (absent fields omitted)."""
@@ -281,6 +282,10 @@ class Engine(Executor):
         if fields:
             return decode_fields(fields, self._guard(lambda: self.redis.hmget(core, fields)))
         return decode_hash(self._guard(lambda: self.redis.hgetall(core)))
+
+    def read_field(self, execution_id: ExecutionId, field: CoreField, default: str | None = None) -> str | None:
+        """One exec_core field, or ``default`` when it (or the execution) is absent."""
+        return self.read_core(execution_id, field).get(field, default)
 
     def read_tags(self, execution_ids: Sequence[ExecutionId]) -> list[dict[str, str]]:
         """The tags of each execution, in one round trip."""
@@ -332,7 +337,7 @@ class Engine(Executor):
         batch = self.batch()
         for eid in found:
             if eid is not None:
-                batch.command("hget", ExecKeys(eid).core, "public_state")
+                batch.command("hget", ExecKeys(eid).core, CoreField.PUBLIC_STATE)
                 batch.command("get", ExecKeys(eid).result)
         replies = iter(batch.execute())
         return [(text(next(replies)) or None, next(replies)) if eid is not None else (None, None) for eid in found]
@@ -387,10 +392,10 @@ class Engine(Executor):
         """
         core = self.read_core(
             execution_id,
-            "lane_id",
-            "current_attempt_index",
-            "current_waitpoint_id",
-            "current_worker_instance_id",
+            CoreField.LANE_ID,
+            CoreField.CURRENT_ATTEMPT_INDEX,
+            CoreField.CURRENT_WAITPOINT_ID,
+            CoreField.CURRENT_WORKER_INSTANCE_ID,
         )
         return self.call(
             fn.CancelExecution(
@@ -399,17 +404,19 @@ class Engine(Executor):
                 source=source,
                 lease_id=fence.lease_id if fence else "",
                 lease_epoch=fence.lease_epoch if fence else None,
-                lane_id=core.get("lane_id", "default"),
-                attempt_index=int(core["current_attempt_index"]) if core.get("current_attempt_index") else None,
-                waitpoint_id=core.get("current_waitpoint_id") or None,
-                worker_instance_id=core.get("current_worker_instance_id", ""),
+                lane_id=core.get(CoreField.LANE_ID, "default"),
+                attempt_index=int(core[CoreField.CURRENT_ATTEMPT_INDEX])
+                if core.get(CoreField.CURRENT_ATTEMPT_INDEX)
+                else None,
+                waitpoint_id=core.get(CoreField.CURRENT_WAITPOINT_ID) or None,
+                worker_instance_id=core.get(CoreField.CURRENT_WORKER_INSTANCE_ID, ""),
             )
         )
 
     def revoke_lease(
         self, execution_id: ExecutionId, reason: str = "operator", expected_lease_id: str = ""
     ) -> fn.Settled:
-        holder = self.read_core(execution_id, "current_worker_instance_id").get("current_worker_instance_id", "")
+        holder = self.read_field(execution_id, CoreField.CURRENT_WORKER_INSTANCE_ID, "")
         return self.call(
             fn.RevokeLease(
                 execution_id=execution_id,
@@ -420,25 +427,27 @@ class Engine(Executor):
         )
 
     def expire(self, execution_id: ExecutionId, reason: fn.ExpireReason) -> fn.Settled:
-        core = self.read_core(execution_id, "lane_id", "current_attempt_index")
+        core = self.read_core(execution_id, CoreField.LANE_ID, CoreField.CURRENT_ATTEMPT_INDEX)
         return self.call(
             fn.ExpireExecution(
                 execution_id=execution_id,
                 expire_reason=reason,
-                lane_id=core.get("lane_id", "default"),
-                attempt_index=int(core["current_attempt_index"]) if core.get("current_attempt_index") else None,
+                lane_id=core.get(CoreField.LANE_ID, "default"),
+                attempt_index=int(core[CoreField.CURRENT_ATTEMPT_INDEX])
+                if core.get(CoreField.CURRENT_ATTEMPT_INDEX)
+                else None,
             )
         )
 
     def replay(self, execution_id: ExecutionId) -> int:
         """Replay a terminal execution (a new attempt of type ``replay`` runs next)."""
-        lane = self.read_core(execution_id, "lane_id").get("lane_id", "default")
+        lane = self.read_field(execution_id, CoreField.LANE_ID, "default")
         replayed = self.call(fn.ReplayExecution(execution_id=execution_id, lane_id=lane))
         self.wake(lane)
         return replayed
 
     def change_priority(self, execution_id: ExecutionId, priority: float) -> tuple[float, float]:
-        lane = self.read_core(execution_id, "lane_id").get("lane_id", "default")
+        lane = self.read_field(execution_id, CoreField.LANE_ID, "default")
         return self.call(fn.ChangePriority(execution_id=execution_id, lane_id=lane, new_priority=priority))
 
     def set_tags(self, execution_id: ExecutionId, tags: dict[str, str]) -> int:
@@ -456,7 +465,7 @@ class Engine(Executor):
             return 0
         reads = self.batch()
         for eid in members:
-            reads.command("hget", ExecKeys(ExecutionId(eid)).core, "current_attempt_index")
+            reads.command("hget", ExecKeys(ExecutionId(eid)).core, CoreField.CURRENT_ATTEMPT_INDEX)
         requests = [
             fn.CancelExecution(
                 execution_id=ExecutionId(eid),

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 from ff_celery.engine import functions as fn
 from ff_celery.engine.core.decoding import decode_fields, text
 from ff_celery.engine.core.errors import EngineError, TransportError
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.executor import Batch
 from ff_celery.engine.core.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.core.keys import ExecKeys, FlowKeys
@@ -63,6 +64,8 @@ class FlowEngine(Protocol):
     def now_ms(self) -> int: ...
 
     def read_core(self, execution_id: ExecutionId, *fields: str) -> dict[str, str]: ...
+
+    def read_field(self, execution_id: ExecutionId, field: CoreField, default: str | None = None) -> str | None: ...
 
     def cancel(self, execution_id: ExecutionId, reason: str) -> str: ...
 
@@ -183,7 +186,7 @@ class Flows:
         """Make the member ``child`` also wait for ``upstream`` (members of the same flow):
         e.g. the tasks that replaced the one it waited for. Atomic, like a member's creation."""
         upstream = list(upstream)
-        lane = self.engine.read_core(child, "lane_id").get("lane_id", "default")
+        lane = self.engine.read_field(child, CoreField.LANE_ID, "default")
 
         def build(revision: bytes | None) -> Batch:
             batch = self.engine.batch()
@@ -256,7 +259,7 @@ class Flows:
         engine = self.engine
         reads = engine.batch()
         for eid, flow_id in ended:
-            reads.command("hget", ExecKeys(eid).core, "terminal_outcome")
+            reads.command("hget", ExecKeys(eid).core, CoreField.TERMINAL_OUTCOME)
             reads.command("smembers", FlowKeys(flow_id, eid.partition).outgoing(eid))
         replies = reads.execute()
         edges = []  # (upstream, its outcome, flow id, edge id)
@@ -272,7 +275,7 @@ class Flows:
         children = [(edge, ExecutionId(text(child))) for edge, child in zip(edges, reads.execute()) if child]
         reads = engine.batch()
         for (_, _, _, edge_id), child in children:
-            reads.command("hmget", ExecKeys(child).core, ("lane_id", "current_attempt_index"))
+            reads.command("hmget", ExecKeys(child).core, (CoreField.LANE_ID, CoreField.CURRENT_ATTEMPT_INDEX))
             reads.command("hget", ExecKeys(child).dep(edge_id), "state")
         replies = reads.execute()
         requests = [
@@ -311,7 +314,7 @@ class Flows:
             return
         reads = self.engine.batch()
         for request in resolved:
-            fields = ("eligibility_state", "budget_ids", "quota_policy_id")
+            fields = (CoreField.ELIGIBILITY_STATE, CoreField.BUDGET_IDS, CoreField.QUOTA_POLICY_ID)
             reads.command("hmget", ExecKeys(request.execution_id).core, fields)
         for request, (eligibility, budgets, quota) in zip(resolved, reads.execute()):
             if eligibility == b"eligible_now":
@@ -347,7 +350,7 @@ class Flows:
                 if exc.code not in SETTLED_CANCEL_CODES:
                     log.warning("cancelling %s of flow %s failed: %s", eid, flow.flow_id, exc)
                     continue
-                if self.engine.read_core(eid, "terminal_outcome").get("terminal_outcome") == "cancelled":
+                if self.engine.read_field(eid, CoreField.TERMINAL_OUTCOME) == "cancelled":
                     cancelled.append(eid)
             self.engine.call(fn.AckCancelMember(flow_id=flow.flow_id, partition=flow.partition, execution_id=eid))
         return cancelled
@@ -359,7 +362,7 @@ class Flows:
 
     def flow_of(self, execution_id: ExecutionId) -> FlowRef | None:
         """The flow ``execution_id`` belongs to, if any."""
-        flow_id = self.engine.read_core(execution_id, "flow_id").get("flow_id")
+        flow_id = self.engine.read_field(execution_id, CoreField.FLOW_ID)
         return FlowRef(flow_id, execution_id.partition) if flow_id else None
 
     def skip_cause(self, execution_id: ExecutionId) -> ExecutionId | None:
@@ -376,7 +379,7 @@ class Flows:
             upstream = next(valid_execution_ids(impossible, f"the dependencies of {current}"), None)
             if upstream is None:
                 return None
-            outcome = engine.read_core(upstream, "terminal_outcome").get("terminal_outcome")
+            outcome = engine.read_field(upstream, CoreField.TERMINAL_OUTCOME)
             if outcome != "skipped":
                 return upstream
             current = upstream
@@ -411,7 +414,13 @@ class Flows:
 
 
 #: Member fields a flow view shows.
-MEMBER_FIELDS = ("public_state", "terminal_outcome", "execution_kind", "blocking_detail", "lane_id")
+MEMBER_FIELDS = (
+    CoreField.PUBLIC_STATE,
+    CoreField.TERMINAL_OUTCOME,
+    CoreField.EXECUTION_KIND,
+    CoreField.BLOCKING_DETAIL,
+    CoreField.LANE_ID,
+)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 from ff_celery.engine.core.errors import ValidationError
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.partitions import flow_tag
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def attachment_fields(budget_ids: Sequence[str], quota_policy_id: str | None) ->
     """The exec_core fields that put an execution under budgets and a quota."""
     fields = {}
     if budget_ids:
-        fields["budget_ids"] = ",".join(budget_id_for(b) for b in budget_ids)
+        fields[CoreField.BUDGET_IDS] = ",".join(budget_id_for(b) for b in budget_ids)
     if quota_policy_id:
-        fields["quota_policy_id"] = quota_id_for(quota_policy_id)
+        fields[CoreField.QUOTA_POLICY_ID] = quota_id_for(quota_policy_id)
     return fields

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from ff_celery.engine.core.decoding import decode_hash
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.policy import ExecutionPolicy
 
 
@@ -57,20 +58,20 @@ class ExecutionSnapshot(BaseModel):
 
     @property
     def execution_id(self) -> str:
-        return self.core["execution_id"]
+        return self.core[CoreField.EXECUTION_ID]
 
     @property
     def public_state(self) -> str:
-        return self.core.get("public_state", "")
+        return self.core.get(CoreField.PUBLIC_STATE, "")
 
     @property
     def lifecycle_phase(self) -> str:
-        return self.core.get("lifecycle_phase", "")
+        return self.core.get(CoreField.LIFECYCLE_PHASE, "")
 
     @property
     def terminal_outcome(self) -> str:
-        return self.core.get("terminal_outcome", "")
+        return self.core.get(CoreField.TERMINAL_OUTCOME, "")
 
     @property
     def is_terminal(self) -> bool:
-        return self.core.get("lifecycle_phase") == "terminal"
+        return self.core.get(CoreField.LIFECYCLE_PHASE) == "terminal"

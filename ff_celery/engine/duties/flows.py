@@ -33,6 +33,7 @@ from ff_celery.engine.core.connection import refresh_slot_map
 from ff_celery.engine.core.decoding import text
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.flows import SETTLED_CANCEL_CODES, FlowRef
 from ff_celery.engine.core.ids import ExecutionId, valid_execution_ids
 from ff_celery.engine.core.keys import DAG_COMPLETIONS_CHANNEL, ExecKeys, FlowKeys, PartitionKeys
@@ -144,7 +145,7 @@ class FlowDuties:
             if upstream and flow_id
         }
         candidates = list(valid_execution_ids(sorted(upstreams), "a dependency's upstream"))
-        phases = self._read(("hget", ExecKeys(eid).core, "lifecycle_phase") for eid in candidates)
+        phases = self._read(("hget", ExecKeys(eid).core, CoreField.LIFECYCLE_PHASE) for eid in candidates)
         ended = [eid for eid, phase in zip(candidates, phases) if phase == b"terminal"]
         return self.engine.flows.cascade_many([(eid, upstreams[eid]) for eid in ended])
 
@@ -244,7 +245,9 @@ class FlowDuties:
             if total and members:
                 samples.append((flow, total, members))
         states = iter(
-            self._read(("hget", ExecKeys(eid).core, "public_state") for _, _, sampled in samples for eid in sampled)
+            self._read(
+                ("hget", ExecKeys(eid).core, CoreField.PUBLIC_STATE) for _, _, sampled in samples for eid in sampled
+            )
         )
         now = self.engine.now_ms()
         for flow, total, members in samples:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from ff_celery.engine.core.decoding import text
 from ff_celery.engine.core.errors import error_for_code
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.flows import FlowRef
 from ff_celery.engine.core.ids import ExecutionId, valid_execution_ids
 from ff_celery.engine.core.keys import BLOCKED_SUFFIXES, LANE_STATES, ExecKeys, PartitionKeys
@@ -38,7 +39,13 @@ STATE_INDEXES = {
     "expired": ("terminal",),
     "skipped": ("terminal",),
 }
-SUMMARY_FIELDS = ("public_state", "created_at", "completed_at", "current_attempt_index", "blocking_reason")
+SUMMARY_FIELDS = (
+    CoreField.PUBLIC_STATE,
+    CoreField.CREATED_AT,
+    CoreField.COMPLETED_AT,
+    CoreField.CURRENT_ATTEMPT_INDEX,
+    CoreField.BLOCKING_REASON,
+)
 
 
 def resolve_target(engine: Engine, target: str) -> ExecutionId:
@@ -89,12 +96,14 @@ def describe_execution(engine: Engine, execution_id: ExecutionId) -> ExecutionRe
     if snapshot is None:
         raise error_for_code("execution_not_found", [], execution_id=execution_id)
     core, keys = snapshot.core, ExecKeys(execution_id)
-    attempt = core.get("current_attempt_index") or "0"
+    attempt = core.get(CoreField.CURRENT_ATTEMPT_INDEX) or "0"
     batch = engine.batch()
     batch.command("smembers", keys.waitpoints)
     batch.command("hmget", keys.stream_meta(attempt), ("frame_count", "closed_reason"))
     members, (frame_count, closed_reason) = batch.execute()
-    waitpoint_ids = sorted({m.decode() for m in members or ()} | {core.get("current_waitpoint_id") or ""} - {""})
+    waitpoint_ids = sorted(
+        {m.decode() for m in members or ()} | {core.get(CoreField.CURRENT_WAITPOINT_ID) or ""} - {""}
+    )
     views = []
     for waitpoint_id in waitpoint_ids:
         record = signals.read_waitpoint(engine, execution_id, waitpoint_id)
@@ -109,8 +118,8 @@ def describe_execution(engine: Engine, execution_id: ExecutionId) -> ExecutionRe
                     signals=signals.read_signals(engine, execution_id, record.matched_signal_ids),
                 )
             )
-    budget_ids = [b for b in core.get("budget_ids", "").split(",") if b]
-    quota_id = core.get("quota_policy_id") or ""
+    budget_ids = [b for b in core.get(CoreField.BUDGET_IDS, "").split(",") if b]
+    quota_id = core.get(CoreField.QUOTA_POLICY_ID) or ""
     return ExecutionReport(
         execution_id=str(execution_id),
         snapshot=snapshot,
@@ -160,19 +169,19 @@ def list_executions(
     for position, eid in enumerate(ids):
         core = dict(zip(SUMMARY_FIELDS, (text(v) for v in replies[2 * position])))
         task_name, task_id = (text(v) for v in replies[2 * position + 1])
-        if core["public_state"] not in states:
+        if core[CoreField.PUBLIC_STATE] not in states:
             continue
         summaries.append(
             ExecutionSummary(
                 execution_id=eid,
                 lane=lane,
-                public_state=core["public_state"],
+                public_state=core[CoreField.PUBLIC_STATE],
                 task_name=task_name,
                 task_id=task_id,
-                attempt=core["current_attempt_index"],
-                created_at=int(core["created_at"] or 0),
-                completed_at=int(core["completed_at"] or 0),
-                blocking_reason=core["blocking_reason"],
+                attempt=core[CoreField.CURRENT_ATTEMPT_INDEX],
+                created_at=int(core[CoreField.CREATED_AT] or 0),
+                completed_at=int(core[CoreField.COMPLETED_AT] or 0),
+                blocking_reason=core[CoreField.BLOCKING_REASON],
             )
         )
     summaries.sort(key=lambda summary: summary.created_at, reverse=True)
@@ -252,7 +261,7 @@ def _head_waits(engine: Engine, lanes: list[str], heads: list[tuple[str, str]]) 
     """Per lane: the longest a next-in-line execution (one per partition) has waited."""
     reads = engine.batch()
     for _, eid in heads:
-        reads.command("hget", ExecKeys(ExecutionId(eid)).core, "created_at")
+        reads.command("hget", ExecKeys(ExecutionId(eid)).core, CoreField.CREATED_AT)
     now = engine.server_time_ms()
     longest = dict.fromkeys(lanes, 0.0)
     for (lane, _), created_at in zip(heads, reads.execute() if heads else []):
@@ -274,5 +283,5 @@ def current_waitpoints(engine: Engine, execution_ids: list[ExecutionId]) -> list
     """The waitpoint each execution is suspended on (None when none), in one round trip."""
     batch = engine.batch()
     for execution_id in execution_ids:
-        batch.command("hget", ExecKeys(execution_id).core, "current_waitpoint_id")
+        batch.command("hget", ExecKeys(execution_id).core, CoreField.CURRENT_WAITPOINT_ID)
     return [text(value) or None for value in batch.execute()] if execution_ids else []

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from ff_celery.engine.core.decoding import text
 from ff_celery.engine.core.engine import Engine
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.executor import Batch
 from ff_celery.engine.core.flows import FlowRef
 from ff_celery.engine.core.ids import ExecutionId, valid_execution_ids
@@ -50,7 +51,13 @@ from ff_celery.engine.core.work_index import ScanPlan
 log = logging.getLogger(__name__)
 
 #: What deleting an execution reads of its exec_core.
-CORE_FIELDS = ("completed_at", "total_attempt_count", "lane_id", "namespace", "flow_id")
+CORE_FIELDS = (
+    CoreField.COMPLETED_AT,
+    CoreField.TOTAL_ATTEMPT_COUNT,
+    CoreField.LANE_ID,
+    CoreField.NAMESPACE,
+    CoreField.FLOW_ID,
+)
 
 #: Completions this recent are left to the next pass: none can still arrive with an earlier
 #: completion time, so the cursor never passes an execution it has not seen.
@@ -135,7 +142,7 @@ class RetentionTrimmer:
         ]
         reads = self.engine.batch()
         for _, _, eid in found:
-            reads.command("hget", ExecKeys(eid).core, "completed_at")
+            reads.command("hget", ExecKeys(eid).core, CoreField.COMPLETED_AT)
             reads.command("get", ExecKeys(eid).policy)
         replies = reads.execute()
         writes, indexed = self.engine.batch(), set()
@@ -283,7 +290,7 @@ class RetentionTrimmer:
                     for child in valid_execution_ids([found] if found else [], "a flow edge")]  # fmt: skip
         reads = self.engine.batch()
         for _, child in children:
-            reads.command("hget", ExecKeys(child).core, "lifecycle_phase")
+            reads.command("hget", ExecKeys(child).core, CoreField.LIFECYCLE_PHASE)
         return {eid for (eid, _), phase in zip(children, reads.execute()) if text(phase) not in ("", "terminal")}
 
     def _forget_emptied_flows(self, flows: set[FlowRef]) -> None:

@@ -41,6 +41,7 @@ from ff_celery.engine.core import metrics
 from ff_celery.engine.core.connection import compare_and_set
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.errors import EngineError, TransportError
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.core.keys import (
     BLOCKED_SUFFIXES,
@@ -438,11 +439,13 @@ class EngineScanners:
     def requeue(self, execution_id: ExecutionId, *, newly_expired: bool = False) -> int:
         """Reclaim an expired lease and hand the execution back to any worker. 1 if requeued."""
         engine = self.engine
-        core = engine.read_core(execution_id, "lane_id", "current_attempt_index", "ownership_state")
-        lane = core.get("lane_id", "default")
+        core = engine.read_core(
+            execution_id, CoreField.LANE_ID, CoreField.CURRENT_ATTEMPT_INDEX, CoreField.OWNERSHIP_STATE
+        )
+        lane = core.get(CoreField.LANE_ID, "default")
         if newly_expired:
             metrics.LEASES_EXPIRED.labels(lane).inc()
-        if core.get("ownership_state") not in ("lease_expired_reclaimable", "lease_revoked"):
+        if core.get(CoreField.OWNERSHIP_STATE) not in ("lease_expired_reclaimable", "lease_revoked"):
             return 0
         worker = {"worker_id": SCANNER_WORKER_ID, "worker_instance_id": self.instance_id, "lane_id": lane}
         try:
@@ -454,7 +457,7 @@ class EngineScanners:
                     lease_id=new_uuid(),
                     lease_ttl_ms=self.settings.requeue_lease_ttl_ms,
                     attempt_id=new_uuid(),
-                    current_attempt_index=int(core.get("current_attempt_index") or 0),
+                    current_attempt_index=int(core.get(CoreField.CURRENT_ATTEMPT_INDEX) or 0),
                 )
             )
             ClaimedTask(
@@ -488,7 +491,7 @@ class EngineScanners:
             return 0
         reads = self.engine.batch()
         for eid in due:
-            reads.command("hmget", ExecKeys(eid).core, ("lane_id", "current_attempt_index"))
+            reads.command("hmget", ExecKeys(eid).core, (CoreField.LANE_ID, CoreField.CURRENT_ATTEMPT_INDEX))
         requests = []
         for eid, (lane, attempt_index) in zip(due, reads.execute()):
             requests.append(
@@ -511,7 +514,11 @@ class EngineScanners:
             return 0
         reads = self.engine.batch()
         for eid in due:
-            reads.command("hmget", ExecKeys(eid).core, ("lane_id", "current_waitpoint_id", "current_attempt_index"))
+            reads.command(
+                "hmget",
+                ExecKeys(eid).core,
+                (CoreField.LANE_ID, CoreField.CURRENT_WAITPOINT_ID, CoreField.CURRENT_ATTEMPT_INDEX),
+            )
         requests = [
             fn.ExpireSuspension(
                 execution_id=eid,

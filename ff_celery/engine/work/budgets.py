@@ -29,6 +29,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine.core import metrics
 from ff_celery.engine.core.decoding import decode_hash, optional_integer
 from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.ids import (  # noqa: F401 (attachment_fields: part of this module's API)
     ExecutionId,
     attachment_fields,
@@ -339,7 +340,7 @@ class Admission:
             return Admitted(candidates, {}, [])
         reads = self.engine.batch()
         for eid, _ in checked:
-            reads.command("hmget", ExecKeys(eid).core, ("budget_ids", "quota_policy_id"))
+            reads.command("hmget", ExecKeys(eid).core, (CoreField.BUDGET_IDS, CoreField.QUOTA_POLICY_ID))
         attached = {eid: (_ids(b), (q or b"").decode()) for (eid, _), (b, q) in zip(checked, reads.execute())}
         budgets = budget_statuses(self.engine, {b for ids, _ in attached.values() for b in ids})
         quotas = quota_policies(self.engine, {q for _, q in attached.values() if q})
@@ -442,7 +443,7 @@ class Admission:
             return 0
         reads = self.engine.batch()
         for eid, _, _ in blocked:
-            reads.command("hmget", ExecKeys(eid).core, ("budget_ids", "quota_policy_id"))
+            reads.command("hmget", ExecKeys(eid).core, (CoreField.BUDGET_IDS, CoreField.QUOTA_POLICY_ID))
         attached = [(_ids(b), (q or b"").decode()) for b, q in reads.execute()]
         budgets = budget_statuses(self.engine, {b for ids, _ in attached for b in ids})
         quotas = quota_policies(self.engine, {q for _, q in attached if q})

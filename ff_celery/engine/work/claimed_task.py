@@ -26,6 +26,7 @@ from ff_celery.engine.core.errors import (
     error_for_code,
     retry_transport,
 )
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.ids import ExecutionId
 from ff_celery.engine.core.keys import DONE_NOTICE, wake_channel
 from ff_celery.engine.core.notices import is_sharded
@@ -147,7 +148,7 @@ class ClaimedTask:
 
     @property
     def retry_count(self) -> int:
-        return int(self.core.get("retry_count") or 0)
+        return int(self.core.get(CoreField.RETRY_COUNT) or 0)
 
     @property
     def renew_interval_s(self) -> float:
@@ -266,7 +267,7 @@ class ClaimedTask:
             self._finished = True
         if self._renewer is not None:
             self._renewer.untrack(self)
-        quota_policy_id = self.core.get("quota_policy_id")
+        quota_policy_id = self.core.get(CoreField.QUOTA_POLICY_ID)
         if quota_policy_id:  # the attempt no longer runs: free its slot for the next one waiting
             try:
                 budgets.release_admission(self.engine, quota_policy_id, self.execution_id, self.lane_id)
@@ -518,7 +519,7 @@ class ClaimedTask:
 
     def budget_ids(self) -> list[str]:
         """The budgets this execution runs under (exec_core ``budget_ids``)."""
-        raw = self.engine.read_core(self.execution_id, "budget_ids").get("budget_ids", "")
+        raw = self.engine.read_field(self.execution_id, CoreField.BUDGET_IDS, "")
         return [budget_id for budget_id in raw.split(",") if budget_id]
 
     def report_usage(self, usage: dict[str, int], dedup_key: str | None = None) -> dict[str, fn.UsageReport]:

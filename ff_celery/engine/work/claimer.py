@@ -35,6 +35,7 @@ from ff_celery.engine.core import metrics
 from ff_celery.engine.core.decoding import decode_hash, text
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.errors import EngineError
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.ids import ExecutionId, new_uuid, valid_execution_ids
 from ff_celery.engine.core.keys import ADMISSION_LANES_KEY, ExecKeys, PartitionKeys, wake_channel
 from ff_celery.engine.core.notices import Listener, Notice
@@ -365,7 +366,7 @@ class Claimer:
     def _observe_wait(self, lane: str, core_values: list[Any], lease: fn.Lease) -> float | None:
         """``ff_claim_wait_seconds``: from the execution's last transition before the claim
         (created, promoted, requeued) to the claim, both in server time."""
-        since = text(core_values[_CORE_FIELDS.index("last_transition_at")])
+        since = text(core_values[_CORE_FIELDS.index(CoreField.LAST_TRANSITION_AT)])
         if lease.expires_at is None or not since.isdigit():
             return None
         wait_s = max(0, lease.expires_at - self.lease_ttl_ms - int(since)) / 1000
@@ -404,12 +405,12 @@ class Claimer:
 #: exec_core fields read in the claim's round trip, just before it (none of them is changed by
 #: a claim; ``last_transition_at`` is when the execution became eligible).
 _CORE_FIELDS = (
-    "current_attempt_index",
-    "retry_count",
-    "priority",
-    "created_at",
-    "quota_policy_id",
-    "last_transition_at",
+    CoreField.CURRENT_ATTEMPT_INDEX,
+    CoreField.RETRY_COUNT,
+    CoreField.PRIORITY,
+    CoreField.CREATED_AT,
+    CoreField.QUOTA_POLICY_ID,
+    CoreField.LAST_TRANSITION_AT,
 )
 #: Probed candidates are reused for this long before probing again.
 CANDIDATE_TTL_S = 0.25

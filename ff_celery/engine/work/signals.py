@@ -23,6 +23,7 @@ from ff_celery.engine import functions as fn
 from ff_celery.engine.core import metrics
 from ff_celery.engine.core.decoding import decode_hash, optional_integer, text
 from ff_celery.engine.core.errors import EngineError, error_for_code
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.ids import ExecutionId, new_uuid
 from ff_celery.engine.core.keys import ExecKeys, PartitionKeys
 
@@ -235,7 +236,7 @@ def _deliver(
         raise error_for_code(
             "payload_too_large", [f"signal payload of {len(payload)} bytes exceeds {MAX_SIGNAL_PAYLOAD_BYTES}"]
         )
-    lane = engine.read_core(execution_id, "lane_id").get("lane_id") or "default"
+    lane = engine.read_field(execution_id, CoreField.LANE_ID) or "default"
     fields = {
         "execution_id": execution_id,
         "signal_id": new_uuid(),
@@ -258,15 +259,15 @@ def _deliver(
 
 def resume_execution(engine: Engine, execution_id: ExecutionId, resume_delay_ms: int = 0) -> str:
     """Operator resume of a suspended execution (no signal); answers waiting / delayed."""
-    core = engine.read_core(execution_id, "lane_id", "current_waitpoint_id")
-    if not core.get("current_waitpoint_id"):
+    core = engine.read_core(execution_id, CoreField.LANE_ID, CoreField.CURRENT_WAITPOINT_ID)
+    if not core.get(CoreField.CURRENT_WAITPOINT_ID):
         raise error_for_code("execution_not_suspended", [], execution_id=execution_id)
-    lane = core.get("lane_id") or "default"
+    lane = core.get(CoreField.LANE_ID) or "default"
     public = engine.call(
         fn.ResumeExecution(
             execution_id=execution_id,
             lane_id=lane,
-            waitpoint_id=core["current_waitpoint_id"],
+            waitpoint_id=core[CoreField.CURRENT_WAITPOINT_ID],
             resume_delay_ms=resume_delay_ms,
         )
     )

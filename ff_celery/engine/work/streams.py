@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.core.errors import error_for_code
+from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.ids import ExecutionId
 from ff_celery.engine.core.keys import ExecKeys
 
@@ -77,13 +78,13 @@ def follow_execution(
     across later attempts (a retry or a recovery opens a new stream), until it has ended."""
     attempt = None
     while True:
-        core = engine.read_core(execution_id, "current_attempt_index", "lifecycle_phase")
-        current = int(core["current_attempt_index"]) if core.get("current_attempt_index") else None
+        core = engine.read_core(execution_id, CoreField.CURRENT_ATTEMPT_INDEX, CoreField.LIFECYCLE_PHASE)
+        current = int(core[CoreField.CURRENT_ATTEMPT_INDEX]) if core.get(CoreField.CURRENT_ATTEMPT_INDEX) else None
         if current is not None and current != attempt:
             attempt = current
             for frame in follow_frames(engine, execution_id, attempt, block_ms=block_ms):
                 yield attempt, frame
             continue  # closed: the execution ended, or another attempt follows
-        if core.get("lifecycle_phase") in ("terminal", None):
+        if core.get(CoreField.LIFECYCLE_PHASE) in ("terminal", None):
             return
         time.sleep(0.2)  # not started yet, or between attempts
