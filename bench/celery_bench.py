@@ -43,7 +43,7 @@ import kombu
 import redis
 
 from ff_celery.devtools.devserver import DevCluster, DevServer, free_port
-from ff_celery.engine.core.library import FLOWFABRIC_VERSION, library_source, library_version
+from ff_celery.engine.core.library import FLOWFABRIC_VERSION, relabelled_library
 
 HERE = Path(__file__).resolve().parent
 
@@ -266,7 +266,7 @@ def contract_only_server() -> DevServer:
     there, without its hot-path library."""
     server = DevServer().start()
     client = redis.Redis(port=server.port)
-    client.function_load(library_source().replace(f"return '{library_version()}'", f"return '{FLOWFABRIC_VERSION}'"))
+    client.function_load(relabelled_library(FLOWFABRIC_VERSION))
     client.close()
     return server
 

@@ -6,4 +6,4 @@ Imports nothing when imported: ``ff_celery.pth`` loads :mod:`ff_celery.integrati
 in every interpreter of the environment. Import the modules by their paths.
 """
 
-__all__ = ["app", "autoload", "backend", "context", "control", "task", "transport", "worker"]
+__all__ = ["app", "autoload", "backend", "context", "control", "delivery_leases", "task", "transport", "worker"]

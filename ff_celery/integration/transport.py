@@ -54,6 +54,7 @@ from ff_celery.engine import (
     shared_renewer,
 )
 from ff_celery.integration.context import plan_republished_retry, publisher_repeats
+from ff_celery.integration.delivery_leases import DeliveryLeases
 from ff_celery.mapping.flow_publication import FlowPublication
 from ff_celery.mapping.messages import (
     FLOW_HEADER,
@@ -88,7 +89,7 @@ class QoS(virtual.QoS):
     """Prefetch accounting; requeue and restore hand executions back instead of re-putting."""
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        if self.channel.ff_owns(delivery_tag):
+        if self.channel.ff_leases.held(delivery_tag) is not None:
             self.channel.ff_reject(delivery_tag, requeue)
             self._quick_ack(delivery_tag)
         else:
@@ -98,7 +99,7 @@ class QoS(virtual.QoS):
         self._flush()
         unowned = []
         for tag, message in list(self._delivered.items()):
-            if self.channel.ff_owns(tag):
+            if self.channel.ff_leases.held(tag) is not None:
                 self.channel.ff_restore(tag)
             else:
                 unowned.append(message)
@@ -172,7 +173,7 @@ class Channel(kombu_redis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ff_held: dict[str, ClaimedTask] = {}
+        self._ff_leases = DeliveryLeases()
         #: The lane queues consumed, and which queue each of their lanes belongs to.
         self._ff_queues: list[str] = []
         self._ff_queue_of_lane: dict[str, str] = {}
@@ -183,9 +184,6 @@ class Channel(kombu_redis.Channel):
         self._ff_last_probe = 0.0
         #: The Celery worker consuming from this channel (see :meth:`attach_worker`).
         self._ff_worker: ConsumingWorker | None = None
-        #: Deliveries acknowledged while their task runs (``acks_late=False``): their leases
-        #: are renewed until the task is over; its recorded outcome ends the execution.
-        self._ff_acked_early: dict[str, ClaimedTask] = {}
 
     # -- engine ---------------------------------------------------------------------------
 
@@ -452,7 +450,7 @@ class Channel(kombu_redis.Channel):
         tracing.record_claim(message["headers"], task)
         tag = message["properties"]["delivery_tag"]
         task.on_lease_lost = lambda handle, error: self._ff_lease_lost(tag, handle)
-        self._ff_held[tag] = task
+        self._ff_leases.hold(tag, task)
         try:
             self.connection._deliver(message, message["properties"]["delivery_info"]["routing_key"])
         except Exception as exc:  # the consumer choked on it: fail this one, keep the worker
@@ -477,23 +475,17 @@ class Channel(kombu_redis.Channel):
             self._ff_worker.on_blocked(blocked, self.ff_engine)
 
     def _ff_lease_lost(self, tag: str, task: ClaimedTask) -> None:
-        if self._ff_worker is not None and (tag in self._ff_held or tag in self._ff_acked_early):
+        if self._ff_worker is not None and self._ff_leases.of(tag) is not None:
             self._ff_worker.on_lease_lost(tag, task)
 
     # -- acknowledgement ------------------------------------------------------------------
 
-    def ff_owns(self, delivery_tag: str) -> bool:
-        return delivery_tag in self._ff_held
-
-    def ff_held(self, delivery_tag: str) -> ClaimedTask | None:
-        return self._ff_held.get(delivery_tag)
-
-    def ff_lease_of(self, delivery_tag: str) -> ClaimedTask | None:
-        """The lease renewed for a delivery: held, or acknowledged early and still running."""
-        return self._ff_held.get(delivery_tag) or self._ff_acked_early.get(delivery_tag)
+    @property
+    def ff_leases(self) -> DeliveryLeases:
+        return self._ff_leases
 
     def _ff_take(self, delivery_tag: str) -> ClaimedTask | None:
-        task = self._ff_held.pop(delivery_tag, None)
+        task = self._ff_leases.take(delivery_tag)
         self._ff_want_claim = True  # a slot is free again
         return task
 
@@ -515,7 +507,7 @@ class Channel(kombu_redis.Channel):
             if not (self._ff_worker is not None and is_celery_task(task)):
                 self._ff_end(task, task.complete)
             elif self._ff_running(delivery_tag):
-                self._ff_acked_early[delivery_tag] = task  # early ack: the task has only started
+                self._ff_leases.keep_running(delivery_tag, task)  # early ack: the task has only started
             else:
                 task.release()  # the result backend recorded the outcome in the worker process
         self._ff_release_finished()
@@ -528,9 +520,8 @@ class Channel(kombu_redis.Channel):
         """Stop renewing the leases of early-acknowledged tasks that are over: this channel's,
         and those of channels closed while such tasks ran (a reconnect)."""
         for channel in (self, *Channel._ff_closed_running):
-            for tag in [tag for tag in channel._ff_acked_early if not channel._ff_running(tag)]:
-                channel._ff_acked_early.pop(tag).release()
-            if not channel._ff_acked_early:
+            channel._ff_leases.release_finished(channel._ff_running)
+            if not channel._ff_leases.any_running:
                 Channel._ff_closed_running.discard(channel)
 
     def ff_reject(self, delivery_tag: str, requeue: bool) -> None:
@@ -544,7 +535,7 @@ class Channel(kombu_redis.Channel):
 
     def ff_fail(self, delivery_tag: str, reason: str) -> None:
         """Fail a held delivery terminally with ``reason`` (it stays delivered until acked)."""
-        task = self._ff_held.get(delivery_tag)
+        task = self._ff_leases.held(delivery_tag)
         if task is not None:
             self._ff_end(task, lambda: task.fail(reason, "permanent", retry_policy=None))
 
@@ -558,7 +549,7 @@ class Channel(kombu_redis.Channel):
             self._ff_end(task, task.hand_back)
 
     def _restore(self, message: Any, leftmost: bool = False) -> Any:
-        if self.ff_owns(message.delivery_tag):
+        if self._ff_leases.held(message.delivery_tag) is not None:
             return self.ff_restore(message.delivery_tag)
         return super()._restore(message, leftmost)
 
@@ -579,7 +570,7 @@ class Channel(kombu_redis.Channel):
         except ValueError as exc:
             self._ff_fail_undeliverable(task, f"undecodable message: {exc}")
             raise virtual.base.Empty() from None
-        self._ff_held[message["properties"]["delivery_tag"]] = task
+        self._ff_leases.hold(message["properties"]["delivery_tag"], task)
         return message
 
     def close(self) -> None:
@@ -588,7 +579,7 @@ class Channel(kombu_redis.Channel):
         if claimer is not None:
             claimer.close()
         self._ff_release_finished()
-        if self._ff_acked_early:  # still running: their leases are renewed until they end
+        if self._ff_leases.any_running:  # still running: their leases are renewed until they end
             Channel._ff_closed_running.add(self)
 
 

@@ -99,7 +99,7 @@ class Deliveries(bootsteps.StartStopStep):
 
         def on_task_request(request: Request) -> None:
             channel, tag = _channel_of(request.message), request.message.delivery_tag
-            task = channel.ff_held(tag) if channel else None
+            task = channel.ff_leases.held(tag) if channel else None
             if task is not None and task.lease_lost is not None:
                 log.error("not running %s[%s]: its lease was lost (%s)", request.name, request.id, task.lease_lost.code)
                 request.acknowledge()
@@ -343,7 +343,7 @@ class LeaseWatchdog(threading.Thread):
         self._killed &= {(request.id, request.worker_pid) for request in requests}
         for request in requests:
             channel = _channel_of(request.message)
-            task = channel.ff_lease_of(request.message.delivery_tag) if channel else None
+            task = channel.ff_leases.of(request.message.delivery_tag) if channel else None
             if task is None:
                 continue
             task.give_up_if_lapsed()  # reported through the channel's lost-lease hook

@@ -69,6 +69,12 @@ def library_source() -> str:
     return "".join(parts)
 
 
+def relabelled_library(version: str) -> str:
+    """This library's text answering ``version`` from ``ff_version``: a stand-in for another
+    build (FlowFabric's own, an older or newer one of ours) in tests and benchmarks."""
+    return library_source().replace(f"return '{library_version()}'", f"return '{version}'")
+
+
 @cache
 def hot_path_source() -> str:
     """The ``ffcelery`` library text: the contract modules with each function captured in the

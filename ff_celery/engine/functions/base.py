@@ -90,6 +90,12 @@ class Fcall(BaseModel, Generic[ResultT]):
         """The execution id errors are reported against."""
         return getattr(self, "execution_id", None)
 
+    @property
+    def publishes_done_notice(self) -> bool:
+        """Whether the server publishes the attempt's completion notice itself in this call
+        (else a caller that owes one sends it in the same round trip)."""
+        return False
+
 
 class ExecutionFcall(Fcall[ResultT]):
     """An FCALL on one execution's partition."""

@@ -108,3 +108,7 @@ class CompleteAndResolve(Fcall[list[tuple[str, str]]]):
     @property
     def subject(self) -> str | None:
         return self.complete.execution_id
+
+    @property
+    def publishes_done_notice(self) -> bool:
+        return self.publish

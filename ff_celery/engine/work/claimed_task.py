@@ -307,7 +307,7 @@ class ClaimedTask:
         return result
 
     def _call(self, request: fn.Fcall[R]) -> R:
-        if self.notify_channel is None or (isinstance(request, fn.CompleteAndResolve) and request.publish):
+        if self.notify_channel is None or request.publishes_done_notice:
             return self.engine.call(request)
         batch = self.engine.batch()
         batch.fcall(request)

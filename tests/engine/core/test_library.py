@@ -19,6 +19,7 @@ from ff_celery.engine.core.library import (
     library_source,
     library_version,
     loaded_version,
+    relabelled_library,
 )
 from ff_celery.engine.work.claimer import Claimer
 
@@ -34,7 +35,7 @@ CORE_FUNCTIONS = {
 
 def library_with_version(version: str, marker: str = "") -> str:
     """Our library text answering ``version`` from ff_version (a stand-in for other builds)."""
-    return library_source().replace(f"return '{library_version()}'", f"return '{version}'") + marker
+    return relabelled_library(version) + marker
 
 
 def pairs(flat: list) -> dict:
