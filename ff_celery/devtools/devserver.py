@@ -129,6 +129,8 @@ class DevServer:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
+                "--repl-diskless-sync-delay", "0",  # a replica syncs at once (5 s later by default)
+                "--repl-ping-replica-period", "1",  # and its offset moves (what CLUSTER SLOTS waits for) within 1 s
                 *durability,
                 *clustering,
                 "--dir", str(self.directory),
