@@ -23,6 +23,7 @@ from ff_celery.engine.core.connection import (
     redis_url,
     refresh_slot_map,
 )
+from ff_celery.engine.core.decoding import optional_integer
 from ff_celery.engine.core.engine import Engine
 from ff_celery.engine.core.errors import (
     CODES,
@@ -233,6 +234,7 @@ __all__ = [
     "loaded_version",
     "metric",
     "multiprocess_mode",
+    "optional_integer",
     "packed_by_hiredis",
     "quota_id_for",
     "quota_policies",

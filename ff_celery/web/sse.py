@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ff_celery.engine import CoreField, Engine, EngineError, ExecutionId, read_frames, resolve_target
+from ff_celery.engine import CoreField, Engine, EngineError, ExecutionId, optional_integer, read_frames, resolve_target
 from ff_celery.web import reads
 
 #: Seconds between two reads of a live stream.
@@ -46,7 +46,7 @@ class ExecutionFollower:
             CoreField.PROGRESS_PCT,
             CoreField.PROGRESS_MESSAGE,
         )
-        attempt = int(core[CoreField.CURRENT_ATTEMPT_INDEX]) if core.get(CoreField.CURRENT_ATTEMPT_INDEX) else None
+        attempt = optional_integer(core.get(CoreField.CURRENT_ATTEMPT_INDEX))
         if attempt != self.attempt:
             self.attempt, self.last_frame = attempt, ""
         if attempt is None:

@@ -14,7 +14,7 @@ import redis
 
 from ff_celery.engine import functions as fn
 from ff_celery.engine.core.connection import compare_and_set
-from ff_celery.engine.core.decoding import decode_fields, decode_hash, text
+from ff_celery.engine.core.decoding import decode_fields, decode_hash, optional_integer, text
 from ff_celery.engine.core.errors import EngineError, TransportError
 from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.executor import Batch, Executor, transport_error
@@ -405,9 +405,7 @@ class Engine(Executor):
                 lease_id=fence.lease_id if fence else "",
                 lease_epoch=fence.lease_epoch if fence else None,
                 lane_id=core.get(CoreField.LANE_ID, "default"),
-                attempt_index=int(core[CoreField.CURRENT_ATTEMPT_INDEX])
-                if core.get(CoreField.CURRENT_ATTEMPT_INDEX)
-                else None,
+                attempt_index=optional_integer(core.get(CoreField.CURRENT_ATTEMPT_INDEX)),
                 waitpoint_id=core.get(CoreField.CURRENT_WAITPOINT_ID) or None,
                 worker_instance_id=core.get(CoreField.CURRENT_WORKER_INSTANCE_ID, ""),
             )
@@ -433,9 +431,7 @@ class Engine(Executor):
                 execution_id=execution_id,
                 expire_reason=reason,
                 lane_id=core.get(CoreField.LANE_ID, "default"),
-                attempt_index=int(core[CoreField.CURRENT_ATTEMPT_INDEX])
-                if core.get(CoreField.CURRENT_ATTEMPT_INDEX)
-                else None,
+                attempt_index=optional_integer(core.get(CoreField.CURRENT_ATTEMPT_INDEX)),
             )
         )
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ff_celery.engine import functions as fn
+from ff_celery.engine.core.decoding import optional_integer
 from ff_celery.engine.core.errors import error_for_code
 from ff_celery.engine.core.exec_core import CoreField
 from ff_celery.engine.core.ids import ExecutionId
@@ -79,7 +80,7 @@ def follow_execution(
     attempt = None
     while True:
         core = engine.read_core(execution_id, CoreField.CURRENT_ATTEMPT_INDEX, CoreField.LIFECYCLE_PHASE)
-        current = int(core[CoreField.CURRENT_ATTEMPT_INDEX]) if core.get(CoreField.CURRENT_ATTEMPT_INDEX) else None
+        current = optional_integer(core.get(CoreField.CURRENT_ATTEMPT_INDEX))
         if current is not None and current != attempt:
             attempt = current
             for frame in follow_frames(engine, execution_id, attempt, block_ms=block_ms):
